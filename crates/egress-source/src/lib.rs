@@ -1,0 +1,40 @@
+//! The egress model: named outbound identities and how to pick among them.
+//!
+//! An [`EgressSource`] is where a connection leaves from (a local IP, or a proxy
+//! that owns the IP) and what it calls itself in EHLO. An [`EgressPool`] is a
+//! weighted set of sources, picked by [`WeightedRoundRobin`]. [`EgressPathConfig`]
+//! and [`QueueConfig`] carry the per-site and per-queue settings that decide the
+//! EHLO name ([`effective_ehlo_domain`]) and destination port ([`effective_port`]).
+//!
+//! Everything here is plain data: parsing (serde, from JSON or Lua tables),
+//! validation with errors written for the operator, and selection. No I/O, no async.
+//!
+//! ```
+//! use egress_source::{EgressSource, ValidationError};
+//! let src: EgressSource = serde_json::from_str(
+//!     r#"{ "name": "ip-1", "ha_proxy_server": "10.0.0.9:5000" }"#).unwrap();
+//! let err = src.validate().unwrap_err();
+//! assert!(matches!(err, ValidationError::MissingPartner { missing: "ha_proxy_source_address", .. }));
+//! assert!(err.to_string().contains("egress source 'ip-1'"));
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod error;
+mod fields;
+mod keys;
+mod path;
+mod pool;
+mod precedence;
+mod queue;
+mod source;
+mod wrr;
+
+pub use error::ValidationError;
+pub use fields::{parse_duration, HostPort};
+pub use path::{EgressPathConfig, Tls};
+pub use pool::{EgressPool, EgressPoolEntry};
+pub use precedence::{effective_ehlo_domain, effective_port};
+pub use queue::{DeliveryProtocol, MxListEntry, QueueConfig, SmtpProtocol, DEFAULT_POOL};
+pub use source::{EgressSource, Route, DEFAULT_TTL};
+pub use wrr::{NoEligibleEntry, WeightedRoundRobin, MAX_SCHEDULE};

@@ -1,0 +1,138 @@
+//! `EgressPathConfig`: how to talk to a destination site (subset of `kumo.make_egress_path`).
+
+use crate::error::{check_ehlo_domain, ValidationError};
+use crate::fields::{duration, port};
+use crate::keys::{strict_deserialize, StrictTable};
+use serde::de::Deserializer;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// TLS policy for the outbound session, with KumoMTA's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Tls {
+    /// Never STARTTLS.
+    Disabled,
+    /// STARTTLS when offered, certificate verified.
+    #[default]
+    Opportunistic,
+    /// STARTTLS when offered, certificate not verified.
+    OpportunisticInsecure,
+    /// STARTTLS required, certificate verified.
+    Required,
+    /// STARTTLS required, certificate not verified.
+    RequiredInsecure,
+}
+
+/// Per-site settings for the outbound SMTP session.
+///
+/// Defaults follow KumoMTA: port 25, 60 s to connect and for the banner,
+/// 300 s for each later reply, opportunistic TLS.
+///
+/// ```
+/// use egress_source::EgressPathConfig;
+/// let path: EgressPathConfig =
+///     serde_json::from_str(r#"{ "ehlo_domain": "mta.example.com", "connect_timeout": "10s" }"#).unwrap();
+/// assert_eq!(path.smtp_port, 25);
+/// assert_eq!(path.connect_timeout.as_secs(), 10);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
+pub struct EgressPathConfig {
+    /// EHLO name for this path; wins over the source's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ehlo_domain: Option<String>,
+    /// Destination port when neither the source nor the MX entry sets one.
+    #[serde(default = "default_smtp_port", with = "port")]
+    pub smtp_port: u16,
+    /// TCP connect (and proxy handshake) deadline.
+    #[serde(default = "secs::<60>", with = "duration")]
+    pub connect_timeout: Duration,
+    /// Wait for the 220 banner.
+    #[serde(default = "secs::<60>", with = "duration")]
+    pub banner_timeout: Duration,
+    /// Wait for the EHLO reply.
+    #[serde(default = "secs::<300>", with = "duration")]
+    pub ehlo_timeout: Duration,
+    /// Wait for the MAIL FROM reply.
+    #[serde(default = "secs::<300>", with = "duration")]
+    pub mail_from_timeout: Duration,
+    /// Wait for each RCPT TO reply.
+    #[serde(default = "secs::<300>", with = "duration")]
+    pub rcpt_to_timeout: Duration,
+    /// Wait for the DATA (354) reply.
+    #[serde(default = "secs::<300>", with = "duration")]
+    pub data_timeout: Duration,
+    /// Wait for the reply to the final dot.
+    #[serde(default = "secs::<300>", with = "duration")]
+    pub data_dot_timeout: Duration,
+    /// STARTTLS policy.
+    #[serde(default)]
+    pub enable_tls: Tls,
+}
+
+fn default_smtp_port() -> u16 {
+    25
+}
+
+fn secs<const N: u64>() -> Duration {
+    Duration::from_secs(N)
+}
+
+impl Default for EgressPathConfig {
+    fn default() -> Self {
+        EgressPathConfig {
+            ehlo_domain: None,
+            smtp_port: default_smtp_port(),
+            connect_timeout: secs::<60>(),
+            banner_timeout: secs::<60>(),
+            ehlo_timeout: secs::<300>(),
+            mail_from_timeout: secs::<300>(),
+            rcpt_to_timeout: secs::<300>(),
+            data_timeout: secs::<300>(),
+            data_dot_timeout: secs::<300>(),
+            enable_tls: Tls::default(),
+        }
+    }
+}
+
+impl StrictTable for EgressPathConfig {
+    const WHAT: &'static str = "egress path config";
+    const FIELDS: &'static [&'static str] = &[
+        "ehlo_domain",
+        "smtp_port",
+        "connect_timeout",
+        "banner_timeout",
+        "ehlo_timeout",
+        "mail_from_timeout",
+        "rcpt_to_timeout",
+        "data_timeout",
+        "data_dot_timeout",
+        "enable_tls",
+    ];
+    fn deserialize_fields<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::deserialize(d)
+    }
+}
+strict_deserialize!(EgressPathConfig);
+
+impl Serialize for EgressPathConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Self::serialize(self, s)
+    }
+}
+
+impl EgressPathConfig {
+    /// Checks `ehlo_domain` and `smtp_port`.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(ehlo) = &self.ehlo_domain {
+            check_ehlo_domain("egress path config", ehlo)?;
+        }
+        if self.smtp_port == 0 {
+            return Err(ValidationError::ZeroPort {
+                owner: "egress path config".into(),
+                field: "smtp_port",
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,265 @@
+//! `QueueConfig`: which pool a queue uses and where its mail goes (subset of
+//! `kumo.make_queue_config`).
+
+use crate::fields::{split_host_port, Scalar};
+use crate::keys::{deserialize_strict, strict_deserialize, StrictTable};
+use serde::de::value::MapAccessDeserializer;
+use serde::de::{Deserializer, Error, MapAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Serialize, Serializer};
+use std::fmt;
+use std::net::IpAddr;
+
+/// The pool used when a queue config does not name one.
+pub const DEFAULT_POOL: &str = "unspecified";
+
+/// Per-queue settings: the egress pool, and an optional route override.
+///
+/// ```
+/// use egress_source::{QueueConfig, MxListEntry};
+/// let q: QueueConfig = serde_json::from_str(r#"{ "egress_pool": "bulk",
+///     "protocol": { "smtp": { "mx_list": [ "[127.0.0.1]:2525",
+///         { "name": "mx.example.com", "addr": "10.0.0.1" } ] } } }"#).unwrap();
+/// assert_eq!(q.egress_pool, "bulk");
+/// assert_eq!(q.mx_list()[0].port(), Some(2525));
+/// assert_eq!(q.mx_list()[1].name(), "mx.example.com");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
+pub struct QueueConfig {
+    /// The pool whose sources carry this queue's mail.
+    #[serde(default = "default_pool")]
+    pub egress_pool: String,
+    /// Delivery protocol settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<DeliveryProtocol>,
+}
+
+fn default_pool() -> String {
+    DEFAULT_POOL.into()
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            egress_pool: default_pool(),
+            protocol: None,
+        }
+    }
+}
+
+impl QueueConfig {
+    /// The route override; empty means "look up MX records".
+    pub fn mx_list(&self) -> &[MxListEntry] {
+        self.protocol
+            .as_ref()
+            .and_then(|p| p.smtp.as_ref())
+            .map(|s| s.mx_list.as_slice())
+            .unwrap_or_default()
+    }
+}
+
+/// `protocol = { smtp = { ... } }`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
+pub struct DeliveryProtocol {
+    /// SMTP delivery settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp: Option<SmtpProtocol>,
+}
+
+/// `smtp = { mx_list = { ... } }`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(remote = "Self")]
+pub struct SmtpProtocol {
+    /// Hosts to deliver to instead of the domain's MX records, tried in order.
+    #[serde(default)]
+    pub mx_list: Vec<MxListEntry>,
+}
+
+macro_rules! strict_table {
+    ($ty:ty, $what:literal, [$($field:literal),*]) => {
+        impl StrictTable for $ty {
+            const WHAT: &'static str = $what;
+            const FIELDS: &'static [&'static str] = &[$($field),*];
+            fn deserialize_fields<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Self::deserialize(d)
+            }
+        }
+        strict_deserialize!($ty);
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                Self::serialize(self, s)
+            }
+        }
+    };
+}
+strict_table!(QueueConfig, "queue config", ["egress_pool", "protocol"]);
+strict_table!(DeliveryProtocol, "queue config protocol", ["smtp"]);
+strict_table!(SmtpProtocol, "queue config protocol.smtp", ["mx_list"]);
+
+/// One entry of `mx_list`.
+///
+/// Forms: `'host'`, `'host:port'`, `'[ip]'`, `'[ip]:port'`, or
+/// `{ name = 'mx.example.com', addr = '10.0.0.1[:port]' }` (a name for logs and
+/// TLS, with a fixed address).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum MxListEntry {
+    /// A host name or IP literal, optionally with a port.
+    Host {
+        /// Host name, or IP literal without brackets.
+        host: String,
+        /// Port, when given.
+        port: Option<u16>,
+    },
+    /// A named host at a fixed address.
+    Named {
+        /// The host's name.
+        name: String,
+        /// Its address.
+        addr: IpAddr,
+        /// Port, when given.
+        port: Option<u16>,
+    },
+}
+
+impl MxListEntry {
+    /// The host's name (or the IP literal's text).
+    pub fn name(&self) -> &str {
+        match self {
+            MxListEntry::Host { host, .. } => host,
+            MxListEntry::Named { name, .. } => name,
+        }
+    }
+
+    /// The address, when it needs no lookup.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self {
+            MxListEntry::Host { host, .. } => host.parse().ok(),
+            MxListEntry::Named { addr, .. } => Some(*addr),
+        }
+    }
+
+    /// The port, when the entry gives one.
+    pub fn port(&self) -> Option<u16> {
+        match self {
+            MxListEntry::Host { port, .. } | MxListEntry::Named { port, .. } => *port,
+        }
+    }
+}
+
+const MX_EXPECTED: &str = "an mx_list entry: 'host', 'host:port', '[ip]', '[ip]:port' or { name = 'mx.example.com', addr = '10.0.0.1' }";
+
+impl std::str::FromStr for MxListEntry {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (host, port) = split_host_port(s)
+            .ok_or_else(|| format!("expected {MX_EXPECTED}, got string {s:?}"))?;
+        Ok(MxListEntry::Host {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+fn ip_with_port(ip: IpAddr, port: Option<u16>) -> String {
+    match (ip, port) {
+        (IpAddr::V4(ip), None) => ip.to_string(),
+        (IpAddr::V6(ip), None) => format!("[{ip}]"),
+        (ip, Some(port)) => std::net::SocketAddr::new(ip, port).to_string(),
+    }
+}
+
+impl fmt::Display for MxListEntry {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            MxListEntry::Host { host, port } => match (host.parse::<IpAddr>(), port) {
+                (Ok(ip), Some(port)) => write!(f, "[{ip}]:{port}"),
+                (Ok(ip), None) => write!(f, "[{ip}]"),
+                (Err(_), Some(port)) => write!(f, "{host}:{port}"),
+                (Err(_), None) => f.write_str(host),
+            },
+            MxListEntry::Named { name, addr, port } => {
+                write!(f, "{name} ({})", ip_with_port(*addr, *port))
+            }
+        }
+    }
+}
+
+impl Serialize for MxListEntry {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MxListEntry::Host { .. } => s.collect_str(self),
+            MxListEntry::Named { name, addr, port } => {
+                let mut map = s.serialize_map(Some(2))?;
+                map.serialize_entry("name", name)?;
+                map.serialize_entry("addr", &ip_with_port(*addr, *port))?;
+                map.end()
+            }
+        }
+    }
+}
+
+/// The table form `{ name, addr }` before its `addr` is parsed.
+#[derive(Deserialize)]
+#[serde(remote = "Self")]
+struct NamedTable {
+    name: String,
+    addr: String,
+}
+
+impl StrictTable for NamedTable {
+    const WHAT: &'static str = "mx_list entry";
+    const FIELDS: &'static [&'static str] = &["name", "addr"];
+    fn deserialize_fields<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::deserialize(d)
+    }
+}
+
+impl<'de> Deserialize<'de> for MxListEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(MxVisitor)
+    }
+}
+
+struct MxVisitor;
+
+impl<'de> Visitor<'de> for MxVisitor {
+    type Value = MxListEntry;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(MX_EXPECTED)
+    }
+    fn visit_str<E: Error>(self, v: &str) -> Result<MxListEntry, E> {
+        v.parse().map_err(E::custom)
+    }
+    fn visit_bytes<E: Error>(self, v: &[u8]) -> Result<MxListEntry, E> {
+        std::str::from_utf8(v)
+            .map_err(E::custom)
+            .and_then(|s| self.visit_str(s))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<MxListEntry, A::Error> {
+        let table: NamedTable = deserialize_strict(MapAccessDeserializer::new(map))?;
+        let bad = || {
+            A::Error::custom(format_args!("addr: expected an IP address with an optional port such as \"10.0.0.1\" or \"[::1]:2525\", got string {:?}", table.addr))
+        };
+        let (host, port) = split_host_port(&table.addr).ok_or_else(bad)?;
+        let addr = host.parse().map_err(|_| bad())?;
+        Ok(MxListEntry::Named {
+            name: table.name,
+            addr,
+            port,
+        })
+    }
+    fn visit_i64<E: Error>(self, v: i64) -> Result<MxListEntry, E> {
+        Err(Scalar::Int(v.into()).expected(MX_EXPECTED))
+    }
+    fn visit_u64<E: Error>(self, v: u64) -> Result<MxListEntry, E> {
+        Err(Scalar::Int(v.into()).expected(MX_EXPECTED))
+    }
+    fn visit_f64<E: Error>(self, v: f64) -> Result<MxListEntry, E> {
+        Err(Scalar::Float(v).expected(MX_EXPECTED))
+    }
+    fn visit_bool<E: Error>(self, v: bool) -> Result<MxListEntry, E> {
+        Err(Scalar::Bool(v).expected(MX_EXPECTED))
+    }
+}

@@ -1,0 +1,278 @@
+//! `cargo xtask` — the one entry point for chores.
+//!
+//! ```text
+//! cargo xtask peers          install the real test peers (apt), idempotent
+//! cargo xtask ci             peers, fmt, clippy, each crate's tests alone, end-to-end tests
+//! cargo xtask test -p NAME   one crate's tests
+//! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, relay)
+//! ```
+//!
+//! Deliberately std-only, so it compiles in seconds on a fresh machine.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+/// The crates under `crates/`, in dependency order (the model first), tested one at
+/// a time so a crate that only builds thanks to feature unification is caught.
+fn crates() -> Vec<String> {
+    const ORDER: &[&str] = &[
+        "egress-source",
+        "egress-cache",
+        "egress-connect",
+        "egress-lua",
+        "egressd",
+    ];
+    let mut names: Vec<String> = std::fs::read_dir(root().join("crates"))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter(|e| e.path().join("Cargo.toml").is_file())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort_by_key(|n| {
+        (
+            ORDER.iter().position(|o| o == n).unwrap_or(ORDER.len()),
+            n.clone(),
+        )
+    });
+    names
+}
+
+/// The end-to-end package in `tests/`.
+const E2E: &str = "egress-e2e";
+
+/// Peers: (binary, Debian package). Binaries are looked up in sbin too.
+const PEERS: &[(&str, &str)] = &[
+    ("haproxy", "haproxy"),
+    ("danted", "dante-server"),
+    ("microsocks", "microsocks"),
+    ("swaks", "swaks"),
+    ("smtp-sink", "postfix"),
+    ("smtp-source", "postfix"),
+    ("dnsmasq", "dnsmasq"),
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("peers") => peers(),
+        Some("ci") => ci(),
+        Some("test") => match args
+            .iter()
+            .position(|a| a == "-p")
+            .and_then(|i| args.get(i + 1))
+        {
+            Some(name) => cargo(&["test", "-p", name]),
+            None => Err("usage: cargo xtask test -p NAME".into()),
+        },
+        Some("bench") => bench(args.get(1).map(String::as_str)),
+        _ => Err(USAGE.into()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+const USAGE: &str =
+    "usage: cargo xtask <peers | ci | test -p NAME | bench [source|cache|connect|lua|relay]>";
+
+type Result<T = (), E = String> = std::result::Result<T, E>;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo(args: &[&str]) -> Result {
+    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args))
+}
+
+fn run(cmd: &mut Command) -> Result {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed ({status})"))
+    }
+}
+
+/// Runs the CI steps in order, printing one summary line per step, and stops at the first failure.
+fn ci() -> Result {
+    let mut steps: Vec<(String, Box<dyn Fn() -> Result>)> = vec![
+        ("peers".into(), Box::new(peers)),
+        (
+            "fmt".into(),
+            Box::new(|| cargo(&["fmt", "--all", "--check"])),
+        ),
+        (
+            "clippy".into(),
+            Box::new(|| {
+                cargo(&[
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ])
+            }),
+        ),
+    ];
+    for name in crates() {
+        let step = format!("test -p {name}");
+        steps.push((step, Box::new(move || cargo(&["test", "-p", &name]))));
+    }
+    if root().join("tests/Cargo.toml").is_file() {
+        steps.push((
+            format!("end-to-end ({E2E})"),
+            Box::new(|| cargo(&["test", "-p", E2E])),
+        ));
+    }
+    let mut summary = Vec::new();
+    for (name, step) in &steps {
+        let started = Instant::now();
+        let result = step();
+        let line = format!(
+            "xtask ci: {:<28} {} in {:.1}s",
+            name,
+            if result.is_ok() { "ok" } else { "FAILED" },
+            started.elapsed().as_secs_f64()
+        );
+        println!("{line}");
+        summary.push(line);
+        if let Err(e) = result {
+            println!("\n{}", summary.join("\n"));
+            return Err(format!("step `{name}` failed: {e}"));
+        }
+    }
+    println!("\n{}", summary.join("\n"));
+    Ok(())
+}
+
+fn which(binary: &str) -> Option<PathBuf> {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
+        .map(|dir| Path::new(dir).join(binary))
+        .find(|p| p.is_file());
+    found
+}
+
+/// Installs the missing peers with apt. Fast when all are present; `apt-get update`
+/// runs once, and only when something is missing (a fresh machine has no lists).
+fn peers() -> Result {
+    let mut missing: Vec<&str> = PEERS
+        .iter()
+        .filter(|(bin, _)| which(bin).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    missing.dedup();
+    if missing.is_empty() {
+        println!(
+            "xtask peers: all present ({})",
+            PEERS.iter().map(|p| p.0).collect::<Vec<_>>().join(", ")
+        );
+        return Ok(());
+    }
+    println!("xtask peers: installing {}", missing.join(" "));
+    let sudo = !is_root();
+    let apt = |args: &[&str]| -> Command {
+        let mut cmd = if sudo {
+            Command::new("sudo")
+        } else {
+            Command::new(args[0])
+        };
+        if sudo {
+            cmd.arg(args[0]);
+        }
+        cmd.args(&args[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        cmd
+    };
+    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks postfix dnsmasq";
+    run(&mut apt(&["apt-get", "update", "-qq"])).map_err(|e| format!("{e}; {hint}"))?;
+    // Postfix asks how to configure itself; we only want its smtp-sink and smtp-source.
+    let mut preseed = apt(&["debconf-set-selections"]);
+    preseed.stdin(std::process::Stdio::piped());
+    let mut child = preseed
+        .spawn()
+        .map_err(|e| format!("debconf-set-selections: {e}; {hint}"))?;
+    {
+        use std::io::Write;
+        let stdin = child
+            .stdin
+            .as_mut()
+            .ok_or("debconf-set-selections: no stdin")?;
+        stdin
+            .write_all(b"postfix postfix/main_mailer_type select No configuration\n")
+            .map_err(|e| format!("debconf-set-selections: {e}"))?;
+    }
+    drop(child.stdin.take());
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if !status.success() {
+        return Err(format!("debconf-set-selections failed ({status}); {hint}"));
+    }
+    let mut install = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    run(&mut apt(&install)).map_err(|e| format!("{e}; {hint}"))?;
+    let still: Vec<&str> = PEERS
+        .iter()
+        .filter(|(bin, _)| which(bin).is_none())
+        .map(|p| p.0)
+        .collect();
+    if !still.is_empty() {
+        return Err(format!(
+            "after apt-get install these are still missing: {}; {hint}",
+            still.join(", ")
+        ));
+    }
+    println!("xtask peers: installed");
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+fn bench(which: Option<&str>) -> Result {
+    let all = ["source", "cache", "connect", "lua", "relay"];
+    let chosen: Vec<&str> = match which {
+        None | Some("all") => all.to_vec(),
+        Some(one) if all.contains(&one) => vec![one],
+        Some(other) => return Err(format!("unknown benchmark `{other}`; {USAGE}")),
+    };
+    for name in chosen {
+        match name {
+            "source" => cargo(&["bench", "-p", "egress-source"])?,
+            "cache" => cargo(&["bench", "-p", "egress-cache"])?,
+            "connect" => {
+                peers()?;
+                cargo(&["bench", "-p", "egress-connect"])?
+            }
+            "lua" => cargo(&["bench", "-p", "egress-lua"])?,
+            "relay" => {
+                peers()?;
+                cargo(&["bench", "-p", E2E])?
+            }
+            _ => unreachable!("checked above"),
+        }
+    }
+    Ok(())
+}
