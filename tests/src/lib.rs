@@ -1,0 +1,377 @@
+//! Real peers for tests, started on loopback and stopped on drop.
+//!
+//! Every mode of egress is proven against software we did not write: Postfix's
+//! `smtp-sink` records the client address and EHLO name it saw, `haproxy` speaks PROXY
+//! v2, `microsocks` and `danted` are SOCKS5 servers, `dnsmasq` answers MX queries.
+//! A missing binary is a panic with the install command (`cargo xtask peers`), never a
+//! skip.
+#![forbid(unsafe_code)]
+
+mod source_socks;
+pub use source_socks::SourceBindingSocks;
+
+use std::fs;
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const INSTALL: &str = "run `cargo xtask peers` (apt-get install -y haproxy dante-server microsocks swaks postfix dnsmasq)";
+
+/// The path of a peer binary, or a panic that says how to install it.
+pub fn require(binary: &str) -> PathBuf {
+    let path = std::env::var("PATH").unwrap_or_default();
+    let found = path
+        .split(':')
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"])
+        .map(|dir| Path::new(dir).join(binary))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| panic!("test peer `{binary}` is not installed: {INSTALL}"))
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A child process killed (and reaped) on drop.
+pub struct Peer {
+    name: String,
+    child: Child,
+}
+
+impl Peer {
+    /// Spawns `cmd`, output discarded unless `EGRESS_TEST_PEER_LOGS` is set.
+    pub fn spawn(name: &str, cmd: &mut Command) -> Peer {
+        if std::env::var_os("EGRESS_TEST_PEER_LOGS").is_none() {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e} ({cmd:?})"));
+        Peer {
+            name: name.to_owned(),
+            child,
+        }
+    }
+
+    /// Panics if the process has already exited (a config it refused, a port in use).
+    pub fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!(
+                "{} exited early: {status}; rerun with EGRESS_TEST_PEER_LOGS=1 to see why",
+                self.name
+            );
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `addr` accepts TCP connections, or panics naming `what`.
+pub fn wait_listening(what: &str, addr: SocketAddr, peer: &mut Peer) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        peer.assert_running();
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not start listening on {addr} within 10 s");
+}
+
+fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// Postfix's `smtp-sink`: accepts mail and dumps each message to a file whose first
+/// lines are `X-Client-Addr:` (the address it saw) and `X-Helo-Args:` (the EHLO name).
+pub struct SmtpSink {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+    _peer: Peer,
+}
+
+impl SmtpSink {
+    /// A sink on `127.0.0.1:<free port>`.
+    pub fn start() -> SmtpSink {
+        Self::start_with(IpAddr::from([127, 0, 0, 1]), &[])
+    }
+
+    /// A sink on `ip`, with extra smtp-sink flags (`-r rcpt` to reject RCPT with 5xx,
+    /// `-f data` for 4xx at DATA, …).
+    pub fn start_with(ip: IpAddr, flags: &[&str]) -> SmtpSink {
+        let bin = require("smtp-sink");
+        let dir = temp_dir("egress-sink-");
+        // smtp-sink drops privileges to `nobody`, which must be able to write the dumps.
+        set_mode(dir.path(), 0o777);
+        let port = free_port();
+        let addr = SocketAddr::new(ip, port);
+        let listen = match ip {
+            IpAddr::V6(ip) => format!("[{ip}]:{port}"),
+            IpAddr::V4(ip) => format!("{ip}:{port}"),
+        };
+        let template = format!("{}/%M%S.", dir.path().display());
+        let mut cmd = Command::new(bin);
+        cmd.args(["-u", "nobody", "-d", &template])
+            .args(flags)
+            .args([&listen, "100"]);
+        let mut peer = Peer::spawn("smtp-sink", &mut cmd);
+        wait_listening("smtp-sink", addr, &mut peer);
+        SmtpSink {
+            addr,
+            dir,
+            _peer: peer,
+        }
+    }
+
+    /// Every message dumped so far, in no particular order.
+    pub fn messages(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Ok(entries) = fs::read_dir(self.dir.path()) {
+            for entry in entries.flatten() {
+                if let Ok(text) = fs::read_to_string(entry.path()) {
+                    out.push(text);
+                }
+            }
+        }
+        out
+    }
+
+    /// Waits until at least `n` messages are dumped (up to 10 s) and returns them all.
+    pub fn wait_for(&self, n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let messages = self.messages();
+            if messages.len() >= n || Instant::now() > deadline {
+                return messages;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The value of a header in a dumped message (`X-Client-Addr`, `X-Helo-Args`, …).
+pub fn header<'a>(message: &'a str, name: &str) -> Option<&'a str> {
+    message.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then_some(value.trim())
+    })
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+/// `haproxy` with `accept-proxy` in front and `usesrc clientip` behind: it connects to
+/// the destination named in the PROXY header, from the source address in the header.
+pub struct HaProxy {
+    /// Where it accepts PROXY v2 connections.
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    _peer: Peer,
+}
+
+impl HaProxy {
+    /// Starts haproxy on `127.0.0.1:<free port>`.
+    pub fn start() -> HaProxy {
+        let bin = require("haproxy");
+        let dir = temp_dir("egress-haproxy-");
+        let port = free_port();
+        let cfg = dir.path().join("haproxy.cfg");
+        fs::write(
+            &cfg,
+            format!(
+                "global\n  maxconn 4096\n\
+                 defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+                 frontend egress\n  bind 127.0.0.1:{port} accept-proxy\n  default_backend dynamic\n\
+                 backend dynamic\n  source 0.0.0.0 usesrc clientip\n  server dyn 0.0.0.0:0\n"
+            ),
+        )
+        .expect("write haproxy.cfg");
+        let mut cmd = Command::new(bin);
+        cmd.arg("-f").arg(&cfg).arg("-db");
+        let mut peer = Peer::spawn("haproxy", &mut cmd);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_listening("haproxy", addr, &mut peer);
+        HaProxy {
+            addr,
+            _dir: dir,
+            _peer: peer,
+        }
+    }
+}
+
+/// `microsocks`, a standard SOCKS5 server.
+pub struct MicroSocks {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _peer: Peer,
+}
+
+impl MicroSocks {
+    /// Starts microsocks on `127.0.0.1:<free port>`; `egress_ip` is its `-b` (the address
+    /// it connects out from); `auth` its `-u/-P`.
+    pub fn start(egress_ip: Option<IpAddr>, auth: Option<(&str, &str)>) -> MicroSocks {
+        let bin = require("microsocks");
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args(["-i", "127.0.0.1", "-p", &port.to_string()]);
+        if let Some(ip) = egress_ip {
+            cmd.args(["-b", &ip.to_string()]);
+        }
+        if let Some((user, pass)) = auth {
+            cmd.args(["-u", user, "-P", pass]);
+        }
+        let mut peer = Peer::spawn("microsocks", &mut cmd);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_listening("microsocks", addr, &mut peer);
+        MicroSocks { addr, _peer: peer }
+    }
+}
+
+/// `danted` (Dante), a standard SOCKS5 server; it sends from 127.0.0.1.
+pub struct Danted {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _dir: tempfile::TempDir,
+    _peer: Peer,
+}
+
+impl Danted {
+    /// Starts danted on `127.0.0.1:<free port>`, no authentication, loopback only.
+    pub fn start() -> Danted {
+        let bin = require("danted");
+        let dir = temp_dir("egress-danted-");
+        let port = free_port();
+        let cfg = dir.path().join("danted.conf");
+        fs::write(
+            &cfg,
+            format!(
+                "logoutput: stderr\n\
+                 internal: 127.0.0.1 port = {port}\n\
+                 external: 127.0.0.1\n\
+                 socksmethod: none\n\
+                 clientmethod: none\n\
+                 user.privileged: root\n\
+                 user.unprivileged: nobody\n\
+                 client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}\n\
+                 socks pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 command: bind connect }}\n"
+            ),
+        )
+        .expect("write danted.conf");
+        let pid = dir.path().join("danted.pid");
+        let mut cmd = Command::new(bin);
+        cmd.arg("-f")
+            .arg(&cfg)
+            .arg("-p")
+            .arg(&pid)
+            .arg("-N")
+            .arg("1");
+        let mut peer = Peer::spawn("danted", &mut cmd);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_listening("danted", addr, &mut peer);
+        Danted {
+            addr,
+            _dir: dir,
+            _peer: peer,
+        }
+    }
+}
+
+/// `dnsmasq` answering on `127.0.0.1:<port>` (UDP and TCP) from the records given as
+/// its own flags (`--mx-host=…`, `--host-record=…`), and nothing else.
+pub struct Dnsmasq {
+    /// Where it answers.
+    pub addr: SocketAddr,
+    _peer: Peer,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq with `records` (dnsmasq flags).
+    pub fn start(records: &[&str]) -> Dnsmasq {
+        let bin = require("dnsmasq");
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "-d",
+            "-k",
+            "-p",
+            &port.to_string(),
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--user=root",
+            "--pid-file",
+        ])
+        .args(records);
+        let mut peer = Peer::spawn("dnsmasq", &mut cmd);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_listening("dnsmasq", addr, &mut peer);
+        Dnsmasq { addr, _peer: peer }
+    }
+}
+
+/// Sends one message over an open connection to an SMTP server (blocking): reads the
+/// banner, EHLO `ehlo`, MAIL, RCPT, DATA, QUIT. Returns the final reply to the dot.
+/// Used to push a real transaction through a connection the code under test made.
+pub fn send_mail(stream: TcpStream, ehlo: &str, from: &str, to: &str) -> std::io::Result<String> {
+    use std::io::{BufRead, BufReader, Write};
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut expect = |code: &str| -> std::io::Result<String> {
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("closed; wanted {code}: {all}"),
+                ));
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                break;
+            }
+        }
+        if all.starts_with(code) {
+            Ok(all)
+        } else {
+            Err(std::io::Error::other(format!("wanted {code}, got {all}")))
+        }
+    };
+    expect("220")?;
+    writer.write_all(format!("EHLO {ehlo}\r\n").as_bytes())?;
+    expect("250")?;
+    writer.write_all(format!("MAIL FROM:<{from}>\r\n").as_bytes())?;
+    expect("250")?;
+    writer.write_all(format!("RCPT TO:<{to}>\r\n").as_bytes())?;
+    expect("250")?;
+    writer.write_all(b"DATA\r\n")?;
+    expect("354")?;
+    writer.write_all(
+        format!("From: <{from}>\r\nTo: <{to}>\r\nSubject: egress test\r\n\r\nhello\r\n.\r\n")
+            .as_bytes(),
+    )?;
+    let done = expect("250")?;
+    writer.write_all(b"QUIT\r\n")?;
+    let _ = expect("221");
+    Ok(done)
+}
