@@ -160,6 +160,18 @@ where
             return Ok(value);
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        // Boxed so that the hit path's future stays small: moka's loading future is
+        // large, and embedding it would make every hit move it around. A miss costs
+        // a policy call anyway; one allocation more is noise there.
+        Box::pin(self.load(key, loader)).await
+    }
+
+    async fn load<F, Fut, E>(&self, key: K, loader: F) -> Result<V, Arc<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+        E: Send + Sync + 'static,
+    {
         let counters = &self.counters;
         self.inner
             .try_get_with(key, async move {

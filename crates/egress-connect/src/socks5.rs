@@ -172,10 +172,12 @@ pub(crate) async fn connect_from_source(
     }
     match bound {
         Some(addr) if addr.ip() == source => {}
-        Some(addr) => return Err(Socks5Failure::SourceBind(format!(
+        Some(addr) => {
+            return Err(Socks5Failure::SourceBind(format!(
             "asked to bind {source}, it bound {} instead (a standard BIND, not a source address)",
             addr.ip()
-        ))),
+        )))
+        }
         None => {
             return Err(Socks5Failure::SourceBind(
                 "its BIND reply carried no IP address".into(),

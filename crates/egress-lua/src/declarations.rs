@@ -1,0 +1,145 @@
+//! What a policy's `init` declares for the server to start: listeners and DNS.
+
+use ipnet::IpNet;
+use serde::de::{Deserializer, Error};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+
+/// Everything `init` (or the policy's top level) declared.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct InitConfig {
+    /// `kumo.start_esmtp_listener{}` calls, in order.
+    pub esmtp_listeners: Vec<EsmtpListener>,
+    /// `kumo.start_http_listener{}` calls, in order.
+    pub http_listeners: Vec<HttpListener>,
+    /// `kumo.dns.configure_resolver{}`, the last call wins.
+    pub resolver: Option<ResolverConfig>,
+}
+
+/// `kumo.start_esmtp_listener { listen, relay_hosts, hostname, max_message_size, max_connections }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EsmtpListener {
+    /// Address to listen on; default `127.0.0.1:2525` (never beyond loopback unless asked).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Clients allowed to relay (CIDRs or addresses); default loopback only.
+    #[serde(default = "default_relay_hosts", deserialize_with = "relay_hosts")]
+    pub relay_hosts: Vec<IpNet>,
+    /// Name in the banner and `Received:`; default the host's name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Largest message accepted, in bytes; default 20 MiB.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: u64,
+    /// Concurrent sessions beyond which new ones get `421 4.7.0`; default 1000.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+impl Default for EsmtpListener {
+    fn default() -> Self {
+        EsmtpListener {
+            listen: default_listen(),
+            relay_hosts: default_relay_hosts(),
+            hostname: None,
+            max_message_size: default_max_message_size(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 2525))
+}
+
+fn default_relay_hosts() -> Vec<IpNet> {
+    // Constants, checked by the unit test below.
+    ["127.0.0.0/8", "::1/128"]
+        .iter()
+        .filter_map(|n| n.parse().ok())
+        .collect()
+}
+
+fn default_max_message_size() -> u64 {
+    20 * 1024 * 1024
+}
+
+fn default_max_connections() -> usize {
+    1000
+}
+
+/// Accepts CIDRs (`10.0.0.0/8`) and bare addresses (`10.0.0.1`), as KumoMTA does.
+fn relay_hosts<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let items = Vec::<String>::deserialize(d)?;
+    items
+        .iter()
+        .map(|s| {
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    D::Error::custom(format!(
+                        "expected a CIDR such as \"10.0.0.0/8\" or an IP address, got {s:?}"
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// `kumo.start_http_listener { listen }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpListener {
+    /// Address to listen on; default `127.0.0.1:8000`.
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8000))
+}
+
+/// `kumo.dns.configure_resolver { name_servers = { 'IP:PORT', ... } }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverConfig {
+    /// Servers to ask, in order; a bare IP means port 53.
+    #[serde(deserialize_with = "name_servers")]
+    pub name_servers: Vec<SocketAddr>,
+}
+
+fn name_servers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let items = Vec::<String>::deserialize(d)?;
+    items
+        .iter()
+        .map(|s| {
+            s.parse::<SocketAddr>()
+                .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| {
+                    D::Error::custom(format!("expected \"IP:PORT\" or an IP address, got {s:?}"))
+                })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_relay_hosts_are_loopback_only() {
+        let hosts = default_relay_hosts();
+        assert!(hosts
+            .iter()
+            .any(|n| n.contains(&"127.0.0.1".parse::<IpAddr>().unwrap())));
+        assert!(hosts
+            .iter()
+            .any(|n| n.contains(&"127.255.0.9".parse::<IpAddr>().unwrap())));
+        assert!(hosts
+            .iter()
+            .any(|n| n.contains(&"::1".parse::<IpAddr>().unwrap())));
+        assert!(!hosts
+            .iter()
+            .any(|n| n.contains(&"10.0.0.1".parse::<IpAddr>().unwrap())));
+    }
+}

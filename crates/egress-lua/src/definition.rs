@@ -1,0 +1,101 @@
+//! The four kinds of definition a policy returns, and how a handler's return value
+//! becomes one.
+
+use crate::error::{Describe, PolicyError};
+use egress_source::{EgressPathConfig, EgressPool, EgressSource, QueueConfig};
+use mlua::{Lua, LuaSerdeExt, UserData, Value};
+use serde::de::DeserializeOwned;
+
+/// A definition made by `kumo.make_*` (a userdata, so a handler's return can be
+/// taken as is, already validated).
+pub(crate) struct Made<T>(pub T);
+
+impl<T: Definition> UserData for Made<T> {}
+
+/// What each `kumo.make_*` builds.
+pub(crate) trait Definition: DeserializeOwned + Clone + Send + 'static {
+    /// The Lua function that builds it.
+    const MAKER: &'static str;
+    /// What a handler's return should look like, for the nil-return message.
+    fn example(first_arg: Option<&str>) -> String;
+    /// Rules between fields.
+    fn check(&self) -> Result<(), String>;
+}
+
+impl Definition for EgressSource {
+    const MAKER: &'static str = "kumo.make_egress_source";
+    fn example(name: Option<&str>) -> String {
+        format!(
+            "kumo.make_egress_source {{ name = '{}', source_address = '10.0.0.1' }}",
+            name.unwrap_or("ip-1")
+        )
+    }
+    fn check(&self) -> Result<(), String> {
+        self.validate().map_err(|e| e.to_string())
+    }
+}
+
+impl Definition for EgressPool {
+    const MAKER: &'static str = "kumo.make_egress_pool";
+    fn example(name: Option<&str>) -> String {
+        format!(
+            "kumo.make_egress_pool {{ name = '{}', entries = {{ {{ name = 'ip-1' }} }} }}",
+            name.unwrap_or("pool-1")
+        )
+    }
+    fn check(&self) -> Result<(), String> {
+        self.validate().map_err(|e| e.to_string())
+    }
+}
+
+impl Definition for EgressPathConfig {
+    const MAKER: &'static str = "kumo.make_egress_path";
+    fn example(_: Option<&str>) -> String {
+        "kumo.make_egress_path { ehlo_domain = 'mta1.example.com' }".into()
+    }
+    fn check(&self) -> Result<(), String> {
+        self.validate().map_err(|e| e.to_string())
+    }
+}
+
+impl Definition for QueueConfig {
+    const MAKER: &'static str = "kumo.make_queue_config";
+    fn example(_: Option<&str>) -> String {
+        "kumo.make_queue_config { egress_pool = 'pool-1' }".into()
+    }
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Turns a handler's return value into a definition.
+pub(crate) fn from_return<T: Definition>(
+    lua: &Lua,
+    event: &'static str,
+    args: &[Option<&str>],
+    value: Value,
+) -> Result<T, PolicyError> {
+    let quoted = || crate::error::quote_args(args);
+    let wrong = |got: String, detail: String| PolicyError::WrongReturn {
+        event,
+        args: quoted(),
+        got,
+        maker: T::MAKER,
+        detail,
+    };
+    match value {
+        Value::Nil => Err(PolicyError::ReturnedNil { event, args: quoted(), example: T::example(args[0]) }),
+        Value::UserData(ud) => match ud.borrow::<Made<T>>() {
+            Ok(made) => Ok(made.0.clone()),
+            Err(_) => Err(wrong("a userdata of another kind".into(), format!("did the handler return the result of a different kumo.make_* function than {}?", T::MAKER))),
+        },
+        Value::Table(t) => {
+            let made: T = lua
+                .from_value(Value::Table(t))
+                .map_err(|e| wrong("a table".into(), crate::error::serde_message(&e)))?;
+            made.check().map_err(|e| wrong("a table".into(), e))?;
+            Ok(made)
+        }
+        other => Err(wrong(Describe(&other).to_string(), "return a table or the maker's result".into())),
+    }
+}

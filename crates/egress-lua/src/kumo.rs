@@ -1,0 +1,153 @@
+//! The `kumo` module: the functions a KumoMTA policy calls, with KumoMTA's names and
+//! argument orders, so egress policies written for KumoMTA run here unchanged.
+
+use crate::declarations::{EsmtpListener, HttpListener, InitConfig, ResolverConfig};
+use crate::definition::{Definition, Made};
+use egress_source::{EgressPathConfig, EgressPool, EgressSource, QueueConfig};
+use mlua::{Function, Lua, LuaSerdeExt, Table, Value, Variadic};
+use serde::de::DeserializeOwned;
+
+/// Registry key of the table of event handlers registered with `kumo.on`.
+pub(crate) const HANDLERS: &str = "egress.handlers";
+
+/// Installs `kumo` as a global and as `require 'kumo'`.
+pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
+    lua.set_app_data(InitConfig::default());
+    lua.set_named_registry_value(HANDLERS, lua.create_table()?)?;
+
+    let kumo = lua.create_table()?;
+    kumo.set(
+        "on",
+        lua.create_function(|lua, (event, handler): (String, Function)| {
+            let handlers: Table = lua.named_registry_value(HANDLERS)?;
+            handlers.set(event, handler)
+        })?,
+    )?;
+    kumo.set("make_egress_source", maker::<EgressSource>(lua)?)?;
+    kumo.set("make_egress_pool", maker::<EgressPool>(lua)?)?;
+    kumo.set("make_egress_path", maker::<EgressPathConfig>(lua)?)?;
+    kumo.set("make_queue_config", maker::<QueueConfig>(lua)?)?;
+
+    kumo.set(
+        "start_esmtp_listener",
+        lua.create_function(|lua, params: Value| {
+            let listener: EsmtpListener = from_lua(lua, params, "kumo.start_esmtp_listener")?;
+            declare(lua, |init| init.esmtp_listeners.push(listener))
+        })?,
+    )?;
+    kumo.set(
+        "start_http_listener",
+        lua.create_function(|lua, params: Value| {
+            let listener: HttpListener = from_lua(lua, params, "kumo.start_http_listener")?;
+            declare(lua, |init| init.http_listeners.push(listener))
+        })?,
+    )?;
+    let dns = lua.create_table()?;
+    dns.set(
+        "configure_resolver",
+        lua.create_function(|lua, params: Value| {
+            let resolver: ResolverConfig = from_lua(lua, params, "kumo.dns.configure_resolver")?;
+            declare(lua, |init| init.resolver = Some(resolver))
+        })?,
+    )?;
+    kumo.set("dns", dns)?;
+
+    let json_load = lua.create_function(|lua, path: String| {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| located(lua, format!("kumo.json_load: cannot read {path}: {e}")))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+            located(
+                lua,
+                format!("kumo.json_load: {path} is not valid JSON: {e}"),
+            )
+        })?;
+        lua.to_value_with(
+            &value,
+            mlua::SerializeOptions::new().serialize_none_to_null(false),
+        )
+    })?;
+    kumo.set("json_load", json_load.clone())?;
+    let serde = lua.create_table()?;
+    serde.set("json_load", json_load)?;
+    kumo.set("serde", serde)?;
+
+    kumo.set("log_debug", logger(lua, tracing::Level::DEBUG)?)?;
+    kumo.set("log_info", logger(lua, tracing::Level::INFO)?)?;
+    kumo.set("log_warn", logger(lua, tracing::Level::WARN)?)?;
+    kumo.set("log_error", logger(lua, tracing::Level::ERROR)?)?;
+
+    lua.globals().set("kumo", kumo.clone())?;
+    let loaded: Table = lua.globals().get::<Table>("package")?.get("loaded")?;
+    loaded.set("kumo", kumo)?;
+    Ok(())
+}
+
+/// `kumo.make_*`: a table in, a validated definition (userdata) out.
+fn maker<T: Definition>(lua: &Lua) -> mlua::Result<Function> {
+    lua.create_function(|lua, params: Value| {
+        let made: T = from_lua(lua, params, T::MAKER)?;
+        made.check()
+            .map_err(|e| located(lua, format!("{}: {e}", T::MAKER)))?;
+        lua.create_userdata(Made(made))
+    })
+}
+
+/// Converts a Lua value with serde; errors name the function and the caller's line.
+fn from_lua<T: DeserializeOwned>(lua: &Lua, value: Value, function: &str) -> mlua::Result<T> {
+    if !value.is_table() {
+        return Err(located(
+            lua,
+            format!(
+                "{function} expects a table of fields, got {}",
+                crate::error::Describe(&value)
+            ),
+        ));
+    }
+    lua.from_value(value).map_err(|e| {
+        located(
+            lua,
+            format!("{function}: {}", crate::error::serde_message(&e)),
+        )
+    })
+}
+
+/// A runtime error prefixed with the `file:line` of the Lua code that called us.
+fn located(lua: &Lua, message: String) -> mlua::Error {
+    let place = lua.inspect_stack(1).and_then(|frame| {
+        let line = frame.curr_line();
+        let src = frame.source().short_src.map(|s| s.into_owned())?;
+        (line > 0).then(|| format!("{src}:{line}: "))
+    });
+    mlua::Error::runtime(format!("{}{message}", place.unwrap_or_default()))
+}
+
+fn declare(lua: &Lua, record: impl FnOnce(&mut InitConfig)) -> mlua::Result<()> {
+    let mut init = lua
+        .app_data_mut::<InitConfig>()
+        .ok_or_else(|| mlua::Error::runtime("kumo module is not installed in this state"))?;
+    record(&mut init);
+    Ok(())
+}
+
+fn logger(lua: &Lua, level: tracing::Level) -> mlua::Result<Function> {
+    lua.create_function(move |lua, args: Variadic<Value>| {
+        let mut parts = Vec::with_capacity(args.len());
+        for arg in args.iter() {
+            parts.push(match arg {
+                Value::String(s) => s.to_string_lossy(),
+                other => lua
+                    .coerce_string(other.clone())?
+                    .map(|s| s.to_string_lossy())
+                    .unwrap_or_else(|| format!("{other:?}")),
+            });
+        }
+        let message = parts.join(" ");
+        match level {
+            tracing::Level::DEBUG => tracing::debug!(target: "policy", "{message}"),
+            tracing::Level::INFO => tracing::info!(target: "policy", "{message}"),
+            tracing::Level::WARN => tracing::warn!(target: "policy", "{message}"),
+            _ => tracing::error!(target: "policy", "{message}"),
+        }
+        Ok(())
+    })
+}

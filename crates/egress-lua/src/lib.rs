@@ -1,0 +1,313 @@
+//! KumoMTA-compatible Lua policies for egress.
+//!
+//! A policy is a Lua 5.4 file (Lua is vendored: nothing to install) that registers
+//! handlers with `kumo.on` and builds definitions with `kumo.make_egress_source`,
+//! `kumo.make_egress_pool`, `kumo.make_egress_path` and `kumo.make_queue_config`,
+//! exactly as a KumoMTA policy does. [`Policy`] loads it into a pool of Lua states
+//! and answers typed, cached calls:
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use egress_lua::{Policy, PolicyOptions};
+//! let policy = Policy::from_source("policy.lua", r#"
+//!     kumo.on('get_egress_source', function(name)
+//!       return kumo.make_egress_source { name = name, source_address = '127.0.0.2',
+//!                                        ehlo_domain = 'mta2.example.com', ttl = '5 mins' }
+//!     end)
+//! "#, PolicyOptions::default()).unwrap();
+//! let src = policy.egress_source("ip-2").await.unwrap();
+//! assert_eq!(src.ehlo_domain.as_deref(), Some("mta2.example.com"));
+//! assert_eq!(src.ttl.as_secs(), 300);
+//! # });
+//! ```
+//!
+//! Sources, pools, path and queue configs are cached (egress-cache) for their own
+//! `ttl`; concurrent misses share one handler call. Handlers run on blocking threads,
+//! one state each, so a slow handler holds one state and not the policy.
+//! [`Policy::reload`] builds new states and clears the caches; calls in flight finish
+//! on the old states.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod declarations;
+mod definition;
+mod error;
+mod kumo;
+mod states;
+
+pub use declarations::{EsmtpListener, HttpListener, InitConfig, ResolverConfig};
+pub use error::PolicyError;
+
+use egress_cache::{CacheStats, TtlCache};
+use egress_source::{EgressPathConfig, EgressPool, EgressSource, QueueConfig, DEFAULT_POOL};
+use states::LuaStates;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+/// The event names, as `kumo.on` knows them.
+pub mod events {
+    /// `init()`
+    pub const INIT: &str = "init";
+    /// `get_egress_source(name)`
+    pub const GET_EGRESS_SOURCE: &str = "get_egress_source";
+    /// `get_egress_pool(name)`
+    pub const GET_EGRESS_POOL: &str = "get_egress_pool";
+    /// `get_egress_path_config(domain, source_name, site_name)`
+    pub const GET_EGRESS_PATH_CONFIG: &str = "get_egress_path_config";
+    /// `get_queue_config(domain, tenant, campaign, routing_domain)`
+    pub const GET_QUEUE_CONFIG: &str = "get_queue_config";
+}
+use events::*;
+
+/// How a policy is run.
+#[derive(Debug, Clone)]
+pub struct PolicyOptions {
+    /// Lua states (handlers that can run at once); default: the number of CPUs.
+    pub states: usize,
+    /// Entries per definition cache; default 100 000.
+    pub cache_capacity: u64,
+}
+
+impl Default for PolicyOptions {
+    fn default() -> Self {
+        PolicyOptions {
+            states: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            cache_capacity: 100_000,
+        }
+    }
+}
+
+enum Origin {
+    File(PathBuf),
+    Source { name: String, code: String },
+}
+
+type PathKey = (String, String, Option<String>);
+type QueueKey = (String, Option<String>, Option<String>, Option<String>);
+
+/// A loaded policy: typed, cached, concurrent calls into its handlers.
+pub struct Policy {
+    origin: Origin,
+    options: PolicyOptions,
+    current: RwLock<Arc<LuaStates>>,
+    sources: TtlCache<String, Arc<EgressSource>>,
+    pools: TtlCache<String, Arc<EgressPool>>,
+    paths: TtlCache<PathKey, Arc<EgressPathConfig>>,
+    queues: TtlCache<QueueKey, Arc<QueueConfig>>,
+}
+
+/// Cache counters per kind of definition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PolicyCacheStats {
+    /// Sources.
+    pub sources: CacheStats,
+    /// Pools.
+    pub pools: CacheStats,
+    /// Path configs.
+    pub paths: CacheStats,
+    /// Queue configs.
+    pub queues: CacheStats,
+}
+
+impl Policy {
+    /// Loads the policy in `path`.
+    pub fn from_file(
+        path: impl AsRef<Path>,
+        options: PolicyOptions,
+    ) -> Result<Policy, PolicyError> {
+        let origin = Origin::File(path.as_ref().to_path_buf());
+        Self::build(origin, options)
+    }
+
+    /// Loads a policy from text; `name` stands for the file name in messages.
+    pub fn from_source(
+        name: &str,
+        code: &str,
+        options: PolicyOptions,
+    ) -> Result<Policy, PolicyError> {
+        Self::build(
+            Origin::Source {
+                name: name.to_owned(),
+                code: code.to_owned(),
+            },
+            options,
+        )
+    }
+
+    fn build(origin: Origin, options: PolicyOptions) -> Result<Policy, PolicyError> {
+        let states = load(&origin, options.states)?;
+        let capacity = options.cache_capacity;
+        Ok(Policy {
+            origin,
+            options,
+            current: RwLock::new(states),
+            sources: TtlCache::new(capacity),
+            pools: TtlCache::new(capacity),
+            paths: TtlCache::new(capacity),
+            queues: TtlCache::new(capacity),
+        })
+    }
+
+    /// What the policy's `init` declared: listeners and DNS.
+    pub fn init_config(&self) -> InitConfig {
+        self.states().init.clone()
+    }
+
+    /// Rebuilds the states from the file (or text) and clears every cache. Calls in
+    /// flight finish on the old states. On error the old policy keeps serving.
+    pub fn reload(&self) -> Result<(), PolicyError> {
+        let fresh = load(&self.origin, self.options.states)?;
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        self.sources.invalidate_all();
+        self.pools.invalidate_all();
+        self.paths.invalidate_all();
+        self.queues.invalidate_all();
+        Ok(())
+    }
+
+    fn states(&self) -> Arc<LuaStates> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// `get_egress_source(name)`. Without a handler, only `unspecified` resolves (to a
+    /// source with a kernel-chosen address).
+    pub async fn egress_source(&self, name: &str) -> Result<Arc<EgressSource>, PolicyError> {
+        let states = self.states();
+        let owned = name.to_owned();
+        let loaded = self
+            .sources
+            .get_or_load(owned.clone(), || async move {
+                match states
+                    .call::<EgressSource>(GET_EGRESS_SOURCE, vec![Some(owned.clone())])
+                    .await?
+                {
+                    Some(src) => Ok(Arc::new(src)),
+                    None if owned == DEFAULT_POOL => {
+                        Ok(Arc::new(EgressSource::named(DEFAULT_POOL)))
+                    }
+                    None => Err(PolicyError::MissingHandler {
+                        event: GET_EGRESS_SOURCE,
+                        args: format!("source '{owned}'"),
+                    }),
+                }
+            })
+            .await;
+        loaded.map_err(unshare)
+    }
+
+    /// `get_egress_pool(name)`. Without a handler, only `unspecified` resolves (one
+    /// source, `unspecified`).
+    pub async fn egress_pool(&self, name: &str) -> Result<Arc<EgressPool>, PolicyError> {
+        let states = self.states();
+        let owned = name.to_owned();
+        let loaded = self
+            .pools
+            .get_or_load(owned.clone(), || async move {
+                match states
+                    .call::<EgressPool>(GET_EGRESS_POOL, vec![Some(owned.clone())])
+                    .await?
+                {
+                    Some(pool) => Ok(Arc::new(pool)),
+                    None if owned == DEFAULT_POOL => Ok(Arc::new(EgressPool::unspecified())),
+                    None => Err(PolicyError::MissingHandler {
+                        event: GET_EGRESS_POOL,
+                        args: format!("pool '{owned}'"),
+                    }),
+                }
+            })
+            .await;
+        loaded.map_err(unshare)
+    }
+
+    /// `get_egress_path_config(domain, source_name, site_name)`; defaults without a handler.
+    pub async fn egress_path_config(
+        &self,
+        domain: &str,
+        source: &str,
+        site: Option<&str>,
+    ) -> Result<Arc<EgressPathConfig>, PolicyError> {
+        let states = self.states();
+        let key: PathKey = (
+            domain.to_owned(),
+            source.to_owned(),
+            site.map(str::to_owned),
+        );
+        let args = vec![Some(key.0.clone()), Some(key.1.clone()), key.2.clone()];
+        let loaded = self
+            .paths
+            .get_or_load(key, || async move {
+                let path = states
+                    .call::<EgressPathConfig>(GET_EGRESS_PATH_CONFIG, args)
+                    .await?;
+                Ok(Arc::new(path.unwrap_or_default()))
+            })
+            .await;
+        loaded.map_err(unshare)
+    }
+
+    /// `get_queue_config(domain, tenant, campaign, routing_domain)`; defaults (pool
+    /// `unspecified`, MX routing) without a handler.
+    pub async fn queue_config(
+        &self,
+        domain: &str,
+        tenant: Option<&str>,
+        campaign: Option<&str>,
+        routing_domain: Option<&str>,
+    ) -> Result<Arc<QueueConfig>, PolicyError> {
+        let states = self.states();
+        let own = |s: Option<&str>| s.map(str::to_owned);
+        let key: QueueKey = (
+            domain.to_owned(),
+            own(tenant),
+            own(campaign),
+            own(routing_domain),
+        );
+        let args = vec![
+            Some(key.0.clone()),
+            key.1.clone(),
+            key.2.clone(),
+            key.3.clone(),
+        ];
+        let loaded = self
+            .queues
+            .get_or_load(key, || async move {
+                let queue = states.call::<QueueConfig>(GET_QUEUE_CONFIG, args).await?;
+                Ok(Arc::new(queue.unwrap_or_default()))
+            })
+            .await;
+        loaded.map_err(unshare)
+    }
+
+    /// Cache counters.
+    pub fn cache_stats(&self) -> PolicyCacheStats {
+        PolicyCacheStats {
+            sources: self.sources.stats(),
+            pools: self.pools.stats(),
+            paths: self.paths.stats(),
+            queues: self.queues.stats(),
+        }
+    }
+}
+
+fn unshare(e: Arc<PolicyError>) -> PolicyError {
+    Arc::unwrap_or_clone(e)
+}
+
+fn load(origin: &Origin, states: usize) -> Result<Arc<LuaStates>, PolicyError> {
+    match origin {
+        Origin::File(path) => {
+            let shown = path.display().to_string();
+            let code = std::fs::read_to_string(path).map_err(|e| PolicyError::Read {
+                path: shown.clone(),
+                message: e.to_string(),
+            })?;
+            LuaStates::load(&code, &shown, states)
+        }
+        Origin::Source { name, code } => LuaStates::load(code, name, states),
+    }
+}

@@ -1,0 +1,525 @@
+//! Policies as operators write them: the seed page's examples, errors that teach,
+//! defaults, concurrency, reload, JSON-backed sources.
+
+use egress_lua::{Policy, PolicyError, PolicyOptions};
+use std::time::{Duration, Instant};
+
+fn policy(code: &str) -> Policy {
+    Policy::from_source("policy.lua", code, PolicyOptions::default())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+// --- the seed page's examples, addresses filled in with loopback values ---
+
+#[tokio::test]
+async fn seed_name_only_source() {
+    let p = policy(
+        "kumo.on('get_egress_source', function(source_name)
+           return kumo.make_egress_source { name = source_name }
+         end)",
+    );
+    let src = p.egress_source("anything").await.unwrap();
+    assert_eq!(src.name, "anything");
+    assert_eq!(src.source_address, None);
+    assert_eq!(src.ttl, Duration::from_secs(60));
+}
+
+const SEED_SOURCE_ADDRESS: &str = "
+kumo.on('get_egress_source', function(source_name)
+  if source_name == 'ip-1' then
+    -- Make a source that will emit from 127.0.0.2
+    return kumo.make_egress_source {
+      name = 'ip-1',
+      source_address = '127.0.0.2',
+    }
+  end
+  error 'you need to do something for other source names'
+end)";
+
+#[tokio::test]
+async fn seed_source_address_and_its_error_branch() {
+    let p = policy(SEED_SOURCE_ADDRESS);
+    assert_eq!(
+        p.egress_source("ip-1").await.unwrap().source_address,
+        Some("127.0.0.2".parse().unwrap())
+    );
+    let err = p.egress_source("ip-9").await.unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, PolicyError::Runtime { .. }), "{err:?}");
+    assert!(
+        text.contains("get_egress_source('ip-9') raised an error"),
+        "{text}"
+    );
+    assert!(
+        text.contains("policy.lua:10: you need to do something for other source names"),
+        "{text}"
+    );
+    assert!(text.contains("stack traceback"), "{text}");
+}
+
+/// The page's EHLO example forgets `return`; we say so rather than fail obscurely.
+#[tokio::test]
+async fn seed_ehlo_example_without_return_is_explained() {
+    let as_printed = "
+kumo.on('get_egress_source', function(source_name)
+  if source_name == 'ip-1' then
+    kumo.make_egress_source {
+      name = 'ip-1',
+      source_address = '127.0.0.2',
+      ehlo_domain = 'mta1.example.com',
+    }
+  end
+  error 'you need to do something for other source names'
+end)";
+    // As printed, the example falls through to error(); with the condition's result
+    // dropped, a handler that only builds the source returns nil:
+    let p = policy(&as_printed.replace(
+        "  error 'you need to do something for other source names'\n",
+        "",
+    ));
+    let err = p.egress_source("ip-1").await.unwrap_err();
+    assert!(matches!(err, PolicyError::ReturnedNil { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("get_egress_source('ip-1') returned nil"),
+        "{text}"
+    );
+    assert!(
+        text.contains("return kumo.make_egress_source { name = 'ip-1'"),
+        "{text}"
+    );
+    assert!(text.contains("missing `return`"), "{text}");
+
+    let fixed = policy(&as_printed.replace(
+        "    kumo.make_egress_source {",
+        "    return kumo.make_egress_source {",
+    ));
+    let src = fixed.egress_source("ip-1").await.unwrap();
+    assert_eq!(src.ehlo_domain.as_deref(), Some("mta1.example.com"));
+}
+
+#[tokio::test]
+async fn seed_ha_proxy_and_socks5_sources() {
+    let p = policy(
+        "kumo.on('get_egress_source', function(source_name)
+           if source_name == 'ip-1' then
+             return kumo.make_egress_source {
+               name = 'ip-1',
+               ha_proxy_source_address = '127.0.0.5',
+               ha_proxy_server = '127.0.0.1:5000',
+               ehlo_domain = 'mta1.example.com',
+             }
+           elseif source_name == 'ip-2' then
+             return kumo.make_egress_source {
+               name = 'ip-2',
+               socks5_proxy_source_address = '127.0.0.7',
+               socks5_proxy_server = '127.0.0.1:5001',
+               ehlo_domain = 'mta2.example.com',
+             }
+           end
+           error 'you need to do something for other source names'
+         end)",
+    );
+    let ha = p.egress_source("ip-1").await.unwrap();
+    assert_eq!(
+        ha.ha_proxy_server.as_ref().unwrap().to_string(),
+        "127.0.0.1:5000"
+    );
+    assert_eq!(
+        ha.ha_proxy_source_address,
+        Some("127.0.0.5".parse().unwrap())
+    );
+    let s5 = p.egress_source("ip-2").await.unwrap();
+    assert_eq!(s5.socks5_proxy_server.as_ref().unwrap().port, 5001);
+    assert_eq!(
+        s5.socks5_proxy_source_address,
+        Some("127.0.0.7".parse().unwrap())
+    );
+}
+
+#[tokio::test]
+async fn seed_ttl_and_spec_pool_example() {
+    let p = policy(
+        "local kumo = require 'kumo'
+         kumo.on('get_egress_source', function(name)
+           return kumo.make_egress_source { name = name, source_address = '127.0.0.2',
+                                            ehlo_domain = 'mta1.example.com', ttl = '5 mins' }
+         end)
+         kumo.on('get_egress_pool', function(name)
+           return kumo.make_egress_pool { name = name, entries = {
+             { name = 'ip-1', weight = 5 }, { name = 'ip-2', weight = 2 }, { name = 'ip-3', weight = 3 } } }
+         end)",
+    );
+    assert_eq!(
+        p.egress_source("ip-1").await.unwrap().ttl,
+        Duration::from_secs(300)
+    );
+    let pool = p.egress_pool("bulk").await.unwrap();
+    let wrr = pool.selector().unwrap();
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..100 {
+        *counts.entry(wrr.pick().clone()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        (counts["ip-1"], counts["ip-2"], counts["ip-3"]),
+        (50, 20, 30)
+    );
+}
+
+// --- errors that teach ---
+
+#[tokio::test]
+async fn syntax_error_names_file_and_line() {
+    let err = Policy::from_source(
+        "broken.lua",
+        "kumo.on('init', function()\n  local x = = 1\nend)",
+        PolicyOptions::default(),
+    )
+    .err()
+    .unwrap();
+    let text = err.to_string();
+    assert!(matches!(err, PolicyError::Load { .. }), "{err:?}");
+    assert!(text.contains("broken.lua:2:"), "{text}");
+}
+
+#[tokio::test]
+async fn wrong_type_names_field_expected_and_got() {
+    let p = policy(
+        "kumo.on('get_egress_source', function(name)
+           return kumo.make_egress_source { name = name, source_address = 10 }
+         end)",
+    );
+    let text = p.egress_source("ip-1").await.unwrap_err().to_string();
+    assert!(
+        text.contains(
+            "policy.lua:2: kumo.make_egress_source: source_address: expected an IP address string"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("got number 10"), "{text}");
+}
+
+#[tokio::test]
+async fn unknown_key_suggests_the_nearest() {
+    let p = policy(
+        "kumo.on('get_egress_source', function(name)
+           return kumo.make_egress_source { name = name, sorce_address = '127.0.0.2' }
+         end)",
+    );
+    let text = p.egress_source("ip-1").await.unwrap_err().to_string();
+    assert!(
+        text.contains(
+            "unknown key `sorce_address` in egress source; did you mean `source_address`?"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn validation_errors_surface_with_the_source_name() {
+    let p = policy(
+        "kumo.on('get_egress_source', function(name)
+           return kumo.make_egress_source { name = name, socks5_proxy_source_address = '127.0.0.2' }
+         end)",
+    );
+    let text = p.egress_source("ip-4").await.unwrap_err().to_string();
+    assert!(
+        text.contains(
+            "egress source 'ip-4': `socks5_proxy_source_address` needs `socks5_proxy_server`"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn wrong_kind_of_return_is_named() {
+    let p = policy(
+        "kumo.on('get_egress_source', function(name)
+           return kumo.make_egress_pool { name = name }
+         end)
+         kumo.on('get_egress_pool', function(name) return 42 end)",
+    );
+    let text = p.egress_source("x").await.unwrap_err().to_string();
+    assert!(
+        text.contains("expected the result of kumo.make_egress_source"),
+        "{text}"
+    );
+    let text = p.egress_pool("x").await.unwrap_err().to_string();
+    assert!(text.contains("returned a number (42)"), "{text}");
+}
+
+#[tokio::test]
+async fn plain_tables_are_accepted_and_validated() {
+    let p = policy(
+        "kumo.on('get_egress_source', function(name)
+           return { name = name, source_address = '127.0.0.3' }
+         end)",
+    );
+    assert_eq!(
+        p.egress_source("t").await.unwrap().source_address,
+        Some("127.0.0.3".parse().unwrap())
+    );
+}
+
+// --- defaults and missing handlers ---
+
+#[tokio::test]
+async fn defaults_without_handlers() {
+    let p = policy("-- an empty policy");
+    let pool = p.egress_pool("unspecified").await.unwrap();
+    assert_eq!(pool.entries.len(), 1);
+    let src = p.egress_source("unspecified").await.unwrap();
+    assert_eq!(src.source_address, None);
+    let queue = p
+        .queue_config("example.com", None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(queue.egress_pool, "unspecified");
+    assert!(queue.mx_list().is_empty());
+    let path = p
+        .egress_path_config("example.com", "unspecified", None)
+        .await
+        .unwrap();
+    assert_eq!(path.smtp_port, 25);
+
+    let err = p.egress_source("ip-1").await.unwrap_err();
+    assert!(matches!(err, PolicyError::MissingHandler { .. }));
+    assert!(
+        err.to_string()
+            .contains("no handler for 'get_egress_source'"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("kumo.on('get_egress_source'"),
+        "{err}"
+    );
+    let err = p.egress_pool("bulk").await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no handler for 'get_egress_pool' (needed for pool 'bulk')"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn path_and_queue_handlers_get_their_arguments() {
+    let p = policy(
+        "kumo.on('get_egress_path_config', function(domain, source_name, site_name)
+           return kumo.make_egress_path { ehlo_domain = source_name .. '.' .. domain, smtp_port = 2525 }
+         end)
+         kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
+           return kumo.make_queue_config { egress_pool = 'pool-' .. (tenant or 'none'),
+             protocol = { smtp = { mx_list = { '[127.0.0.1]:2526', { name = 'mx.' .. domain, addr = '127.0.0.1' } } } } }
+         end)",
+    );
+    let path = p
+        .egress_path_config("example.com", "ip-1", None)
+        .await
+        .unwrap();
+    assert_eq!(path.ehlo_domain.as_deref(), Some("ip-1.example.com"));
+    assert_eq!(path.smtp_port, 2525);
+    let q = p
+        .queue_config("example.com", Some("acme"), None, None)
+        .await
+        .unwrap();
+    assert_eq!(q.egress_pool, "pool-acme");
+    assert_eq!(q.mx_list()[0].port(), Some(2526));
+    assert_eq!(q.mx_list()[1].name(), "mx.example.com");
+}
+
+#[tokio::test]
+async fn init_declares_listeners_and_resolver() {
+    let p = policy(
+        "kumo.on('init', function()
+           kumo.start_esmtp_listener { listen = '127.0.0.1:2600', relay_hosts = { '127.0.0.1', '10.0.0.0/8' },
+                                       max_message_size = 1024 }
+           kumo.start_http_listener { listen = '127.0.0.1:8001' }
+           kumo.dns.configure_resolver { name_servers = { '127.0.0.1:5353' } }
+           kumo.log_info('init done', 42)
+         end)",
+    );
+    let init = p.init_config();
+    assert_eq!(init.esmtp_listeners.len(), 1);
+    let l = &init.esmtp_listeners[0];
+    assert_eq!(l.listen.to_string(), "127.0.0.1:2600");
+    assert_eq!(
+        l.relay_hosts
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>(),
+        ["127.0.0.1/32", "10.0.0.0/8"]
+    );
+    assert_eq!(l.max_message_size, 1024);
+    assert_eq!(init.http_listeners[0].listen.port(), 8001);
+    assert_eq!(
+        init.resolver.unwrap().name_servers[0].to_string(),
+        "127.0.0.1:5353"
+    );
+
+    let err = Policy::from_source(
+        "p.lua",
+        "kumo.on('init', function() kumo.start_esmtp_listener { lisen = '127.0.0.1:25' } end)",
+        PolicyOptions::default(),
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("lisen"), "{err}");
+}
+
+// --- concurrency, caching, reload ---
+
+/// Each call announces itself with a file, then waits (up to 3 s) for all four to
+/// have announced. On a pool of four states all four meet; on a pool of one, the
+/// first call waits alone and gives up — so this test can tell the difference.
+fn barrier_policy(dir: &std::path::Path) -> String {
+    format!(
+        "local dir = '{}'
+         kumo.on('get_egress_source', function(name)
+           io.open(dir .. '/' .. name, 'w'):close()
+           local start = os.time()
+           local met = 'alone'
+           while os.time() - start < 3 do
+             local seen = 0
+             for _, n in ipairs({{ 'a', 'b', 'c', 'd' }}) do
+               local f = io.open(dir .. '/' .. n, 'r')
+               if f then seen = seen + 1; f:close() end
+             end
+             if seen == 4 then met = 'together'; break end
+           end
+           return kumo.make_egress_source {{ name = name, ehlo_domain = met .. '.example' }}
+         end)",
+        dir.display()
+    )
+}
+
+async fn meet(states: usize) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let p = std::sync::Arc::new(
+        Policy::from_source(
+            "barrier.lua",
+            &barrier_policy(dir.path()),
+            PolicyOptions {
+                states,
+                ..Default::default()
+            },
+        )
+        .unwrap(),
+    );
+    let calls: Vec<_> = ["a", "b", "c", "d"]
+        .into_iter()
+        .map(|n| {
+            let p = p.clone();
+            tokio::spawn(async move {
+                p.egress_source(n)
+                    .await
+                    .unwrap()
+                    .ehlo_domain
+                    .clone()
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for c in calls {
+        out.push(c.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_handlers_run_concurrently_on_separate_states() {
+    assert_eq!(meet(4).await, vec!["together.example"; 4]);
+    assert!(
+        meet(1).await.contains(&"alone.example".to_string()),
+        "one state serialises the calls"
+    );
+}
+
+#[tokio::test]
+async fn cached_until_reload_and_reload_keeps_old_policy_on_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.lua");
+    let write = |addr: &str| {
+        std::fs::write(
+            &file,
+            format!("kumo.on('get_egress_source', function(n) return kumo.make_egress_source {{ name = n, source_address = '{addr}' }} end)"),
+        )
+        .unwrap()
+    };
+    write("127.0.0.2");
+    let p = Policy::from_file(&file, PolicyOptions::default()).unwrap();
+    assert_eq!(
+        p.egress_source("ip").await.unwrap().source_address,
+        Some("127.0.0.2".parse().unwrap())
+    );
+    write("127.0.0.3");
+    assert_eq!(
+        p.egress_source("ip").await.unwrap().source_address,
+        Some("127.0.0.2".parse().unwrap()),
+        "cached"
+    );
+    assert_eq!(p.cache_stats().sources.loads, 1);
+    p.reload().unwrap();
+    assert_eq!(
+        p.egress_source("ip").await.unwrap().source_address,
+        Some("127.0.0.3".parse().unwrap()),
+        "reloaded"
+    );
+
+    std::fs::write(&file, "this is not lua").unwrap();
+    let err = p.reload().unwrap_err();
+    assert!(err.to_string().contains("policy.lua:1:"), "{err}");
+    assert_eq!(
+        p.egress_source("other").await.unwrap().source_address,
+        Some("127.0.0.3".parse().unwrap()),
+        "old policy serves"
+    );
+}
+
+#[tokio::test]
+async fn json_backed_sources_refresh_after_their_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("sources.json");
+    std::fs::write(&data, r#"{"ip-1": {"source_address": "127.0.0.2"}}"#).unwrap();
+    let p = policy(&format!(
+        "kumo.on('get_egress_source', function(name)
+           local sources = kumo.serde.json_load('{}')
+           local s = sources[name]
+           return kumo.make_egress_source {{ name = name, source_address = s.source_address, ttl = '200ms' }}
+         end)",
+        data.display()
+    ));
+    assert_eq!(
+        p.egress_source("ip-1").await.unwrap().source_address,
+        Some("127.0.0.2".parse().unwrap())
+    );
+    std::fs::write(&data, r#"{"ip-1": {"source_address": "127.0.0.3"}}"#).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = p
+            .egress_source("ip-1")
+            .await
+            .unwrap()
+            .source_address
+            .unwrap()
+            .to_string();
+        if now == "127.0.0.3" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the changed file was never picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(p.cache_stats().sources.loads >= 2);
+
+    let p = policy(
+        "kumo.on('get_egress_source', function(n) kumo.json_load('/nonexistent/x.json') end)",
+    );
+    let text = p.egress_source("a").await.unwrap_err().to_string();
+    assert!(
+        text.contains("policy.lua:1: kumo.json_load: cannot read /nonexistent/x.json"),
+        "{text}"
+    );
+}
