@@ -58,6 +58,22 @@ impl Peer {
         }
     }
 
+    /// Spawns `cmd` keeping the output redirections the caller set up.
+    pub fn spawn_logged(name: &str, cmd: &mut Command) -> Peer {
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e} ({cmd:?})"));
+        Peer {
+            name: name.to_owned(),
+            child,
+        }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Panics if the process has already exited (a config it refused, a port in use).
     pub fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {

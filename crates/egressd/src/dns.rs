@@ -1,0 +1,167 @@
+//! DNS: MX routing for destinations and name resolution for proxies, on hickory,
+//! honouring `kumo.dns.configure_resolver`.
+
+use egress_connect::{Resolve, ResolveFuture};
+use egress_lua::ResolverConfig;
+use egress_source::MxListEntry;
+use hickory_resolver::config::{
+    NameServerConfig, Protocol, ResolverConfig as HickoryConfig, ResolverOpts,
+};
+use hickory_resolver::error::ResolveErrorKind;
+use hickory_resolver::TokioAsyncResolver;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// A host to try, in order: its name (for logs and EHLO decisions), its address,
+/// and the mx_list entry it came from (which may carry a port).
+#[derive(Debug, Clone)]
+pub struct Destination {
+    /// MX host name, or the domain for an implicit MX, or the IP literal.
+    pub host: String,
+    /// Where to connect (the port is decided later, by precedence).
+    pub ip: IpAddr,
+    /// The mx_list entry, when routing came from one.
+    pub entry: Option<MxListEntry>,
+}
+
+/// The resolver egressd uses for everything.
+#[derive(Clone)]
+pub struct Dns {
+    resolver: TokioAsyncResolver,
+}
+
+impl Dns {
+    /// From the policy's `kumo.dns.configure_resolver`, or the system's configuration.
+    pub fn new(config: Option<&ResolverConfig>) -> io::Result<Dns> {
+        let resolver = match config {
+            Some(cfg) => {
+                let mut hickory = HickoryConfig::new();
+                for addr in &cfg.name_servers {
+                    for protocol in [Protocol::Udp, Protocol::Tcp] {
+                        hickory.add_name_server(NameServerConfig {
+                            socket_addr: *addr,
+                            protocol,
+                            tls_dns_name: None,
+                            trust_negative_responses: true,
+                            bind_addr: None,
+                        });
+                    }
+                }
+                let mut opts = ResolverOpts::default();
+                opts.timeout = Duration::from_secs(5);
+                opts.attempts = 2;
+                TokioAsyncResolver::tokio(hickory, opts)
+            }
+            None => TokioAsyncResolver::tokio_from_system_conf().map_err(|e| {
+                io::Error::other(format!("reading the system DNS configuration: {e}"))
+            })?,
+        };
+        Ok(Dns { resolver })
+    }
+
+    /// Addresses of `host` (A and AAAA), in the resolver's order.
+    pub async fn addresses(&self, host: &str) -> io::Result<Vec<IpAddr>> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(vec![ip]);
+        }
+        let lookup = self
+            .resolver
+            .lookup_ip(fqdn(host))
+            .await
+            .map_err(|e| io::Error::other(format!("{host}: {e}")))?;
+        Ok(lookup.iter().collect())
+    }
+
+    /// Where mail for `domain` goes: the mx_list when given (in order), else its MX
+    /// records by preference, else (no MX at all) the domain's own A/AAAA (RFC 5321 §5.1).
+    pub async fn destinations(
+        &self,
+        domain: &str,
+        mx_list: &[MxListEntry],
+    ) -> io::Result<Vec<Destination>> {
+        let mut out = Vec::new();
+        let mut last_error = None;
+        if !mx_list.is_empty() {
+            for entry in mx_list {
+                let ips = match entry.ip() {
+                    Some(ip) => vec![ip],
+                    None => match self.addresses(entry.name()).await {
+                        Ok(ips) => ips,
+                        Err(e) => {
+                            last_error = Some(e);
+                            continue;
+                        }
+                    },
+                };
+                out.extend(ips.into_iter().map(|ip| Destination {
+                    host: entry.name().to_owned(),
+                    ip,
+                    entry: Some(entry.clone()),
+                }));
+            }
+        } else {
+            match self.resolver.mx_lookup(fqdn(domain)).await {
+                Ok(mx) => {
+                    let mut records: Vec<(u16, String)> = mx
+                        .iter()
+                        .map(|r| {
+                            (
+                                r.preference(),
+                                r.exchange().to_utf8().trim_end_matches('.').to_owned(),
+                            )
+                        })
+                        .collect();
+                    records.sort();
+                    for (_, host) in records {
+                        match self.addresses(&host).await {
+                            Ok(ips) => out.extend(ips.into_iter().map(|ip| Destination {
+                                host: host.clone(),
+                                ip,
+                                entry: None,
+                            })),
+                            Err(e) => last_error = Some(e),
+                        }
+                    }
+                }
+                Err(e) if matches!(e.kind(), ResolveErrorKind::NoRecordsFound { .. }) => {
+                    let ips = self.addresses(domain).await?;
+                    out.extend(ips.into_iter().map(|ip| Destination {
+                        host: domain.to_owned(),
+                        ip,
+                        entry: None,
+                    }));
+                }
+                Err(e) => return Err(io::Error::other(format!("MX lookup for {domain}: {e}"))),
+            }
+        }
+        if out.is_empty() {
+            return Err(
+                last_error.unwrap_or_else(|| io::Error::other(format!("no address for {domain}")))
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Absolute name, so search domains from resolv.conf never apply to mail routing.
+fn fqdn(name: &str) -> String {
+    if name.ends_with('.') {
+        name.to_owned()
+    } else {
+        format!("{name}.")
+    }
+}
+
+impl Resolve for Dns {
+    fn resolve<'a>(&'a self, host: &'a str, port: u16) -> ResolveFuture<'a> {
+        Box::pin(async move {
+            Ok(self
+                .addresses(host)
+                .await?
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect())
+        })
+    }
+}

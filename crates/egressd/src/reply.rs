@@ -1,0 +1,190 @@
+//! SMTP replies: the ones we make, and the ones we read from destinations.
+
+use smtp_proto::response::parser::ResponseReceiver;
+use smtp_proto::Response;
+use std::fmt;
+use std::io;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// A reply to send to a client: code, enhanced status code, text lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// Three-digit code.
+    pub code: u16,
+    /// Enhanced status code (RFC 3463), when there is one.
+    pub esc: Option<[u8; 3]>,
+    /// Text, one entry per line.
+    pub lines: Vec<String>,
+}
+
+impl Reply {
+    /// A one-line reply of ours. Newlines in `text` (an error with a traceback) are
+    /// cut: the first line goes to the client, the whole story goes to the log.
+    pub fn new(code: u16, esc: [u8; 3], text: impl AsRef<str>) -> Reply {
+        let first = text.as_ref().lines().next().unwrap_or_default();
+        let clean: String = first
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        Reply {
+            code,
+            esc: Some(esc),
+            lines: vec![clean],
+        }
+    }
+
+    /// A destination's reply, relayed as it came.
+    pub fn relayed(response: &Response<String>) -> Reply {
+        let esc = (response.esc[0] != 0).then_some(response.esc);
+        let lines = response
+            .message
+            .split('\n')
+            .map(|l| l.chars().filter(|c| !c.is_control()).collect())
+            .collect();
+        Reply {
+            code: response.code,
+            esc,
+            lines,
+        }
+    }
+
+    /// 2xx.
+    pub fn is_positive(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+
+    /// The reply on the wire, CRLF-terminated.
+    pub fn to_wire(&self) -> String {
+        let mut out = String::new();
+        let lines: &[String] = if self.lines.is_empty() {
+            &[String::new()]
+        } else {
+            &self.lines
+        };
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+            match self.esc {
+                Some([a, b, c]) => {
+                    out.push_str(&format!("{}{sep}{a}.{b}.{c} {line}\r\n", self.code))
+                }
+                None => out.push_str(&format!("{}{sep}{line}\r\n", self.code)),
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "{}", self.code)?;
+        if let Some([a, b, c]) = self.esc {
+            write!(f, " {a}.{b}.{c}")?;
+        }
+        write!(f, " {}", self.lines.join(" / "))
+    }
+}
+
+/// Largest reply we read from a destination; more is a broken or hostile server.
+const MAX_REPLY: usize = 64 * 1024;
+
+/// Reads replies from a destination with smtp-proto's parser, keeping any bytes
+/// that arrive after a reply for the next one.
+pub struct ReplyReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl<R: AsyncRead + Unpin> ReplyReader<R> {
+    /// Wraps the read half of a connection.
+    pub fn new(inner: R) -> Self {
+        ReplyReader {
+            inner,
+            buf: Vec::with_capacity(1024),
+            start: 0,
+        }
+    }
+
+    /// The next reply, within `timeout`.
+    pub async fn read(&mut self, timeout: Duration) -> io::Result<Response<String>> {
+        tokio::time::timeout(timeout, self.read_inner())
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no reply within {timeout:?}"),
+                )
+            })?
+    }
+
+    async fn read_inner(&mut self) -> io::Result<Response<String>> {
+        let mut receiver = ResponseReceiver::default();
+        loop {
+            if self.start < self.buf.len() {
+                let mut iter = self.buf[self.start..].iter();
+                let result = receiver.parse(&mut iter);
+                self.start = self.buf.len() - iter.as_slice().len();
+                match result {
+                    Ok(response) => return Ok(response),
+                    Err(smtp_proto::Error::NeedsMoreData { .. }) => {}
+                    Err(e) => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("malformed SMTP reply: {e:?}"),
+                        ))
+                    }
+                }
+            }
+            if self.start == self.buf.len() {
+                self.buf.clear();
+                self.start = 0;
+            }
+            if self.buf.len() > MAX_REPLY {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "SMTP reply longer than 64 KiB",
+                ));
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.inner.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed by the destination",
+                ));
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_form() {
+        assert_eq!(
+            Reply::new(451, [4, 4, 1], "no route\nstack traceback").to_wire(),
+            "451 4.4.1 no route\r\n"
+        );
+        let multi = Reply {
+            code: 250,
+            esc: None,
+            lines: vec!["a".into(), "b".into()],
+        };
+        assert_eq!(multi.to_wire(), "250-a\r\n250 b\r\n");
+    }
+
+    #[tokio::test]
+    async fn reads_multiline_and_keeps_the_rest() {
+        let data: &[u8] = b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 100\r\n220 next\r\n";
+        let mut r = ReplyReader::new(data);
+        let first = r.read(Duration::from_secs(1)).await.unwrap();
+        assert_eq!(first.code, 250);
+        assert_eq!(first.message, "mx.example\nPIPELINING\nSIZE 100");
+        assert_eq!(r.read(Duration::from_secs(1)).await.unwrap().code, 220);
+        assert!(r.read(Duration::from_secs(1)).await.is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! `egressd serve`: the listeners, the connection limit, signals.
+
+use crate::dns::Dns;
+use crate::outbound::Context;
+use crate::reply::Reply;
+use crate::session;
+use crate::shutdown::{self, Shutdown, State};
+use egress_lua::{EsmtpListener, Policy};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::Semaphore;
+
+/// How long transactions in flight may take to finish after SIGTERM.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Serves until SIGTERM or SIGINT.
+pub async fn serve(policy: Arc<Policy>, host_name: String) -> Result<(), String> {
+    let init = policy.init_config();
+    let listeners = if init.esmtp_listeners.is_empty() {
+        tracing::info!("the policy starts no ESMTP listener; using the default, 127.0.0.1:2525, relaying for loopback");
+        vec![EsmtpListener::default()]
+    } else {
+        init.esmtp_listeners.clone()
+    };
+    let dns = Dns::new(init.resolver.as_ref()).map_err(|e| format!("DNS: {e}"))?;
+    let ctx = Arc::new(Context::new(policy.clone(), dns, host_name));
+    let (trigger, shutdown) = shutdown::channel();
+
+    let mut limits = Vec::new();
+    for config in listeners {
+        let socket = TcpListener::bind(config.listen).await.map_err(|e| {
+            format!(
+                "cannot listen on {} (kumo.start_esmtp_listener listen = '{}'): {e}",
+                config.listen, config.listen
+            )
+        })?;
+        tracing::info!(listen = %config.listen, relay_hosts = ?config.relay_hosts.iter().map(|n| n.to_string()).collect::<Vec<_>>(), "listening");
+        let limit = Arc::new(Semaphore::new(config.max_connections));
+        limits.push((limit.clone(), config.max_connections));
+        tokio::spawn(accept_loop(
+            socket,
+            Arc::new(config),
+            ctx.clone(),
+            limit,
+            shutdown.clone(),
+        ));
+    }
+
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let policy = policy.clone();
+                match tokio::task::spawn_blocking(move || policy.reload()).await {
+                    Ok(Ok(())) => tracing::info!("policy reloaded; caches cleared"),
+                    Ok(Err(e)) => tracing::error!("policy reload failed, the previous policy keeps serving: {e}"),
+                    Err(e) => tracing::error!("policy reload failed: {e}"),
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+
+    tracing::info!("shutting down: no new connections; waiting up to {DRAIN_DEADLINE:?} for transactions in flight");
+    trigger.set(State::Draining);
+    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
+        for (limit, max) in &limits {
+            let _ = limit.acquire_many(*max as u32).await;
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("drain deadline passed; ending the remaining sessions with 421");
+        trigger.set(State::Force);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
+
+async fn accept_loop(
+    socket: TcpListener,
+    config: Arc<EsmtpListener>,
+    ctx: Arc<Context>,
+    limit: Arc<Semaphore>,
+    mut shutdown: Shutdown,
+) {
+    loop {
+        if shutdown.state() != State::Running {
+            return;
+        }
+        let accepted = tokio::select! {
+            accepted = socket.accept() => accepted,
+            _ = shutdown.changed() => continue,
+        };
+        let (mut stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a moment rather than spin.
+                tracing::warn!("accept on {}: {e}", config.listen);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        match limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let (ctx, config, shutdown) = (ctx.clone(), config.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    session::serve(ctx, config, stream, peer, shutdown).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let reply = Reply::new(
+                        421,
+                        [4, 7, 0],
+                        "too many connections; please try again later",
+                    );
+                    let _ = stream.write_all(reply.to_wire().as_bytes()).await;
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! One log line per transaction, with everything an operator asks afterwards.
+
+use crate::reply::Reply;
+use egress_connect::EgressAddress;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// What happened in one transaction; logged once, when it ends.
+pub struct TxLog {
+    /// The client's address.
+    pub client: SocketAddr,
+    /// MAIL FROM.
+    pub sender: String,
+    /// Each RCPT and the reply it got.
+    pub recipients: Vec<(String, String)>,
+    /// The pool the queue config named.
+    pub pool: Option<String>,
+    /// The source picked.
+    pub source: Option<String>,
+    /// What the destination saw, and the route.
+    pub egress: Option<EgressAddress>,
+    /// The host (and address) connected to, or last tried.
+    pub destination: Option<String>,
+    /// Time to connect through the source.
+    pub connect_ms: Option<u128>,
+    /// The reply to DATA's final dot (or why the transaction ended).
+    pub outcome: Option<String>,
+    /// Local failures along the way, in order.
+    pub notes: Vec<String>,
+    /// Message size as received.
+    pub size: u64,
+    started: Instant,
+}
+
+impl TxLog {
+    /// A transaction that began with MAIL FROM.
+    pub fn new(client: SocketAddr, sender: &str) -> TxLog {
+        TxLog {
+            client,
+            sender: sender.to_owned(),
+            recipients: Vec::new(),
+            pool: None,
+            source: None,
+            egress: None,
+            destination: None,
+            connect_ms: None,
+            outcome: None,
+            notes: Vec::new(),
+            size: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Records a local failure (a connect error, a policy error).
+    pub fn note(&mut self, text: &str) {
+        self.notes.push(text.replace('\n', " | "));
+    }
+
+    /// Records a recipient's reply.
+    pub fn recipient(&mut self, address: &str, reply: &Reply) {
+        self.recipients
+            .push((address.to_owned(), reply.to_string()));
+    }
+
+    /// Emits the line.
+    pub fn emit(self, outcome: &str) {
+        let recipients: Vec<String> = self
+            .recipients
+            .iter()
+            .map(|(a, r)| format!("<{a}> {r}"))
+            .collect();
+        let (egress_ip, proxy) = match &self.egress {
+            Some(e) => (
+                e.ip.map(|ip| ip.to_string())
+                    .unwrap_or_else(|| "unknown".into()),
+                e.proxy()
+                    .map(|(kind, addr)| format!("{kind} {addr}"))
+                    .unwrap_or_else(|| "none".into()),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        tracing::info!(
+            target: "transaction",
+            client = %self.client,
+            sender = %format!("<{}>", self.sender),
+            recipients = %recipients.join(", "),
+            pool = self.pool.as_deref().unwrap_or("-"),
+            source = self.source.as_deref().unwrap_or("-"),
+            egress = %egress_ip,
+            proxy = %proxy,
+            destination = self.destination.as_deref().unwrap_or("-"),
+            size = self.size,
+            connect_ms = self.connect_ms.map(|m| m as i64).unwrap_or(-1),
+            total_ms = self.started.elapsed().as_millis() as u64,
+            outcome = %self.outcome.as_deref().unwrap_or(outcome),
+            notes = %self.notes.join(" ; "),
+            "transaction"
+        );
+    }
+}

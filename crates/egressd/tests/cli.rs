@@ -1,0 +1,257 @@
+//! `egressd check`, `egressd probe`, limits, reload and shutdown, against real peers.
+
+mod common;
+
+use common::{swaks, Egressd};
+use egress_e2e::{header, SmtpSink};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+fn egressd(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn write_policy(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.lua");
+    std::fs::write(&path, text).unwrap();
+    (dir, path.display().to_string())
+}
+
+#[test]
+fn check_prints_resolved_definitions_as_json() {
+    let (_dir, path) = write_policy(
+        "kumo.on('get_egress_source', function(name)
+           return kumo.make_egress_source { name = name, source_address = '127.0.0.2', ehlo_domain = 'mta2.example.test', ttl = '5 mins' }
+         end)
+         kumo.on('get_egress_pool', function(name)
+           return kumo.make_egress_pool { name = name, entries = { { name = 'ip-2', weight = 3 } } }
+         end)",
+    );
+    let (ok, out, err) = egressd(&[
+        "check", "--policy", &path, "--source", "ip-2", "--pool", "bulk",
+    ]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["sources"]["ip-2"]["source_address"], "127.0.0.2");
+    assert_eq!(json["sources"]["ip-2"]["ehlo_domain"], "mta2.example.test");
+    assert_eq!(json["sources"]["ip-2"]["ttl"], "5m");
+    assert_eq!(json["pools"]["bulk"]["entries"][0]["weight"], 3);
+}
+
+#[test]
+fn check_fails_with_the_teaching_error() {
+    let (_dir, path) = write_policy(
+        "kumo.on('get_egress_source', function(name)
+           kumo.make_egress_source { name = name, source_address = '127.0.0.2' }
+         end)",
+    );
+    let (ok, _, err) = egressd(&["check", "--policy", &path, "--source", "ip-1"]);
+    assert!(!ok);
+    assert!(
+        err.contains("get_egress_source('ip-1') returned nil"),
+        "{err}"
+    );
+    assert!(err.contains("return kumo.make_egress_source"), "{err}");
+
+    let (_dir, path) = write_policy("kumo.on('get_egress_source', function(name)\n  return kumo.make_egress_source { name = name, sorce_address = '127.0.0.2' }\nend)");
+    let (ok, _, err) = egressd(&["check", "--policy", &path, "--source", "ip-1"]);
+    assert!(!ok);
+    assert!(
+        err.contains("policy.lua:2:") && err.contains("did you mean `source_address`?"),
+        "{err}"
+    );
+}
+
+#[test]
+fn probe_prints_banner_ehlo_reply_and_egress() {
+    let sink = SmtpSink::start();
+    let (_dir, path) = write_policy(
+        "kumo.on('get_egress_source', function(name)
+           return kumo.make_egress_source { name = name, source_address = '127.0.0.3', ehlo_domain = 'probe.example.test' }
+         end)",
+    );
+    let target = format!("[127.0.0.1]:{}", sink.addr.port());
+    let (ok, out, err) = egressd(&["probe", "--policy", &path, "--source", "ip-3", &target]);
+    assert!(ok, "{err}");
+    assert!(out.contains("egress:      127.0.0.3 (direct)"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("banner:") && l.contains("220")),
+        "{out}"
+    );
+    assert!(out.contains("EHLO probe.example.test"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ehlo reply:") && l.contains("250")),
+        "{out}"
+    );
+}
+
+fn read_reply(reader: &mut BufReader<TcpStream>) -> String {
+    let mut all = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return all;
+        }
+        all.push_str(&line);
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return all;
+        }
+    }
+}
+
+fn session(addr: std::net::SocketAddr) -> (TcpStream, BufReader<TcpStream>) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    assert!(read_reply(&mut r).starts_with("220"));
+    (s, r)
+}
+
+fn say(s: &mut TcpStream, r: &mut BufReader<TcpStream>, line: &str) -> String {
+    s.write_all(line.as_bytes()).unwrap();
+    read_reply(r)
+}
+
+#[test]
+fn limits_line_size_and_connections() {
+    let sink = SmtpSink::start();
+    let d = Egressd::start(&format!(
+        "kumo.on('init', function()
+           kumo.start_esmtp_listener {{ listen = '{{listen}}', max_message_size = 1000, max_connections = 2 }}
+         end)
+         kumo.on('get_queue_config', function(domain)
+           return kumo.make_queue_config {{ protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{}' }} }} }} }}
+         end)",
+        sink.addr.port()
+    ));
+    let (mut s, mut r) = session(d.addr);
+    let long = format!("NOOP {}\r\n", "x".repeat(1200));
+    assert!(say(&mut s, &mut r, &long).starts_with("500 5.5.2"));
+    assert!(say(&mut s, &mut r, "EHLO client.test\r\n").contains("250 ENHANCEDSTATUSCODES"));
+    assert!(
+        say(&mut s, &mut r, "MAIL FROM:<a@client.test> SIZE=5000\r\n").starts_with("552 5.3.4")
+    );
+    assert!(say(&mut s, &mut r, "MAIL FROM:<a@client.test>\r\n").starts_with("250"));
+    assert!(say(&mut s, &mut r, "RCPT TO:<b@dest.test>\r\n").starts_with("250"));
+    assert!(say(&mut s, &mut r, "DATA\r\n").starts_with("354"));
+    let body = format!(
+        "Subject: big\r\n\r\n{}\r\n.\r\n",
+        "y".repeat(900)
+            .repeat(2)
+            .chars()
+            .collect::<Vec<_>>()
+            .chunks(80)
+            .map(|c| c.iter().collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    );
+    assert!(say(&mut s, &mut r, &body).starts_with("552 5.3.4"));
+    assert!(
+        sink.messages().is_empty(),
+        "nothing over the limit reached the destination"
+    );
+
+    // Two sessions are open (this one and the next); a third is turned away.
+    let (_s2, _r2) = session(d.addr);
+    let mut third = TcpStream::connect(d.addr).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut greeting = String::new();
+    let _ = third.read_to_string(&mut greeting);
+    assert!(greeting.starts_with("421 4.7.0"), "{greeting}");
+    drop(s);
+}
+
+#[test]
+fn sighup_reloads_the_policy() {
+    let sink = SmtpSink::start();
+    let policy = |ehlo: &str| {
+        format!(
+            "kumo.on('init', function() kumo.start_esmtp_listener {{ listen = '{{listen}}' }} end)
+             kumo.on('get_queue_config', function(domain)
+               return kumo.make_queue_config {{ protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{}' }} }} }} }}
+             end)
+             kumo.on('get_egress_path_config', function(domain, source, site)
+               return kumo.make_egress_path {{ ehlo_domain = '{ehlo}' }}
+             end)",
+            sink.addr.port()
+        )
+    };
+    let d = Egressd::start(&policy("before.example.test"));
+    assert!(swaks(d.addr, "a@dest.test", &[]).ok);
+    let text = policy("after.example.test").replace("{listen}", &d.addr.to_string());
+    std::fs::write(d.policy_path(), text).unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &d.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut after = false;
+    for _ in 0..50 {
+        if d.log().contains("policy reloaded") {
+            after = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(after, "{}", d.log());
+    assert!(swaks(d.addr, "b@dest.test", &[]).ok);
+    let helos: Vec<String> = sink
+        .wait_for(2)
+        .iter()
+        .map(|m| header(m, "X-Helo-Args").unwrap().to_owned())
+        .collect();
+    assert!(
+        helos.contains(&"before.example.test".to_owned())
+            && helos.contains(&"after.example.test".to_owned()),
+        "{helos:?}"
+    );
+}
+
+#[test]
+fn sigterm_lets_the_transaction_in_flight_finish() {
+    // The sink waits 2 s before answering DATA, so the transaction is in flight when
+    // the signal arrives.
+    let sink = SmtpSink::start_with("127.0.0.1".parse().unwrap(), &["-w", "2"]);
+    let d = Egressd::start(&format!(
+        "kumo.on('init', function() kumo.start_esmtp_listener {{ listen = '{{listen}}' }} end)
+         kumo.on('get_queue_config', function(domain)
+           return kumo.make_queue_config {{ protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{}' }} }} }} }}
+         end)",
+        sink.addr.port()
+    ));
+    let addr = d.addr;
+    let client = std::thread::spawn(move || swaks(addr, "a@dest.test", &[]));
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(Command::new("kill")
+        .args(["-TERM", &d.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let s = client.join().unwrap();
+    assert!(
+        s.ok,
+        "the transaction in flight completed: {}",
+        s.transcript
+    );
+    assert_eq!(sink.wait_for(1).len(), 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "no new connections after shutdown"
+    );
+}

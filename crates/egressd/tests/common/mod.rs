@@ -1,0 +1,95 @@
+//! Running the real egressd binary and the real swaks client against it.
+#![allow(dead_code)]
+
+use egress_e2e::{free_port, require, wait_listening, Peer};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// egressd serving a policy, stopped on drop. Its log is kept for assertions.
+pub struct Egressd {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    peer: Peer,
+}
+
+impl Egressd {
+    /// Starts egressd with `policy`, in which `{listen}` stands for a free loopback address.
+    pub fn start(policy: &str) -> Egressd {
+        let dir = tempfile::tempdir().unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let file = dir.path().join("policy.lua");
+        std::fs::write(&file, policy.replace("{listen}", &addr.to_string())).unwrap();
+        let log = std::fs::File::create(dir.path().join("egressd.log")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_egressd"));
+        cmd.arg("serve")
+            .arg("--policy")
+            .arg(&file)
+            .env("EGRESSD_LOG", "info");
+        cmd.stdout(log.try_clone().unwrap()).stderr(log);
+        let mut peer = Peer::spawn_logged("egressd", &mut cmd);
+        wait_listening("egressd", addr, &mut peer);
+        Egressd { addr, dir, peer }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("egressd.log")).unwrap_or_default()
+    }
+
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.path().join("policy.lua")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.peer.id()
+    }
+}
+
+/// swaks' transcript and exit status.
+pub struct Swaks {
+    pub ok: bool,
+    pub transcript: String,
+}
+
+/// Sends one message with swaks; `extra` are further swaks flags.
+pub fn swaks(server: SocketAddr, to: &str, extra: &[&str]) -> Swaks {
+    let out: Output = Command::new(require("swaks"))
+        .args([
+            "--server",
+            &server.to_string(),
+            "--from",
+            "sender@client.test",
+            "--to",
+            to,
+        ])
+        .args(["--timeout", "30"])
+        .args(extra)
+        .output()
+        .expect("run swaks");
+    Swaks {
+        ok: out.status.success(),
+        transcript: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+impl Swaks {
+    /// The server's reply lines (swaks marks them `<-` or `<**`).
+    pub fn replies(&self) -> Vec<&str> {
+        self.transcript
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("<** ")
+                    .or_else(|| l.strip_prefix("<-  "))
+                    .or_else(|| l.strip_prefix("<~  "))
+            })
+            .collect()
+    }
+
+    pub fn has_reply(&self, start: &str) -> bool {
+        self.replies().iter().any(|r| r.starts_with(start))
+    }
+}

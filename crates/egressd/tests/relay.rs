@@ -1,0 +1,332 @@
+//! swaks → egressd → smtp-sink, asserting what the sink recorded (SPEC §7, §8).
+
+mod common;
+
+use common::{swaks, Egressd};
+use egress_e2e::{header, Dnsmasq, HaProxy, MicroSocks, SmtpSink};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// A policy listening on `{listen}` whose queues all route to `mx` through pool
+/// `main`, plus the handlers in `body`.
+fn routed(mx: &str, body: &str) -> String {
+    format!(
+        "kumo.on('init', function() kumo.start_esmtp_listener {{ listen = '{{listen}}' }} end)
+         kumo.on('get_queue_config', function(domain)
+           return kumo.make_queue_config {{ egress_pool = 'main', protocol = {{ smtp = {{ mx_list = {{ '{mx}' }} }} }} }}
+         end)
+         {body}"
+    )
+}
+
+fn to_sink(sink: &SmtpSink) -> String {
+    format!("[{}]:{}", sink.addr.ip(), sink.addr.port())
+}
+
+const ONE_SOURCE_POOL: &str = "kumo.on('get_egress_pool', function(name)
+  return kumo.make_egress_pool { name = name, entries = { { name = 'ip-2' } } }
+end)";
+
+#[test]
+fn direct_source_address_and_ehlo_name_reach_the_destination() {
+    let sink = SmtpSink::start();
+    let d = Egressd::start(&routed(
+        &to_sink(&sink),
+        &format!(
+            "{ONE_SOURCE_POOL}
+             kumo.on('get_egress_source', function(name)
+               return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2', ehlo_domain = 'mta2.example.test' }}
+             end)"
+        ),
+    ));
+    let s = swaks(d.addr, "rcpt@dest.test", &[]);
+    assert!(s.ok, "{}", s.transcript);
+    let m = sink.wait_for(1);
+    assert_eq!(m.len(), 1);
+    assert_eq!(header(&m[0], "X-Client-Addr"), Some("127.0.0.2"));
+    assert_eq!(header(&m[0], "X-Helo-Args"), Some("mta2.example.test"));
+    assert!(
+        m[0].contains("Received: from "),
+        "a Received header is prepended"
+    );
+    let log = d.log();
+    assert!(
+        log.contains("source=\"ip-2\"") && log.contains("egress=127.0.0.2"),
+        "{log}"
+    );
+}
+
+#[test]
+fn weighted_pool_splits_thirty_transactions_twenty_ten() {
+    let sink = SmtpSink::start();
+    let d = Egressd::start(&routed(
+        &to_sink(&sink),
+        "kumo.on('get_egress_pool', function(name)
+           return kumo.make_egress_pool { name = name, entries = { { name = 'ip-2', weight = 2 }, { name = 'ip-3', weight = 1 } } }
+         end)
+         kumo.on('get_egress_source', function(name)
+           local addrs = { ['ip-2'] = '127.0.0.2', ['ip-3'] = '127.0.0.3' }
+           return kumo.make_egress_source { name = name, source_address = addrs[name] }
+         end)",
+    ));
+    for _ in 0..30 {
+        assert!(swaks(d.addr, "rcpt@dest.test", &[]).ok);
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for m in sink.wait_for(30) {
+        *counts
+            .entry(header(&m, "X-Client-Addr").unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(counts.get("127.0.0.2"), Some(&20), "{counts:?}");
+    assert_eq!(counts.get("127.0.0.3"), Some(&10), "{counts:?}");
+}
+
+#[test]
+fn path_ehlo_wins_and_source_remote_port_wins() {
+    let sink = SmtpSink::start();
+    // The mx_list names a port nobody listens on; the source's remote_port is the sink's.
+    let dead = egress_e2e::free_port();
+    let d = Egressd::start(&routed(
+        &format!("[127.0.0.1]:{dead}"),
+        &format!(
+            "{ONE_SOURCE_POOL}
+             kumo.on('get_egress_source', function(name)
+               return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2',
+                 ehlo_domain = 'source.example.test', remote_port = {} }}
+             end)
+             kumo.on('get_egress_path_config', function(domain, source, site)
+               return kumo.make_egress_path {{ ehlo_domain = 'path.example.test' }}
+             end)",
+            sink.addr.port()
+        ),
+    ));
+    let s = swaks(d.addr, "rcpt@dest.test", &[]);
+    assert!(s.ok, "{}", s.transcript);
+    let m = sink.wait_for(1);
+    assert_eq!(header(&m[0], "X-Helo-Args"), Some("path.example.test"));
+}
+
+#[test]
+fn mx_routing_through_dnsmasq() {
+    let sink = SmtpSink::start();
+    let dns = Dnsmasq::start(&[
+        "--mx-host=example.test,mx1.example.test,10",
+        "--host-record=mx1.example.test,127.0.0.1",
+    ]);
+    let d = Egressd::start(&format!(
+        "kumo.on('init', function()
+           kumo.start_esmtp_listener {{ listen = '{{listen}}' }}
+           kumo.dns.configure_resolver {{ name_servers = {{ '{}' }} }}
+         end)
+         kumo.on('get_egress_path_config', function(domain, source, site)
+           return kumo.make_egress_path {{ smtp_port = {} }}
+         end)",
+        dns.addr,
+        sink.addr.port()
+    ));
+    let s = swaks(d.addr, "someone@example.test", &[]);
+    assert!(s.ok, "{}", s.transcript);
+    let m = sink.wait_for(1);
+    assert_eq!(m.len(), 1);
+    assert!(
+        d.log().contains("mx1.example.test [127.0.0.1:"),
+        "{}",
+        d.log()
+    );
+}
+
+#[test]
+fn haproxy_and_socks5_sources() {
+    let sink = SmtpSink::start();
+    let haproxy = HaProxy::start();
+    let socks = MicroSocks::start(Some("127.0.0.9".parse().unwrap()), None);
+    let d = Egressd::start(&routed(
+        &to_sink(&sink),
+        &format!(
+            "kumo.on('get_egress_pool', function(name)
+               return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'ha' }}, {{ name = 'socks' }} }} }}
+             end)
+             kumo.on('get_egress_source', function(name)
+               if name == 'ha' then
+                 return kumo.make_egress_source {{ name = name, ha_proxy_server = '{}', ha_proxy_source_address = '127.0.0.5', ehlo_domain = 'ha.example.test' }}
+               end
+               return kumo.make_egress_source {{ name = name, socks5_proxy_server = '{}', ehlo_domain = 'socks.example.test' }}
+             end)",
+            haproxy.addr, socks.addr
+        ),
+    ));
+    assert!(swaks(d.addr, "a@dest.test", &[]).ok);
+    assert!(swaks(d.addr, "b@dest.test", &[]).ok);
+    let seen: HashMap<String, String> = sink
+        .wait_for(2)
+        .iter()
+        .map(|m| {
+            (
+                header(m, "X-Helo-Args").unwrap().to_owned(),
+                header(m, "X-Client-Addr").unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen.get("ha.example.test").map(String::as_str),
+        Some("127.0.0.5"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.get("socks.example.test").map(String::as_str),
+        Some("127.0.0.9"),
+        "{seen:?}"
+    );
+}
+
+fn default_source_policy(sink: &SmtpSink) -> String {
+    routed(
+        &to_sink(sink),
+        &format!(
+            "{ONE_SOURCE_POOL}
+             kumo.on('get_egress_source', function(name)
+               return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2' }}
+             end)"
+        ),
+    )
+}
+
+#[test]
+fn destination_replies_are_passed_back() {
+    let rejecting = SmtpSink::start_with("127.0.0.1".parse().unwrap(), &["-f", "rcpt"]);
+    let d = Egressd::start(&default_source_policy(&rejecting));
+    let s = swaks(d.addr, "rcpt@dest.test", &[]);
+    assert!(!s.ok);
+    assert!(
+        s.has_reply("5"),
+        "the destination's 5xx for RCPT: {}",
+        s.transcript
+    );
+
+    let deferring = SmtpSink::start_with("127.0.0.1".parse().unwrap(), &["-r", "data"]);
+    let d = Egressd::start(&default_source_policy(&deferring));
+    let s = swaks(d.addr, "rcpt@dest.test", &[]);
+    assert!(!s.ok);
+    let data_reply = s
+        .replies()
+        .into_iter()
+        .find(|r| r.starts_with('4'))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        data_reply.starts_with("4"),
+        "the destination's 4xx for DATA: {}",
+        s.transcript
+    );
+    assert!(deferring.messages().is_empty());
+}
+
+#[test]
+fn local_failures_are_4xx_naming_the_source_and_the_server_keeps_serving() {
+    let sink = SmtpSink::start();
+    let d = Egressd::start(&routed(
+        &to_sink(&sink),
+        "kumo.on('get_egress_pool', function(name)
+           return kumo.make_egress_pool { name = name, entries = { { name = 'unplumbed' } } }
+         end)
+         kumo.on('get_egress_source', function(name)
+           return kumo.make_egress_source { name = name, source_address = '192.0.2.1' }
+         end)",
+    ));
+    let s = swaks(d.addr, "rcpt@dest.test", &[]);
+    assert!(!s.ok);
+    let reply = s
+        .replies()
+        .into_iter()
+        .find(|r| r.starts_with("451"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(reply.starts_with("451 4.4.1"), "{}", s.transcript);
+    assert!(reply.contains("'unplumbed'"), "{reply}");
+
+    // A handler that raises: 4xx, and the next transaction works.
+    let d = Egressd::start(&routed(
+        &to_sink(&sink),
+        "kumo.on('get_egress_pool', function(name)
+           return kumo.make_egress_pool { name = name, entries = { { name = 'ip-2' } } }
+         end)
+         local calls = 0
+         kumo.on('get_egress_source', function(name)
+           calls = calls + 1
+           if calls == 1 then error('database is down') end
+           return kumo.make_egress_source { name = name, source_address = '127.0.0.2' }
+         end)",
+    ));
+    let s = swaks(d.addr, "rcpt@dest.test", &[]);
+    let reply = s
+        .replies()
+        .into_iter()
+        .find(|r| r.starts_with('4'))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        reply.starts_with("451 4.3.0") && reply.contains("database is down"),
+        "{}",
+        s.transcript
+    );
+    let s = swaks(d.addr, "rcpt@dest.test", &[]);
+    assert!(s.ok, "{}", s.transcript);
+    assert_eq!(sink.wait_for(1).len(), 1);
+}
+
+#[test]
+fn relay_permission_and_one_domain_per_transaction() {
+    let sink = SmtpSink::start();
+    let d = Egressd::start(&default_source_policy(&sink).replace(
+        "kumo.start_esmtp_listener { listen = '{listen}' }",
+        "kumo.start_esmtp_listener { listen = '{listen}', relay_hosts = { '127.0.0.1/32' } }",
+    ));
+    let s = swaks(
+        d.addr,
+        "rcpt@dest.test",
+        &["--local-interface", "127.0.0.50"],
+    );
+    assert!(!s.ok);
+    assert!(s.has_reply("550 5.7.1"), "{}", s.transcript);
+
+    let s = swaks(d.addr, "a@dest.test,b@other.test", &[]);
+    assert!(s.has_reply("452 4.5.3"), "{}", s.transcript);
+    assert!(
+        s.ok,
+        "the first recipient is still delivered: {}",
+        s.transcript
+    );
+    assert_eq!(sink.wait_for(1).len(), 1);
+}
+
+#[test]
+fn fifty_concurrent_clients_each_delivered_exactly_once() {
+    let sink = SmtpSink::start();
+    let d = Egressd::start(&default_source_policy(&sink));
+    let addr: SocketAddr = d.addr;
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            std::thread::spawn(move || {
+                swaks(
+                    addr,
+                    &format!("r{i}@dest.test"),
+                    &["--header", &format!("Subject: message {i}")],
+                )
+            })
+        })
+        .collect();
+    for h in handles {
+        let s = h.join().unwrap();
+        assert!(s.ok, "{}", s.transcript);
+    }
+    let messages = sink.wait_for(50);
+    assert_eq!(messages.len(), 50);
+    let mut subjects: Vec<String> = messages
+        .iter()
+        .filter_map(|m| header(m, "Subject").map(str::to_owned))
+        .collect();
+    subjects.sort();
+    subjects.dedup();
+    assert_eq!(subjects.len(), 50, "every message exactly once");
+}
