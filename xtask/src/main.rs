@@ -4,7 +4,7 @@
 //! cargo xtask peers          install the real test peers (apt), idempotent
 //! cargo xtask ci             peers, fmt, clippy, each crate's tests alone, end-to-end tests
 //! cargo xtask test -p NAME   one crate's tests
-//! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, relay)
+//! cargo xtask bench [NAME]   benchmarks (all, or: cache, connect, lua, relay)
 //! ```
 //!
 //! Deliberately std-only, so it compiles in seconds on a fresh machine.
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
 }
 
 const USAGE: &str =
-    "usage: cargo xtask <peers | ci | test -p NAME | bench [source|cache|connect|lua|relay]>";
+    "usage: cargo xtask <peers | ci | test -p NAME | bench [cache|connect|lua|relay]>";
 
 type Result<T = (), E = String> = std::result::Result<T, E>;
 
@@ -252,7 +252,7 @@ fn is_root() -> bool {
 }
 
 fn bench(which: Option<&str>) -> Result {
-    let all = ["source", "cache", "connect", "lua", "relay"];
+    let all = ["cache", "connect", "lua", "relay"];
     let chosen: Vec<&str> = match which {
         None | Some("all") => all.to_vec(),
         Some(one) if all.contains(&one) => vec![one],
@@ -260,7 +260,6 @@ fn bench(which: Option<&str>) -> Result {
     };
     for name in chosen {
         match name {
-            "source" => cargo(&["bench", "-p", "egress-source"])?,
             "cache" => cargo(&["bench", "-p", "egress-cache"])?,
             "connect" => {
                 peers()?;
@@ -269,7 +268,7 @@ fn bench(which: Option<&str>) -> Result {
             "lua" => cargo(&["bench", "-p", "egress-lua"])?,
             "relay" => {
                 peers()?;
-                cargo(&["bench", "-p", E2E])?
+                cargo(&["bench", "-p", "egressd", "--bench", "relay"])?
             }
             _ => unreachable!("checked above"),
         }

@@ -127,10 +127,11 @@ struct Transaction {
 }
 
 impl Transaction {
-    /// Ends it: the destination session is closed, the log line written.
-    async fn end(mut self, outcome: &str) {
+    /// Ends it: the log line is written and the destination session closed in the
+    /// background, so the client's reply never waits for the destination's 221.
+    fn end(mut self, outcome: &str) {
         if let Some(out) = self.outbound.take() {
-            out.quit().await;
+            tokio::spawn(out.quit());
         }
         self.log.emit(outcome);
     }
@@ -175,7 +176,7 @@ pub async fn serve(
         let reply = match request {
             Ok(Request::Ehlo { host }) => {
                 if let Some(t) = tx.take() {
-                    t.end("reset by EHLO").await;
+                    t.end("reset by EHLO");
                 }
                 helo = Some(host);
                 Reply {
@@ -192,7 +193,7 @@ pub async fn serve(
             }
             Ok(Request::Helo { host }) => {
                 if let Some(t) = tx.take() {
-                    t.end("reset by HELO").await;
+                    t.end("reset by HELO");
                 }
                 helo = Some(host);
                 Reply {
@@ -235,7 +236,7 @@ pub async fn serve(
                 None => Reply::new(503, [5, 5, 1], "send MAIL FROM first"),
                 Some(t) if t.accepted == 0 => {
                     let reply = Reply::new(554, [5, 5, 1], "no valid recipients");
-                    t.end("no valid recipients").await;
+                    t.end("no valid recipients");
                     reply
                 }
                 Some(t) => match data(
@@ -254,7 +255,7 @@ pub async fn serve(
             },
             Ok(Request::Rset) => {
                 if let Some(t) = tx.take() {
-                    t.end("reset by RSET").await;
+                    t.end("reset by RSET");
                 }
                 Reply::new(250, [2, 0, 0], "reset")
             }
@@ -290,7 +291,7 @@ pub async fn serve(
         conn.reply(&reply);
     }
     if let Some(t) = tx.take() {
-        t.end("client went away mid-transaction").await;
+        t.end("client went away mid-transaction");
     }
     let _ = conn.flush().await;
 }
@@ -382,12 +383,12 @@ async fn data(
         Ok(None) => {}
         Ok(Some(refused)) => {
             t.outbound = Some(out);
-            t.end(&format!("DATA refused: {refused}")).await;
+            t.end(&format!("DATA refused: {refused}"));
             return Ok(refused);
         }
         Err(e) => {
             t.log.note(&e.to_string());
-            t.end("lost the destination at DATA").await;
+            t.end("lost the destination at DATA");
             return Ok(Reply::new(
                 451,
                 [4, 4, 2],
@@ -467,7 +468,7 @@ async fn data(
     };
     t.log.outcome = Some(reply.to_string());
     t.outbound = Some(out);
-    t.end("delivered").await;
+    t.end("delivered");
     Ok(reply)
 }
 

@@ -255,3 +255,34 @@ fn sigterm_lets_the_transaction_in_flight_finish() {
         "no new connections after shutdown"
     );
 }
+
+#[test]
+fn the_example_policy_resolves() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/policy.lua");
+    let (ok, out, err) = egressd(&[
+        "check",
+        "--policy",
+        example,
+        "--source",
+        "direct-1",
+        "--source",
+        "via-haproxy",
+        "--source",
+        "via-socks",
+        "--pool",
+        "transactional",
+        "--pool",
+        "bulk",
+    ]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        json["sources"]["via-haproxy"]["ha_proxy_source_address"],
+        "127.0.0.5"
+    );
+    assert_eq!(json["pools"]["transactional"]["entries"][0]["weight"], 3);
+    assert_eq!(
+        json["init"]["esmtp_listeners"][0]["listen"],
+        "127.0.0.1:2525"
+    );
+}
