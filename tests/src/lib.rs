@@ -205,31 +205,43 @@ pub struct HaProxy {
 impl HaProxy {
     /// Starts haproxy on `127.0.0.1:<free port>`.
     pub fn start() -> HaProxy {
-        let bin = require("haproxy");
-        let dir = temp_dir("egress-haproxy-");
-        let port = free_port();
-        let cfg = dir.path().join("haproxy.cfg");
-        fs::write(
-            &cfg,
+        let config = |port| {
             format!(
                 "global\n  maxconn 4096\n\
                  defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
                  frontend egress\n  bind 127.0.0.1:{port} accept-proxy\n  default_backend dynamic\n\
                  backend dynamic\n  source 0.0.0.0 usesrc clientip\n  server dyn 0.0.0.0:0\n"
-            ),
-        )
-        .expect("write haproxy.cfg");
-        let mut cmd = Command::new(bin);
-        cmd.arg("-f").arg(&cfg).arg("-db");
-        let mut peer = Peer::spawn("haproxy", &mut cmd);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_listening("haproxy", addr, &mut peer);
+            )
+        };
+        let (addr, dir, peer) = start_with_config("haproxy", config, |cfg, _| {
+            vec!["-f".into(), cfg.into(), "-db".into()]
+        });
         HaProxy {
             addr,
             _dir: dir,
             _peer: peer,
         }
     }
+}
+
+/// Starts `binary` listening on `127.0.0.1:<free port>` with a configuration file
+/// written from `config(port)`; `args(config_path, dir)` gives its command line.
+fn start_with_config(
+    binary: &str,
+    config: impl FnOnce(u16) -> String,
+    args: impl FnOnce(&Path, &Path) -> Vec<std::ffi::OsString>,
+) -> (SocketAddr, tempfile::TempDir, Peer) {
+    let bin = require(binary);
+    let dir = temp_dir(&format!("egress-{binary}-"));
+    let port = free_port();
+    let cfg = dir.path().join(format!("{binary}.conf"));
+    fs::write(&cfg, config(port)).unwrap_or_else(|e| panic!("write {}: {e}", cfg.display()));
+    let mut cmd = Command::new(bin);
+    cmd.args(args(&cfg, dir.path()));
+    let mut peer = Peer::spawn(binary, &mut cmd);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    wait_listening(binary, addr, &mut peer);
+    (addr, dir, peer)
 }
 
 /// `microsocks`, a standard SOCKS5 server.
@@ -271,12 +283,7 @@ pub struct Danted {
 impl Danted {
     /// Starts danted on `127.0.0.1:<free port>`, no authentication, loopback only.
     pub fn start() -> Danted {
-        let bin = require("danted");
-        let dir = temp_dir("egress-danted-");
-        let port = free_port();
-        let cfg = dir.path().join("danted.conf");
-        fs::write(
-            &cfg,
+        let config = |port| {
             format!(
                 "logoutput: stderr\n\
                  internal: 127.0.0.1 port = {port}\n\
@@ -287,20 +294,19 @@ impl Danted {
                  user.unprivileged: nobody\n\
                  client pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 }}\n\
                  socks pass {{ from: 127.0.0.0/8 to: 0.0.0.0/0 command: bind connect }}\n"
-            ),
-        )
-        .expect("write danted.conf");
-        let pid = dir.path().join("danted.pid");
-        let mut cmd = Command::new(bin);
-        cmd.arg("-f")
-            .arg(&cfg)
-            .arg("-p")
-            .arg(&pid)
-            .arg("-N")
-            .arg("1");
-        let mut peer = Peer::spawn("danted", &mut cmd);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_listening("danted", addr, &mut peer);
+            )
+        };
+        let args = |cfg: &Path, dir: &Path| {
+            vec![
+                "-f".into(),
+                cfg.into(),
+                "-p".into(),
+                dir.join("danted.pid").into(),
+                "-N".into(),
+                "1".into(),
+            ]
+        };
+        let (addr, dir, peer) = start_with_config("danted", config, args);
         Danted {
             addr,
             _dir: dir,

@@ -177,51 +177,43 @@ impl Policy {
     /// `get_egress_source(name)`. Without a handler, only `unspecified` resolves (to a
     /// source with a kernel-chosen address).
     pub async fn egress_source(&self, name: &str) -> Result<Arc<EgressSource>, PolicyError> {
-        let states = self.states();
         let owned = name.to_owned();
-        let loaded = self
-            .sources
-            .get_or_load(owned.clone(), || async move {
-                match states
-                    .call::<EgressSource>(GET_EGRESS_SOURCE, vec![Some(owned.clone())])
-                    .await?
-                {
-                    Some(src) => Ok(Arc::new(src)),
-                    None if owned == DEFAULT_POOL => {
-                        Ok(Arc::new(EgressSource::named(DEFAULT_POOL)))
-                    }
-                    None => Err(PolicyError::MissingHandler {
-                        event: GET_EGRESS_SOURCE,
-                        args: format!("source '{owned}'"),
-                    }),
-                }
-            })
-            .await;
-        loaded.map_err(unshare)
+        let fallback = move || match owned.as_str() {
+            DEFAULT_POOL => Ok(EgressSource::named(DEFAULT_POOL)),
+            _ => Err(PolicyError::MissingHandler {
+                event: GET_EGRESS_SOURCE,
+                args: format!("source '{owned}'"),
+            }),
+        };
+        self.resolve(
+            &self.sources,
+            name.to_owned(),
+            GET_EGRESS_SOURCE,
+            vec![Some(name.to_owned())],
+            fallback,
+        )
+        .await
     }
 
     /// `get_egress_pool(name)`. Without a handler, only `unspecified` resolves (one
     /// source, `unspecified`).
     pub async fn egress_pool(&self, name: &str) -> Result<Arc<EgressPool>, PolicyError> {
-        let states = self.states();
         let owned = name.to_owned();
-        let loaded = self
-            .pools
-            .get_or_load(owned.clone(), || async move {
-                match states
-                    .call::<EgressPool>(GET_EGRESS_POOL, vec![Some(owned.clone())])
-                    .await?
-                {
-                    Some(pool) => Ok(Arc::new(pool)),
-                    None if owned == DEFAULT_POOL => Ok(Arc::new(EgressPool::unspecified())),
-                    None => Err(PolicyError::MissingHandler {
-                        event: GET_EGRESS_POOL,
-                        args: format!("pool '{owned}'"),
-                    }),
-                }
-            })
-            .await;
-        loaded.map_err(unshare)
+        let fallback = move || match owned.as_str() {
+            DEFAULT_POOL => Ok(EgressPool::unspecified()),
+            _ => Err(PolicyError::MissingHandler {
+                event: GET_EGRESS_POOL,
+                args: format!("pool '{owned}'"),
+            }),
+        };
+        self.resolve(
+            &self.pools,
+            name.to_owned(),
+            GET_EGRESS_POOL,
+            vec![Some(name.to_owned())],
+            fallback,
+        )
+        .await
     }
 
     /// `get_egress_path_config(domain, source_name, site_name)`; defaults without a handler.
@@ -231,23 +223,16 @@ impl Policy {
         source: &str,
         site: Option<&str>,
     ) -> Result<Arc<EgressPathConfig>, PolicyError> {
-        let states = self.states();
         let key: PathKey = (
             domain.to_owned(),
             source.to_owned(),
             site.map(str::to_owned),
         );
         let args = vec![Some(key.0.clone()), Some(key.1.clone()), key.2.clone()];
-        let loaded = self
-            .paths
-            .get_or_load(key, || async move {
-                let path = states
-                    .call::<EgressPathConfig>(GET_EGRESS_PATH_CONFIG, args)
-                    .await?;
-                Ok(Arc::new(path.unwrap_or_default()))
-            })
-            .await;
-        loaded.map_err(unshare)
+        self.resolve(&self.paths, key, GET_EGRESS_PATH_CONFIG, args, || {
+            Ok(EgressPathConfig::default())
+        })
+        .await
     }
 
     /// `get_queue_config(domain, tenant, campaign, routing_domain)`; defaults (pool
@@ -259,7 +244,6 @@ impl Policy {
         campaign: Option<&str>,
         routing_domain: Option<&str>,
     ) -> Result<Arc<QueueConfig>, PolicyError> {
-        let states = self.states();
         let own = |s: Option<&str>| s.map(str::to_owned);
         let key: QueueKey = (
             domain.to_owned(),
@@ -273,11 +257,34 @@ impl Policy {
             key.2.clone(),
             key.3.clone(),
         ];
-        let loaded = self
-            .queues
+        self.resolve(&self.queues, key, GET_QUEUE_CONFIG, args, || {
+            Ok(QueueConfig::default())
+        })
+        .await
+    }
+
+    /// One cached event call: the handler's definition, or `fallback()` when the
+    /// policy has no handler for `event`.
+    async fn resolve<K, T>(
+        &self,
+        cache: &TtlCache<K, Arc<T>>,
+        key: K,
+        event: &'static str,
+        args: Vec<Option<String>>,
+        fallback: impl FnOnce() -> Result<T, PolicyError> + Send,
+    ) -> Result<Arc<T>, PolicyError>
+    where
+        K: std::hash::Hash + Eq + Send + Sync + 'static,
+        T: definition::Definition + egress_cache::HasTtl + Sync,
+    {
+        let states = self.states();
+        let loaded = cache
             .get_or_load(key, || async move {
-                let queue = states.call::<QueueConfig>(GET_QUEUE_CONFIG, args).await?;
-                Ok(Arc::new(queue.unwrap_or_default()))
+                let made = match states.call::<T>(event, args).await? {
+                    Some(made) => made,
+                    None => fallback()?,
+                };
+                Ok(Arc::new(made))
             })
             .await;
         loaded.map_err(unshare)

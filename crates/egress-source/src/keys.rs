@@ -124,17 +124,32 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// Implements `Deserialize` for a [`StrictTable`] type.
-macro_rules! strict_deserialize {
-    ($ty:ty) => {
+/// Makes a type a strict table: its derived field-by-field code is generated as
+/// inherent functions (`#[serde(remote = "Self")]` on the type), and this wires them
+/// to `Serialize`, to [`StrictTable`] with the given name and keys, and to a
+/// `Deserialize` that refuses unknown keys with a suggestion.
+macro_rules! strict_table {
+    ($ty:ty, $what:literal, [$($field:literal),* $(,)?]) => {
+        impl $crate::keys::StrictTable for $ty {
+            const WHAT: &'static str = $what;
+            const FIELDS: &'static [&'static str] = &[$($field),*];
+            fn deserialize_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                Self::deserialize(d)
+            }
+        }
         impl<'de> serde::Deserialize<'de> for $ty {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 $crate::keys::deserialize_strict(d)
             }
         }
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                Self::serialize(self, s)
+            }
+        }
     };
 }
-pub(crate) use strict_deserialize;
+pub(crate) use strict_table;
 
 #[cfg(test)]
 mod tests {

@@ -2,8 +2,7 @@
 
 use crate::error::{check_ehlo_domain, ValidationError};
 use crate::fields::{duration, port};
-use crate::keys::{strict_deserialize, StrictTable};
-use serde::de::Deserializer;
+use crate::keys::strict_table;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -95,9 +94,10 @@ impl Default for EgressPathConfig {
     }
 }
 
-impl StrictTable for EgressPathConfig {
-    const WHAT: &'static str = "egress path config";
-    const FIELDS: &'static [&'static str] = &[
+strict_table!(
+    EgressPathConfig,
+    "egress path config",
+    [
         "ehlo_domain",
         "smtp_port",
         "connect_timeout",
@@ -108,18 +108,8 @@ impl StrictTable for EgressPathConfig {
         "data_timeout",
         "data_dot_timeout",
         "enable_tls",
-    ];
-    fn deserialize_fields<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::deserialize(d)
-    }
-}
-strict_deserialize!(EgressPathConfig);
-
-impl Serialize for EgressPathConfig {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        Self::serialize(self, s)
-    }
-}
+    ]
+);
 
 impl EgressPathConfig {
     /// Checks `ehlo_domain` and `smtp_port`.

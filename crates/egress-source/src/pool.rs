@@ -2,7 +2,7 @@
 
 use crate::error::{check_name, ValidationError};
 use crate::fields::{duration, Scalar};
-use crate::keys::{strict_deserialize, StrictTable};
+use crate::keys::strict_table;
 use crate::source::default_ttl;
 use crate::wrr::{NoEligibleEntry, WeightedRoundRobin};
 use serde::de::Deserializer;
@@ -35,20 +35,7 @@ pub struct EgressPool {
     pub ttl: Duration,
 }
 
-impl StrictTable for EgressPool {
-    const WHAT: &'static str = "egress pool";
-    const FIELDS: &'static [&'static str] = &["name", "entries", "ttl"];
-    fn deserialize_fields<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::deserialize(d)
-    }
-}
-strict_deserialize!(EgressPool);
-
-impl Serialize for EgressPool {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        Self::serialize(self, s)
-    }
-}
+strict_table!(EgressPool, "egress pool", ["name", "entries", "ttl"]);
 
 /// One source in a pool. Weight 0 keeps the entry listed but never picks it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,20 +61,7 @@ fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     }
 }
 
-impl StrictTable for EgressPoolEntry {
-    const WHAT: &'static str = "egress pool entry";
-    const FIELDS: &'static [&'static str] = &["name", "weight"];
-    fn deserialize_fields<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::deserialize(d)
-    }
-}
-strict_deserialize!(EgressPoolEntry);
-
-impl Serialize for EgressPoolEntry {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        Self::serialize(self, s)
-    }
-}
+strict_table!(EgressPoolEntry, "egress pool entry", ["name", "weight"]);
 
 impl EgressPool {
     /// The built-in pool `unspecified`: one source `unspecified` (kernel-chosen address).

@@ -2,7 +2,7 @@
 //! `kumo.make_queue_config`).
 
 use crate::fields::{split_host_port, Scalar};
-use crate::keys::{deserialize_strict, strict_deserialize, StrictTable};
+use crate::keys::{deserialize_strict, strict_table, StrictTable};
 use serde::de::value::MapAccessDeserializer;
 use serde::de::{Deserializer, Error, MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -77,23 +77,6 @@ pub struct SmtpProtocol {
     pub mx_list: Vec<MxListEntry>,
 }
 
-macro_rules! strict_table {
-    ($ty:ty, $what:literal, [$($field:literal),*]) => {
-        impl StrictTable for $ty {
-            const WHAT: &'static str = $what;
-            const FIELDS: &'static [&'static str] = &[$($field),*];
-            fn deserialize_fields<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                Self::deserialize(d)
-            }
-        }
-        strict_deserialize!($ty);
-        impl Serialize for $ty {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                Self::serialize(self, s)
-            }
-        }
-    };
-}
 strict_table!(QueueConfig, "queue config", ["egress_pool", "protocol"]);
 strict_table!(DeliveryProtocol, "queue config protocol", ["smtp"]);
 strict_table!(SmtpProtocol, "queue config protocol.smtp", ["mx_list"]);

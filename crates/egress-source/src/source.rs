@@ -2,7 +2,7 @@
 
 use crate::error::{check_ehlo_domain, check_name, ValidationError};
 use crate::fields::{duration, opt_ip, opt_port, HostPort};
-use crate::keys::{strict_deserialize, StrictTable};
+use crate::keys::strict_table;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -69,9 +69,10 @@ pub struct EgressSource {
     pub ttl: Duration,
 }
 
-impl StrictTable for EgressSource {
-    const WHAT: &'static str = "egress source";
-    const FIELDS: &'static [&'static str] = &[
+strict_table!(
+    EgressSource,
+    "egress source",
+    [
         "name",
         "source_address",
         "ehlo_domain",
@@ -83,18 +84,8 @@ impl StrictTable for EgressSource {
         "socks5_proxy_username",
         "socks5_proxy_password",
         "ttl",
-    ];
-    fn deserialize_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Self::deserialize(d)
-    }
-}
-strict_deserialize!(EgressSource);
-
-impl Serialize for EgressSource {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        Self::serialize(self, s)
-    }
-}
+    ]
+);
 
 /// The way a source's connections leave, borrowed from an [`EgressSource`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,48 +164,31 @@ impl EgressSource {
         use ValidationError::*;
         check_name("egress source", &self.name)?;
         let source = || self.name.clone();
-        match (&self.ha_proxy_server, &self.ha_proxy_source_address) {
-            (Some(_), None) => {
-                return Err(MissingPartner {
-                    source: source(),
-                    present: "ha_proxy_server",
-                    missing: "ha_proxy_source_address",
-                })
-            }
-            (None, Some(_)) => {
-                return Err(MissingPartner {
-                    source: source(),
-                    present: "ha_proxy_source_address",
-                    missing: "ha_proxy_server",
-                })
-            }
-            _ => {}
-        }
+        self.both_or_neither(
+            ("ha_proxy_server", self.ha_proxy_server.is_some()),
+            (
+                "ha_proxy_source_address",
+                self.ha_proxy_source_address.is_some(),
+            ),
+        )?;
         if self.socks5_proxy_source_address.is_some() && self.socks5_proxy_server.is_none() {
             return Err(Socks5SourceWithoutServer { source: source() });
         }
         if self.ha_proxy_server.is_some() && self.socks5_proxy_server.is_some() {
             return Err(ConflictingProxies { source: source() });
         }
-        match (&self.socks5_proxy_username, &self.socks5_proxy_password) {
-            (Some(_), None) => {
-                return Err(MissingPartner {
-                    source: source(),
-                    present: "socks5_proxy_username",
-                    missing: "socks5_proxy_password",
-                })
-            }
-            (None, Some(_)) => {
-                return Err(MissingPartner {
-                    source: source(),
-                    present: "socks5_proxy_password",
-                    missing: "socks5_proxy_username",
-                })
-            }
-            (Some(_), Some(_)) if self.socks5_proxy_server.is_none() => {
-                return Err(CredentialsWithoutSocks5 { source: source() })
-            }
-            _ => {}
+        self.both_or_neither(
+            (
+                "socks5_proxy_username",
+                self.socks5_proxy_username.is_some(),
+            ),
+            (
+                "socks5_proxy_password",
+                self.socks5_proxy_password.is_some(),
+            ),
+        )?;
+        if self.socks5_proxy_username.is_some() && self.socks5_proxy_server.is_none() {
+            return Err(CredentialsWithoutSocks5 { source: source() });
         }
         for (field, value) in [
             ("socks5_proxy_username", &self.socks5_proxy_username),
@@ -256,5 +230,23 @@ impl EgressSource {
             }
         }
         Ok(())
+    }
+
+    /// Two fields that only make sense together.
+    fn both_or_neither(
+        &self,
+        a: (&'static str, bool),
+        b: (&'static str, bool),
+    ) -> Result<(), ValidationError> {
+        let (present, missing) = match (a.1, b.1) {
+            (true, false) => (a.0, b.0),
+            (false, true) => (b.0, a.0),
+            _ => return Ok(()),
+        };
+        Err(ValidationError::MissingPartner {
+            source: self.name.clone(),
+            present,
+            missing,
+        })
     }
 }

@@ -174,34 +174,14 @@ pub async fn serve(
         };
         let request = Request::parse(&mut line.iter());
         let reply = match request {
-            Ok(Request::Ehlo { host }) => {
-                if let Some(t) = tx.take() {
-                    t.end("reset by EHLO");
-                }
-                helo = Some(host);
-                Reply {
-                    code: 250,
-                    esc: None,
-                    lines: vec![
-                        hostname.clone(),
-                        "PIPELINING".into(),
-                        format!("SIZE {}", listener.max_message_size),
-                        "8BITMIME".into(),
-                        "ENHANCEDSTATUSCODES".into(),
-                    ],
-                }
-            }
-            Ok(Request::Helo { host }) => {
-                if let Some(t) = tx.take() {
-                    t.end("reset by HELO");
-                }
-                helo = Some(host);
-                Reply {
-                    code: 250,
-                    esc: None,
-                    lines: vec![hostname.clone()],
-                }
-            }
+            Ok(Request::Ehlo { host }) => greeting(
+                &mut tx,
+                &mut helo,
+                host,
+                &hostname,
+                Some(listener.max_message_size),
+            ),
+            Ok(Request::Helo { host }) => greeting(&mut tx, &mut helo, host, &hostname, None),
             Ok(Request::Mail { from }) => {
                 if helo.is_none() {
                     Reply::new(503, [5, 5, 1], "send EHLO or HELO first")
@@ -294,6 +274,35 @@ pub async fn serve(
         t.end("client went away mid-transaction");
     }
     let _ = conn.flush().await;
+}
+
+/// EHLO (with `max_size`, to advertise extensions) or HELO. A greeting starts over
+/// (RFC 5321 §4.1.4): any open transaction ends.
+fn greeting(
+    tx: &mut Option<Transaction>,
+    helo: &mut Option<String>,
+    host: String,
+    hostname: &str,
+    max_size: Option<u64>,
+) -> Reply {
+    if let Some(t) = tx.take() {
+        t.end("reset by a new greeting");
+    }
+    *helo = Some(host);
+    let mut lines = vec![hostname.to_owned()];
+    if let Some(max) = max_size {
+        lines.extend([
+            "PIPELINING".into(),
+            format!("SIZE {max}"),
+            "8BITMIME".into(),
+            "ENHANCEDSTATUSCODES".into(),
+        ]);
+    }
+    Reply {
+        code: 250,
+        esc: None,
+        lines,
+    }
 }
 
 /// RCPT: relay permission, one domain per transaction, then the destination decides.
