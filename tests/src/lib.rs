@@ -49,13 +49,7 @@ impl Peer {
         if std::env::var_os("EGRESS_TEST_PEER_LOGS").is_none() {
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e} ({cmd:?})"));
-        Peer {
-            name: name.to_owned(),
-            child,
-        }
+        Self::spawn_logged(name, cmd)
     }
 
     /// Spawns `cmd` keeping the output redirections the caller set up.

@@ -208,12 +208,7 @@ fn destination_replies_are_passed_back() {
     let d = Egressd::start(&default_source_policy(&deferring));
     let s = swaks(d.addr, "rcpt@dest.test", &[]);
     assert!(!s.ok);
-    let data_reply = s
-        .replies()
-        .into_iter()
-        .find(|r| r.starts_with('4'))
-        .unwrap_or_default()
-        .to_owned();
+    let data_reply = s.first_reply("4");
     assert!(
         data_reply.starts_with("4"),
         "the destination's 4xx for DATA: {}",
@@ -236,12 +231,7 @@ fn local_failures_are_4xx_naming_the_source_and_the_server_keeps_serving() {
     ));
     let s = swaks(d.addr, "rcpt@dest.test", &[]);
     assert!(!s.ok);
-    let reply = s
-        .replies()
-        .into_iter()
-        .find(|r| r.starts_with("451"))
-        .unwrap_or_default()
-        .to_owned();
+    let reply = s.first_reply("451");
     assert!(reply.starts_with("451 4.4.1"), "{}", s.transcript);
     assert!(reply.contains("'unplumbed'"), "{reply}");
 
@@ -259,12 +249,7 @@ fn local_failures_are_4xx_naming_the_source_and_the_server_keeps_serving() {
          end)",
     ));
     let s = swaks(d.addr, "rcpt@dest.test", &[]);
-    let reply = s
-        .replies()
-        .into_iter()
-        .find(|r| r.starts_with('4'))
-        .unwrap_or_default()
-        .to_owned();
+    let reply = s.first_reply("4");
     assert!(
         reply.starts_with("451 4.3.0") && reply.contains("database is down"),
         "{}",

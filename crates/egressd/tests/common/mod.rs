@@ -89,6 +89,15 @@ impl Swaks {
             .collect()
     }
 
+    /// The first reply that starts with `start` (empty when none does).
+    pub fn first_reply(&self, start: &str) -> String {
+        self.replies()
+            .into_iter()
+            .find(|r| r.starts_with(start))
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     pub fn has_reply(&self, start: &str) -> bool {
         self.replies().iter().any(|r| r.starts_with(start))
     }
