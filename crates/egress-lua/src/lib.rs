@@ -87,15 +87,21 @@ enum Origin {
 type PathKey = (String, String, Option<String>);
 type QueueKey = (String, Option<String>, Option<String>, Option<String>);
 
+/// Cache keys carry the generation of the states that loaded them: a load that was
+/// running when the policy was reloaded lands under the old generation, where no
+/// lookup will find it, instead of serving the old policy's answer for a whole ttl.
+type Generational<K> = (u64, K);
+
 /// A loaded policy: typed, cached, concurrent calls into its handlers.
 pub struct Policy {
     origin: Origin,
     options: PolicyOptions,
     current: RwLock<Arc<LuaStates>>,
-    sources: TtlCache<String, Arc<EgressSource>>,
-    pools: TtlCache<String, Arc<EgressPool>>,
-    paths: TtlCache<PathKey, Arc<EgressPathConfig>>,
-    queues: TtlCache<QueueKey, Arc<QueueConfig>>,
+    sources: TtlCache<Generational<String>, Arc<EgressSource>>,
+    pools: TtlCache<Generational<String>, Arc<EgressPool>>,
+    paths: TtlCache<Generational<PathKey>, Arc<EgressPathConfig>>,
+    queues: TtlCache<Generational<QueueKey>, Arc<QueueConfig>>,
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// Cache counters per kind of definition.
@@ -137,7 +143,7 @@ impl Policy {
     }
 
     fn build(origin: Origin, options: PolicyOptions) -> Result<Policy, PolicyError> {
-        let states = load(&origin, options.states)?;
+        let states = load(&origin, options.states, 0)?;
         let capacity = options.cache_capacity;
         Ok(Policy {
             origin,
@@ -147,6 +153,7 @@ impl Policy {
             pools: TtlCache::new(capacity),
             paths: TtlCache::new(capacity),
             queues: TtlCache::new(capacity),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -158,7 +165,11 @@ impl Policy {
     /// Rebuilds the states from the file (or text) and clears every cache. Calls in
     /// flight finish on the old states. On error the old policy keeps serving.
     pub fn reload(&self) -> Result<(), PolicyError> {
-        let fresh = load(&self.origin, self.options.states)?;
+        let generation = self
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let fresh = load(&self.origin, self.options.states, generation)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         self.sources.invalidate_all();
         self.pools.invalidate_all();
@@ -267,7 +278,7 @@ impl Policy {
     /// policy has no handler for `event`.
     async fn resolve<K, T>(
         &self,
-        cache: &TtlCache<K, Arc<T>>,
+        cache: &TtlCache<Generational<K>, Arc<T>>,
         key: K,
         event: &'static str,
         args: Vec<Option<String>>,
@@ -279,7 +290,7 @@ impl Policy {
     {
         let states = self.states();
         let loaded = cache
-            .get_or_load(key, || async move {
+            .get_or_load((states.generation, key), || async move {
                 let made = match states.call::<T>(event, args).await? {
                     Some(made) => made,
                     None => fallback()?,
@@ -305,7 +316,7 @@ fn unshare(e: Arc<PolicyError>) -> PolicyError {
     Arc::unwrap_or_clone(e)
 }
 
-fn load(origin: &Origin, states: usize) -> Result<Arc<LuaStates>, PolicyError> {
+fn load(origin: &Origin, states: usize, generation: u64) -> Result<Arc<LuaStates>, PolicyError> {
     match origin {
         Origin::File(path) => {
             let shown = path.display().to_string();
@@ -313,8 +324,8 @@ fn load(origin: &Origin, states: usize) -> Result<Arc<LuaStates>, PolicyError> {
                 path: shown.clone(),
                 message: e.to_string(),
             })?;
-            LuaStates::load(&code, &shown, states)
+            LuaStates::load(&code, &shown, states, generation)
         }
-        Origin::Source { name, code } => LuaStates::load(code, name, states),
+        Origin::Source { name, code } => LuaStates::load(code, name, states, generation),
     }
 }

@@ -16,6 +16,8 @@ pub(crate) struct LuaStates {
     permits: Semaphore,
     /// What the policy declared (from the first state's `init`).
     pub(crate) init: InitConfig,
+    /// Which load of the policy this is (0 first, +1 per reload).
+    pub(crate) generation: u64,
 }
 
 impl LuaStates {
@@ -25,6 +27,7 @@ impl LuaStates {
         code: &str,
         chunk_name: &str,
         size: usize,
+        generation: u64,
     ) -> Result<Arc<LuaStates>, PolicyError> {
         let size = size.max(1);
         let mut states = Vec::with_capacity(size);
@@ -59,6 +62,7 @@ impl LuaStates {
             idle: Mutex::new(states),
             permits: Semaphore::new(size),
             init,
+            generation,
         }))
     }
 

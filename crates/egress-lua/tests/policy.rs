@@ -523,3 +523,68 @@ async fn json_backed_sources_refresh_after_their_ttl() {
         "{text}"
     );
 }
+
+/// A call that is running when the policy is reloaded finishes on the old states;
+/// the next call sees the new policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_finish_on_the_old_states() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.lua");
+    let (entered, go) = (dir.path().join("entered"), dir.path().join("go"));
+    std::fs::write(
+        &file,
+        format!(
+            "kumo.on('get_egress_source', function(name)
+               io.open('{entered}', 'w'):close()
+               local start = os.time()
+               while not io.open('{go}', 'r') and os.time() - start < 10 do end
+               return kumo.make_egress_source {{ name = name, ehlo_domain = 'old.example' }}
+             end)",
+            entered = entered.display(),
+            go = go.display()
+        ),
+    )
+    .unwrap();
+    let p = std::sync::Arc::new(Policy::from_file(&file, PolicyOptions::default()).unwrap());
+    let slow = {
+        let p = p.clone();
+        tokio::spawn(async move {
+            p.egress_source("slow")
+                .await
+                .unwrap()
+                .ehlo_domain
+                .clone()
+                .unwrap()
+        })
+    };
+    while !entered.exists() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::write(
+        &file,
+        "kumo.on('get_egress_source', function(name)
+           return kumo.make_egress_source { name = name, ehlo_domain = 'new.example' }
+         end)",
+    )
+    .unwrap();
+    p.reload().unwrap();
+    assert_eq!(
+        p.egress_source("fresh")
+            .await
+            .unwrap()
+            .ehlo_domain
+            .as_deref(),
+        Some("new.example")
+    );
+    std::fs::write(&go, "").unwrap();
+    assert_eq!(slow.await.unwrap(), "old.example");
+    // The old answer, finished after the reload, is not served from the cache.
+    assert_eq!(
+        p.egress_source("slow")
+            .await
+            .unwrap()
+            .ehlo_domain
+            .as_deref(),
+        Some("new.example")
+    );
+}
