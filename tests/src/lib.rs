@@ -124,15 +124,18 @@ impl SmtpSink {
     /// A sink on `ip`, with extra smtp-sink flags (`-r rcpt` to reject RCPT with 5xx,
     /// `-f data` for 4xx at DATA, …).
     pub fn start_with(ip: IpAddr, flags: &[&str]) -> SmtpSink {
+        Self::start_on(SocketAddr::new(ip, free_port()), flags)
+    }
+
+    /// A sink on a given address (to restart one where another stood).
+    pub fn start_on(addr: SocketAddr, flags: &[&str]) -> SmtpSink {
         let bin = require("smtp-sink");
         let dir = temp_dir("egress-sink-");
         // smtp-sink drops privileges to `nobody`, which must be able to write the dumps.
         set_mode(dir.path(), 0o777);
-        let port = free_port();
-        let addr = SocketAddr::new(ip, port);
-        let listen = match ip {
-            IpAddr::V6(ip) => format!("[{ip}]:{port}"),
-            IpAddr::V4(ip) => format!("{ip}:{port}"),
+        let listen = match addr.ip() {
+            IpAddr::V6(ip) => format!("[{ip}]:{}", addr.port()),
+            IpAddr::V4(ip) => format!("{ip}:{}", addr.port()),
         };
         let template = format!("{}/%M%S.", dir.path().display());
         let mut cmd = Command::new(bin);

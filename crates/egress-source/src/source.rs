@@ -32,7 +32,7 @@ pub(crate) fn default_ttl() -> Duration {
 /// let typo = serde_json::from_str::<EgressSource>(r#"{"name": "x", "sorce_address": "10.0.0.1"}"#);
 /// assert!(typo.unwrap_err().to_string().contains("did you mean `source_address`?"));
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(remote = "Self")]
 pub struct EgressSource {
     /// Required; used in logs and reports.

@@ -4,10 +4,11 @@
 use crate::dns::Dns;
 use crate::reply::{Reply, ReplyReader};
 use crate::txlog::TxLog;
-use egress_connect::Connector;
+use egress_connect::{Connector, EgressAddress};
 use egress_lua::Policy;
 use egress_source::{
-    effective_ehlo_domain, effective_port, EgressPathConfig, EgressPool, Tls, WeightedRoundRobin,
+    effective_ehlo_domain, effective_port, EgressPathConfig, EgressPool, EgressSource, Tls,
+    WeightedRoundRobin,
 };
 use std::collections::HashMap;
 use std::io;
@@ -30,7 +31,25 @@ pub struct Context {
     /// One selector per pool, so the weighted rotation continues across
     /// transactions; rebuilt when the policy hands out a new pool definition.
     selectors: Mutex<HashMap<String, PoolSelector>>,
+    /// Destination sessions left open after a transaction, for the next one with the
+    /// same source, address and EHLO name: no connect, no banner, no EHLO.
+    idle: Mutex<HashMap<SessionKey, Vec<(Instant, Outbound)>>>,
 }
+
+/// What makes an open destination session reusable: the same source definition
+/// (a changed definition, after a reload or ttl, never reuses an old route), the
+/// same destination address, the same EHLO name.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SessionKey {
+    source: EgressSource,
+    addr: SocketAddr,
+    ehlo: String,
+}
+
+/// How long an idle destination session is kept for reuse.
+const IDLE_REUSE: Duration = Duration::from_secs(10);
+/// At most this many idle sessions per key.
+const MAX_IDLE_PER_KEY: usize = 32;
 
 /// A pool definition and the rotation built from it.
 type PoolSelector = (Arc<EgressPool>, Arc<WeightedRoundRobin<String>>);
@@ -45,7 +64,48 @@ impl Context {
             connector,
             hostname,
             selectors: Mutex::default(),
+            idle: Mutex::default(),
         }
+    }
+
+    /// Keeps a destination session whose transaction ended cleanly, for reuse.
+    pub fn release(&self, out: Outbound) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = idle.entry(out.key.clone()).or_default();
+        if slot.len() < MAX_IDLE_PER_KEY {
+            slot.push((Instant::now(), out));
+        } else {
+            tokio::spawn(out.quit());
+        }
+    }
+
+    /// The most recently used idle session for `key` that is still fresh.
+    fn take_idle(&self, key: &SessionKey) -> Option<Outbound> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = idle.get_mut(key)?;
+        while let Some((since, out)) = slot.pop() {
+            if since.elapsed() < IDLE_REUSE {
+                return Some(out);
+            }
+            tokio::spawn(out.quit());
+        }
+        None
+    }
+
+    /// Closes idle sessions that have waited too long; the server calls this
+    /// periodically so quiet periods do not hold connections open.
+    pub fn reap_idle(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        for slot in idle.values_mut() {
+            let (keep, stale): (Vec<_>, Vec<_>) = std::mem::take(slot)
+                .into_iter()
+                .partition(|(since, _)| since.elapsed() < IDLE_REUSE);
+            *slot = keep;
+            for (_, out) in stale {
+                tokio::spawn(out.quit());
+            }
+        }
+        idle.retain(|_, slot| !slot.is_empty());
     }
 
     fn selector(&self, pool: &Arc<EgressPool>) -> Result<Arc<WeightedRoundRobin<String>>, String> {
@@ -79,6 +139,10 @@ pub struct Outbound {
     reader: ReplyReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
     path: Arc<EgressPathConfig>,
+    key: SessionKey,
+    egress: EgressAddress,
+    /// The destination offered 8BITMIME in its EHLO reply.
+    eight_bit: bool,
 }
 
 impl Outbound {
@@ -147,6 +211,27 @@ impl Outbound {
             let addr =
                 SocketAddr::new(dest.ip, effective_port(&source, dest.entry.as_ref(), &path));
             log.destination = Some(format!("{} [{addr}]", dest.host));
+            let key = SessionKey {
+                source: (*source).clone(),
+                addr,
+                ehlo: ehlo.clone(),
+            };
+            while let Some(mut out) = ctx.take_idle(&key) {
+                // An idle session the destination has since closed (or is closing,
+                // 421) is dropped quietly; anything else is the destination's answer.
+                match out.mail(from, body_8bit).await {
+                    Ok(Greeted::Ready) => {
+                        log.reused = true;
+                        log.egress = Some(out.egress);
+                        return Ok(out);
+                    }
+                    Ok(Greeted::MailRefused(reply)) if reply.code != 421 => {
+                        ctx.release(out);
+                        return Err(OpenError::Destination(reply));
+                    }
+                    _ => {}
+                }
+            }
             let started = Instant::now();
             let conn = match ctx
                 .connector
@@ -167,6 +252,9 @@ impl Outbound {
                 reader: ReplyReader::new(read),
                 writer,
                 path: path.clone(),
+                key,
+                egress: conn.egress,
+                eight_bit: false,
             };
             match out.greet(&ehlo, from, body_8bit).await {
                 Ok(Greeted::Ready) => return Ok(out),
@@ -206,13 +294,12 @@ impl Outbound {
         let reply = self
             .command(&format!("EHLO {ehlo}"), self.path.ehlo_timeout, "EHLO")
             .await?;
-        let mut eight_bit = (200..300).contains(&reply.code)
-            && reply
+        if (200..300).contains(&reply.code) {
+            self.eight_bit = reply
                 .message
                 .lines()
                 .any(|l| l.trim().eq_ignore_ascii_case("8BITMIME"));
-        if !(200..300).contains(&reply.code) {
-            eight_bit = false;
+        } else {
             let helo = self
                 .command(&format!("HELO {ehlo}"), self.path.ehlo_timeout, "HELO")
                 .await?;
@@ -223,8 +310,13 @@ impl Outbound {
                 )));
             }
         }
-        // BODY=8BITMIME only when the client declared it and the destination offers it.
-        let body = if body_8bit && eight_bit {
+        self.mail(from, body_8bit).await
+    }
+
+    /// MAIL FROM, with BODY=8BITMIME only when the client declared it and the
+    /// destination offers it.
+    async fn mail(&mut self, from: &str, body_8bit: bool) -> io::Result<Greeted> {
+        let body = if body_8bit && self.eight_bit {
             " BODY=8BITMIME"
         } else {
             ""

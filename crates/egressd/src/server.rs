@@ -28,6 +28,14 @@ pub async fn serve(policy: Arc<Policy>, host_name: String) -> Result<(), String>
     let dns = Dns::new(init.resolver.as_ref()).map_err(|e| format!("DNS: {e}"))?;
     let ctx = Arc::new(Context::new(policy.clone(), dns, host_name));
     let (trigger, shutdown) = shutdown::channel();
+    let reaper = ctx.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            reaper.reap_idle();
+        }
+    });
 
     let mut limits = Vec::new();
     for config in listeners {

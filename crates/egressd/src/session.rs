@@ -220,6 +220,7 @@ pub async fn serve(
                     reply
                 }
                 Some(t) => match data(
+                    &ctx,
                     &listener,
                     &mut conn,
                     t,
@@ -373,6 +374,7 @@ async fn rcpt_reply(
 /// DATA: the destination must say 354 before the client hears it; the body streams
 /// through with a `Received:` header in front; the destination's final reply is ours.
 async fn data(
+    ctx: &Context,
     listener: &EsmtpListener,
     conn: &mut Conn,
     mut t: Transaction,
@@ -463,7 +465,12 @@ async fn data(
         ));
     }
     let reply = match out.final_reply().await {
-        Ok(reply) => reply,
+        Ok(reply) => {
+            // The transaction is over and the session is in a clean state: keep it
+            // for the next transaction through the same source to the same host.
+            ctx.release(out);
+            reply
+        }
         Err(e) => {
             t.log.note(&e.to_string());
             // The destination may have the message; saying 4xx risks a duplicate,
@@ -476,7 +483,6 @@ async fn data(
         }
     };
     t.log.outcome = Some(reply.to_string());
-    t.outbound = Some(out);
     t.end("delivered");
     Ok(reply)
 }

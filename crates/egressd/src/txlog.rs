@@ -23,6 +23,8 @@ pub struct TxLog {
     pub destination: Option<String>,
     /// Time to connect through the source.
     pub connect_ms: Option<u128>,
+    /// The destination session was reused from an earlier transaction.
+    pub reused: bool,
     /// The reply to DATA's final dot (or why the transaction ended).
     pub outcome: Option<String>,
     /// Local failures along the way, in order.
@@ -44,6 +46,7 @@ impl TxLog {
             egress: None,
             destination: None,
             connect_ms: None,
+            reused: false,
             outcome: None,
             notes: Vec::new(),
             size: 0,
@@ -91,6 +94,7 @@ impl TxLog {
             destination = self.destination.as_deref().unwrap_or("-"),
             size = self.size,
             connect_ms = self.connect_ms.map(|m| m as i64).unwrap_or(-1),
+            reused = self.reused,
             total_ms = self.started.elapsed().as_millis() as u64,
             outcome = %self.outcome.as_deref().unwrap_or(outcome),
             notes = %self.notes.join(" ; "),

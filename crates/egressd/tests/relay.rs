@@ -315,3 +315,49 @@ fn fifty_concurrent_clients_each_delivered_exactly_once() {
     subjects.dedup();
     assert_eq!(subjects.len(), 50, "every message exactly once");
 }
+
+#[test]
+fn destination_sessions_are_reused_and_stale_ones_replaced() {
+    let sink = SmtpSink::start();
+    let d = Egressd::start(&default_source_policy(&sink));
+    assert!(swaks(d.addr, "a@dest.test", &[]).ok);
+    assert!(swaks(d.addr, "b@dest.test", &[]).ok);
+    let lines: Vec<String> = d
+        .log()
+        .lines()
+        .filter(|l| l.contains("transaction"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("reused=false") && lines[1].contains("reused=true"),
+        "{lines:?}"
+    );
+    for m in sink.wait_for(2) {
+        assert_eq!(
+            header(&m, "X-Client-Addr"),
+            Some("127.0.0.2"),
+            "a reused session keeps its source"
+        );
+    }
+
+    // The destination restarts: the idle session is dead; the next transaction
+    // notices, connects afresh, and delivers.
+    let addr = sink.addr;
+    drop(sink);
+    let restarted = SmtpSink::start_on(addr, &[]);
+    let s = swaks(d.addr, "c@dest.test", &[]);
+    assert!(s.ok, "{}", s.transcript);
+    assert_eq!(restarted.wait_for(1).len(), 1);
+    let last = d
+        .log()
+        .lines()
+        .filter(|l| l.contains("transaction"))
+        .last()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        last.contains("reused=false") && last.contains("250"),
+        "{last}"
+    );
+}
