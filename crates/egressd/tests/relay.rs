@@ -353,7 +353,7 @@ fn destination_sessions_are_reused_and_stale_ones_replaced() {
         .log()
         .lines()
         .filter(|l| l.contains("transaction"))
-        .last()
+        .next_back()
         .unwrap_or_default()
         .to_owned();
     assert!(
