@@ -352,8 +352,7 @@ fn destination_sessions_are_reused_and_stale_ones_replaced() {
     let last = d
         .log()
         .lines()
-        .filter(|l| l.contains("transaction"))
-        .next_back()
+        .rfind(|l| l.contains("transaction"))
         .unwrap_or_default()
         .to_owned();
     assert!(
