@@ -341,10 +341,21 @@ impl Outbound {
         timeout: Duration,
         what: &str,
     ) -> io::Result<smtp_proto::Response<String>> {
-        self.writer
-            .write_all(format!("{line}\r\n").as_bytes())
-            .await
-            .map_err(|e| phase(what, e))?;
+        // The same deadline bounds sending the command: a destination that stops
+        // reading must not hold the transaction for ever.
+        tokio::time::timeout(
+            timeout,
+            self.writer.write_all(format!("{line}\r\n").as_bytes()),
+        )
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("could not send within {timeout:?}"),
+            )
+        })
+        .and_then(|r| r)
+        .map_err(|e| phase(what, e))?;
         self.reader.read(timeout).await.map_err(|e| phase(what, e))
     }
 
@@ -388,9 +399,7 @@ impl Outbound {
 
     /// Ends the session politely, without waiting long for the answer.
     pub async fn quit(mut self) {
-        if self.writer.write_all(b"QUIT\r\n").await.is_ok() {
-            let _ = self.reader.read(Duration::from_secs(2)).await;
-        }
+        let _ = self.command("QUIT", Duration::from_secs(2), "QUIT").await;
     }
 }
 

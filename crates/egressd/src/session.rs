@@ -49,7 +49,11 @@ impl Conn {
             return Ok(());
         }
         let out = std::mem::take(&mut self.outbox);
-        self.stream.write_all(&out).await.map_err(|_| Stop::Closed)
+        // A client that stops reading must not hold the session for ever.
+        match tokio::time::timeout(IDLE_TIMEOUT, self.stream.write_all(&out)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Stop::Closed),
+        }
     }
 
     /// Reads more input, flushing pending replies first. While no transaction is
