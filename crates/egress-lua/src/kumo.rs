@@ -19,6 +19,7 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
     kumo.set(
         "on",
         lua.create_function(|lua, (event, handler): (String, Function)| {
+            warn_if_misspelt(&event);
             let handlers: Table = lua.named_registry_value(HANDLERS)?;
             handlers.set(event, handler)
         })?,
@@ -80,6 +81,18 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
     let loaded: Table = lua.globals().get::<Table>("package")?.get("loaded")?;
     loaded.set("kumo", kumo)?;
     Ok(())
+}
+
+/// A handler registered under a near miss of an event we raise would never run;
+/// say so. Other names are fine: KumoMTA policies register events of their own.
+fn warn_if_misspelt(event: &str) {
+    let events = crate::events::ALL;
+    if events.contains(&event) {
+        return;
+    }
+    if let Some(near) = egress_source::nearest(event, events) {
+        tracing::warn!(target: "policy", "kumo.on('{event}', ...) will never run: egress raises no such event; did you mean '{near}'?");
+    }
 }
 
 /// `kumo.make_*`: a table in, a validated definition (userdata) out.

@@ -56,6 +56,14 @@ pub mod events {
     pub const GET_EGRESS_PATH_CONFIG: &str = "get_egress_path_config";
     /// `get_queue_config(domain, tenant, campaign, routing_domain)`
     pub const GET_QUEUE_CONFIG: &str = "get_queue_config";
+    /// Every event egress raises.
+    pub const ALL: &[&str] = &[
+        INIT,
+        GET_EGRESS_SOURCE,
+        GET_EGRESS_POOL,
+        GET_EGRESS_PATH_CONFIG,
+        GET_QUEUE_CONFIG,
+    ];
 }
 use events::*;
 

@@ -44,7 +44,7 @@ impl LuaStates {
                 .exec()
                 .map_err(load_error)?;
             if i == 0 {
-                if let Some(handler) = handler(&lua, "init").map_err(load_error)? {
+                if let Some(handler) = handler(&lua, crate::events::INIT).map_err(load_error)? {
                     handler.call::<()>(()).map_err(|e| PolicyError::Runtime {
                         event: "init",
                         args: String::new(),

@@ -99,7 +99,12 @@ pub(crate) fn unknown_key_message(what: &str, key: &str, fields: &[&str]) -> Str
 
 /// The candidate closest to `key` by edit distance, if it is close enough to be
 /// a plausible typo (at most a third of the key's length, and at least 1).
-pub(crate) fn nearest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
+///
+/// ```
+/// assert_eq!(egress_source::nearest("sorce_address", &["source_address", "ttl"]), Some("source_address"));
+/// assert_eq!(egress_source::nearest("colour", &["source_address", "ttl"]), None);
+/// ```
+pub fn nearest<'a>(key: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let limit = (key.chars().count() / 3).max(1);
     candidates
         .iter()

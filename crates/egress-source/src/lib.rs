@@ -32,6 +32,7 @@ mod wrr;
 
 pub use error::ValidationError;
 pub use fields::{parse_duration, HostPort};
+pub use keys::nearest;
 pub use path::{EgressPathConfig, Tls};
 pub use pool::{EgressPool, EgressPoolEntry};
 pub use precedence::{effective_ehlo_domain, effective_port};

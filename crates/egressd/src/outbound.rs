@@ -29,7 +29,7 @@ pub struct Context {
     /// Our name: banner, `Received:`, EHLO when nothing else says.
     pub hostname: String,
     /// One selector per pool, so the weighted rotation continues across
-    /// transactions; rebuilt when the policy hands out a new pool definition.
+    /// transactions; rebuilt when the pool's entries change.
     selectors: Mutex<HashMap<String, PoolSelector>>,
     /// Destination sessions left open after a transaction, for the next one with the
     /// same source, address and EHLO name: no connect, no banner, no EHLO.
@@ -51,7 +51,7 @@ const IDLE_REUSE: Duration = Duration::from_secs(10);
 /// At most this many idle sessions per key.
 const MAX_IDLE_PER_KEY: usize = 32;
 
-/// A pool definition and the rotation built from it.
+/// A pool definition and the rotation built from its entries.
 type PoolSelector = (Arc<EgressPool>, Arc<WeightedRoundRobin<String>>);
 
 impl Context {
@@ -110,8 +110,10 @@ impl Context {
 
     fn selector(&self, pool: &Arc<EgressPool>) -> Result<Arc<WeightedRoundRobin<String>>, String> {
         let mut selectors = self.selectors.lock().unwrap_or_else(|e| e.into_inner());
+        // A definition reloaded after its ttl is usually unchanged: compare the
+        // entries, not the allocation, so the rotation carries on across refreshes.
         if let Some((known, wrr)) = selectors.get(&pool.name) {
-            if Arc::ptr_eq(known, pool) {
+            if known.entries == pool.entries {
                 return Ok(wrr.clone());
             }
         }

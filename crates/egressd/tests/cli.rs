@@ -64,6 +64,19 @@ fn check_fails_with_the_teaching_error() {
     );
     assert!(err.contains("return kumo.make_egress_source"), "{err}");
 
+    // A misspelt event name: the handler would never run, and the log says why.
+    let (_dir, path) = write_policy(
+        "kumo.on('get_egress_sources', function(name) return kumo.make_egress_source { name = name } end)",
+    );
+    let (ok, _, err) = egressd(&["check", "--policy", &path, "--source", "ip-1"]);
+    assert!(!ok);
+    assert!(err.contains("no handler for 'get_egress_source'"), "{err}");
+    assert!(
+        err.contains("kumo.on('get_egress_sources', ...) will never run")
+            && err.contains("did you mean 'get_egress_source'?"),
+        "{err}"
+    );
+
     let (_dir, path) = write_policy("kumo.on('get_egress_source', function(name)\n  return kumo.make_egress_source { name = name, sorce_address = '127.0.0.2' }\nend)");
     let (ok, _, err) = egressd(&["check", "--policy", &path, "--source", "ip-1"]);
     assert!(!ok);

@@ -360,3 +360,30 @@ fn destination_sessions_are_reused_and_stale_ones_replaced() {
         "{last}"
     );
 }
+
+#[test]
+fn json_log_has_one_record_per_transaction() {
+    let sink = SmtpSink::start();
+    let d = Egressd::start_with_args(&default_source_policy(&sink), &["--log-format", "json"]);
+    assert!(swaks(d.addr, "rcpt@dest.test", &[]).ok);
+    sink.wait_for(1);
+    let records: Vec<serde_json::Value> = d
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|r: &serde_json::Value| r["target"] == "transaction")
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let fields = &records[0]["fields"];
+    assert_eq!(fields["source"], "ip-2");
+    assert_eq!(fields["pool"], "main");
+    assert_eq!(fields["egress"], "127.0.0.2");
+    assert_eq!(fields["sender"], "<sender@client.test>");
+    assert!(
+        fields["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("250"),
+        "{fields}"
+    );
+}

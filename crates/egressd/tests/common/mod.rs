@@ -16,6 +16,11 @@ pub struct Egressd {
 impl Egressd {
     /// Starts egressd with `policy`, in which `{listen}` stands for a free loopback address.
     pub fn start(policy: &str) -> Egressd {
+        Self::start_with_args(policy, &[])
+    }
+
+    /// As [`start`](Self::start), with more command-line arguments.
+    pub fn start_with_args(policy: &str, args: &[&str]) -> Egressd {
         let dir = tempfile::tempdir().unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let file = dir.path().join("policy.lua");
@@ -25,6 +30,7 @@ impl Egressd {
         cmd.arg("serve")
             .arg("--policy")
             .arg(&file)
+            .args(args)
             .env("EGRESSD_LOG", "info");
         cmd.stdout(log.try_clone().unwrap()).stderr(log);
         let mut peer = Peer::spawn_logged("egressd", &mut cmd);
