@@ -261,7 +261,8 @@ impl Outbound {
             match out.greet(&ehlo, from, body_8bit).await {
                 Ok(Greeted::Ready) => return Ok(out),
                 Ok(Greeted::MailRefused(reply)) => {
-                    out.quit().await;
+                    // No transaction is open on it: the session can serve the next one.
+                    ctx.release(out);
                     return Err(OpenError::Destination(reply));
                 }
                 Err(e) => {
