@@ -204,6 +204,20 @@ fn destination_replies_are_passed_back() {
         s.transcript
     );
 
+    // The destination refuses the sender: its reply comes back at the first RCPT
+    // (the client's MAIL was answered before any destination was known).
+    let refusing = SmtpSink::start_with("127.0.0.1".parse().unwrap(), &["-f", "mail"]);
+    let d = Egressd::start(&default_source_policy(&refusing));
+    let s = swaks(d.addr, "rcpt@dest.test", &[]);
+    assert!(!s.ok);
+    let rcpt_reply = s.first_reply("5");
+    assert!(
+        rcpt_reply.starts_with('5'),
+        "the destination's 5xx for MAIL: {}",
+        s.transcript
+    );
+    assert!(refusing.messages().iter().all(|m| !m.contains("Subject")));
+
     let deferring = SmtpSink::start_with("127.0.0.1".parse().unwrap(), &["-r", "data"]);
     let d = Egressd::start(&default_source_policy(&deferring));
     let s = swaks(d.addr, "rcpt@dest.test", &[]);
