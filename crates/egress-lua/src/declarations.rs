@@ -4,6 +4,7 @@ use ipnet::IpNet;
 use serde::de::{Deserializer, Error};
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 /// Everything `init` (or the policy's top level) declared.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -16,7 +17,8 @@ pub struct InitConfig {
     pub resolver: Option<ResolverConfig>,
 }
 
-/// `kumo.start_esmtp_listener { listen, relay_hosts, hostname, max_message_size, max_connections }`.
+/// `kumo.start_esmtp_listener { listen, relay_hosts, hostname, banner, max_message_size,
+/// max_connections, client_timeout }` (KumoMTA's names for the subset egressd implements).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EsmtpListener {
@@ -29,6 +31,15 @@ pub struct EsmtpListener {
     /// Name in the banner and `Received:`; default the host's name.
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Text of the 220 greeting after the host name; default "ESMTP egressd".
+    #[serde(default)]
+    pub banner: Option<String>,
+    /// How long a client may stay silent before `421 4.4.2`; default 5 minutes.
+    #[serde(
+        default = "default_client_timeout",
+        with = "egress_source::serde_duration"
+    )]
+    pub client_timeout: Duration,
     /// Largest message accepted, in bytes; default 20 MiB.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: u64,
@@ -43,6 +54,8 @@ impl Default for EsmtpListener {
             listen: default_listen(),
             relay_hosts: default_relay_hosts(),
             hostname: None,
+            banner: None,
+            client_timeout: default_client_timeout(),
             max_message_size: default_max_message_size(),
             max_connections: default_max_connections(),
         }
@@ -59,6 +72,10 @@ fn default_relay_hosts() -> Vec<IpNet> {
         .iter()
         .filter_map(|n| n.parse().ok())
         .collect()
+}
+
+fn default_client_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_max_message_size() -> u64 {

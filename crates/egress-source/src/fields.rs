@@ -184,10 +184,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Serde helpers for `Duration` fields: seconds or a humantime string in,
-/// a humantime string out (`"5m"`), so JSON round-trips.
-pub(crate) mod duration {
+/// a humantime string out (`"5m"`), so JSON round-trips. Use with
+/// `#[serde(with = "egress_source::serde_duration")]`.
+pub mod duration {
     use super::*;
 
+    /// Reads a number of seconds or a string such as `"90s"`, `"5 mins"`.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         match Scalar::deserialize(d)? {
             Scalar::Int(n) if (0..=i128::from(u64::MAX)).contains(&n) => {
@@ -199,6 +201,7 @@ pub(crate) mod duration {
         }
     }
 
+    /// Writes a humantime string (`"5m"`).
     pub fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_duration(*v))
     }

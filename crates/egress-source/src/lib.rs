@@ -31,6 +31,7 @@ mod source;
 mod wrr;
 
 pub use error::ValidationError;
+pub use fields::duration as serde_duration;
 pub use fields::{parse_duration, HostPort};
 pub use keys::nearest;
 pub use path::{EgressPathConfig, Tls};

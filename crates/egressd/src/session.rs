@@ -19,13 +19,13 @@ use tokio::net::TcpStream;
 const MAX_LINE: usize = 1000;
 /// The `.` CR LF that ends DATA, counted in what we receive but not in the message.
 const END_MARKER: u64 = 3;
-/// How long a client may stay silent.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The session's transport: buffered input, batched replies (so PIPELINING clients
 /// get their replies in one write), the idle timeout and the shutdown signal.
 struct Conn {
     stream: TcpStream,
+    /// The listener's `client_timeout`: how long the client may stay silent.
+    idle: Duration,
     inbox: Vec<u8>,
     outbox: Vec<u8>,
     shutdown: Shutdown,
@@ -50,7 +50,7 @@ impl Conn {
         }
         let out = std::mem::take(&mut self.outbox);
         // A client that stops reading must not hold the session for ever.
-        match tokio::time::timeout(IDLE_TIMEOUT, self.stream.write_all(&out)).await {
+        match tokio::time::timeout(self.idle, self.stream.write_all(&out)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(Stop::Closed),
         }
@@ -73,7 +73,7 @@ impl Conn {
                 return Err(Stop::Done);
             }
             tokio::select! {
-                read = tokio::time::timeout(IDLE_TIMEOUT, self.stream.read(&mut chunk)) => {
+                read = tokio::time::timeout(self.idle, self.stream.read(&mut chunk)) => {
                     return match read {
                         Ok(Ok(0)) | Ok(Err(_)) => Err(Stop::Closed),
                         Ok(Ok(n)) => {
@@ -151,6 +151,7 @@ pub async fn serve(
 ) {
     let mut conn = Conn {
         stream,
+        idle: listener.client_timeout,
         inbox: Vec::with_capacity(4096),
         outbox: Vec::new(),
         shutdown,
@@ -159,10 +160,15 @@ pub async fn serve(
         .hostname
         .clone()
         .unwrap_or_else(|| ctx.hostname.clone());
+    let banner = listener.banner.as_deref().unwrap_or("ESMTP egressd");
+    let welcome: String = format!("{hostname} {banner}")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect();
     conn.reply(&Reply {
         code: 220,
         esc: None,
-        lines: vec![format!("{hostname} ESMTP egressd")],
+        lines: vec![welcome],
     });
     let may_relay = listener
         .relay_hosts

@@ -307,3 +307,27 @@ fn the_example_policy_resolves() {
         "127.0.0.1:2525"
     );
 }
+
+#[test]
+fn silent_clients_are_dropped_after_client_timeout() {
+    let d = Egressd::start(
+        "kumo.on('init', function()
+           kumo.start_esmtp_listener { listen = '{listen}', client_timeout = '1s', banner = 'ready for egress' }
+         end)",
+    );
+    let s = TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let banner = read_reply(&mut r);
+    assert!(
+        banner.starts_with("220 ") && banner.trim_end().ends_with("ready for egress"),
+        "{banner}"
+    );
+    let started = std::time::Instant::now();
+    let bye = read_reply(&mut r);
+    assert!(bye.starts_with("421 4.4.2"), "{bye}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after about client_timeout"
+    );
+}
