@@ -1,6 +1,7 @@
 //! The outbound half of a transaction: pick a source, find the destination, connect
 //! through the source, and speak SMTP to the destination on the client's behalf.
 
+use crate::address::smtp_path;
 use crate::dns::Dns;
 use crate::reply::{Reply, ReplyReader};
 use crate::txlog::TxLog;
@@ -326,7 +327,7 @@ impl Outbound {
         };
         let mail = self
             .command(
-                &format!("MAIL FROM:<{from}>{body}"),
+                &format!("MAIL FROM:<{}>{body}", smtp_path(from)),
                 self.path.mail_from_timeout,
                 "MAIL FROM",
             )
@@ -367,7 +368,11 @@ impl Outbound {
         let timeout = self.path.rcpt_to_timeout;
         Ok(Reply::relayed(
             &self
-                .command(&format!("RCPT TO:<{address}>"), timeout, "RCPT TO")
+                .command(
+                    &format!("RCPT TO:<{}>", smtp_path(address)),
+                    timeout,
+                    "RCPT TO",
+                )
                 .await?,
         ))
     }

@@ -401,3 +401,14 @@ fn json_log_has_one_record_per_transaction() {
         "{fields}"
     );
 }
+
+#[test]
+fn quoted_local_parts_reach_the_destination_quoted() {
+    let sink = SmtpSink::start();
+    let d = Egressd::start(&default_source_policy(&sink));
+    let s = swaks(d.addr, "\"john doe\"@dest.test", &[]);
+    assert!(s.ok, "{}", s.transcript);
+    let m = sink.wait_for(1);
+    let rcpt = header(&m[0], "X-Rcpt-Args").unwrap_or_default();
+    assert!(rcpt.contains("<\"john doe\"@dest.test>"), "{}", m[0]);
+}
