@@ -18,7 +18,8 @@ pub struct InitConfig {
 }
 
 /// `kumo.start_esmtp_listener { listen, relay_hosts, hostname, banner, max_message_size,
-/// max_connections, client_timeout }` (KumoMTA's names for the subset egressd implements).
+/// max_recipients_per_message, max_connections, client_timeout }` (KumoMTA's names for
+/// the subset egressd implements).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EsmtpListener {
@@ -43,6 +44,9 @@ pub struct EsmtpListener {
     /// Largest message accepted, in bytes; default 20 MiB.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: u64,
+    /// Recipients accepted per transaction before `452 4.5.3`; default 1024.
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients_per_message: usize,
     /// Concurrent sessions beyond which new ones get `421 4.7.0`; default 1000.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -58,6 +62,7 @@ impl Default for EsmtpListener {
             client_timeout: default_client_timeout(),
             max_message_size: default_max_message_size(),
             max_connections: default_max_connections(),
+            max_recipients_per_message: default_max_recipients(),
         }
     }
 }
@@ -80,6 +85,10 @@ fn default_client_timeout() -> Duration {
 
 fn default_max_message_size() -> u64 {
     20 * 1024 * 1024
+}
+
+fn default_max_recipients() -> usize {
+    1024
 }
 
 fn default_max_connections() -> usize {

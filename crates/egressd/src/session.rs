@@ -170,10 +170,13 @@ pub async fn serve(
         esc: None,
         lines: vec![welcome],
     });
+    // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; relay_hosts are
+    // written for the address the client really has.
+    let client_ip = peer.ip().to_canonical();
     let may_relay = listener
         .relay_hosts
         .iter()
-        .any(|net| net.contains(&peer.ip()));
+        .any(|net| net.contains(&client_ip));
     let mut helo: Option<String> = None;
     let mut tx: Option<Transaction> = None;
 
@@ -220,6 +223,11 @@ pub async fn serve(
             }
             Ok(Request::Rcpt { to }) => match tx.as_mut() {
                 None => Reply::new(503, [5, 5, 1], "send MAIL FROM first"),
+                Some(t) if t.accepted >= listener.max_recipients_per_message => Reply::new(
+                    452,
+                    [4, 5, 3],
+                    format!("too many recipients (at most {} per message); send the rest in another transaction", listener.max_recipients_per_message),
+                ),
                 Some(t) => rcpt(&ctx, t, &to.address, may_relay, peer).await,
             },
             Ok(Request::Data) => match tx.take() {
@@ -425,7 +433,7 @@ async fn data(
 
     let mut incoming = IncomingData::new();
     let mut stuffer = DotStuffer::default();
-    let mut header = Some(received_header(helo, peer, hostname));
+    let mut header = Some(received_header(helo, peer, hostname, &t.log.id));
     let mut broken: Option<String> = None;
     let max = listener.max_message_size;
     loop {
@@ -498,11 +506,11 @@ async fn data(
 }
 
 /// The trace header we add (RFC 5321 §4.4).
-fn received_header(helo: &str, peer: SocketAddr, by: &str) -> String {
+fn received_header(helo: &str, peer: SocketAddr, by: &str, id: &str) -> String {
     let helo: String = helo.chars().filter(|c| c.is_ascii_graphic()).collect();
     format!(
-        "Received: from {helo} ([{}])\r\n\tby {by} (egressd) with ESMTP;\r\n\t{}\r\n",
-        peer.ip(),
+        "Received: from {helo} ([{}])\r\n\tby {by} (egressd) with ESMTP id {id};\r\n\t{}\r\n",
+        peer.ip().to_canonical(),
         httpdate::fmt_http_date(std::time::SystemTime::now())
     )
 }

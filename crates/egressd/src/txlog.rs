@@ -7,6 +7,8 @@ use std::time::Instant;
 
 /// What happened in one transaction; logged once, when it ends.
 pub struct TxLog {
+    /// Names the transaction in the log and in our `Received:` header.
+    pub id: String,
     /// The client's address.
     pub client: SocketAddr,
     /// MAIL FROM.
@@ -38,6 +40,7 @@ impl TxLog {
     /// A transaction that began with MAIL FROM.
     pub fn new(client: SocketAddr, sender: &str) -> TxLog {
         TxLog {
+            id: transaction_id(),
             client,
             sender: sender.to_owned(),
             recipients: Vec::new(),
@@ -84,6 +87,7 @@ impl TxLog {
         };
         tracing::info!(
             target: "transaction",
+            id = %self.id,
             client = %self.client,
             sender = %format!("<{}>", self.sender),
             recipients = %recipients.join(", "),
@@ -101,4 +105,19 @@ impl TxLog {
             "transaction"
         );
     }
+}
+
+/// A short id, unique within this process and unlikely to repeat across restarts:
+/// seconds since the epoch and a counter, in hex.
+fn transaction_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    format!(
+        "{secs:x}{:06x}",
+        NEXT.fetch_add(1, Ordering::Relaxed) & 0xff_ffff
+    )
 }

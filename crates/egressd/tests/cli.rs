@@ -143,7 +143,8 @@ fn limits_line_size_and_connections() {
     let sink = SmtpSink::start();
     let d = Egressd::start(&format!(
         "kumo.on('init', function()
-           kumo.start_esmtp_listener {{ listen = '{{listen}}', max_message_size = 1000, max_connections = 2 }}
+           kumo.start_esmtp_listener {{ listen = '{{listen}}', max_message_size = 1000, max_connections = 2,
+                                        max_recipients_per_message = 1 }}
          end)
          kumo.on('get_queue_config', function(domain)
            return kumo.make_queue_config {{ protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{}' }} }} }} }}
@@ -159,6 +160,8 @@ fn limits_line_size_and_connections() {
     );
     assert!(say(&mut s, &mut r, "MAIL FROM:<a@client.test>\r\n").starts_with("250"));
     assert!(say(&mut s, &mut r, "RCPT TO:<b@dest.test>\r\n").starts_with("250"));
+    assert!(say(&mut s, &mut r, "RCPT TO:<c@dest.test>\r\n")
+        .starts_with("452 4.5.3 too many recipients"));
     assert!(say(&mut s, &mut r, "DATA\r\n").starts_with("354"));
     let body = format!(
         "Subject: big\r\n\r\n{}\r\n.\r\n",
