@@ -96,17 +96,37 @@ impl Context {
     /// Closes idle sessions that have waited too long; the server calls this
     /// periodically so quiet periods do not hold connections open.
     pub fn reap_idle(&self) {
+        for out in self.drain_idle(|since| since.elapsed() >= IDLE_REUSE) {
+            tokio::spawn(out.quit());
+        }
+    }
+
+    /// Says QUIT on every idle session and waits (briefly) for the answers: the
+    /// last thing the server does, so destinations see a clean goodbye.
+    pub async fn close_idle(&self) {
+        let quits: Vec<_> = self
+            .drain_idle(|_| true)
+            .into_iter()
+            .map(|out| tokio::spawn(out.quit()))
+            .collect();
+        for quit in quits {
+            let _ = quit.await;
+        }
+    }
+
+    /// Removes and returns the idle sessions whose idle-since instant matches.
+    fn drain_idle(&self, matches: impl Fn(Instant) -> bool) -> Vec<Outbound> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut drained = Vec::new();
         for slot in idle.values_mut() {
-            let (keep, stale): (Vec<_>, Vec<_>) = std::mem::take(slot)
+            let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(slot)
                 .into_iter()
-                .partition(|(since, _)| since.elapsed() < IDLE_REUSE);
+                .partition(|(since, _)| matches(*since));
             *slot = keep;
-            for (_, out) in stale {
-                tokio::spawn(out.quit());
-            }
+            drained.extend(gone.into_iter().map(|(_, out)| out));
         }
         idle.retain(|_, slot| !slot.is_empty());
+        drained
     }
 
     fn selector(&self, pool: &Arc<EgressPool>) -> Result<Arc<WeightedRoundRobin<String>>, String> {

@@ -88,6 +88,7 @@ pub async fn serve(policy: Arc<Policy>, host_name: String) -> Result<(), String>
         trigger.set(State::Force);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
+    ctx.close_idle().await;
     Ok(())
 }
 
