@@ -42,7 +42,8 @@ pub struct Context {
 /// same destination address, the same EHLO name.
 #[derive(Clone, PartialEq, Eq, Hash)]
 struct SessionKey {
-    source: EgressSource,
+    /// Compared and hashed by value (an `Arc` delegates both to the definition).
+    source: Arc<EgressSource>,
     addr: SocketAddr,
     ehlo: String,
 }
@@ -235,7 +236,7 @@ impl Outbound {
                 SocketAddr::new(dest.ip, effective_port(&source, dest.entry.as_ref(), &path));
             log.destination = Some(format!("{} [{addr}]", dest.host));
             let key = SessionKey {
-                source: (*source).clone(),
+                source: source.clone(),
                 addr,
                 ehlo: ehlo.clone(),
             };
