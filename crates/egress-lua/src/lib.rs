@@ -166,7 +166,7 @@ impl Policy {
     }
 
     /// What the policy's `init` declared: listeners and DNS.
-    pub fn init_config(&self) -> InitConfig {
+    pub fn init(&self) -> InitConfig {
         self.states().init.clone()
     }
 

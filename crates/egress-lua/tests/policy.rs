@@ -338,7 +338,7 @@ async fn init_declares_listeners_and_resolver() {
            kumo.log_info('init done', 42)
          end)",
     );
-    let init = p.init_config();
+    let init = p.init();
     assert_eq!(init.esmtp_listeners.len(), 1);
     let l = &init.esmtp_listeners[0];
     assert_eq!(l.listen.to_string(), "127.0.0.1:2600");

@@ -122,7 +122,7 @@ async fn check(policy: &Policy, sources: &[String], pools: &[String]) -> Result<
     let mut out = serde_json::Map::new();
     out.insert(
         "init".into(),
-        serde_json::to_value(policy.init_config()).map_err(|e| e.to_string())?,
+        serde_json::to_value(policy.init()).map_err(|e| e.to_string())?,
     );
     let mut resolved = serde_json::Map::new();
     for name in sources {

@@ -18,7 +18,7 @@ pub async fn probe(
     host_name: String,
 ) -> Result<(), String> {
     let entry: MxListEntry = target.parse().map_err(|e| format!("target: {e}"))?;
-    let init = policy.init_config();
+    let init = policy.init();
     let dns = Dns::new(init.resolver.as_ref()).map_err(|e| format!("DNS: {e}"))?;
     let ctx = Context::new(policy.clone(), dns, host_name);
     let source = policy

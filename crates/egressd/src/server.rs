@@ -18,7 +18,7 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Serves until SIGTERM or SIGINT.
 pub async fn serve(policy: Arc<Policy>, host_name: String) -> Result<(), String> {
-    let init = policy.init_config();
+    let init = policy.init();
     let listeners = if init.esmtp_listeners.is_empty() {
         tracing::info!("the policy starts no ESMTP listener; using the default, 127.0.0.1:2525, relaying for loopback");
         vec![EsmtpListener::default()]

@@ -334,3 +334,26 @@ fn silent_clients_are_dropped_after_client_timeout() {
         "closed after about client_timeout"
     );
 }
+
+#[test]
+fn the_embedded_default_listens_on_loopback_and_relays_for_loopback_only() {
+    let (ok, out, err) = egressd(&["check", "--pool", "unspecified", "--source", "unspecified"]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let listener = &json["init"]["esmtp_listeners"][0];
+    assert_eq!(listener["listen"], "127.0.0.1:2525");
+    assert_eq!(
+        listener["relay_hosts"],
+        serde_json::json!(["127.0.0.0/8", "::1/128"])
+    );
+    assert_eq!(
+        json["pools"]["unspecified"]["entries"][0]["name"],
+        "unspecified"
+    );
+    assert!(
+        json["sources"]["unspecified"]
+            .get("source_address")
+            .is_none(),
+        "kernel-chosen address"
+    );
+}
