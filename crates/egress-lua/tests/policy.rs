@@ -588,3 +588,15 @@ async fn calls_in_flight_finish_on_the_old_states() {
         Some("new.example")
     );
 }
+
+#[tokio::test]
+async fn positional_values_are_explained() {
+    let p = policy(
+        "kumo.on('get_egress_source', function(name) return kumo.make_egress_source { name } end)",
+    );
+    let text = p.egress_source("ip-1").await.unwrap_err().to_string();
+    assert!(
+        text.contains("an egress source is a table of named fields such as { name = ... }"),
+        "{text}"
+    );
+}

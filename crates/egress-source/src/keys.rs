@@ -37,7 +37,7 @@ impl<'de, T: StrictTable> Visitor<'de> for StrictVisitor<T> {
     type Value = T;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "a table describing an {}", T::WHAT)
+        write!(f, "a table describing {} {}", article(T::WHAT), T::WHAT)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
@@ -62,7 +62,17 @@ impl<'de, A: MapAccess<'de>, T: StrictTable> MapAccess<'de> for StrictMap<A, T> 
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, A::Error> {
-        let Some(key) = self.inner.next_key::<String>()? else {
+        // A positional value (`{ 'ip-1' }` in Lua) has an integer key: say what shape
+        // the table should have rather than "expected a string".
+        let key = self.inner.next_key::<String>().map_err(|_| {
+            A::Error::custom(format_args!(
+                "{} {} is a table of named fields such as {{ {} = ... }}, not a list of values",
+                article(T::WHAT),
+                T::WHAT,
+                T::FIELDS[0]
+            ))
+        })?;
+        let Some(key) = key else {
             return Ok(None);
         };
         if !T::FIELDS.contains(&key.as_str()) {
@@ -83,6 +93,14 @@ impl<'de, A: MapAccess<'de>, T: StrictTable> MapAccess<'de> for StrictMap<A, T> 
         self.inner
             .next_value_seed(seed)
             .map_err(|e| A::Error::custom(format_args!("{key}: {e}")))
+    }
+}
+
+/// "a" or "an", for messages that name a kind of table.
+fn article(what: &str) -> &'static str {
+    match what.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => "an",
+        _ => "a",
     }
 }
 
