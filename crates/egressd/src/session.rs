@@ -223,12 +223,21 @@ pub async fn serve(
             }
             Ok(Request::Rcpt { to }) => match tx.as_mut() {
                 None => Reply::new(503, [5, 5, 1], "send MAIL FROM first"),
-                Some(t) if t.accepted >= listener.max_recipients_per_message => Reply::new(
-                    452,
-                    [4, 5, 3],
-                    format!("too many recipients (at most {} per message); send the rest in another transaction", listener.max_recipients_per_message),
-                ),
-                Some(t) => rcpt(&ctx, t, &to.address, may_relay, peer).await,
+                Some(t) => {
+                    let max = listener.max_recipients_per_message;
+                    let refusal = if !may_relay {
+                        Some(Reply::new(
+                            550,
+                            [5, 7, 1],
+                            format!("relaying denied for {client_ip}"),
+                        ))
+                    } else if t.accepted >= max {
+                        Some(Reply::new(452, [4, 5, 3], format!("too many recipients (at most {max} per message); send the rest in another transaction")))
+                    } else {
+                        None
+                    };
+                    rcpt(&ctx, t, &to.address, refusal).await
+                }
             },
             Ok(Request::Data) => match tx.take() {
                 None => Reply::new(503, [5, 5, 1], "send MAIL FROM first"),
@@ -324,15 +333,13 @@ fn greeting(
     }
 }
 
-/// RCPT: relay permission, one domain per transaction, then the destination decides.
-async fn rcpt(
-    ctx: &Context,
-    t: &mut Transaction,
-    address: &str,
-    may_relay: bool,
-    peer: SocketAddr,
-) -> Reply {
-    let reply = rcpt_reply(ctx, t, address, may_relay, peer).await;
+/// RCPT: a local refusal (relay permission, recipient limit) or the destination's
+/// answer; either way it goes into the transaction's log.
+async fn rcpt(ctx: &Context, t: &mut Transaction, address: &str, refusal: Option<Reply>) -> Reply {
+    let reply = match refusal {
+        Some(refusal) => refusal,
+        None => forward_rcpt(ctx, t, address).await,
+    };
     t.log.recipient(address, &reply);
     if reply.is_positive() {
         t.accepted += 1;
@@ -340,16 +347,9 @@ async fn rcpt(
     reply
 }
 
-async fn rcpt_reply(
-    ctx: &Context,
-    t: &mut Transaction,
-    address: &str,
-    may_relay: bool,
-    peer: SocketAddr,
-) -> Reply {
-    if !may_relay {
-        return Reply::new(550, [5, 7, 1], format!("relaying denied for {}", peer.ip()));
-    }
+/// One destination domain per transaction; the first RCPT opens the destination
+/// session, every RCPT is answered by the destination.
+async fn forward_rcpt(ctx: &Context, t: &mut Transaction, address: &str) -> Reply {
     let Some(domain) = address
         .rsplit_once('@')
         .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
