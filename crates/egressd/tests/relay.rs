@@ -412,3 +412,44 @@ fn quoted_local_parts_reach_the_destination_quoted() {
     let rcpt = header(&m[0], "X-Rcpt-Args").unwrap_or_default();
     assert!(rcpt.contains("<\"john doe\"@dest.test>"), "{}", m[0]);
 }
+
+/// An HAProxy that cannot bind or connect onwards says nothing: the connection
+/// just stays silent. The client's 4xx says that this is what silence means here.
+#[test]
+fn a_silent_haproxy_route_is_explained() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proxy = silent.local_addr().unwrap();
+    let hold = std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().take(1).collect();
+        // Long enough for the 1 s banner timeout to fire first.
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        drop(held);
+    });
+    let d = Egressd::start(&routed(
+        "[127.0.0.1]:25",
+        &format!(
+            "kumo.on('get_egress_pool', function(name)
+               return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'ha' }} }} }}
+             end)
+             kumo.on('get_egress_source', function(name)
+               return kumo.make_egress_source {{ name = name, ha_proxy_server = '{proxy}', ha_proxy_source_address = '127.0.0.5' }}
+             end)
+             kumo.on('get_egress_path_config', function(domain, source, site)
+               return kumo.make_egress_path {{ banner_timeout = '1s' }}
+             end)"
+        ),
+    ));
+    let s = swaks(d.addr, "rcpt@dest.test", &[]);
+    assert!(!s.ok);
+    let reply = s.first_reply("451");
+    assert!(
+        reply.starts_with("451 4.4.1") && reply.contains("'ha'"),
+        "{}",
+        s.transcript
+    );
+    assert!(
+        reply.contains("HAProxy cannot report a failed bind"),
+        "{reply}"
+    );
+    hold.join().unwrap();
+}
