@@ -4,7 +4,7 @@
 //! cargo xtask peers          install the real test peers (apt), idempotent
 //! cargo xtask ci             peers, fmt, clippy, each crate's tests alone, end-to-end tests
 //! cargo xtask test -p NAME   one crate's tests
-//! cargo xtask bench [NAME]   benchmarks (all, or: cache, connect, lua, relay)
+//! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, relay)
 //! ```
 //!
 //! Deliberately std-only, so it compiles in seconds on a fresh machine.
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
 }
 
 const USAGE: &str =
-    "usage: cargo xtask <peers | ci | test -p NAME | bench [cache|connect|lua|relay]>";
+    "usage: cargo xtask <peers | ci | test -p NAME | bench [source|cache|connect|lua|relay]>";
 
 type Result<T = (), E = String> = std::result::Result<T, E>;
 
@@ -241,7 +241,7 @@ fn is_root() -> bool {
 }
 
 fn bench(which: Option<&str>) -> Result {
-    let all = ["cache", "connect", "lua", "relay"];
+    let all = ["source", "cache", "connect", "lua", "relay"];
     let chosen: Vec<&str> = match which {
         None | Some("all") => all.to_vec(),
         Some(one) if all.contains(&one) => vec![one],
@@ -249,6 +249,7 @@ fn bench(which: Option<&str>) -> Result {
     };
     for name in chosen {
         match name {
+            "source" => cargo(&["bench", "-p", "egress-source"])?,
             "cache" => cargo(&["bench", "-p", "egress-cache"])?,
             "connect" => {
                 peers()?;
