@@ -240,6 +240,35 @@ fn sighup_reloads_the_policy() {
             && helos.contains(&"after.example.test".to_owned()),
         "{helos:?}"
     );
+
+    // A broken policy on reload: the error is logged and the last good one serves on.
+    std::fs::write(d.policy_path(), "this is not lua").unwrap();
+    assert!(Command::new("kill")
+        .args(["-HUP", &d.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let mut refused = false;
+    for _ in 0..50 {
+        if d.log()
+            .contains("policy reload failed, the previous policy keeps serving")
+        {
+            refused = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(refused, "{}", d.log());
+    assert!(swaks(d.addr, "c@dest.test", &[]).ok);
+    let last = sink.wait_for(3);
+    assert_eq!(last.len(), 3);
+    assert_eq!(
+        last.iter()
+            .filter(|m| header(m, "X-Helo-Args") == Some("after.example.test"))
+            .count(),
+        2,
+        "still the last good policy"
+    );
 }
 
 #[test]
