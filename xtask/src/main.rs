@@ -91,8 +91,12 @@ fn root() -> PathBuf {
         .to_path_buf()
 }
 
+fn cargo_bin() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
 fn cargo(args: &[&str]) -> Result {
-    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).args(args))
+    run(Command::new(cargo_bin()).args(args))
 }
 
 fn run(cmd: &mut Command) -> Result {
@@ -127,6 +131,15 @@ fn ci() -> Result {
                     "-D",
                     "warnings",
                 ])
+            }),
+        ),
+        (
+            // Public items are documented (`warn(missing_docs)`); broken links fail here.
+            "doc".into(),
+            Box::new(|| {
+                run(Command::new(cargo_bin())
+                    .args(["doc", "--workspace", "--no-deps"])
+                    .env("RUSTDOCFLAGS", "-D warnings"))
             }),
         ),
     ];
