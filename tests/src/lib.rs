@@ -406,3 +406,122 @@ pub fn send_mail(stream: TcpStream, ehlo: &str, from: &str, to: &str) -> std::io
     let _ = expect("221");
     Ok(done)
 }
+
+/// A real Postfix instance (its own configuration, queue and log in a temporary
+/// directory) that accepts mail on `127.0.0.1:<free port>` from loopback clients and
+/// relays everything to `relayhost`: how an existing MTA hands its mail to egressd.
+pub struct Postfix {
+    /// Where its smtpd listens.
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+    peer: Peer,
+}
+
+impl Postfix {
+    /// Starts Postfix in the foreground (`postfix start-fg`) relaying to `relayhost`.
+    pub fn start(relayhost: SocketAddr) -> Postfix {
+        let bin = require("postfix");
+        let dir = temp_dir("egress-postfix-");
+        // Postfix's daemons run as the `postfix` user and must reach these paths.
+        set_mode(dir.path(), 0o755);
+        let (etc, queue, data) = (
+            dir.path().join("etc"),
+            dir.path().join("queue"),
+            dir.path().join("data"),
+        );
+        for d in [&etc, &queue, &data] {
+            fs::create_dir_all(d).expect("postfix directories");
+        }
+        let chown = Command::new("chown").arg("postfix").arg(&data).status();
+        assert!(
+            chown.map(|s| s.success()).unwrap_or(false),
+            "chown postfix {}",
+            data.display()
+        );
+        let port = free_port();
+        fs::write(
+            etc.join("main.cf"),
+            format!(
+                "compatibility_level = 3.6\n\
+                 queue_directory = {queue}\n\
+                 data_directory = {data}\n\
+                 myhostname = postfix.example.test\n\
+                 mydestination =\n\
+                 inet_interfaces = 127.0.0.1\n\
+                 inet_protocols = ipv4\n\
+                 relayhost = [{}]:{}\n\
+                 mynetworks = 127.0.0.0/8\n\
+                 smtpd_relay_restrictions = permit_mynetworks, reject\n\
+                 maillog_file_prefixes = {root}\n\
+                 maillog_file = {root}/maillog\n\
+                 alias_maps =\n\
+                 alias_database =\n\
+                 local_transport = error:local delivery is disabled\n\
+                 smtp_tls_security_level = none\n\
+                 smtpd_tls_security_level = none\n",
+                relayhost.ip(),
+                relayhost.port(),
+                queue = queue.display(),
+                data = data.display(),
+                root = dir.path().display(),
+            ),
+        )
+        .expect("write main.cf");
+        // Only the services a relay needs; nothing chrooted.
+        fs::write(
+            etc.join("master.cf"),
+            format!(
+                "127.0.0.1:{port} inet n - n - - smtpd\n\
+                 cleanup unix n - n - 0 cleanup\n\
+                 qmgr unix n - n 300 1 qmgr\n\
+                 rewrite unix - - n - - trivial-rewrite\n\
+                 bounce unix - - n - 0 bounce\n\
+                 defer unix - - n - 0 bounce\n\
+                 trace unix - - n - 0 bounce\n\
+                 verify unix - - n - 1 verify\n\
+                 flush unix n - n 1000? 0 flush\n\
+                 proxymap unix - - n - - proxymap\n\
+                 smtp unix - - n - - smtp\n\
+                 relay unix - - n - - smtp\n\
+                 showq unix n - n - - showq\n\
+                 error unix - - n - - error\n\
+                 retry unix - - n - - error\n\
+                 discard unix - - n - - discard\n\
+                 anvil unix - - n - 1 anvil\n\
+                 scache unix - - n - 1 scache\n\
+                 postlog unix-dgram n - n - 1 postlogd\n"
+            ),
+        )
+        .expect("write master.cf");
+        let mut cmd = Command::new(bin);
+        cmd.arg("-c").arg(&etc).arg("start-fg");
+        let mut peer = Peer::spawn("postfix", &mut cmd);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_listening(
+            "postfix (see its maillog in the test's temporary directory)",
+            addr,
+            &mut peer,
+        );
+        Postfix { addr, dir, peer }
+    }
+
+    /// Postfix's own log.
+    pub fn maillog(&self) -> String {
+        fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        // `postfix stop` ends the master and every daemon it started; killing the
+        // foreground process alone could leave daemons behind.
+        let _ = Command::new(require("postfix"))
+            .arg("-c")
+            .arg(self.dir.path().join("etc"))
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.peer.child.try_wait();
+    }
+}

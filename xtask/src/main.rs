@@ -49,6 +49,7 @@ const PEERS: &[(&str, &str)] = &[
     ("danted", "dante-server"),
     ("microsocks", "microsocks"),
     ("swaks", "swaks"),
+    ("postfix", "postfix"),
     ("smtp-sink", "postfix"),
     ("smtp-source", "postfix"),
     ("dnsmasq", "dnsmasq"),

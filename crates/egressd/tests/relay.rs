@@ -3,7 +3,7 @@
 mod common;
 
 use common::{swaks, Egressd};
-use egress_e2e::{header, Dnsmasq, HaProxy, MicroSocks, SmtpSink};
+use egress_e2e::{header, Dnsmasq, HaProxy, MicroSocks, Postfix, SmtpSink};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -452,4 +452,38 @@ fn a_silent_haproxy_route_is_explained() {
         "{reply}"
     );
     hold.join().unwrap();
+}
+
+/// The product's promise: an existing MTA gains egress pools without changing.
+/// Postfix relays to egressd (relayhost); the destination sees the pool's source.
+#[test]
+fn postfix_hands_its_mail_to_egressd() {
+    let sink = SmtpSink::start();
+    let d = Egressd::start(&routed(
+        &to_sink(&sink),
+        &format!(
+            "{ONE_SOURCE_POOL}
+             kumo.on('get_egress_source', function(name)
+               return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2', ehlo_domain = 'mta2.example.test' }}
+             end)"
+        ),
+    ));
+    let postfix = Postfix::start(d.addr);
+    let s = swaks(postfix.addr, "someone@dest.test", &[]);
+    assert!(s.ok, "{}", s.transcript);
+    let m = sink.wait_for(1);
+    assert_eq!(m.len(), 1, "postfix's log:\n{}", postfix.maillog());
+    assert_eq!(header(&m[0], "X-Client-Addr"), Some("127.0.0.2"));
+    assert_eq!(header(&m[0], "X-Helo-Args"), Some("mta2.example.test"));
+    assert!(
+        m[0].contains("Received: from postfix.example.test ([127.0.0.1])"),
+        "{}",
+        m[0]
+    );
+    let log = postfix.maillog();
+    assert!(
+        log.contains(&format!("relay=127.0.0.1[127.0.0.1]:{}", d.addr.port()))
+            && log.contains("status=sent"),
+        "{log}"
+    );
 }
