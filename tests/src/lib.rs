@@ -29,6 +29,20 @@ pub fn require(binary: &str) -> PathBuf {
     found.unwrap_or_else(|| panic!("test peer `{binary}` is not installed: {INSTALL}"))
 }
 
+/// Panics, saying why, unless the tests run as root: haproxy's transparent
+/// `usesrc clientip`, smtp-sink's privilege drop and a private Postfix need it.
+pub fn require_root(peer: &str) {
+    static ROOT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let root = *ROOT.get_or_init(|| {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| o.stdout.starts_with(b"0\n"))
+            .unwrap_or(false)
+    });
+    assert!(root, "{peer} needs the tests to run as root (CI does: `sudo -E env \"PATH=$PATH\" cargo xtask ci`)");
+}
+
 /// A free TCP port on 127.0.0.1 (bound, read, released), never the same one twice in
 /// a process: tests run in parallel threads, and two peers told the same port would
 /// race for it.
@@ -142,6 +156,7 @@ impl SmtpSink {
     /// A sink on a given address (to restart one where another stood).
     pub fn start_on(addr: SocketAddr, flags: &[&str]) -> SmtpSink {
         let bin = require("smtp-sink");
+        require_root("smtp-sink (-u nobody)");
         let dir = temp_dir("egress-sink-");
         // smtp-sink drops privileges to `nobody`, which must be able to write the dumps.
         set_mode(dir.path(), 0o777);
@@ -241,6 +256,7 @@ fn start_with_config(
     args: impl FnOnce(&Path, &Path) -> Vec<std::ffi::OsString>,
 ) -> (SocketAddr, tempfile::TempDir, Peer) {
     let bin = require(binary);
+    require_root(binary);
     let dir = temp_dir(&format!("egress-{binary}-"));
     let port = free_port();
     let cfg = dir.path().join(format!("{binary}.conf"));
@@ -421,6 +437,7 @@ impl Postfix {
     /// Starts Postfix in the foreground (`postfix start-fg`) relaying to `relayhost`.
     pub fn start(relayhost: SocketAddr) -> Postfix {
         let bin = require("postfix");
+        require_root("a private Postfix instance");
         let dir = temp_dir("egress-postfix-");
         // Postfix's daemons run as the `postfix` user and must reach these paths.
         set_mode(dir.path(), 0o755);
