@@ -27,18 +27,23 @@ const ONE_SOURCE_POOL: &str = "kumo.on('get_egress_pool', function(name)
   return kumo.make_egress_pool { name = name, entries = { { name = 'ip-2' } } }
 end)";
 
-#[test]
-fn direct_source_address_and_ehlo_name_reach_the_destination() {
-    let sink = SmtpSink::start();
-    let d = Egressd::start(&routed(
-        &to_sink(&sink),
+/// Pool `main` = one source, `ip-2`: 127.0.0.2, EHLO mta2.example.test, to `sink`.
+fn default_source_policy(sink: &SmtpSink) -> String {
+    routed(
+        &to_sink(sink),
         &format!(
             "{ONE_SOURCE_POOL}
              kumo.on('get_egress_source', function(name)
                return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2', ehlo_domain = 'mta2.example.test' }}
              end)"
         ),
-    ));
+    )
+}
+
+#[test]
+fn direct_source_address_and_ehlo_name_reach_the_destination() {
+    let sink = SmtpSink::start();
+    let d = Egressd::start(&default_source_policy(&sink));
     let s = swaks(d.addr, "rcpt@dest.test", &[]);
     assert!(s.ok, "{}", s.transcript);
     let m = sink.wait_for(1);
@@ -178,18 +183,6 @@ fn haproxy_and_socks5_sources() {
         Some("127.0.0.9"),
         "{seen:?}"
     );
-}
-
-fn default_source_policy(sink: &SmtpSink) -> String {
-    routed(
-        &to_sink(sink),
-        &format!(
-            "{ONE_SOURCE_POOL}
-             kumo.on('get_egress_source', function(name)
-               return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2' }}
-             end)"
-        ),
-    )
 }
 
 #[test]
@@ -459,15 +452,7 @@ fn a_silent_haproxy_route_is_explained() {
 #[test]
 fn postfix_hands_its_mail_to_egressd() {
     let sink = SmtpSink::start();
-    let d = Egressd::start(&routed(
-        &to_sink(&sink),
-        &format!(
-            "{ONE_SOURCE_POOL}
-             kumo.on('get_egress_source', function(name)
-               return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2', ehlo_domain = 'mta2.example.test' }}
-             end)"
-        ),
-    ));
+    let d = Egressd::start(&default_source_policy(&sink));
     let postfix = Postfix::start(d.addr);
     let s = swaks(postfix.addr, "someone@dest.test", &[]);
     assert!(s.ok, "{}", s.transcript);
