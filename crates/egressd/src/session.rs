@@ -31,20 +31,16 @@ struct Conn {
     shutdown: Shutdown,
 }
 
-/// Why a session stops reading.
-enum Stop {
-    /// The client went away.
-    Closed,
-    /// We ended it (QUIT, timeout, shutdown) and have said so.
-    Done,
-}
+/// The session is over: the client went away, or we ended it (timeout, shutdown)
+/// and have already said so. Nothing further is written either way.
+struct Ended;
 
 impl Conn {
     fn reply(&mut self, reply: &Reply) {
         self.outbox.extend_from_slice(reply.to_wire().as_bytes());
     }
 
-    async fn flush(&mut self) -> Result<(), Stop> {
+    async fn flush(&mut self) -> Result<(), Ended> {
         if self.outbox.is_empty() {
             return Ok(());
         }
@@ -52,13 +48,13 @@ impl Conn {
         // A client that stops reading must not hold the session for ever.
         match tokio::time::timeout(self.idle, self.stream.write_all(&out)).await {
             Ok(Ok(())) => Ok(()),
-            _ => Err(Stop::Closed),
+            _ => Err(Ended),
         }
     }
 
     /// Reads more input, flushing pending replies first. While no transaction is
     /// open, a draining shutdown ends the session with 421; a forced one always does.
-    async fn fill(&mut self, in_transaction: bool) -> Result<(), Stop> {
+    async fn fill(&mut self, in_transaction: bool) -> Result<(), Ended> {
         self.flush().await?;
         let mut chunk = [0u8; 16 * 1024];
         loop {
@@ -70,12 +66,12 @@ impl Conn {
                     "egressd is shutting down; please try again later",
                 ));
                 let _ = self.flush().await;
-                return Err(Stop::Done);
+                return Err(Ended);
             }
             tokio::select! {
                 read = tokio::time::timeout(self.idle, self.stream.read(&mut chunk)) => {
                     return match read {
-                        Ok(Ok(0)) | Ok(Err(_)) => Err(Stop::Closed),
+                        Ok(Ok(0)) | Ok(Err(_)) => Err(Ended),
                         Ok(Ok(n)) => {
                             self.inbox.extend_from_slice(&chunk[..n]);
                             Ok(())
@@ -83,7 +79,7 @@ impl Conn {
                         Err(_) => {
                             self.reply(&Reply::new(421, [4, 4, 2], "idle for too long, closing"));
                             let _ = self.flush().await;
-                            Err(Stop::Done)
+                            Err(Ended)
                         }
                     };
                 }
@@ -94,7 +90,7 @@ impl Conn {
 
     /// The next command line (with its CR LF). Lines over [`MAX_LINE`] are answered
     /// with 500 5.5.2 and skipped.
-    async fn next_line(&mut self, in_transaction: bool) -> Result<Vec<u8>, Stop> {
+    async fn next_line(&mut self, in_transaction: bool) -> Result<Vec<u8>, Ended> {
         let mut skipping = false;
         loop {
             if let Some(pos) = self.inbox.iter().position(|b| *b == b'\n') {
@@ -399,7 +395,7 @@ async fn data(
     helo: &str,
     hostname: &str,
     peer: SocketAddr,
-) -> Result<Reply, Stop> {
+) -> Result<Reply, Ended> {
     let Some(mut out) = t.outbound.take() else {
         t.log.emit("no destination session");
         return Ok(Reply::new(
@@ -438,12 +434,12 @@ async fn data(
     let max = listener.max_message_size;
     loop {
         if conn.inbox.is_empty() {
-            if let Err(stop) = conn.fill(true).await {
+            if let Err(ended) = conn.fill(true).await {
                 // The client never got a 250, so it still has the message. Closing
                 // without the final dot makes the destination discard its copy.
                 t.log.size = incoming.received;
                 t.log.emit("client went away during DATA");
-                return Err(stop);
+                return Err(ended);
             }
         }
         let (used, done) = incoming.ingest(&conn.inbox);
