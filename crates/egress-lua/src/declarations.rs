@@ -1,5 +1,6 @@
 //! What a policy's `init` declares for the server to start: listeners and DNS.
 
+use egress_source::ThrottleSpec;
 use ipnet::IpNet;
 use serde::de::{Deserializer, Error};
 use serde::{Deserialize, Serialize};
@@ -18,8 +19,10 @@ pub struct InitConfig {
 }
 
 /// `kumo.start_esmtp_listener { listen, relay_hosts, hostname, banner, max_message_size,
-/// max_recipients_per_message, max_connections, client_timeout }` (KumoMTA's names for
-/// the subset egressd implements).
+/// max_recipients_per_message, max_connections, client_timeout, invalid_line_endings }`
+/// (KumoMTA's names for the subset egressd implements), and egressd's own limits:
+/// `data_timeout`, `max_session_duration`, `max_connections_per_client`,
+/// `max_connection_rate_per_client`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EsmtpListener {
@@ -35,12 +38,29 @@ pub struct EsmtpListener {
     /// Text of the 220 greeting after the host name; default "ESMTP egressd".
     #[serde(default)]
     pub banner: Option<String>,
-    /// How long a client may stay silent before `421 4.4.2`; default 5 minutes.
+    /// How long a client has to send a whole command line (not: between two octets)
+    /// before `421 4.4.2`; default 5 minutes.
     #[serde(
         default = "default_client_timeout",
         with = "egress_source::serde_duration"
     )]
     pub client_timeout: Duration,
+    /// How long a client has to send a whole message after `354`; default 10 minutes.
+    #[serde(
+        default = "default_data_timeout",
+        with = "egress_source::serde_duration"
+    )]
+    pub data_timeout: Duration,
+    /// Longest a session may last, however busy; default 1 hour. A client past it
+    /// gets `421 4.4.2` at its next command (or mid-message: it keeps the message).
+    #[serde(
+        default = "default_max_session_duration",
+        with = "egress_source::serde_duration"
+    )]
+    pub max_session_duration: Duration,
+    /// What to do with a bare CR or LF in a message; default `"Deny"`.
+    #[serde(default)]
+    pub invalid_line_endings: InvalidLineEndings,
     /// Largest message accepted, in bytes; default 20 MiB.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: u64,
@@ -50,6 +70,31 @@ pub struct EsmtpListener {
     /// Concurrent sessions beyond which new ones get `421 4.7.0`; default 1000.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Concurrent sessions from one client (an IPv4 address, or an IPv6 /64) beyond
+    /// which new ones get `421 4.7.0`; default 50 (Postfix's
+    /// `smtpd_client_connection_count_limit`). 0 turns the limit off.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: usize,
+    /// New sessions per client (as above) per period, e.g. `"100/s"` (the default)
+    /// or `"600/min"`; `"unlimited"` turns the limit off.
+    #[serde(
+        default = "default_max_connection_rate_per_client",
+        deserialize_with = "optional_rate"
+    )]
+    pub max_connection_rate_per_client: Option<ThrottleSpec>,
+}
+
+/// KumoMTA's `invalid_line_endings`: what a bare CR or LF in a message means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InvalidLineEndings {
+    /// Refuse the message (5xx naming the bare CR or LF).
+    #[default]
+    Deny,
+    /// Accept it, with each bare CR or LF made CR LF.
+    Fix,
+    /// Accept it. egressd still sends CR LF line endings only: a bare line ending on
+    /// the wire is what SMTP smuggling exploits, so it never forwards one.
+    Allow,
 }
 
 impl Default for EsmtpListener {
@@ -63,6 +108,11 @@ impl Default for EsmtpListener {
             max_message_size: default_max_message_size(),
             max_connections: default_max_connections(),
             max_recipients_per_message: default_max_recipients(),
+            data_timeout: default_data_timeout(),
+            max_session_duration: default_max_session_duration(),
+            invalid_line_endings: InvalidLineEndings::default(),
+            max_connections_per_client: default_max_connections_per_client(),
+            max_connection_rate_per_client: default_max_connection_rate_per_client(),
         }
     }
 }
@@ -81,6 +131,37 @@ fn default_relay_hosts() -> Vec<IpNet> {
 
 fn default_client_timeout() -> Duration {
     Duration::from_secs(300)
+}
+
+fn default_data_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_max_session_duration() -> Duration {
+    Duration::from_secs(3600)
+}
+
+fn default_max_connections_per_client() -> usize {
+    50
+}
+
+fn default_max_connection_rate_per_client() -> Option<ThrottleSpec> {
+    Some(ThrottleSpec {
+        limit: 100,
+        period: Duration::from_secs(1),
+        max_burst: None,
+    })
+}
+
+/// A rate spec, or `"unlimited"` for none.
+fn optional_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<ThrottleSpec>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.eq_ignore_ascii_case("unlimited") {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|e: String| D::Error::custom(format!("{e}, or \"unlimited\"")))
 }
 
 fn default_max_message_size() -> u64 {

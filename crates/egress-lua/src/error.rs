@@ -67,6 +67,18 @@ pub enum PolicyError {
         /// The arguments, quoted.
         args: String,
     },
+    /// A handler ran past the policy time limit and was interrupted.
+    #[error("{event}({args}) did not return within {limit_text} (the policy time limit) and was interrupted; look for a loop or a slow call in the handler")]
+    TimeLimit {
+        /// The event.
+        event: &'static str,
+        /// The arguments, quoted.
+        args: String,
+        /// The limit.
+        limit: std::time::Duration,
+        /// The limit in words.
+        limit_text: String,
+    },
     /// The policy machinery itself failed (a worker thread panicked).
     #[error("policy engine failure: {0}")]
     Internal(String),

@@ -35,7 +35,9 @@ mod error;
 mod kumo;
 mod states;
 
-pub use declarations::{EsmtpListener, HttpListener, InitConfig, ResolverConfig};
+pub use declarations::{
+    EsmtpListener, HttpListener, InitConfig, InvalidLineEndings, ResolverConfig,
+};
 pub use error::PolicyError;
 
 use egress_cache::{CacheStats, TtlCache};
@@ -74,6 +76,10 @@ pub struct PolicyOptions {
     pub states: usize,
     /// Entries per definition cache; default 100 000.
     pub cache_capacity: u64,
+    /// Longest a handler may run (and a caller may wait for one) before it is
+    /// interrupted with [`PolicyError::TimeLimit`]; default 5 s. Also bounds the
+    /// policy's top level and `init` at load.
+    pub time_limit: std::time::Duration,
 }
 
 impl Default for PolicyOptions {
@@ -83,6 +89,7 @@ impl Default for PolicyOptions {
                 .map(|n| n.get())
                 .unwrap_or(2),
             cache_capacity: 100_000,
+            time_limit: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -151,7 +158,7 @@ impl Policy {
     }
 
     fn build(origin: Origin, options: PolicyOptions) -> Result<Policy, PolicyError> {
-        let states = load(&origin, options.states, 0)?;
+        let states = load(&origin, &options, 0)?;
         let capacity = options.cache_capacity;
         Ok(Policy {
             origin,
@@ -177,7 +184,7 @@ impl Policy {
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        let fresh = load(&self.origin, self.options.states, generation)?;
+        let fresh = load(&self.origin, &self.options, generation)?;
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         self.sources.invalidate_all();
         self.pools.invalidate_all();
@@ -324,7 +331,12 @@ fn unshare(e: Arc<PolicyError>) -> PolicyError {
     Arc::unwrap_or_clone(e)
 }
 
-fn load(origin: &Origin, states: usize, generation: u64) -> Result<Arc<LuaStates>, PolicyError> {
+fn load(
+    origin: &Origin,
+    options: &PolicyOptions,
+    generation: u64,
+) -> Result<Arc<LuaStates>, PolicyError> {
+    let (states, limit) = (options.states, options.time_limit);
     match origin {
         Origin::File(path) => {
             let shown = path.display().to_string();
@@ -332,8 +344,8 @@ fn load(origin: &Origin, states: usize, generation: u64) -> Result<Arc<LuaStates
                 path: shown.clone(),
                 message: e.to_string(),
             })?;
-            LuaStates::load(&code, &shown, states, generation)
+            LuaStates::load(&code, &shown, states, generation, limit)
         }
-        Origin::Source { name, code } => LuaStates::load(code, name, states, generation),
+        Origin::Source { name, code } => LuaStates::load(code, name, states, generation, limit),
     }
 }

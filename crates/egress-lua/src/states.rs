@@ -1,19 +1,83 @@
 //! A pool of Lua states, each with the policy loaded, so that handlers run
 //! concurrently: one slow handler holds one state, not the policy.
+//!
+//! Every call runs under the policy time limit. A Lua hook, run every
+//! [`HOOK_EVERY`] VM instructions, raises an error once the call's deadline has
+//! passed, so a looping handler is interrupted inside Lua (no thread is killed) and
+//! its state goes back to the pool. The caller never waits longer than the limit
+//! plus [`CALLER_GRACE`]: a handler stuck inside one long C call is left to finish
+//! on its blocking thread, which returns the state itself.
 
 use crate::declarations::InitConfig;
 use crate::definition::{from_return, Definition};
 use crate::error::{lua_message, quote_args, PolicyError};
 use crate::kumo::{install, HANDLERS};
-use mlua::{Function, Lua, Table, Value};
-use std::sync::{Arc, Mutex};
+use mlua::{Function, HookTriggers, Lua, Table, Value, VmState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
+
+/// VM instructions between two deadline checks: frequent enough to stop a loop
+/// within a millisecond or so, rare enough to cost nothing measurable.
+const HOOK_EVERY: u32 = 10_000;
+/// How much longer than the limit a caller waits before giving up on a handler
+/// that is stuck where the hook cannot reach (inside a C function).
+const CALLER_GRACE: Duration = Duration::from_millis(250);
+
+/// One Lua state and the deadline its hook checks (nanoseconds since [`epoch`];
+/// 0 = no call running).
+struct State {
+    lua: Lua,
+    deadline: Arc<AtomicU64>,
+}
+
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn nanos_since_epoch(at: Instant) -> u64 {
+    at.saturating_duration_since(epoch()).as_nanos() as u64
+}
+
+impl State {
+    fn new(time_limit: Duration) -> State {
+        let lua = Lua::new();
+        let deadline = Arc::new(AtomicU64::new(0));
+        let seen = deadline.clone();
+        lua.set_hook(
+            HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+            move |_, _| {
+                let at = seen.load(Ordering::Relaxed);
+                if at != 0 && nanos_since_epoch(Instant::now()) > at {
+                    return Err(mlua::Error::runtime(format!(
+                        "interrupted: the policy time limit ({}) passed",
+                        humantime::format_duration(time_limit)
+                    )));
+                }
+                Ok(VmState::Continue)
+            },
+        );
+        State { lua, deadline }
+    }
+
+    /// Runs `f` with the deadline armed; says whether the deadline passed.
+    fn bounded<R>(&self, limit: Duration, f: impl FnOnce(&Lua) -> R) -> (R, bool) {
+        let deadline = nanos_since_epoch(Instant::now() + limit).max(1);
+        self.deadline.store(deadline, Ordering::Relaxed);
+        let result = f(&self.lua);
+        self.deadline.store(0, Ordering::Relaxed);
+        (result, nanos_since_epoch(Instant::now()) > deadline)
+    }
+}
 
 /// The policy as loaded into `size` states. Immutable once built: a reload builds a
 /// new one, and calls already running finish on the old.
 pub(crate) struct LuaStates {
-    idle: Mutex<Vec<Lua>>,
-    permits: Semaphore,
+    idle: Mutex<Vec<State>>,
+    permits: Arc<Semaphore>,
+    time_limit: Duration,
     /// What the policy declared (from the first state's `init`).
     pub(crate) init: InitConfig,
     /// Which load of the policy this is (0 first, +1 per reload).
@@ -22,45 +86,54 @@ pub(crate) struct LuaStates {
 
 impl LuaStates {
     /// Loads `code` (named `chunk_name` in messages) into `size` fresh states and
-    /// runs the `init` event once, in the first.
+    /// runs the `init` event once, in the first; each step under `time_limit`.
     pub(crate) fn load(
         code: &str,
         chunk_name: &str,
         size: usize,
         generation: u64,
+        time_limit: Duration,
     ) -> Result<Arc<LuaStates>, PolicyError> {
         let size = size.max(1);
         let mut states = Vec::with_capacity(size);
         let mut init = InitConfig::default();
         for i in 0..size {
-            let lua = Lua::new();
+            let state = State::new(time_limit);
             let load_error = |e: mlua::Error| PolicyError::Load {
                 path: chunk_name.to_owned(),
                 message: lua_message(&e),
             };
-            install(&lua).map_err(load_error)?;
-            lua.load(code)
-                .set_name(format!("@{chunk_name}"))
-                .exec()
-                .map_err(load_error)?;
+            install(&state.lua).map_err(load_error)?;
+            let (loaded, _) = state.bounded(time_limit, |lua| {
+                lua.load(code).set_name(format!("@{chunk_name}")).exec()
+            });
+            loaded.map_err(load_error)?;
             if i == 0 {
-                if let Some(handler) = handler(&lua, crate::events::INIT).map_err(load_error)? {
-                    handler.call::<()>(()).map_err(|e| PolicyError::Runtime {
-                        event: "init",
-                        args: String::new(),
-                        message: lua_message(&e),
+                if let Some(handler) =
+                    handler(&state.lua, crate::events::INIT).map_err(load_error)?
+                {
+                    let (ran, late) = state.bounded(time_limit, |_| handler.call::<()>(()));
+                    ran.map_err(|e| match late {
+                        true => time_limit_error(crate::events::INIT, String::new(), time_limit),
+                        false => PolicyError::Runtime {
+                            event: "init",
+                            args: String::new(),
+                            message: lua_message(&e),
+                        },
                     })?;
                 }
-                init = lua
+                init = state
+                    .lua
                     .app_data_ref::<InitConfig>()
                     .map(|i| i.clone())
                     .unwrap_or_default();
             }
-            states.push(lua);
+            states.push(state);
         }
         Ok(Arc::new(LuaStates {
             idle: Mutex::new(states),
-            permits: Semaphore::new(size),
+            permits: Arc::new(Semaphore::new(size)),
+            time_limit,
             init,
             generation,
         }))
@@ -68,46 +141,70 @@ impl LuaStates {
 
     /// Calls `event` with `args` on an idle state (waiting for one if all are busy),
     /// on a blocking thread so a slow handler never stalls the async runtime.
-    /// `Ok(None)` means the policy has no handler for the event.
-    pub(crate) async fn call<T: Definition>(
+    /// `Ok(None)` means the policy has no handler for the event. Waiting for a
+    /// state and running the handler together take at most the time limit (plus a
+    /// small grace).
+    pub(crate) async fn call<T: Definition + Send + 'static>(
         self: &Arc<Self>,
         event: &'static str,
         args: Vec<Option<String>>,
     ) -> Result<Option<T>, PolicyError> {
-        let permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|e| PolicyError::Internal(e.to_string()))?;
-        let lua = self
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .ok_or_else(|| PolicyError::Internal("no idle Lua state despite a permit".into()))?;
-        let joined = tokio::task::spawn_blocking(move || {
-            let result = call_on::<T>(&lua, event, &args);
-            (lua, result)
-        })
-        .await;
-        match joined {
-            Ok((lua, result)) => {
-                self.idle
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(lua);
-                drop(permit);
-                result
+        let limit = self.time_limit;
+        let shown = || {
+            let borrowed: Vec<Option<&str>> = args.iter().map(|a| a.as_deref()).collect();
+            quote_args(&borrowed)
+        };
+        let give_up = tokio::time::Instant::now() + limit + CALLER_GRACE;
+        let permit =
+            match tokio::time::timeout_at(give_up, self.permits.clone().acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(e)) => return Err(PolicyError::Internal(e.to_string())),
+                Err(_) => return Err(time_limit_error(event, shown(), limit)),
+            };
+        let Some(state) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+            return Err(PolicyError::Internal(
+                "no idle Lua state despite a permit".into(),
+            ));
+        };
+        let states = self.clone();
+        let call_args = args.clone();
+        // The blocking thread gives the state and the permit back itself, so a
+        // caller that stops waiting loses nothing.
+        let job = tokio::task::spawn_blocking(move || {
+            let (result, late) = state.bounded(limit, |lua| call_on::<T>(lua, event, &call_args));
+            states
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(state);
+            drop(permit);
+            match result {
+                Err(PolicyError::Runtime { event, args, .. }) if late => {
+                    Err(time_limit_error(event, args, limit))
+                }
+                other => other,
             }
-            Err(e) => {
-                // The state died with its thread; shrink the pool rather than hand out
-                // a permit with no state behind it.
-                permit.forget();
+        });
+        match tokio::time::timeout_at(give_up, job).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => {
+                // The state died with its thread: the permit went with it, so the pool
+                // shrinks rather than hands out a permit with no state behind it.
                 Err(PolicyError::Internal(format!(
                     "{event} handler thread failed: {e}"
                 )))
             }
+            Err(_) => Err(time_limit_error(event, shown(), limit)),
         }
+    }
+}
+
+fn time_limit_error(event: &'static str, args: String, limit: Duration) -> PolicyError {
+    PolicyError::TimeLimit {
+        event,
+        args,
+        limit,
+        limit_text: humantime::format_duration(limit).to_string(),
     }
 }
 

@@ -28,6 +28,7 @@ mod pool;
 mod precedence;
 mod queue;
 mod source;
+mod throttle;
 mod wrr;
 
 pub use error::ValidationError;
@@ -39,4 +40,5 @@ pub use pool::{EgressPool, EgressPoolEntry};
 pub use precedence::{effective_ehlo_domain, effective_port};
 pub use queue::{DeliveryProtocol, MxListEntry, QueueConfig, SmtpProtocol, DEFAULT_POOL};
 pub use source::{EgressSource, Route, DEFAULT_TTL};
+pub use throttle::ThrottleSpec;
 pub use wrr::{NoEligibleEntry, WeightedRoundRobin, MAX_SCHEDULE};

@@ -69,7 +69,7 @@ impl Dns {
             .resolver
             .lookup_ip(fqdn(host))
             .await
-            .map_err(|e| io::Error::other(format!("{host}: {e}")))?;
+            .map_err(|e| io::Error::other(describe(host, "address record", &e)))?;
         Ok(lookup.iter().collect())
     }
 
@@ -125,14 +125,20 @@ impl Dns {
                     }
                 }
                 Err(e) if matches!(e.kind(), ResolveErrorKind::NoRecordsFound { .. }) => {
-                    let ips = self.addresses(domain).await?;
+                    let ips = self.addresses(domain).await.map_err(|e| {
+                        if e.to_string().contains("no address record") {
+                            io::Error::other(format!("{domain}: no MX and no address record"))
+                        } else {
+                            e
+                        }
+                    })?;
                     out.extend(ips.into_iter().map(|ip| Destination {
                         host: domain.to_owned(),
                         ip,
                         entry: None,
                     }));
                 }
-                Err(e) => return Err(io::Error::other(format!("MX lookup for {domain}: {e}"))),
+                Err(e) => return Err(io::Error::other(describe(domain, "MX record", &e))),
             }
         }
         if out.is_empty() {
@@ -141,6 +147,31 @@ impl Dns {
             );
         }
         Ok(out)
+    }
+}
+
+/// A resolver failure in words (hickory's own text is a `Debug` dump of the query).
+fn describe(name: &str, what: &str, e: &hickory_resolver::error::ResolveError) -> String {
+    use hickory_resolver::proto::op::ResponseCode;
+    match e.kind() {
+        ResolveErrorKind::NoRecordsFound { response_code, .. } => {
+            if *response_code == ResponseCode::NXDomain {
+                format!("{name}: no such domain (no {what})")
+            } else {
+                format!("{name}: no {what}")
+            }
+        }
+        ResolveErrorKind::Timeout => format!("{name}: DNS lookup for its {what} timed out"),
+        ResolveErrorKind::NoConnections => {
+            format!("{name}: no DNS server could be reached for its {what}")
+        }
+        ResolveErrorKind::Io(io) => format!("{name}: DNS lookup for its {what} failed: {io}"),
+        ResolveErrorKind::Proto(p) => {
+            format!("{name}: DNS lookup for its {what} failed: {p}")
+        }
+        ResolveErrorKind::Message(m) => format!("{name}: DNS lookup for its {what} failed: {m}"),
+        ResolveErrorKind::Msg(m) => format!("{name}: DNS lookup for its {what} failed: {m}"),
+        _ => format!("{name}: DNS lookup for its {what} failed"),
     }
 }
 

@@ -8,14 +8,13 @@
 //! ```
 #![forbid(unsafe_code)]
 
-mod address;
-mod data;
+mod client_limits;
 mod dns;
+mod inbound;
+mod listen;
 mod outbound;
 mod probe;
-mod reply;
 mod server;
-mod session;
 mod shutdown;
 mod txlog;
 
@@ -43,6 +42,14 @@ struct Cli {
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Longest a policy handler may run before it is interrupted (and the
+    /// transaction answered 451 4.3.0), e.g. `5s`, `500ms`.
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
+    policy_time_limit: std::time::Duration,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    egress_source::parse_duration(text)
 }
 
 #[derive(Subcommand)]
@@ -77,6 +84,7 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    let fds = listen::raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -87,7 +95,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    tracing::debug!(open_files = ?fds, "file descriptor limit");
+    let result = runtime.block_on(run(cli));
+    // A policy handler stuck in a C call must not hold the exit: the time limit
+    // has already answered its caller, so its blocking thread is not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("egressd: {e}");
@@ -97,7 +110,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
-    let policy = Arc::new(load_policy(cli.policy.as_ref())?);
+    let policy = Arc::new(load_policy(cli.policy.as_ref(), cli.policy_time_limit)?);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => server::serve(policy, host_name()).await,
         Command::Check { sources, pools } => check(&policy, &sources, &pools).await,
@@ -107,8 +120,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn load_policy(path: Option<&PathBuf>) -> Result<Policy, String> {
-    let options = PolicyOptions::default();
+fn load_policy(path: Option<&PathBuf>, time_limit: std::time::Duration) -> Result<Policy, String> {
+    let options = PolicyOptions {
+        time_limit,
+        ..PolicyOptions::default()
+    };
     match path {
         Some(path) => Policy::from_file(path, options),
         None => Policy::from_source("<embedded default policy>", DEFAULT_POLICY, options),

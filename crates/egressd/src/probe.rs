@@ -1,13 +1,12 @@
 //! `egressd probe`: one connection through a source, to see what a destination sees.
 
 use crate::dns::Dns;
-use crate::outbound::Context;
-use crate::reply::{Reply, ReplyReader};
+use crate::outbound::{timeouts, Context};
 use egress_lua::Policy;
+use egress_smtp::{ClientSession, Reply};
 use egress_source::{effective_ehlo_domain, effective_port, MxListEntry};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 
 /// Connects to `target` through `source_name`, prints banner, EHLO reply and the
 /// egress address, then QUITs.
@@ -49,25 +48,15 @@ pub async fn probe(
     println!("destination: {addr}");
     println!("egress:      {}", conn.egress);
     let hint = conn.egress.silence_hint();
-    let (read, mut write) = conn.stream.into_split();
-    let mut reader = ReplyReader::new(read);
-    let banner = reader
-        .read(path.banner_timeout)
-        .await
-        .map_err(|e| format!("banner from {addr}: {e}{hint}"))?;
-    print_reply("banner:", &Reply::relayed(&banner));
-    write
-        .write_all(format!("EHLO {ehlo}\r\n").as_bytes())
-        .await
-        .map_err(|e| format!("EHLO: {e}"))?;
+    let mut smtp = ClientSession::new(conn.stream, timeouts(&path));
+    let greeted = smtp.greet(&ehlo).await;
+    if let Some(banner) = smtp.banner() {
+        print_reply("banner:", &Reply::relayed(banner));
+    }
+    let reply = greeted.map_err(|e| format!("{addr}: {e}{hint}"))?;
     println!("ehlo:        EHLO {ehlo}");
-    let reply = reader
-        .read(path.ehlo_timeout)
-        .await
-        .map_err(|e| format!("EHLO reply: {e}"))?;
     print_reply("ehlo reply:", &Reply::relayed(&reply));
-    let _ = write.write_all(b"QUIT\r\n").await;
-    let _ = reader.read(std::time::Duration::from_secs(2)).await;
+    smtp.quit().await;
     Ok(())
 }
 

@@ -1,11 +1,13 @@
 //! `egressd serve`: the listeners, the connection limit, signals.
 
+use crate::client_limits::ClientLimits;
 use crate::dns::Dns;
+use crate::inbound;
+use crate::listen;
 use crate::outbound::Context;
-use crate::reply::Reply;
-use crate::session;
 use crate::shutdown::{self, Shutdown, State};
 use egress_lua::{EsmtpListener, Policy};
+use egress_smtp::Reply;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -33,26 +35,33 @@ pub async fn serve(policy: Arc<Policy>, host_name: String) -> Result<(), String>
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {
             tick.tick().await;
-            reaper.reap_idle();
+            reaper.idle.reap();
         }
     });
 
     let mut limits = Vec::new();
     for config in listeners {
-        let socket = TcpListener::bind(config.listen).await.map_err(|e| {
-            format!(
-                "cannot listen on {} (kumo.start_esmtp_listener listen = '{}'): {e}",
-                config.listen, config.listen
-            )
-        })?;
-        tracing::info!(listen = %config.listen, relay_hosts = ?config.relay_hosts.iter().map(|n| n.to_string()).collect::<Vec<_>>(), "listening");
+        let (socket, backlog) = listen::bind(config.listen, config.max_connections)?;
+        tracing::info!(
+            listen = %config.listen,
+            backlog,
+            max_connections = config.max_connections,
+            max_connections_per_client = config.max_connections_per_client,
+            max_connection_rate_per_client = %config.max_connection_rate_per_client.map(|r| r.to_string()).unwrap_or_else(|| "unlimited".into()),
+            relay_hosts = ?config.relay_hosts.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "listening"
+        );
         let limit = Arc::new(Semaphore::new(config.max_connections));
         limits.push((limit.clone(), config.max_connections));
+        let per_client = ClientLimits::new(
+            config.max_connections_per_client,
+            config.max_connection_rate_per_client,
+        );
         tokio::spawn(accept_loop(
             socket,
             Arc::new(config),
             ctx.clone(),
-            limit,
+            (limit, per_client),
             shutdown.clone(),
         ));
     }
@@ -88,7 +97,7 @@ pub async fn serve(policy: Arc<Policy>, host_name: String) -> Result<(), String>
         trigger.set(State::Force);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    ctx.close_idle().await;
+    ctx.idle.close_all().await;
     Ok(())
 }
 
@@ -96,7 +105,7 @@ async fn accept_loop(
     socket: TcpListener,
     config: Arc<EsmtpListener>,
     ctx: Arc<Context>,
-    limit: Arc<Semaphore>,
+    (limit, per_client): (Arc<Semaphore>, Arc<ClientLimits>),
     mut shutdown: Shutdown,
 ) {
     loop {
@@ -117,22 +126,36 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
+        let admitted = match per_client.admit(peer.ip()) {
+            Ok(slot) => limit
+                .clone()
+                .try_acquire_owned()
+                .map(|permit| (permit, slot))
+                .map_err(|_| {
+                    format!(
+                        "too many connections (max_connections = {}); please try again later",
+                        config.max_connections
+                    )
+                }),
+            Err(refused) => Err(refused.explain(peer.ip().to_canonical())),
+        };
+        match admitted {
+            Ok((permit, slot)) => {
                 let (ctx, config, shutdown) = (ctx.clone(), config.clone(), shutdown.clone());
                 tokio::spawn(async move {
-                    session::serve(ctx, config, stream, peer, shutdown).await;
-                    drop(permit);
+                    inbound::serve(ctx, config, stream, peer, shutdown).await;
+                    drop((permit, slot));
                 });
             }
-            Err(_) => {
+            Err(text) => {
+                tracing::debug!(client = %peer, "refused: {text}");
                 tokio::spawn(async move {
-                    let reply = Reply::new(
-                        421,
-                        [4, 7, 0],
-                        "too many connections; please try again later",
-                    );
-                    let _ = stream.write_all(reply.to_wire().as_bytes()).await;
+                    let reply = Reply::new(421, [4, 7, 0], text);
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        stream.write_all(reply.to_wire().as_bytes()),
+                    )
+                    .await;
                 });
             }
         }

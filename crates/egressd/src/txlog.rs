@@ -1,7 +1,7 @@
 //! One log line per transaction, with everything an operator asks afterwards.
 
-use crate::reply::Reply;
 use egress_connect::EgressAddress;
+use egress_smtp::Reply;
 use std::net::SocketAddr;
 use std::time::Instant;
 

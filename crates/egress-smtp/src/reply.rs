@@ -88,52 +88,52 @@ impl fmt::Display for Reply {
 /// Largest reply we read from a destination; more is a broken or hostile server.
 const MAX_REPLY: usize = 64 * 1024;
 
-/// Reads replies from a destination with smtp-proto's parser, keeping any bytes
-/// that arrive after a reply for the next one.
-pub struct ReplyReader<R> {
-    inner: R,
+/// Reads replies from a destination with smtp-proto's parser, keeping any octets
+/// that arrive after a reply for the next one. It does not own the stream, so the
+/// session can write on the same stream (plain TCP or TLS) between reads.
+#[derive(Debug, Default)]
+pub struct ReplyBuffer {
     buf: Vec<u8>,
     start: usize,
 }
 
-impl<R: AsyncRead + Unpin> ReplyReader<R> {
-    /// Wraps the read half of a connection.
-    pub fn new(inner: R) -> Self {
-        ReplyReader {
-            inner,
-            buf: Vec::with_capacity(1024),
-            start: 0,
-        }
+impl ReplyBuffer {
+    /// Octets received but not yet part of a reply read. A session in a clean state
+    /// has none: anything here answers a command nobody is waiting for.
+    pub fn pending(&self) -> usize {
+        self.buf.len() - self.start
     }
 
-    /// The next reply, within `timeout`.
-    pub async fn read(&mut self, timeout: Duration) -> io::Result<Response<String>> {
-        tokio::time::timeout(timeout, self.read_inner())
+    /// The next reply from `stream`, within `timeout`.
+    pub async fn read<R: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut R,
+        timeout: Duration,
+    ) -> io::Result<Response<String>> {
+        tokio::time::timeout(timeout, self.read_inner(stream))
             .await
             .map_err(|_| {
                 io::Error::new(
                     io::ErrorKind::TimedOut,
-                    format!("no reply within {timeout:?}"),
+                    format!("no reply within {}", crate::words::duration(timeout)),
                 )
             })?
     }
 
-    async fn read_inner(&mut self) -> io::Result<Response<String>> {
+    async fn read_inner<R: AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut R,
+    ) -> io::Result<Response<String>> {
         let mut receiver = ResponseReceiver::default();
         loop {
             if self.start < self.buf.len() {
-                let mut iter = self.buf[self.start..].iter();
-                let result = receiver.parse(&mut iter);
-                self.start = self.buf.len() - iter.as_slice().len();
-                match result {
-                    Ok(response) => return Ok(response),
-                    Err(smtp_proto::Error::NeedsMoreData { .. }) => {}
-                    Err(e) => {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("malformed SMTP reply: {e:?}"),
-                        ))
+                match parse_one(&mut receiver, &self.buf[self.start..]) {
+                    (used, Ok(Some(response))) => {
+                        self.start += used;
+                        return Ok(response);
                     }
+                    (used, Ok(None)) => self.start += used,
+                    (_, Err(e)) => return Err(e),
                 }
             }
             if self.start == self.buf.len() {
@@ -146,17 +146,36 @@ impl<R: AsyncRead + Unpin> ReplyReader<R> {
                     "SMTP reply longer than 64 KiB",
                 ));
             }
-            let mut chunk = [0u8; 4096];
-            let n = self.inner.read(&mut chunk).await?;
+            self.buf.reserve(4096);
+            let n = stream.read_buf(&mut self.buf).await?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "connection closed by the destination",
                 ));
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
+}
+
+/// Runs the parser over `bytes`: how many octets it took, and a reply when one is
+/// complete (`None`: it needs more). A malformed reply is an error in words.
+pub fn parse_one(
+    receiver: &mut ResponseReceiver,
+    bytes: &[u8],
+) -> (usize, io::Result<Option<Response<String>>>) {
+    let mut iter = bytes.iter();
+    let result = receiver.parse(&mut iter);
+    let used = bytes.len() - iter.as_slice().len();
+    let result = match result {
+        Ok(response) => Ok(Some(response)),
+        Err(smtp_proto::Error::NeedsMoreData { .. }) => Ok(None),
+        Err(e) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("malformed SMTP reply: {}", crate::words::parse_error(&e)),
+        )),
+    };
+    (used, result)
 }
 
 #[cfg(test)]
@@ -179,12 +198,26 @@ mod tests {
 
     #[tokio::test]
     async fn reads_multiline_and_keeps_the_rest() {
-        let data: &[u8] = b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 100\r\n220 next\r\n";
-        let mut r = ReplyReader::new(data);
-        let first = r.read(Duration::from_secs(1)).await.unwrap();
+        let mut data: &[u8] = b"250-mx.example\r\n250-PIPELINING\r\n250 SIZE 100\r\n220 next\r\n";
+        let mut r = ReplyBuffer::default();
+        let first = r.read(&mut data, Duration::from_secs(1)).await.unwrap();
         assert_eq!(first.code, 250);
         assert_eq!(first.message, "mx.example\nPIPELINING\nSIZE 100");
-        assert_eq!(r.read(Duration::from_secs(1)).await.unwrap().code, 220);
-        assert!(r.read(Duration::from_secs(1)).await.is_err());
+        assert_eq!(r.pending(), 10);
+        let next = r.read(&mut data, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(next.code, 220);
+        assert_eq!(r.pending(), 0);
+        assert!(r.read(&mut data, Duration::from_secs(1)).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_malformed_reply_is_described_in_words() {
+        let mut data: &[u8] = b"2x0 what\r\n";
+        let e = ReplyBuffer::default()
+            .read(&mut data, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(!e.to_string().contains("{"), "{e}");
+        assert!(e.to_string().starts_with("malformed SMTP reply"), "{e}");
     }
 }

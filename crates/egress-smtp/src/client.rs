@@ -1,0 +1,466 @@
+//! The client side of an SMTP session: one connection to a destination, commands in
+//! the order RFC 5321 allows, each reply read before the next is due.
+//!
+//! The session knows where it is in the dialogue ([`Phase`]), refuses a command out
+//! of order instead of sending it, and says whether it may carry another
+//! transaction ([`ClientSession::is_clean`]): only when the last reply read answered
+//! the end of a message, a refused MAIL or RSET, and nothing unread is waiting. A
+//! session that fails that test would hand the next transaction replies that belong
+//! to somebody else.
+
+use crate::reply::ReplyBuffer;
+use crate::words;
+use smtp_proto::Response;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// How long to wait for each reply (RFC 5321 §4.5.3.2 has the classic values;
+/// KumoMTA's path config names them `*_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The 220 greeting.
+    pub banner: Duration,
+    /// EHLO or HELO.
+    pub ehlo: Duration,
+    /// MAIL FROM.
+    pub mail_from: Duration,
+    /// Each RCPT TO.
+    pub rcpt_to: Duration,
+    /// DATA's 354, and each write of the body.
+    pub data: Duration,
+    /// The reply to the end of the message.
+    pub data_dot: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        Timeouts {
+            banner: m(5),
+            ehlo: m(5),
+            mail_from: m(5),
+            rcpt_to: m(5),
+            data: m(2),
+            data_dot: m(10),
+        }
+    }
+}
+
+/// Where the session stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Connected; the banner has not been read.
+    Connected,
+    /// Greeted (EHLO or HELO accepted), no transaction open.
+    Ready,
+    /// MAIL FROM accepted: RCPT, DATA or RSET may follow.
+    Mail,
+    /// DATA answered 354: the body is being written.
+    Body,
+    /// A step failed or a rule was broken: the session can only be closed.
+    Broken,
+}
+
+/// What the destination offered in its EHLO reply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extensions {
+    /// 8BITMIME (RFC 6152).
+    pub eight_bit_mime: bool,
+    /// PIPELINING (RFC 2920).
+    pub pipelining: bool,
+    /// STARTTLS (RFC 3207).
+    pub starttls: bool,
+}
+
+/// An SMTP session with a destination over any byte stream (TCP, a proxy, TLS).
+///
+/// ```no_run
+/// # async fn demo() -> std::io::Result<()> {
+/// use egress_smtp::{ClientSession, Timeouts};
+/// let tcp = tokio::net::TcpStream::connect("127.0.0.1:25").await?;
+/// let mut smtp = ClientSession::new(tcp, Timeouts::default());
+/// smtp.greet("mta1.example.com").await?;
+/// assert_eq!(smtp.mail("<a@example.com>", false).await?.code, 250);
+/// smtp.rcpt("<b@example.org>").await?;
+/// if smtp.data().await?.code == 354 {
+///     smtp.write_body(b"Subject: hi\r\n\r\nhello\r\n.\r\n").await?;
+///     let reply = smtp.end_of_data_reply().await?;
+///     println!("{} {}", reply.code, reply.message);
+/// }
+/// smtp.quit().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct ClientSession<S> {
+    stream: S,
+    replies: ReplyBuffer,
+    timeouts: Timeouts,
+    phase: Phase,
+    extensions: Extensions,
+    banner: Option<Response<String>>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
+    /// A session over a fresh connection; nothing is read or written yet.
+    pub fn new(stream: S, timeouts: Timeouts) -> Self {
+        ClientSession {
+            stream,
+            replies: ReplyBuffer::default(),
+            timeouts,
+            phase: Phase::Connected,
+            extensions: Extensions::default(),
+            banner: None,
+        }
+    }
+
+    /// Where the session stands.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The destination's greeting, once read.
+    pub fn banner(&self) -> Option<&Response<String>> {
+        self.banner.as_ref()
+    }
+
+    /// What the destination offered at EHLO.
+    pub fn extensions(&self) -> Extensions {
+        self.extensions
+    }
+
+    /// Reads the banner and greets with EHLO (HELO if EHLO is refused). Any answer
+    /// but 220 and 2xx is an error carrying the destination's words.
+    pub async fn greet(&mut self, ehlo_name: &str) -> io::Result<Response<String>> {
+        self.expect(Phase::Connected, "the banner")?;
+        let banner = self
+            .read(self.timeouts.banner, "waiting for the banner")
+            .await?;
+        if banner.code != 220 {
+            self.phase = Phase::Broken;
+            return Err(io::Error::other(format!(
+                "banner: {} {}",
+                banner.code,
+                one_line(&banner.message)
+            )));
+        }
+        self.banner = Some(banner);
+        let ehlo = self
+            .command(&format!("EHLO {ehlo_name}"), self.timeouts.ehlo, "EHLO")
+            .await?;
+        if is_positive(&ehlo) {
+            self.extensions = parse_extensions(&ehlo.message);
+            self.phase = Phase::Ready;
+            return Ok(ehlo);
+        }
+        let helo = self
+            .command(&format!("HELO {ehlo_name}"), self.timeouts.ehlo, "HELO")
+            .await?;
+        if !is_positive(&helo) {
+            self.phase = Phase::Broken;
+            return Err(io::Error::other(format!(
+                "EHLO and HELO refused: {} {}",
+                helo.code,
+                one_line(&helo.message)
+            )));
+        }
+        self.phase = Phase::Ready;
+        Ok(helo)
+    }
+
+    /// `MAIL FROM:{path}` (the path with its angle brackets), with BODY=8BITMIME
+    /// when `body_8bit` and the destination offers it. The destination's reply;
+    /// a refusal leaves the session ready for another MAIL.
+    pub async fn mail(&mut self, path: &str, body_8bit: bool) -> io::Result<Response<String>> {
+        self.expect(Phase::Ready, "MAIL FROM")?;
+        let body = if body_8bit && self.extensions.eight_bit_mime {
+            " BODY=8BITMIME"
+        } else {
+            ""
+        };
+        let reply = self
+            .command(
+                &format!("MAIL FROM:{path}{body}"),
+                self.timeouts.mail_from,
+                "MAIL FROM",
+            )
+            .await?;
+        if is_positive(&reply) {
+            self.phase = Phase::Mail;
+        }
+        Ok(reply)
+    }
+
+    /// `RCPT TO:{path}`; the destination's reply.
+    pub async fn rcpt(&mut self, path: &str) -> io::Result<Response<String>> {
+        self.expect(Phase::Mail, "RCPT TO")?;
+        self.command(&format!("RCPT TO:{path}"), self.timeouts.rcpt_to, "RCPT TO")
+            .await
+    }
+
+    /// `DATA`; after a 354 the body may be written, anything else is the
+    /// destination's refusal (the transaction stays open until RSET).
+    pub async fn data(&mut self) -> io::Result<Response<String>> {
+        self.expect(Phase::Mail, "DATA")?;
+        let reply = self.command("DATA", self.timeouts.data, "DATA").await?;
+        if reply.code == 354 {
+            self.phase = Phase::Body;
+        }
+        Ok(reply)
+    }
+
+    /// Writes framed body octets (dot-stuffed, CR LF only; the caller's
+    /// [`BodyReader`](crate::BodyReader) makes them), the end marker last.
+    pub async fn write_body(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.expect(Phase::Body, "message text")?;
+        self.write(bytes, self.timeouts.data, "sending the message")
+            .await
+    }
+
+    /// The reply to the end of the message (whose marker the caller has written).
+    /// The transaction is over whatever the code: the session is ready again.
+    pub async fn end_of_data_reply(&mut self) -> io::Result<Response<String>> {
+        self.expect(Phase::Body, "the reply to the message")?;
+        let reply = self
+            .read(
+                self.timeouts.data_dot,
+                "waiting for the reply to the message",
+            )
+            .await?;
+        self.phase = Phase::Ready;
+        Ok(reply)
+    }
+
+    /// `RSET`: ends an open transaction, so the session can carry another.
+    pub async fn rset(&mut self) -> io::Result<Response<String>> {
+        if !matches!(self.phase, Phase::Ready | Phase::Mail) {
+            return Err(self.misuse("RSET"));
+        }
+        let reply = self
+            .command("RSET", self.timeouts.mail_from, "RSET")
+            .await?;
+        if is_positive(&reply) {
+            self.phase = Phase::Ready;
+        } else {
+            self.phase = Phase::Broken;
+        }
+        Ok(reply)
+    }
+
+    /// True when the session can carry a new transaction: greeted, no transaction
+    /// open, every reply read, and nothing unread has arrived since. Octets that
+    /// arrived unasked (a reply to a command nobody is waiting for, or the
+    /// destination closing) make the session unusable for good.
+    pub async fn is_clean(&mut self) -> bool {
+        if self.phase != Phase::Ready || self.replies.pending() > 0 {
+            return false;
+        }
+        let stream = &mut self.stream;
+        let mut probe = [0u8; 1];
+        // One poll: `Pending` is the only answer that means "nothing waiting".
+        let waiting = poll_fn(|cx| {
+            let mut buf = ReadBuf::new(&mut probe);
+            Poll::Ready(!Pin::new(&mut *stream).poll_read(cx, &mut buf).is_pending())
+        })
+        .await;
+        if waiting {
+            self.phase = Phase::Broken;
+        }
+        !waiting
+    }
+
+    /// Ends the session: QUIT when that is a command here (waiting briefly for the
+    /// 221), or just closing when the dialogue is mid-message or broken — a QUIT
+    /// written into a message body would become text.
+    pub async fn quit(mut self) {
+        if matches!(self.phase, Phase::Ready | Phase::Mail) {
+            let _ = self.command("QUIT", Duration::from_secs(2), "QUIT").await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.stream.shutdown()).await;
+    }
+
+    /// The stream, for a caller that needs its details (addresses, TLS state).
+    pub fn get_ref(&self) -> &S {
+        &self.stream
+    }
+
+    fn expect(&mut self, phase: Phase, what: &str) -> io::Result<()> {
+        if self.phase == phase {
+            Ok(())
+        } else {
+            Err(self.misuse(what))
+        }
+    }
+
+    fn misuse(&mut self, what: &str) -> io::Error {
+        let was = self.phase;
+        self.phase = Phase::Broken;
+        io::Error::other(format!(
+            "SMTP client used out of order: {what} while the session is {was:?}"
+        ))
+    }
+
+    async fn command(
+        &mut self,
+        line: &str,
+        timeout: Duration,
+        what: &str,
+    ) -> io::Result<Response<String>> {
+        let mut wire = Vec::with_capacity(line.len() + 2);
+        wire.extend_from_slice(line.as_bytes());
+        wire.extend_from_slice(b"\r\n");
+        self.write(&wire, timeout, what).await?;
+        self.read(timeout, what).await
+    }
+
+    async fn write(&mut self, bytes: &[u8], timeout: Duration, what: &str) -> io::Result<()> {
+        // The deadline bounds writing too: a destination that stops reading must
+        // not hold the transaction for ever.
+        let written = tokio::time::timeout(timeout, self.stream.write_all(bytes)).await;
+        let result = match written {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => io::Error::new(e.kind(), format!("{what}: {e}")),
+            Err(_) => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{what}: the destination stopped reading for {}",
+                    words::duration(timeout)
+                ),
+            ),
+        };
+        self.phase = Phase::Broken;
+        Err(result)
+    }
+
+    async fn read(&mut self, timeout: Duration, what: &str) -> io::Result<Response<String>> {
+        match self.replies.read(&mut self.stream, timeout).await {
+            Ok(reply) => Ok(reply),
+            Err(e) => {
+                self.phase = Phase::Broken;
+                Err(io::Error::new(e.kind(), format!("{what}: {e}")))
+            }
+        }
+    }
+}
+
+fn is_positive(reply: &Response<String>) -> bool {
+    (200..300).contains(&reply.code)
+}
+
+fn one_line(message: &str) -> String {
+    message
+        .split('\n')
+        .map(|l| l.chars().filter(|c| !c.is_control()).collect::<String>())
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// The keywords of an EHLO reply (the first line is the server's name).
+fn parse_extensions(message: &str) -> Extensions {
+    let mut ext = Extensions::default();
+    for line in message.split('\n').skip(1) {
+        let keyword = line.split_whitespace().next().unwrap_or("");
+        match keyword.to_ascii_uppercase().as_str() {
+            "8BITMIME" => ext.eight_bit_mime = true,
+            "PIPELINING" => ext.pipelining = true,
+            "STARTTLS" => ext.starttls = true,
+            _ => {}
+        }
+    }
+    ext
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+
+    /// A session over an in-memory pipe and the destination's end of it.
+    fn pair() -> (ClientSession<DuplexStream>, DuplexStream) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let t = Duration::from_secs(2);
+        let timeouts = Timeouts {
+            banner: t,
+            ehlo: t,
+            mail_from: t,
+            rcpt_to: t,
+            data: t,
+            data_dot: t,
+        };
+        (ClientSession::new(a, timeouts), b)
+    }
+
+    async fn greeted() -> (ClientSession<DuplexStream>, DuplexStream) {
+        let (mut smtp, mut dest) = pair();
+        dest.write_all(b"220 hi\r\n250-mx\r\n250-8BITMIME\r\n250 PIPELINING\r\n")
+            .await
+            .unwrap();
+        smtp.greet("me.test").await.unwrap();
+        (smtp, dest)
+    }
+
+    #[tokio::test]
+    async fn greeting_reads_extensions() {
+        let (smtp, mut dest) = greeted().await;
+        assert_eq!(smtp.phase(), Phase::Ready);
+        assert!(smtp.extensions().eight_bit_mime && smtp.extensions().pipelining);
+        assert!(!smtp.extensions().starttls);
+        let mut sent = vec![0; 64];
+        let n = dest.read(&mut sent).await.unwrap();
+        assert_eq!(&sent[..n], b"EHLO me.test\r\n");
+    }
+
+    #[tokio::test]
+    async fn commands_out_of_order_are_refused_not_sent() {
+        let (mut smtp, _dest) = greeted().await;
+        let e = smtp.rcpt("<a@b>").await.unwrap_err();
+        assert!(
+            e.to_string().contains("RCPT TO while the session is Ready"),
+            "{e}"
+        );
+        assert_eq!(smtp.phase(), Phase::Broken);
+        assert!(!smtp.is_clean().await);
+    }
+
+    #[tokio::test]
+    async fn an_unasked_reply_makes_the_session_unclean() {
+        let (mut smtp, mut dest) = greeted().await;
+        dest.write_all(b"250 ok\r\n").await.unwrap();
+        assert_eq!(smtp.mail("<a@b>", false).await.unwrap().code, 250);
+        dest.write_all(b"354 go\r\n").await.unwrap();
+        assert_eq!(smtp.rcpt("<c@d>").await.unwrap().code, 354);
+        // The transaction is open: not reusable.
+        assert!(!smtp.is_clean().await);
+        let (mut smtp, mut dest) = greeted().await;
+        dest.write_all(b"250 ok\r\n").await.unwrap();
+        smtp.mail("<a@b>", false).await.unwrap();
+        dest.write_all(b"250 ok\r\n354 go\r\n").await.unwrap();
+        smtp.rcpt("<c@d>").await.unwrap();
+        smtp.data().await.unwrap();
+        smtp.write_body(b".\r\n").await.unwrap();
+        // The reply to the message, and one more nobody asked for.
+        dest.write_all(b"250 queued\r\n550 5.1.1 stale\r\n")
+            .await
+            .unwrap();
+        assert_eq!(smtp.end_of_data_reply().await.unwrap().code, 250);
+        assert!(!smtp.is_clean().await, "a buffered stale reply");
+    }
+
+    #[tokio::test]
+    async fn late_unasked_input_is_seen_before_reuse() {
+        let (mut smtp, mut dest) = greeted().await;
+        dest.write_all(b"250 ok\r\n").await.unwrap();
+        smtp.mail("<a@b>", false).await.unwrap();
+        dest.write_all(b"250 ok\r\n").await.unwrap();
+        smtp.rset().await.unwrap();
+        assert!(smtp.is_clean().await);
+        dest.write_all(b"550 late\r\n").await.unwrap();
+        assert!(!smtp.is_clean().await);
+        let (mut smtp, dest) = greeted().await;
+        drop(dest);
+        assert!(!smtp.is_clean().await, "closed by the destination");
+    }
+}

@@ -1,0 +1,272 @@
+//! A transaction from MAIL FROM to the end of DATA: RCPTs forwarded to the
+//! destination, and the body streamed through egress-smtp's `BodyReader` — read
+//! exactly, written CR LF-only and dot-stuffed, never held whole.
+
+use super::transport::{Conn, Ended, Waiting};
+use crate::outbound::{Context, OpenError, Outbound};
+use crate::txlog::TxLog;
+use egress_lua::{EsmtpListener, InvalidLineEndings};
+use egress_smtp::{BodyReader, LineEndings, Reply};
+use std::net::SocketAddr;
+
+/// Send body octets to the destination once this many are ready.
+const FLUSH_AT: usize = 64 * 1024;
+/// The `.` CR LF that ends DATA, counted in what we receive but not in the message.
+const END_MARKER: u64 = 3;
+
+/// A transaction from MAIL FROM to the end of DATA (or RSET).
+pub struct Transaction {
+    pub from: String,
+    pub body_8bit: bool,
+    pub domain: Option<String>,
+    pub outbound: Option<Outbound>,
+    pub accepted: usize,
+    pub log: TxLog,
+}
+
+impl Transaction {
+    /// A transaction that MAIL FROM opened.
+    pub fn new(peer: SocketAddr, from: String, body_8bit: bool) -> Transaction {
+        Transaction {
+            log: TxLog::new(peer, &from),
+            from,
+            body_8bit,
+            domain: None,
+            outbound: None,
+            accepted: 0,
+        }
+    }
+
+    /// Ends it: the log line is written and the destination session closed in the
+    /// background, so the client's reply never waits for the destination's 221.
+    pub fn end(mut self, outcome: &str) {
+        if let Some(out) = self.outbound.take() {
+            tokio::spawn(out.quit());
+        }
+        self.log.emit(outcome);
+    }
+
+    /// RCPT: a local refusal (relay permission, recipient limit) or the
+    /// destination's answer; either way it goes into the log.
+    pub async fn rcpt(&mut self, ctx: &Context, address: &str, refusal: Option<Reply>) -> Reply {
+        let reply = match refusal {
+            Some(refusal) => refusal,
+            None => self.forward_rcpt(ctx, address).await,
+        };
+        self.log.recipient(address, &reply);
+        if reply.is_positive() {
+            self.accepted += 1;
+        }
+        reply
+    }
+
+    /// One destination domain per transaction; the first RCPT opens the
+    /// destination session, every RCPT is answered by the destination.
+    async fn forward_rcpt(&mut self, ctx: &Context, address: &str) -> Reply {
+        let Some(domain) = address
+            .rsplit_once('@')
+            .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+            .filter(|d| !d.is_empty())
+        else {
+            return Reply::new(550, [5, 1, 3], "recipient must be of the form user@domain");
+        };
+        if let Some(fixed) = &self.domain {
+            if *fixed != domain {
+                return Reply::new(
+                    452,
+                    [4, 5, 3],
+                    format!("this transaction is for {fixed}; send {domain} in another"),
+                );
+            }
+        }
+        if self.outbound.is_none() {
+            match Outbound::open(ctx, &domain, &self.from, self.body_8bit, &mut self.log).await {
+                Ok(out) => {
+                    self.domain = Some(domain);
+                    self.outbound = Some(out);
+                }
+                Err(OpenError::Local(reply)) | Err(OpenError::Destination(reply)) => return reply,
+            }
+        }
+        let Some(out) = self.outbound.as_mut() else {
+            return Reply::new(451, [4, 3, 0], "internal error: no destination session");
+        };
+        match out.rcpt(address).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.log.note(&e.to_string());
+                if let Some(out) = self.outbound.take() {
+                    tokio::spawn(out.quit());
+                }
+                Reply::new(451, [4, 4, 2], format!("lost the destination session: {e}"))
+            }
+        }
+    }
+}
+
+/// Where the session is, for the `Received:` header.
+pub struct Trace<'a> {
+    pub helo: &'a str,
+    pub peer: SocketAddr,
+    pub hostname: &'a str,
+}
+
+/// DATA: the destination must say 354 before the client hears it; the body streams
+/// through with a `Received:` header in front; the destination's final reply is
+/// ours. `Err(Ended)` when the client went away or timed out mid-message.
+pub async fn data(
+    ctx: &Context,
+    listener: &EsmtpListener,
+    conn: &mut Conn,
+    mut t: Transaction,
+    trace: Trace<'_>,
+) -> Result<Reply, Ended> {
+    let Some(mut out) = t.outbound.take() else {
+        t.log.emit("no destination session");
+        return Ok(Reply::new(
+            451,
+            [4, 3, 0],
+            "internal error: no destination session",
+        ));
+    };
+    match out.data().await {
+        Ok(None) => {}
+        Ok(Some(refused)) => {
+            t.outbound = Some(out);
+            t.end(&format!("DATA refused: {refused}"));
+            return Ok(refused);
+        }
+        Err(e) => {
+            t.log.note(&e.to_string());
+            t.end("lost the destination at DATA");
+            return Ok(Reply::new(
+                451,
+                [4, 4, 2],
+                format!("lost the destination session: {e}"),
+            ));
+        }
+    }
+    conn.reply(&Reply::new(
+        354,
+        [2, 0, 0],
+        "send the message, end with <CRLF>.<CRLF>",
+    ));
+
+    let deadline = conn.deadline(Waiting::Data);
+    let mut reader = BodyReader::new(line_endings(listener.invalid_line_endings));
+    let mut pending = received_header(&trace, &t.log.id).into_bytes();
+    // The destination session, while the message is still going to it. Taken away
+    // (and closed without the end marker, so the destination discards its partial
+    // copy) when the message is refused or the destination fails.
+    let mut sending = Some(out);
+    let mut broken: Option<String> = None;
+    let max = listener.max_message_size;
+    loop {
+        if conn.inbox.is_empty() {
+            if let Err(ended) = conn.fill(deadline, Waiting::Data, true).await {
+                // The client never got a 250, so it still has the message. Closing
+                // without the end marker makes the destination discard its copy.
+                t.log.size = reader.received();
+                t.log.emit("client went away or timed out during DATA");
+                return Err(ended);
+            }
+        }
+        let (used, done) = reader.feed(&conn.inbox, &mut pending);
+        conn.inbox.drain(..used);
+        if reader.refused() || reader.received() > max + END_MARKER {
+            if let Some(out) = sending.take() {
+                tokio::spawn(out.quit());
+            }
+            pending.clear();
+        }
+        if let Some(out) = sending.as_mut() {
+            if pending.len() >= FLUSH_AT || done {
+                if let Err(e) = out.write_body(&pending).await {
+                    broken = Some(e.to_string());
+                    if let Some(out) = sending.take() {
+                        tokio::spawn(out.quit());
+                    }
+                }
+                pending.clear();
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    conn.shrink();
+    t.log.size = reader.received();
+    if let Some(invalid) = reader.invalid().filter(|_| reader.refused()) {
+        t.log.emit(&format!("refused: {invalid}"));
+        return Ok(Reply::new(
+            550,
+            [5, 6, 0],
+            format!("message refused: it contains {invalid}"),
+        ));
+    }
+    if reader.received() > max + END_MARKER {
+        t.log.emit("message too large");
+        return Ok(Reply::new(
+            552,
+            [5, 3, 4],
+            format!("message exceeds the limit of {max} bytes"),
+        ));
+    }
+    if let Some(invalid) = reader.invalid() {
+        t.log.note(&format!("line endings made CR LF: {invalid}"));
+    }
+    let (Some(mut out), None) = (sending, &broken) else {
+        let e = broken.unwrap_or_default();
+        t.log.note(&e);
+        t.log.emit("lost the destination during DATA");
+        return Ok(Reply::new(
+            451,
+            [4, 4, 2],
+            format!("lost the destination session during DATA: {e}"),
+        ));
+    };
+    let reply = match out.final_reply().await {
+        Ok(reply) => {
+            // The transaction is over: keep the session for the next one through the
+            // same source to the same host, if it is clean.
+            ctx.idle.release(out).await;
+            reply
+        }
+        Err(e) => {
+            t.log.note(&e.to_string());
+            // The destination may have the message; saying 4xx risks a duplicate,
+            // saying 2xx risks a loss. We never risk a loss.
+            Reply::new(
+                451,
+                [4, 4, 2],
+                format!("no reply from the destination to the message: {e}"),
+            )
+        }
+    };
+    t.log.outcome = Some(reply.to_string());
+    t.end("delivered");
+    Ok(reply)
+}
+
+fn line_endings(setting: InvalidLineEndings) -> LineEndings {
+    match setting {
+        InvalidLineEndings::Deny => LineEndings::Deny,
+        InvalidLineEndings::Fix => LineEndings::Fix,
+        InvalidLineEndings::Allow => LineEndings::Allow,
+    }
+}
+
+/// The trace header we add (RFC 5321 §4.4).
+fn received_header(trace: &Trace<'_>, id: &str) -> String {
+    let helo: String = trace
+        .helo
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .collect();
+    format!(
+        "Received: from {helo} ([{}])\r\n\tby {} (egressd) with ESMTP id {id};\r\n\t{}\r\n",
+        trace.peer.ip().to_canonical(),
+        trace.hostname,
+        httpdate::fmt_http_date(std::time::SystemTime::now())
+    )
+}

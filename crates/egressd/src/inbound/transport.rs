@@ -1,0 +1,233 @@
+//! The inbound session's transport: buffered input read against deadlines, replies
+//! batched (so PIPELINING clients get theirs in one write), and the shutdown signal.
+//!
+//! Deadlines, not idle timers: a command line must be complete within
+//! `client_timeout` of when we started waiting for it, a message within
+//! `data_timeout` of the 354, and the whole session within `max_session_duration`
+//! — a client sending one octet at a time gains nothing.
+
+use crate::shutdown::{Shutdown, State};
+use egress_smtp::{words, Reply};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Longest command line (RFC 5321 allows 512; we are lenient up to a text line).
+pub const MAX_LINE: usize = 1000;
+/// How much is read at a time while a message streams through.
+const DATA_READ: usize = 64 * 1024;
+/// What an idle session keeps for input between commands.
+const COMMAND_READ: usize = 4 * 1024;
+
+/// How long the last words of a session we end may take to write.
+const CLOSE_WRITE: Duration = Duration::from_secs(5);
+
+/// The session is over: the client went away, or we ended it (timeout, shutdown)
+/// and have already said so. Nothing further is written either way.
+#[derive(Debug)]
+pub struct Ended;
+
+/// What a read is waiting for, which decides its deadline and what we say when
+/// it passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// A command line: `client_timeout` from when we started waiting.
+    Command,
+    /// Message text: `data_timeout` from the 354.
+    Data,
+}
+
+/// The limits a transport enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// For a whole command line.
+    pub client_timeout: Duration,
+    /// For a whole message.
+    pub data_timeout: Duration,
+    /// For the whole session.
+    pub max_session_duration: Duration,
+}
+
+/// One client connection.
+pub struct Conn {
+    stream: TcpStream,
+    limits: Limits,
+    session_end: Instant,
+    /// Received and not yet consumed.
+    pub inbox: Vec<u8>,
+    outbox: Vec<u8>,
+    shutdown: Shutdown,
+}
+
+impl Conn {
+    /// A connection that has just been accepted.
+    pub fn new(stream: TcpStream, limits: Limits, shutdown: Shutdown) -> Conn {
+        Conn {
+            stream,
+            limits,
+            session_end: Instant::now() + limits.max_session_duration,
+            inbox: Vec::new(),
+            outbox: Vec::new(),
+            shutdown,
+        }
+    }
+
+    /// When the current wait must end.
+    pub fn deadline(&self, waiting: Waiting) -> Instant {
+        let span = match waiting {
+            Waiting::Command => self.limits.client_timeout,
+            Waiting::Data => self.limits.data_timeout,
+        };
+        (Instant::now() + span).min(self.session_end)
+    }
+
+    /// Queues a reply; [`flush`](Self::flush) (or the next read) sends it.
+    pub fn reply(&mut self, reply: &Reply) {
+        self.outbox.extend_from_slice(reply.to_wire().as_bytes());
+    }
+
+    /// Sends queued replies. A client that stops reading must not hold the session
+    /// for ever: the write gets `client_timeout`.
+    pub async fn flush(&mut self) -> Result<(), Ended> {
+        if self.outbox.is_empty() {
+            return Ok(());
+        }
+        let written = tokio::time::timeout(
+            self.limits.client_timeout,
+            self.stream.write_all(&self.outbox),
+        )
+        .await;
+        self.outbox.clear();
+        match written {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Ended),
+        }
+    }
+
+    /// Reads more input (flushing replies first), by `deadline`. While no
+    /// transaction is open, a draining shutdown ends the session with 421; a forced
+    /// one always does.
+    pub async fn fill(
+        &mut self,
+        deadline: Instant,
+        waiting: Waiting,
+        in_transaction: bool,
+    ) -> Result<(), Ended> {
+        self.flush().await?;
+        let want = match waiting {
+            Waiting::Command => COMMAND_READ,
+            Waiting::Data => DATA_READ,
+        };
+        if self.inbox.capacity() - self.inbox.len() < want / 4 {
+            self.inbox.reserve(want);
+        }
+        loop {
+            let state = self.shutdown.state();
+            if state == State::Force || (state == State::Draining && !in_transaction) {
+                return self
+                    .close(Reply::new(
+                        421,
+                        [4, 3, 2],
+                        "egressd is shutting down; please try again later",
+                    ))
+                    .await;
+            }
+            tokio::select! {
+                read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.inbox)) => {
+                    return match read {
+                        Ok(Ok(0)) | Ok(Err(_)) => Err(Ended),
+                        Ok(Ok(_)) => Ok(()),
+                        Err(_) => {
+                            let reply = self.expired(waiting);
+                            self.close(reply).await
+                        }
+                    };
+                }
+                _ = self.shutdown.changed() => continue,
+            }
+        }
+    }
+
+    /// Lets go of input memory a burst of message text left behind, so an idle
+    /// session costs little.
+    pub fn shrink(&mut self) {
+        if self.inbox.is_empty() && self.inbox.capacity() > COMMAND_READ {
+            self.inbox = Vec::new();
+        }
+    }
+
+    /// The next command line (with its line ending). Lines over [`MAX_LINE`] are
+    /// answered with 500 5.5.2 and skipped.
+    pub async fn next_line(&mut self, in_transaction: bool) -> Result<Vec<u8>, Ended> {
+        let deadline = self.deadline(Waiting::Command);
+        let mut skipping = false;
+        let mut scanned = 0;
+        loop {
+            if let Some(pos) = memchr::memchr(b'\n', &self.inbox[scanned..]) {
+                let end = scanned + pos + 1;
+                let line: Vec<u8> = self.inbox.drain(..end).collect();
+                scanned = 0;
+                if skipping || line.len() > MAX_LINE {
+                    self.reply(&Reply::new(
+                        500,
+                        [5, 5, 2],
+                        format!("line too long (over {MAX_LINE} octets)"),
+                    ));
+                    skipping = false;
+                    continue;
+                }
+                return Ok(line);
+            }
+            scanned = self.inbox.len();
+            if self.inbox.len() > MAX_LINE {
+                // Drop what we have and the rest of the line when it comes.
+                self.inbox.clear();
+                scanned = 0;
+                skipping = true;
+            }
+            self.fill(deadline, Waiting::Command, in_transaction)
+                .await?;
+        }
+    }
+
+    fn expired(&self, waiting: Waiting) -> Reply {
+        if Instant::now() >= self.session_end {
+            return Reply::new(
+                421,
+                [4, 4, 2],
+                format!(
+                    "session lasted {} (max_session_duration); closing, please reconnect",
+                    words::duration(self.limits.max_session_duration)
+                ),
+            );
+        }
+        match waiting {
+            Waiting::Command => Reply::new(
+                421,
+                [4, 4, 2],
+                format!(
+                    "no complete command within {} (client_timeout); closing",
+                    words::duration(self.limits.client_timeout)
+                ),
+            ),
+            Waiting::Data => Reply::new(
+                421,
+                [4, 4, 2],
+                format!(
+                    "message not received within {} (data_timeout); closing",
+                    words::duration(self.limits.data_timeout)
+                ),
+            ),
+        }
+    }
+
+    /// Says why and ends the session; a client that does not read gets a few
+    /// seconds, not another full timeout.
+    async fn close(&mut self, reply: Reply) -> Result<(), Ended> {
+        self.reply(&reply);
+        let _ = tokio::time::timeout(CLOSE_WRITE, self.stream.write_all(&self.outbox)).await;
+        self.outbox.clear();
+        Err(Ended)
+    }
+}

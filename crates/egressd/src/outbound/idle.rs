@@ -1,0 +1,106 @@
+//! Destination sessions kept open between transactions, for the next transaction
+//! through the same source to the same host.
+//!
+//! The invariant: a session is handed out only if `ClientSession::is_clean` says so
+//! at that moment — greeted, no transaction open, every reply read and nothing
+//! unread waiting. Anything else is closed, never reused, so no client can receive
+//! a reply that answered somebody else's command.
+
+use super::Outbound;
+use egress_source::EgressSource;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long an idle destination session is kept for reuse.
+const IDLE_REUSE: Duration = Duration::from_secs(10);
+/// At most this many idle sessions per key.
+const MAX_IDLE_PER_KEY: usize = 32;
+
+/// What makes an open destination session reusable: the same source definition
+/// (a changed definition, after a reload or ttl, never reuses an old route), the
+/// same destination address, the same EHLO name.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    /// Compared and hashed by value (an `Arc` delegates both to the definition).
+    pub source: Arc<EgressSource>,
+    /// The destination's address and port.
+    pub addr: SocketAddr,
+    /// The name we gave in EHLO.
+    pub ehlo: String,
+}
+
+/// The idle sessions, by key, most recently used last.
+#[derive(Default)]
+pub struct IdleSessions {
+    slots: Mutex<HashMap<SessionKey, Vec<(Instant, Outbound)>>>,
+}
+
+impl IdleSessions {
+    /// Keeps a session whose transaction ended, if it is clean; closes it otherwise.
+    pub async fn release(&self, mut out: Outbound) {
+        if !out.smtp.is_clean().await {
+            tracing::debug!(destination = %out.key.addr, "not reusing a destination session with unread input or an open transaction");
+            tokio::spawn(out.quit());
+            return;
+        }
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots.entry(out.key.clone()).or_default();
+        if slot.len() < MAX_IDLE_PER_KEY {
+            slot.push((Instant::now(), out));
+        } else {
+            tokio::spawn(out.quit());
+        }
+    }
+
+    /// The most recently used idle session for `key` that is fresh and clean now.
+    pub async fn take(&self, key: &SessionKey) -> Option<Outbound> {
+        loop {
+            let (since, mut out) = {
+                let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+                slots.get_mut(key)?.pop()?
+            };
+            if since.elapsed() < IDLE_REUSE && out.smtp.is_clean().await {
+                return Some(out);
+            }
+            tokio::spawn(out.quit());
+        }
+    }
+
+    /// Closes idle sessions that have waited too long; the server calls this
+    /// periodically so quiet periods do not hold connections open.
+    pub fn reap(&self) {
+        for out in self.drain(|since| since.elapsed() >= IDLE_REUSE) {
+            tokio::spawn(out.quit());
+        }
+    }
+
+    /// Says QUIT on every idle session and waits (briefly) for the answers: the
+    /// last thing the server does, so destinations see a clean goodbye.
+    pub async fn close_all(&self) {
+        let quits: Vec<_> = self
+            .drain(|_| true)
+            .into_iter()
+            .map(|out| tokio::spawn(out.quit()))
+            .collect();
+        for quit in quits {
+            let _ = quit.await;
+        }
+    }
+
+    /// Removes and returns the idle sessions whose idle-since instant matches.
+    fn drain(&self, matches: impl Fn(Instant) -> bool) -> Vec<Outbound> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut drained = Vec::new();
+        for slot in slots.values_mut() {
+            let (gone, keep): (Vec<_>, Vec<_>) = std::mem::take(slot)
+                .into_iter()
+                .partition(|(since, _)| matches(*since));
+            *slot = keep;
+            drained.extend(gone.into_iter().map(|(_, out)| out));
+        }
+        slots.retain(|_, slot| !slot.is_empty());
+        drained
+    }
+}
