@@ -7,7 +7,9 @@
 //! skip.
 #![forbid(unsafe_code)]
 
+mod scripted;
 mod source_socks;
+pub use scripted::{Received, ScriptedDestination};
 pub use source_socks::SourceBindingSocks;
 
 use std::fs;
@@ -92,6 +94,18 @@ impl Peer {
     /// The process id.
     pub fn id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits up to `limit` for the process to exit on its own; true if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Panics if the process has already exited (a config it refused, a port in use).
@@ -541,4 +555,14 @@ impl Drop for Postfix {
             .status();
         let _ = self.peer.child.try_wait();
     }
+}
+
+/// A TCP connection to `to` from the local address `from` (any 127.0.0.0/8 address
+/// is local on Linux): a client that looks like another host.
+pub fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(to), Type::STREAM, None)?;
+    socket.bind(&SocketAddr::new(from, 0).into())?;
+    socket.connect_timeout(&to.into(), Duration::from_secs(10))?;
+    Ok(socket.into())
 }

@@ -39,7 +39,7 @@ mod socks5;
 pub use error::{ConnectError, Phase, ProxyKind};
 pub use haproxy::proxy_v2_header;
 pub use resolve::{Resolve, ResolveFuture, StaticResolver, SystemResolver};
-pub use socks5::reply_in_words;
+pub use socks5::{read_socks5_reply, reply_in_words};
 
 use egress_source::{EgressSource, HostPort, Route};
 use socket::{connect_from, SocketError};

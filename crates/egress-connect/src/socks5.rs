@@ -9,7 +9,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How a SOCKS5 exchange failed, before the caller adds source and proxy names.
@@ -163,7 +163,7 @@ pub(crate) async fn connect_from_source(
         .write_all(&request(CMD_BIND, SocketAddr::new(source, 0)))
         .await
         .map_err(io)?;
-    let (code, bound) = read_reply(stream).await.map_err(io)?;
+    let (code, bound) = read_socks5_reply(stream).await.map_err(io)?;
     if code != 0 {
         return Err(Socks5Failure::SourceBind(format!(
             "it answered the BIND request with: {}",
@@ -189,7 +189,7 @@ pub(crate) async fn connect_from_source(
         .write_all(&request(CMD_CONNECT, destination))
         .await
         .map_err(io)?;
-    let (code, bound) = read_reply(stream).await.map_err(io)?;
+    let (code, bound) = read_socks5_reply(stream).await.map_err(io)?;
     if code != 0 {
         return Err(Socks5Failure::Refused(reply_in_words(code)));
     }
@@ -215,8 +215,12 @@ fn request(command: u8, addr: SocketAddr) -> Vec<u8> {
     msg
 }
 
-/// Reads a reply: (code, bound address when it is an IP).
-async fn read_reply(stream: &mut TcpStream) -> io::Result<(u8, Option<SocketAddr>)> {
+/// Reads a SOCKS5 reply (RFC 1928 §6) from `stream`: the reply code, and the bound
+/// address when the proxy gave an IP (a name is read and skipped). Anything that
+/// is not a SOCKS5 reply is an `InvalidData` error in words.
+pub async fn read_socks5_reply<R: AsyncRead + Unpin>(
+    stream: &mut R,
+) -> io::Result<(u8, Option<SocketAddr>)> {
     let mut head = [0u8; 4];
     stream.read_exact(&mut head).await?;
     if head[0] != VERSION {

@@ -600,3 +600,96 @@ async fn positional_values_are_explained() {
         "{text}"
     );
 }
+
+// --- the policy time limit ---
+
+fn limited(code: &str, states: usize, limit: Duration) -> Result<Policy, PolicyError> {
+    Policy::from_source(
+        "policy.lua",
+        code,
+        PolicyOptions {
+            states,
+            time_limit: limit,
+            ..PolicyOptions::default()
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_handler_is_interrupted_and_its_state_reused() {
+    let p = limited(
+        "kumo.on('get_egress_source', function(name)
+           if name == 'loop' then while true do end end
+           return kumo.make_egress_source { name = name }
+         end)",
+        1,
+        Duration::from_millis(300),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let err = p.egress_source("loop").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PolicyError::TimeLimit {
+                    event: "get_egress_source",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("300ms"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // One state only: the interrupted one must have come back.
+        assert_eq!(p.egress_source("fine").await.unwrap().name, "fine");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_a_busy_state_counts_toward_the_limit() {
+    let p = limited(
+        "kumo.on('get_egress_source', function(name)
+           if name == 'loop' then while true do end end
+           return kumo.make_egress_source { name = name }
+         end)",
+        1,
+        Duration::from_millis(500),
+    )
+    .unwrap();
+    let looping = {
+        let p = std::sync::Arc::new(p);
+        let q = p.clone();
+        let h = tokio::spawn(async move { q.egress_source("loop").await });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The only state is busy looping; this call waits for it, within the limit.
+        let started = Instant::now();
+        let r = p.egress_source("other").await;
+        assert!(started.elapsed() < Duration::from_millis(1500));
+        assert!(r.is_ok() || matches!(r, Err(PolicyError::TimeLimit { .. })));
+        h
+    };
+    assert!(looping.await.unwrap().is_err());
+}
+
+#[test]
+fn a_looping_top_level_or_init_fails_the_load_in_time() {
+    let started = Instant::now();
+    let err = limited("while true do end", 1, Duration::from_millis(200))
+        .err()
+        .unwrap();
+    assert!(matches!(err, PolicyError::Load { .. }), "{err}");
+    assert!(err.to_string().contains("time limit"), "{err}");
+    let err = limited(
+        "kumo.on('init', function() while true do end end)",
+        1,
+        Duration::from_millis(200),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, PolicyError::TimeLimit { event: "init", .. }),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

@@ -8,15 +8,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
-mod client_limits;
-mod dns;
-mod inbound;
-mod listen;
-mod outbound;
-mod probe;
-mod server;
-mod shutdown;
-mod txlog;
+use egressd::{listen, probe, server};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use egress_lua::{Policy, PolicyOptions};

@@ -15,15 +15,15 @@ use egress_smtp::{words, Reply};
 use smtp_proto::Request;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use transaction::{Trace, Transaction};
 use transport::{Conn, Limits};
 
 /// Serves one client until it quits, goes away, or times out.
-pub async fn serve(
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: Arc<Context>,
     listener: Arc<EsmtpListener>,
-    stream: TcpStream,
+    stream: S,
     peer: SocketAddr,
     shutdown: Shutdown,
 ) {

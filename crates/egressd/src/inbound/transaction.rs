@@ -8,6 +8,7 @@ use crate::txlog::TxLog;
 use egress_lua::{EsmtpListener, InvalidLineEndings};
 use egress_smtp::{BodyReader, LineEndings, Reply};
 use std::net::SocketAddr;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Send body octets to the destination once this many are ready.
 const FLUSH_AT: usize = 64 * 1024;
@@ -114,10 +115,10 @@ pub struct Trace<'a> {
 /// DATA: the destination must say 354 before the client hears it; the body streams
 /// through with a `Received:` header in front; the destination's final reply is
 /// ours. `Err(Ended)` when the client went away or timed out mid-message.
-pub async fn data(
+pub async fn data<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Context,
     listener: &EsmtpListener,
-    conn: &mut Conn,
+    conn: &mut Conn<S>,
     mut t: Transaction,
     trace: Trace<'_>,
 ) -> Result<Reply, Ended> {

@@ -9,8 +9,7 @@
 use crate::shutdown::{Shutdown, State};
 use egress_smtp::{words, Reply};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// Longest command line (RFC 5321 allows 512; we are lenient up to a text line).
@@ -49,9 +48,9 @@ pub struct Limits {
     pub max_session_duration: Duration,
 }
 
-/// One client connection.
-pub struct Conn {
-    stream: TcpStream,
+/// One client connection (TCP in the server; any byte stream in tests and fuzzing).
+pub struct Conn<S> {
+    stream: S,
     limits: Limits,
     session_end: Instant,
     /// Received and not yet consumed.
@@ -60,9 +59,9 @@ pub struct Conn {
     shutdown: Shutdown,
 }
 
-impl Conn {
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// A connection that has just been accepted.
-    pub fn new(stream: TcpStream, limits: Limits, shutdown: Shutdown) -> Conn {
+    pub fn new(stream: S, limits: Limits, shutdown: Shutdown) -> Conn<S> {
         Conn {
             stream,
             limits,

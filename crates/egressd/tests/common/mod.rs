@@ -49,6 +49,11 @@ impl Egressd {
     pub fn pid(&self) -> u32 {
         self.peer.id()
     }
+
+    /// Waits up to `limit` for egressd to exit; true if it did.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> bool {
+        self.peer.wait_exit(limit)
+    }
 }
 
 /// swaks' transcript and exit status.
@@ -106,5 +111,78 @@ impl Swaks {
 
     pub fn has_reply(&self, start: &str) -> bool {
         self.replies().iter().any(|r| r.starts_with(start))
+    }
+}
+
+/// A hand-driven SMTP client, for what swaks cannot send (bare line endings,
+/// 8-bit addresses, one octet at a time).
+pub struct Raw {
+    reader: std::io::BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+}
+
+impl Raw {
+    /// Connects and reads the banner.
+    pub fn connect(addr: SocketAddr) -> (Raw, String) {
+        let stream = std::net::TcpStream::connect(addr).expect("connect to egressd");
+        Raw::over(stream)
+    }
+
+    /// Wraps a connected stream and reads the banner.
+    pub fn over(stream: std::net::TcpStream) -> (Raw, String) {
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        let mut raw = Raw {
+            reader: std::io::BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+        };
+        let banner = raw.reply();
+        (raw, banner)
+    }
+
+    /// The next whole reply (all its lines); empty when the server closed.
+    pub fn reply(&mut self) -> String {
+        use std::io::BufRead;
+        let mut all = String::new();
+        loop {
+            let mut line = String::new();
+            match self.reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return all,
+                Ok(_) => {}
+            }
+            all.push_str(&line);
+            if line.len() < 4 || line.as_bytes()[3] != b'-' {
+                return all;
+            }
+        }
+    }
+
+    /// A reply if one arrives within `limit` (None if none did; the connection
+    /// stays usable).
+    pub fn reply_within(&mut self, limit: std::time::Duration) -> Option<String> {
+        use std::io::BufRead;
+        self.writer.set_read_timeout(Some(limit)).unwrap();
+        let available = self.reader.fill_buf().map(|b| !b.is_empty());
+        self.writer
+            .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        match available {
+            Ok(true) => Some(self.reply()),
+            Ok(false) => Some(String::new()),
+            Err(_) => None,
+        }
+    }
+
+    /// Writes raw octets.
+    pub fn send(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        let _ = self.writer.write_all(bytes);
+    }
+
+    /// Sends a command line and reads its reply.
+    pub fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
     }
 }

@@ -1,0 +1,158 @@
+//! A small SMTP destination that misbehaves on purpose, where no packaged peer can
+//! misbehave precisely enough: it answers the end of a message and then sends one
+//! more reply nobody asked for — what a destination does when a client's commands
+//! were smuggled inside a message, or when it is simply broken.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A message as the destination received it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Which connection (0, 1, …) carried it.
+    pub connection: usize,
+    /// MAIL FROM's argument, as sent.
+    pub from: String,
+    /// Each RCPT TO's argument and whether it was accepted.
+    pub recipients: Vec<(String, bool)>,
+}
+
+#[derive(Default)]
+struct Shared {
+    connections: AtomicUsize,
+    received: Mutex<Vec<Received>>,
+    stopping: AtomicBool,
+}
+
+/// The scripted destination, stopped on drop. Recipients whose address contains
+/// `refused` get `550 5.1.1`; everything else is accepted.
+pub struct ScriptedDestination {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+}
+
+impl ScriptedDestination {
+    /// Starts it; with `stale_after_first_message`, the first message on each
+    /// connection is answered `250` followed by an unasked `550 5.1.1`.
+    pub fn start(stale_after_first_message: bool) -> ScriptedDestination {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind scripted destination");
+        let addr = listener.local_addr().expect("local addr");
+        let shared = Arc::new(Shared::default());
+        let accepting = shared.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if accepting.stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let n = accepting.connections.fetch_add(1, Ordering::SeqCst);
+                let shared = accepting.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(stream, n, stale_after_first_message, &shared);
+                });
+            }
+        });
+        ScriptedDestination { addr, shared }
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Messages received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.shared
+            .received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for ScriptedDestination {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    connection: usize,
+    stale: bool,
+    shared: &Shared,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    out.write_all(b"220 scripted.test ESMTP\r\n")?;
+    let mut current: Option<Received> = None;
+    let mut messages_here = 0;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let upper = line.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            "250-scripted.test\r\n250 8BITMIME\r\n".into()
+        } else if upper.starts_with("MAIL FROM:") {
+            current = Some(Received {
+                connection,
+                from: line[10..].trim().to_owned(),
+                recipients: Vec::new(),
+            });
+            "250 2.1.0 ok\r\n".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let to = line[8..].trim().to_owned();
+            let ok = !to.contains("refused");
+            if let Some(m) = current.as_mut() {
+                m.recipients.push((to, ok));
+            }
+            if ok {
+                "250 2.1.5 ok\r\n".into()
+            } else {
+                "550 5.1.1 no such user here\r\n".into()
+            }
+        } else if upper.starts_with("DATA") {
+            out.write_all(b"354 go ahead\r\n")?;
+            // The body, CR LF lines only, up to the lone dot.
+            loop {
+                let mut body = Vec::new();
+                if reader.read_until(b'\n', &mut body)? == 0 {
+                    return Ok(());
+                }
+                if body == b".\r\n" {
+                    break;
+                }
+            }
+            messages_here += 1;
+            if let Some(m) = current.take() {
+                shared
+                    .received
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(m);
+            }
+            if stale && messages_here == 1 {
+                "250 2.0.0 queued\r\n550 5.1.1 this reply answers nothing you asked\r\n".into()
+            } else {
+                "250 2.0.0 queued\r\n".into()
+            }
+        } else if upper.starts_with("RSET") {
+            current = None;
+            "250 2.0.0 reset\r\n".into()
+        } else if upper.starts_with("QUIT") {
+            out.write_all(b"221 2.0.0 bye\r\n")?;
+            return Ok(());
+        } else {
+            "502 5.5.1 not here\r\n".into()
+        };
+        out.write_all(reply.as_bytes())?;
+    }
+}
