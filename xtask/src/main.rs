@@ -4,10 +4,13 @@
 //! cargo xtask peers          install the real test peers (apt), idempotent
 //! cargo xtask ci             peers, fmt, clippy, each crate's tests alone, end-to-end tests
 //! cargo xtask test -p NAME   one crate's tests
-//! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, relay)
+//! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, relay, load)
+//! cargo xtask fuzz [TARGET] [--time SECONDS]   libFuzzer targets (cargo-fuzz, nightly)
 //! ```
 //!
 //! Deliberately std-only, so it compiles in seconds on a fresh machine.
+
+mod fuzz;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -20,6 +23,7 @@ fn crates() -> Vec<String> {
         "egress-source",
         "egress-cache",
         "egress-connect",
+        "egress-smtp",
         "egress-lua",
         "egressd",
     ];
@@ -69,6 +73,7 @@ fn main() -> ExitCode {
             None => Err("usage: cargo xtask test -p NAME".into()),
         },
         Some("bench") => bench(args.get(1).map(String::as_str)),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         _ => Err(USAGE.into()),
     };
     match result {
@@ -80,12 +85,11 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str =
-    "usage: cargo xtask <peers | ci | test -p NAME | bench [source|cache|connect|lua|relay]>";
+const USAGE: &str = "usage: cargo xtask <peers | ci | test -p NAME | bench [source|cache|connect|lua|relay|load] | fuzz [TARGET] [--time SECONDS]>";
 
-type Result<T = (), E = String> = std::result::Result<T, E>;
+pub(crate) type Result<T = (), E = String> = std::result::Result<T, E>;
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace")
@@ -100,7 +104,7 @@ fn cargo(args: &[&str]) -> Result {
     run(Command::new(cargo_bin()).args(args))
 }
 
-fn run(cmd: &mut Command) -> Result {
+pub(crate) fn run(cmd: &mut Command) -> Result {
     let shown = format!("{cmd:?}");
     let status = cmd
         .current_dir(root())
@@ -255,7 +259,7 @@ fn is_root() -> bool {
 }
 
 fn bench(which: Option<&str>) -> Result {
-    let all = ["source", "cache", "connect", "lua", "relay"];
+    let all = ["source", "cache", "connect", "lua", "relay", "load"];
     let chosen: Vec<&str> = match which {
         None | Some("all") => all.to_vec(),
         Some(one) if all.contains(&one) => vec![one],
@@ -273,6 +277,10 @@ fn bench(which: Option<&str>) -> Result {
             "relay" => {
                 peers()?;
                 cargo(&["bench", "-p", "egressd", "--bench", "relay"])?
+            }
+            "load" => {
+                peers()?;
+                cargo(&["bench", "-p", "egressd", "--bench", "load"])?
             }
             _ => unreachable!("checked above"),
         }

@@ -24,4 +24,5 @@ pub use address::smtp_path;
 pub use body::{BodyReader, InvalidEnding, LineEndings};
 pub use client::{ClientSession, Extensions, Phase, Timeouts};
 pub use reply::{parse_one, Reply, ReplyBuffer};
+pub use smtp_proto::response::parser::ResponseReceiver;
 pub use smtp_proto::Response;

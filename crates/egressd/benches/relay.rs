@@ -16,7 +16,7 @@ fn main() {
     std::fs::write(
         &policy,
         format!(
-            "kumo.on('init', function() kumo.start_esmtp_listener {{ listen = '{listen}' }} end)
+            "kumo.on('init', function() kumo.start_esmtp_listener {{ listen = '{listen}', max_connection_rate_per_client = 'unlimited' }} end)
              kumo.on('get_queue_config', function(domain)
                return kumo.make_queue_config {{ egress_pool = 'bench', protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{}' }} }} }} }}
              end)
