@@ -11,6 +11,7 @@
 
 use egress_lua::{EsmtpListener, InvalidLineEndings, Policy, PolicyOptions};
 use egressd::dns::Dns;
+use egressd::inbound::Listener;
 use egressd::outbound::Context;
 use libfuzzer_sys::fuzz_target;
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 struct World {
     rt: tokio::runtime::Runtime,
     ctx: Arc<Context>,
-    listeners: [Arc<EsmtpListener>; 2],
+    listeners: [Arc<Listener>; 2],
     issued: Arc<Mutex<Vec<u64>>>,
     violations: Arc<Mutex<Vec<String>>>,
 }
@@ -55,11 +56,12 @@ fn world() -> &'static World {
         let dns = Dns::new(None).expect("dns");
         let ctx = Arc::new(Context::new(Arc::new(policy), dns, "fuzz.egressd.test".into()));
         let listener = |mode| {
-            Arc::new(EsmtpListener {
+            let config = EsmtpListener {
                 invalid_line_endings: mode,
                 max_message_size: 64 * 1024,
                 ..EsmtpListener::default()
-            })
+            };
+            Arc::new(Listener::new(config, &ctx).expect("listener"))
         };
         World {
             rt,

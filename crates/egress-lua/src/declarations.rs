@@ -19,7 +19,8 @@ pub struct InitConfig {
 }
 
 /// `kumo.start_esmtp_listener { listen, relay_hosts, hostname, banner, max_message_size,
-/// max_recipients_per_message, max_connections, client_timeout, invalid_line_endings }`
+/// max_recipients_per_message, max_connections, client_timeout, invalid_line_endings,
+/// tls_certificate, tls_private_key }`
 /// (KumoMTA's names for the subset egressd implements), and egressd's own limits:
 /// `data_timeout`, `max_session_duration`, `max_connections_per_client`,
 /// `max_connection_rate_per_client`.
@@ -61,6 +62,14 @@ pub struct EsmtpListener {
     /// What to do with a bare CR or LF in a message; default `"Deny"`.
     #[serde(default)]
     pub invalid_line_endings: InvalidLineEndings,
+    /// Certificate chain for STARTTLS (PEM file path). Without it (and
+    /// `tls_private_key`), egressd makes a self-signed certificate for its host name
+    /// at start, so STARTTLS is always offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_certificate: Option<String>,
+    /// The certificate's private key (PEM file path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_private_key: Option<String>,
     /// Largest message accepted, in bytes; default 20 MiB.
     #[serde(default = "default_max_message_size")]
     pub max_message_size: u64,
@@ -111,6 +120,8 @@ impl Default for EsmtpListener {
             data_timeout: default_data_timeout(),
             max_session_duration: default_max_session_duration(),
             invalid_line_endings: InvalidLineEndings::default(),
+            tls_certificate: None,
+            tls_private_key: None,
             max_connections_per_client: default_max_connections_per_client(),
             max_connection_rate_per_client: default_max_connection_rate_per_client(),
         }

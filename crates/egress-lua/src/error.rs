@@ -59,6 +59,16 @@ pub enum PolicyError {
         /// The conversion error.
         detail: String,
     },
+    /// A handler that must answer yes or no returned something else.
+    #[error("{event}({args}) returned {got}; expected true (accept) or false (refuse)")]
+    NotBoolean {
+        /// The event.
+        event: &'static str,
+        /// The arguments, quoted (secrets hidden).
+        args: String,
+        /// What it returned.
+        got: String,
+    },
     /// No handler for an event that has no default.
     #[error("no handler for '{event}' (needed for {args}); add `kumo.on('{event}', function(...) ... end)` to the policy")]
     MissingHandler {

@@ -58,6 +58,8 @@ pub mod events {
     pub const GET_EGRESS_PATH_CONFIG: &str = "get_egress_path_config";
     /// `get_queue_config(domain, tenant, campaign, routing_domain)`
     pub const GET_QUEUE_CONFIG: &str = "get_queue_config";
+    /// `smtp_server_auth_plain(authz, authc, password, conn_meta)` → boolean
+    pub const SMTP_SERVER_AUTH_PLAIN: &str = "smtp_server_auth_plain";
     /// Every event egress raises.
     pub const ALL: &[&str] = &[
         INIT,
@@ -65,6 +67,7 @@ pub mod events {
         GET_EGRESS_POOL,
         GET_EGRESS_PATH_CONFIG,
         GET_QUEUE_CONFIG,
+        SMTP_SERVER_AUTH_PLAIN,
     ];
 }
 use events::*;
@@ -191,6 +194,56 @@ impl Policy {
         self.paths.invalidate_all();
         self.queues.invalidate_all();
         Ok(())
+    }
+
+    /// True when the policy handles `event` (egressd offers AUTH only when it
+    /// handles `smtp_server_auth_plain`).
+    pub fn has_handler(&self, event: &str) -> bool {
+        self.states().has_handler(event)
+    }
+
+    /// `smtp_server_auth_plain(authz, authc, password, conn_meta)`: whether the
+    /// credentials are good (KumoMTA's event; AUTH LOGIN calls it with
+    /// `authz == authc`). `conn_meta` becomes a table of string fields. `Ok(None)`
+    /// when the policy has no handler. Never cached; the password never appears in
+    /// an error message.
+    pub async fn auth_plain(
+        &self,
+        authz: &str,
+        authc: &str,
+        password: &str,
+        conn_meta: &[(&str, String)],
+    ) -> Result<Option<bool>, PolicyError> {
+        use states::Arg;
+        let args = vec![
+            Arg::Str(Some(authz.to_owned())),
+            Arg::Str(Some(authc.to_owned())),
+            Arg::Secret(password.to_owned()),
+            Arg::Table(
+                conn_meta
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                    .collect(),
+            ),
+        ];
+        self.states()
+            .invoke(
+                SMTP_SERVER_AUTH_PLAIN,
+                args,
+                |_, event, shown, value| match value {
+                    mlua::Value::Boolean(ok) => Ok(ok),
+                    other => {
+                        let borrowed: Vec<Option<&str>> =
+                            shown.iter().map(|a| a.as_deref()).collect();
+                        Err(PolicyError::NotBoolean {
+                            event,
+                            args: error::quote_args(&borrowed),
+                            got: error::Describe(&other).to_string(),
+                        })
+                    }
+                },
+            )
+            .await
     }
 
     fn states(&self) -> Arc<LuaStates> {

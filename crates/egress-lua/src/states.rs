@@ -149,9 +149,35 @@ impl LuaStates {
         event: &'static str,
         args: Vec<Option<String>>,
     ) -> Result<Option<T>, PolicyError> {
+        let args = args.into_iter().map(Arg::Str).collect();
+        self.invoke(event, args, |lua, event, shown, value| {
+            let borrowed: Vec<Option<&str>> = shown.iter().map(|a| a.as_deref()).collect();
+            from_return::<T>(lua, event, &borrowed, value)
+        })
+        .await
+    }
+
+    /// True when the policy has a handler for `event`.
+    pub(crate) fn has_handler(&self, event: &str) -> bool {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.first()
+            .is_some_and(|state| matches!(handler(&state.lua, event), Ok(Some(_))))
+            // Every state holds the same policy; if all are busy, assume it does.
+            || idle.is_empty()
+    }
+
+    /// The general form of [`call`](Self::call): any arguments, and `convert` turns
+    /// the handler's return value into the result.
+    pub(crate) async fn invoke<R: Send + 'static>(
+        self: &Arc<Self>,
+        event: &'static str,
+        args: Vec<Arg>,
+        convert: Convert<R>,
+    ) -> Result<Option<R>, PolicyError> {
         let limit = self.time_limit;
-        let shown = || {
-            let borrowed: Vec<Option<&str>> = args.iter().map(|a| a.as_deref()).collect();
+        let shown: Vec<Option<String>> = args.iter().map(Arg::shown).collect();
+        let quoted = || {
+            let borrowed: Vec<Option<&str>> = shown.iter().map(|a| a.as_deref()).collect();
             quote_args(&borrowed)
         };
         let give_up = tokio::time::Instant::now() + limit + CALLER_GRACE;
@@ -159,7 +185,7 @@ impl LuaStates {
             match tokio::time::timeout_at(give_up, self.permits.clone().acquire_owned()).await {
                 Ok(Ok(permit)) => permit,
                 Ok(Err(e)) => return Err(PolicyError::Internal(e.to_string())),
-                Err(_) => return Err(time_limit_error(event, shown(), limit)),
+                Err(_) => return Err(time_limit_error(event, quoted(), limit)),
             };
         let Some(state) = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
             return Err(PolicyError::Internal(
@@ -167,11 +193,12 @@ impl LuaStates {
             ));
         };
         let states = self.clone();
-        let call_args = args.clone();
+        let job_shown = shown.clone();
         // The blocking thread gives the state and the permit back itself, so a
         // caller that stops waiting loses nothing.
         let job = tokio::task::spawn_blocking(move || {
-            let (result, late) = state.bounded(limit, |lua| call_on::<T>(lua, event, &call_args));
+            let (result, late) =
+                state.bounded(limit, |lua| call_on(lua, event, &args, &job_shown, convert));
             states
                 .idle
                 .lock()
@@ -194,8 +221,49 @@ impl LuaStates {
                     "{event} handler thread failed: {e}"
                 )))
             }
-            Err(_) => Err(time_limit_error(event, shown(), limit)),
+            Err(_) => Err(time_limit_error(event, quoted(), limit)),
         }
+    }
+}
+
+/// Turns a handler's return value (with the event and its arguments as shown in
+/// messages) into a result.
+pub(crate) type Convert<R> =
+    fn(&Lua, &'static str, &[Option<String>], Value) -> Result<R, PolicyError>;
+
+/// An argument to a handler.
+#[derive(Debug, Clone)]
+pub(crate) enum Arg {
+    /// A string, or nil.
+    Str(Option<String>),
+    /// A string never shown in messages (a password).
+    Secret(String),
+    /// A table of string fields.
+    Table(Vec<(String, String)>),
+}
+
+impl Arg {
+    /// How the argument appears in error messages.
+    fn shown(&self) -> Option<String> {
+        match self {
+            Arg::Str(s) => s.clone(),
+            Arg::Secret(_) => Some("(hidden)".into()),
+            Arg::Table(_) => Some("{...}".into()),
+        }
+    }
+
+    fn to_lua(&self, lua: &Lua) -> mlua::Result<Value> {
+        Ok(match self {
+            Arg::Str(Some(s)) | Arg::Secret(s) => Value::String(lua.create_string(s)?),
+            Arg::Str(None) => Value::Nil,
+            Arg::Table(fields) => {
+                let t = lua.create_table()?;
+                for (k, v) in fields {
+                    t.set(k.as_str(), v.as_str())?;
+                }
+                Value::Table(t)
+            }
+        })
     }
 }
 
@@ -213,27 +281,28 @@ fn handler(lua: &Lua, event: &str) -> mlua::Result<Option<Function>> {
     handlers.get(event)
 }
 
-fn call_on<T: Definition>(
+fn call_on<R>(
     lua: &Lua,
     event: &'static str,
-    args: &[Option<String>],
-) -> Result<Option<T>, PolicyError> {
-    let borrowed: Vec<Option<&str>> = args.iter().map(|a| a.as_deref()).collect();
+    args: &[Arg],
+    shown: &[Option<String>],
+    convert: Convert<R>,
+) -> Result<Option<R>, PolicyError> {
     let internal = |e: mlua::Error| PolicyError::Internal(e.to_string());
     let Some(function) = handler(lua, event).map_err(internal)? else {
         return Ok(None);
     };
     let mut lua_args = mlua::MultiValue::new();
     for arg in args {
-        lua_args.push_back(match arg {
-            Some(s) => Value::String(lua.create_string(s).map_err(internal)?),
-            None => Value::Nil,
-        });
+        lua_args.push_back(arg.to_lua(lua).map_err(internal)?);
     }
-    let value: Value = function.call(lua_args).map_err(|e| PolicyError::Runtime {
-        event,
-        args: quote_args(&borrowed),
-        message: lua_message(&e),
+    let value: Value = function.call(lua_args).map_err(|e| {
+        let borrowed: Vec<Option<&str>> = shown.iter().map(|a| a.as_deref()).collect();
+        PolicyError::Runtime {
+            event,
+            args: quote_args(&borrowed),
+            message: lua_message(&e),
+        }
     })?;
-    from_return::<T>(lua, event, &borrowed, value).map(Some)
+    convert(lua, event, shown, value).map(Some)
 }

@@ -9,7 +9,9 @@
 //! to somebody else.
 
 use crate::reply::ReplyBuffer;
+use crate::tls::{describe_tls_error, MaybeTls, TlsInfo};
 use crate::words;
+use rustls::pki_types::ServerName;
 use smtp_proto::Response;
 use std::future::poll_fn;
 use std::io;
@@ -96,25 +98,132 @@ pub struct Extensions {
 /// ```
 #[derive(Debug)]
 pub struct ClientSession<S> {
-    stream: S,
+    stream: MaybeTls<S>,
     replies: ReplyBuffer,
     timeouts: Timeouts,
     phase: Phase,
     extensions: Extensions,
     banner: Option<Response<String>>,
+    tls: Option<TlsInfo>,
 }
+
+/// Why STARTTLS did not give a TLS session.
+#[derive(Debug)]
+pub enum StartTlsError {
+    /// The destination did not offer STARTTLS in its EHLO reply.
+    NotOffered,
+    /// It answered STARTTLS with something other than 220 (its words).
+    Refused(String),
+    /// The handshake or the certificate check failed (in words).
+    Handshake(String),
+    /// The connection failed around it.
+    Io(io::Error),
+}
+
+impl std::fmt::Display for StartTlsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartTlsError::NotOffered => write!(f, "STARTTLS required but not offered"),
+            StartTlsError::Refused(r) => write!(f, "STARTTLS refused: {r}"),
+            StartTlsError::Handshake(e) => write!(f, "TLS handshake: {e}"),
+            StartTlsError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartTlsError {}
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
     /// A session over a fresh connection; nothing is read or written yet.
     pub fn new(stream: S, timeouts: Timeouts) -> Self {
         ClientSession {
-            stream,
+            stream: MaybeTls::Plain(stream),
             replies: ReplyBuffer::default(),
             timeouts,
             phase: Phase::Connected,
             extensions: Extensions::default(),
             banner: None,
+            tls: None,
         }
+    }
+
+    /// What TLS negotiated, once STARTTLS succeeded.
+    pub fn tls(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// STARTTLS after the greeting: the command, the handshake (SNI from `name`
+    /// when it is a DNS name; none for an address) within `timeout`, then EHLO again
+    /// with the capabilities offered over TLS. `verified` says whether `connector`
+    /// checks certificates (for [`TlsInfo::verified`]). Any octets the destination
+    /// sent after its 220 are refused: they were written before TLS and would be read
+    /// as if they came through it.
+    pub async fn starttls(
+        &mut self,
+        connector: &tokio_rustls::TlsConnector,
+        name: ServerName<'static>,
+        verified: bool,
+        ehlo_name: &str,
+        timeout: Duration,
+    ) -> Result<&TlsInfo, StartTlsError> {
+        self.expect(Phase::Ready, "STARTTLS")
+            .map_err(StartTlsError::Io)?;
+        if !self.extensions.starttls {
+            return Err(StartTlsError::NotOffered);
+        }
+        let reply = self
+            .command("STARTTLS", timeout, "STARTTLS")
+            .await
+            .map_err(StartTlsError::Io)?;
+        if reply.code != 220 {
+            self.phase = Phase::Broken;
+            return Err(StartTlsError::Refused(format!(
+                "{} {}",
+                reply.code,
+                one_line(&reply.message)
+            )));
+        }
+        if self.replies.pending() > 0 {
+            self.phase = Phase::Broken;
+            return Err(StartTlsError::Handshake(
+                "the destination sent data after its 220 to STARTTLS, before TLS began".into(),
+            ));
+        }
+        let Some(plain) = self.stream.take_plain() else {
+            return Err(StartTlsError::Io(self.misuse("STARTTLS over TLS")));
+        };
+        self.phase = Phase::Broken;
+        let tls = match tokio::time::timeout(timeout, connector.connect(name, plain)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(StartTlsError::Handshake(describe_tls_error(&e))),
+            Err(_) => {
+                return Err(StartTlsError::Handshake(format!(
+                    "no handshake within {} (starttls_timeout)",
+                    words::duration(timeout)
+                )))
+            }
+        };
+        let info = TlsInfo::of(tls.get_ref().1, verified);
+        self.stream = MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Client(tls)));
+        self.phase = Phase::Ready;
+        let ehlo = self
+            .command(
+                &format!("EHLO {ehlo_name}"),
+                self.timeouts.ehlo,
+                "EHLO after STARTTLS",
+            )
+            .await
+            .map_err(StartTlsError::Io)?;
+        if !is_positive(&ehlo) {
+            self.phase = Phase::Broken;
+            return Err(StartTlsError::Refused(format!(
+                "EHLO after STARTTLS: {} {}",
+                ehlo.code,
+                one_line(&ehlo.message)
+            )));
+        }
+        self.extensions = parse_extensions(&ehlo.message);
+        Ok(self.tls.insert(info))
     }
 
     /// Where the session stands.
@@ -282,9 +391,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
         let _ = tokio::time::timeout(Duration::from_secs(2), self.stream.shutdown()).await;
     }
 
-    /// The stream, for a caller that needs its details (addresses, TLS state).
-    pub fn get_ref(&self) -> &S {
-        &self.stream
+    /// The stream in clear (under TLS, when there is TLS), for a caller that needs
+    /// its details such as addresses; None after a failed handshake.
+    pub fn get_ref(&self) -> Option<&S> {
+        self.stream.get_ref()
     }
 
     fn expect(&mut self, phase: Phase, what: &str) -> io::Result<()> {

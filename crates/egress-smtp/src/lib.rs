@@ -8,6 +8,8 @@
 //!   a known-clean state.
 //! - [`Reply`] and [`ReplyBuffer`]: replies we make and replies we read.
 //! - [`smtp_path`]: a mailbox as it goes back on the wire, quoted where needed.
+//! - [`MaybeTls`] and [`TlsInfo`]: STARTTLS in place, on either side, and what the
+//!   handshake negotiated ([`ClientSession::starttls`] is the client's).
 //!
 //! No policy, no routing, no listener: those are egressd's. Everything here works
 //! on byte streams the caller supplies, so it is tested over in-memory pipes.
@@ -18,11 +20,13 @@ mod address;
 mod body;
 mod client;
 mod reply;
+mod tls;
 pub mod words;
 
 pub use address::smtp_path;
 pub use body::{BodyReader, InvalidEnding, LineEndings};
-pub use client::{ClientSession, Extensions, Phase, Timeouts};
+pub use client::{ClientSession, Extensions, Phase, StartTlsError, Timeouts};
 pub use reply::{parse_one, Reply, ReplyBuffer};
 pub use smtp_proto::response::parser::ResponseReceiver;
 pub use smtp_proto::Response;
+pub use tls::{describe_tls_error, subject, MaybeTls, TlsInfo};

@@ -26,6 +26,16 @@ pub enum ValidationError {
         /// The field it needs.
         missing: &'static str,
     },
+    /// A setting outside a source that needs a partner (`tls_certificate` and
+    /// `tls_private_key` on a path config).
+    MissingPair {
+        /// What holds the settings (`egress path config`).
+        owner: String,
+        /// The field that is set.
+        present: &'static str,
+        /// The field it needs.
+        missing: &'static str,
+    },
     /// `socks5_proxy_source_address` without `socks5_proxy_server`.
     Socks5SourceWithoutServer {
         /// The source.
@@ -98,6 +108,10 @@ impl fmt::Display for ValidationError {
             MissingPartner { source, present, missing } => write!(
                 f,
                 "egress source '{source}': `{present}` is set but `{missing}` is not; set both, or remove `{present}`"
+            ),
+            MissingPair { owner, present, missing } => write!(
+                f,
+                "{owner}: `{present}` is set but `{missing}` is not; set both, or remove `{present}`"
             ),
             Socks5SourceWithoutServer { source } => write!(
                 f,

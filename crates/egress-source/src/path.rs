@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// TLS policy for the outbound session, with KumoMTA's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub enum Tls {
     /// Never STARTTLS.
     Disabled,
@@ -67,6 +67,19 @@ pub struct EgressPathConfig {
     /// STARTTLS policy.
     #[serde(default)]
     pub enable_tls: Tls,
+    /// Deadline for the STARTTLS command and the TLS handshake; default 5 s.
+    #[serde(default = "secs::<5>", with = "duration")]
+    pub starttls_timeout: Duration,
+    /// With an `Opportunistic*` mode, a failed handshake reconnects once through
+    /// the same source and sends in clear instead of failing; default false.
+    #[serde(default)]
+    pub opportunistic_tls_reconnect_on_failed_handshake: bool,
+    /// Client certificate for STARTTLS (PEM file path), with `tls_private_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_certificate: Option<String>,
+    /// The client certificate's private key (PEM file path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_private_key: Option<String>,
 }
 
 fn default_smtp_port() -> u16 {
@@ -90,6 +103,10 @@ impl Default for EgressPathConfig {
             data_timeout: secs::<300>(),
             data_dot_timeout: secs::<300>(),
             enable_tls: Tls::default(),
+            starttls_timeout: secs::<5>(),
+            opportunistic_tls_reconnect_on_failed_handshake: false,
+            tls_certificate: None,
+            tls_private_key: None,
         }
     }
 }
@@ -108,14 +125,43 @@ strict_table!(
         "data_timeout",
         "data_dot_timeout",
         "enable_tls",
+        "starttls_timeout",
+        "opportunistic_tls_reconnect_on_failed_handshake",
+        "tls_certificate",
+        "tls_private_key",
     ]
 );
 
+impl Tls {
+    /// STARTTLS must succeed (`Required`, `RequiredInsecure`).
+    pub fn is_required(self) -> bool {
+        matches!(self, Tls::Required | Tls::RequiredInsecure)
+    }
+
+    /// Certificates are checked against the trust store.
+    pub fn verifies(self) -> bool {
+        matches!(self, Tls::Opportunistic | Tls::Required)
+    }
+}
+
 impl EgressPathConfig {
-    /// Checks `ehlo_domain` and `smtp_port`.
+    /// Checks `ehlo_domain`, `smtp_port`, and that a client certificate comes with
+    /// its key.
     pub fn validate(&self) -> Result<(), ValidationError> {
         if let Some(ehlo) = &self.ehlo_domain {
             check_ehlo_domain("egress path config", ehlo)?;
+        }
+        if self.tls_certificate.is_some() != self.tls_private_key.is_some() {
+            let (given, missing) = if self.tls_certificate.is_some() {
+                ("tls_certificate", "tls_private_key")
+            } else {
+                ("tls_private_key", "tls_certificate")
+            };
+            return Err(ValidationError::MissingPair {
+                owner: "egress path config".into(),
+                present: given,
+                missing,
+            });
         }
         if self.smtp_port == 0 {
             return Err(ValidationError::ZeroPort {

@@ -57,9 +57,10 @@ pub async fn serve(policy: Arc<Policy>, host_name: String) -> Result<(), String>
             config.max_connections_per_client,
             config.max_connection_rate_per_client,
         );
+        let listener = Arc::new(inbound::Listener::new(config, &ctx)?);
         tokio::spawn(accept_loop(
             socket,
-            Arc::new(config),
+            listener,
             ctx.clone(),
             (limit, per_client),
             shutdown.clone(),
@@ -103,7 +104,7 @@ pub async fn serve(policy: Arc<Policy>, host_name: String) -> Result<(), String>
 
 async fn accept_loop(
     socket: TcpListener,
-    config: Arc<EsmtpListener>,
+    listener: Arc<inbound::Listener>,
     ctx: Arc<Context>,
     (limit, per_client): (Arc<Semaphore>, Arc<ClientLimits>),
     mut shutdown: Shutdown,
@@ -120,7 +121,7 @@ async fn accept_loop(
             Ok(pair) => pair,
             Err(e) => {
                 // Out of file descriptors and the like: wait a moment rather than spin.
-                tracing::warn!("accept on {}: {e}", config.listen);
+                tracing::warn!("accept on {}: {e}", listener.config.listen);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -134,16 +135,16 @@ async fn accept_loop(
                 .map_err(|_| {
                     format!(
                         "too many connections (max_connections = {}); please try again later",
-                        config.max_connections
+                        listener.config.max_connections
                     )
                 }),
             Err(refused) => Err(refused.explain(peer.ip().to_canonical())),
         };
         match admitted {
             Ok((permit, slot)) => {
-                let (ctx, config, shutdown) = (ctx.clone(), config.clone(), shutdown.clone());
+                let (ctx, listener, shutdown) = (ctx.clone(), listener.clone(), shutdown.clone());
                 tokio::spawn(async move {
-                    inbound::serve(ctx, config, stream, peer, shutdown).await;
+                    inbound::serve(ctx, listener, stream, peer, shutdown).await;
                     drop((permit, slot));
                 });
             }

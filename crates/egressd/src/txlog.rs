@@ -1,7 +1,7 @@
 //! One log line per transaction, with everything an operator asks afterwards.
 
 use egress_connect::EgressAddress;
-use egress_smtp::Reply;
+use egress_smtp::{Reply, TlsInfo};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -27,6 +27,8 @@ pub struct TxLog {
     pub connect_ms: Option<u128>,
     /// The destination session was reused from an earlier transaction.
     pub reused: bool,
+    /// What STARTTLS to the destination negotiated (None: in clear).
+    pub tls: Option<TlsInfo>,
     /// The reply to DATA's final dot (or why the transaction ended).
     pub outcome: Option<String>,
     /// Local failures along the way, in order.
@@ -50,6 +52,7 @@ impl TxLog {
             destination: None,
             connect_ms: None,
             reused: false,
+            tls: None,
             outcome: None,
             notes: Vec::new(),
             size: 0,
@@ -99,6 +102,8 @@ impl TxLog {
             size = self.size,
             connect_ms = self.connect_ms.map(|m| m as i64).unwrap_or(-1),
             reused = self.reused,
+            tls = %self.tls.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "none".into()),
+            tls_peer = %self.tls.as_ref().and_then(|t| t.verified.then(|| t.peer_subject.clone()).flatten()).unwrap_or_else(|| "-".into()),
             total_ms = self.started.elapsed().as_millis() as u64,
             outcome = %self.outcome.as_deref().unwrap_or(outcome),
             notes = %self.notes.join(" ; "),

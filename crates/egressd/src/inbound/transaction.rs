@@ -6,7 +6,7 @@ use super::transport::{Conn, Ended, Waiting};
 use crate::outbound::{Context, OpenError, Outbound};
 use crate::txlog::TxLog;
 use egress_lua::{EsmtpListener, InvalidLineEndings};
-use egress_smtp::{BodyReader, LineEndings, Reply};
+use egress_smtp::{BodyReader, LineEndings, Reply, TlsInfo};
 use std::net::SocketAddr;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -110,6 +110,8 @@ pub struct Trace<'a> {
     pub helo: &'a str,
     pub peer: SocketAddr,
     pub hostname: &'a str,
+    pub tls: Option<&'a TlsInfo>,
+    pub authenticated: bool,
 }
 
 /// DATA: the destination must say 354 before the client hears it; the body streams
@@ -257,15 +259,29 @@ fn line_endings(setting: InvalidLineEndings) -> LineEndings {
     }
 }
 
-/// The trace header we add (RFC 5321 §4.4).
+/// The trace header we add (RFC 5321 §4.4), with the protocol named as RFC 3848
+/// does (ESMTP, ESMTPS over TLS, ESMTPSA over TLS and authenticated) and the TLS
+/// version and cipher when there is TLS.
 fn received_header(trace: &Trace<'_>, id: &str) -> String {
     let helo: String = trace
         .helo
         .chars()
         .filter(|c| c.is_ascii_graphic())
         .collect();
+    let (protocol, tls) = match (trace.tls, trace.authenticated) {
+        (Some(t), true) => (
+            "ESMTPSA",
+            format!("\r\n\t(version={} cipher={})", t.version, t.cipher),
+        ),
+        (Some(t), false) => (
+            "ESMTPS",
+            format!("\r\n\t(version={} cipher={})", t.version, t.cipher),
+        ),
+        (None, true) => ("ESMTPA", String::new()),
+        (None, false) => ("ESMTP", String::new()),
+    };
     format!(
-        "Received: from {helo} ([{}])\r\n\tby {} (egressd) with ESMTP id {id};\r\n\t{}\r\n",
+        "Received: from {helo} ([{}])\r\n\tby {} (egressd) with {protocol} id {id}{tls};\r\n\t{}\r\n",
         trace.peer.ip().to_canonical(),
         trace.hostname,
         httpdate::fmt_http_date(std::time::SystemTime::now())

@@ -7,7 +7,7 @@
 //! — a client sending one octet at a time gains nothing.
 
 use crate::shutdown::{Shutdown, State};
-use egress_smtp::{words, Reply};
+use egress_smtp::{describe_tls_error, words, MaybeTls, Reply, TlsInfo};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -50,7 +50,7 @@ pub struct Limits {
 
 /// One client connection (TCP in the server; any byte stream in tests and fuzzing).
 pub struct Conn<S> {
-    stream: S,
+    stream: MaybeTls<S>,
     limits: Limits,
     session_end: Instant,
     /// Received and not yet consumed.
@@ -63,12 +63,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// A connection that has just been accepted.
     pub fn new(stream: S, limits: Limits, shutdown: Shutdown) -> Conn<S> {
         Conn {
-            stream,
+            stream: MaybeTls::Plain(stream),
             limits,
             session_end: Instant::now() + limits.max_session_duration,
             inbox: Vec::new(),
             outbox: Vec::new(),
             shutdown,
+        }
+    }
+
+    /// STARTTLS, after our 220 has been queued: sends it, drops anything the client
+    /// pipelined after the command (it was sent in clear and must not be read as if
+    /// it came over TLS — the CVE-2011-0411 class), and runs the handshake within
+    /// `client_timeout`.
+    pub async fn starttls(
+        &mut self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+    ) -> Result<TlsInfo, Ended> {
+        self.flush().await?;
+        self.inbox.clear();
+        let Some(plain) = self.stream.take_plain() else {
+            return Err(Ended);
+        };
+        let accepted =
+            tokio::time::timeout(self.limits.client_timeout, acceptor.accept(plain)).await;
+        match accepted {
+            Ok(Ok(tls)) => {
+                let info = TlsInfo::of(tls.get_ref().1, false);
+                self.stream = MaybeTls::Tls(Box::new(tokio_rustls::TlsStream::Server(tls)));
+                Ok(info)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!("inbound TLS handshake failed: {}", describe_tls_error(&e));
+                Err(Ended)
+            }
+            Err(_) => Err(Ended),
         }
     }
 

@@ -7,7 +7,7 @@
 //! a reply that answered somebody else's command.
 
 use super::Outbound;
-use egress_source::EgressSource;
+use egress_source::{EgressSource, Tls};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,7 +20,7 @@ const MAX_IDLE_PER_KEY: usize = 32;
 
 /// What makes an open destination session reusable: the same source definition
 /// (a changed definition, after a reload or ttl, never reuses an old route), the
-/// same destination address, the same EHLO name.
+/// same destination address, the same EHLO name, the same TLS mode.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SessionKey {
     /// Compared and hashed by value (an `Arc` delegates both to the definition).
@@ -29,6 +29,9 @@ pub struct SessionKey {
     pub addr: SocketAddr,
     /// The name we gave in EHLO.
     pub ehlo: String,
+    /// The TLS mode the session was opened under: a session is reused only for the
+    /// same mode (and keeps its TLS state).
+    pub tls: Tls,
 }
 
 /// The idle sessions, by key, most recently used last.

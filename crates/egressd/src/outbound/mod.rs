@@ -3,14 +3,17 @@
 //! to the destination on the client's behalf.
 
 mod idle;
+pub mod tls;
 
+use crate::dns::Destination;
 use crate::dns::Dns;
 use crate::txlog::TxLog;
 use egress_connect::{Connector, EgressAddress};
 use egress_lua::Policy;
-use egress_smtp::{smtp_path, ClientSession, Reply, Response, Timeouts};
+use egress_smtp::{smtp_path, ClientSession, Reply, Response, StartTlsError, Timeouts};
 use egress_source::{
-    effective_ehlo_domain, effective_port, EgressPathConfig, EgressPool, Tls, WeightedRoundRobin,
+    effective_ehlo_domain, effective_port, EgressPathConfig, EgressPool, EgressSource, Tls,
+    WeightedRoundRobin,
 };
 use idle::{IdleSessions, SessionKey};
 use std::collections::HashMap;
@@ -35,6 +38,8 @@ pub struct Context {
     selectors: Mutex<HashMap<String, PoolSelector>>,
     /// Destination sessions left open after a transaction.
     pub idle: IdleSessions,
+    /// TLS client configurations, by mode and client certificate.
+    pub tls: tls::TlsClients,
 }
 
 /// A pool definition and the rotation built from its entries.
@@ -51,6 +56,7 @@ impl Context {
             hostname,
             selectors: Mutex::default(),
             idle: IdleSessions::default(),
+            tls: tls::TlsClients::default(),
         }
     }
 
@@ -139,13 +145,6 @@ impl Outbound {
                     log,
                 )
             })?;
-        if matches!(path.enable_tls, Tls::Required | Tls::RequiredInsecure) {
-            return Err(local(
-                [4, 7, 5],
-                format!("pool '{}', source '{source_name}': the path config for {domain} requires TLS, which this egressd does not offer yet", pool.name),
-                log,
-            ));
-        }
         let hosts = ctx
             .dns
             .destinations(domain, queue.mx_list())
@@ -164,76 +163,62 @@ impl Outbound {
         let mail_from = format!("<{}>", smtp_path(from));
 
         let mut last_error = String::new();
+        let mut last_esc = [4, 4, 1];
+        let route = Route {
+            source: &source,
+            source_name: &source_name,
+            path: &path,
+            ehlo: &ehlo,
+            mail_from: &mail_from,
+            body_8bit,
+        };
         for dest in hosts {
             let addr =
                 SocketAddr::new(dest.ip, effective_port(&source, dest.entry.as_ref(), &path));
             log.destination = Some(format!("{} [{addr}]", dest.host));
-            let key = SessionKey {
-                source: source.clone(),
-                addr,
-                ehlo: ehlo.clone(),
-            };
-            while let Some(mut out) = ctx.idle.take(&key).await {
-                // An idle session the destination has since closed (or is closing,
-                // 421) is dropped quietly; anything else is the destination's answer.
-                match out.smtp.mail(&mail_from, body_8bit).await {
-                    Ok(reply) if is_positive(&reply) => {
-                        log.reused = true;
-                        log.egress = Some(out.egress);
-                        return Ok(out);
-                    }
-                    Ok(reply) if reply.code != 421 => {
-                        ctx.idle.release(out).await;
-                        return Err(OpenError::Destination(Reply::relayed(&reply)));
-                    }
-                    _ => tokio::spawn(out.quit()),
+            let mut mode = path.enable_tls;
+            let opened = loop {
+                let key = SessionKey {
+                    source: source.clone(),
+                    addr,
+                    ehlo: ehlo.clone(),
+                    tls: mode,
                 };
-            }
-            let started = Instant::now();
-            let conn = match ctx
-                .connector
-                .connect(&source, addr, path.connect_timeout)
-                .await
-            {
-                Ok(conn) => conn,
-                Err(e) => {
-                    last_error = e.to_string();
-                    log.note(&last_error);
-                    continue;
+                if let Some(result) = route.reuse(ctx, &key, log).await {
+                    break result;
                 }
-            };
-            log.connect_ms = Some(started.elapsed().as_millis());
-            log.egress = Some(conn.egress);
-            let mut out = Outbound {
-                smtp: ClientSession::new(conn.stream, timeouts(&path)),
-                key,
-                egress: conn.egress,
-            };
-            let opened = match out.smtp.greet(&ehlo).await {
-                Ok(_) => out.smtp.mail(&mail_from, body_8bit).await,
-                Err(e) => Err(e),
+                match route.connect(ctx, &dest, key, log).await {
+                    Err(HostFailure::Handshake(e))
+                        if !mode.is_required()
+                            && mode != Tls::Disabled
+                            && path.opportunistic_tls_reconnect_on_failed_handshake =>
+                    {
+                        log.note(&format!(
+                            "{addr}: {e}; reconnecting in clear (opportunistic_tls_reconnect_on_failed_handshake)"
+                        ));
+                        mode = Tls::Disabled;
+                    }
+                    other => break other,
+                }
             };
             match opened {
-                Ok(reply) if is_positive(&reply) => return Ok(out),
-                Ok(reply) => {
-                    // No transaction is open on it: the session can serve the next one.
-                    ctx.idle.release(out).await;
-                    return Err(OpenError::Destination(Reply::relayed(&reply)));
-                }
-                Err(e) => {
-                    last_error = format!(
-                        "egress source '{source_name}' via {}: {addr}: {e}{}",
-                        conn.egress,
-                        conn.egress.silence_hint()
-                    );
+                Ok(out) => return Ok(out),
+                Err(HostFailure::Destination(reply)) => return Err(OpenError::Destination(reply)),
+                Err(HostFailure::Handshake(e)) => {
+                    last_error = format!("egress source '{source_name}': {addr}: {e}");
+                    last_esc = [4, 7, 5];
                     log.note(&last_error);
-                    tokio::spawn(out.quit());
+                }
+                Err(HostFailure::Other { text, esc }) => {
+                    last_error = text;
+                    last_esc = esc;
+                    log.note(&last_error);
                 }
             }
         }
         Err(OpenError::Local(Reply::new(
             451,
-            [4, 4, 1],
+            last_esc,
             format!("pool '{}', source '{source_name}': no destination host for {domain} took the message: {last_error}", pool.name),
         )))
     }
@@ -263,6 +248,134 @@ impl Outbound {
     /// Ends the session: QUIT where that is a command, else just closing.
     pub async fn quit(self) {
         self.smtp.quit().await;
+    }
+}
+
+/// Why one destination host did not give a session.
+enum HostFailure {
+    /// The destination refused MAIL: its own reply, for the client.
+    Destination(Reply),
+    /// STARTTLS failed (refused, handshake, certificate) or was required and not
+    /// offered.
+    Handshake(String),
+    /// Connect, proxy, banner, EHLO: our side of things.
+    Other { text: String, esc: [u8; 3] },
+}
+
+/// What one transaction's routing decided, for each host tried.
+struct Route<'a> {
+    source: &'a Arc<EgressSource>,
+    source_name: &'a str,
+    path: &'a Arc<EgressPathConfig>,
+    ehlo: &'a str,
+    mail_from: &'a str,
+    body_8bit: bool,
+}
+
+impl Route<'_> {
+    /// An idle clean session for `key`, past MAIL FROM; None when there is none.
+    async fn reuse(
+        &self,
+        ctx: &Context,
+        key: &SessionKey,
+        log: &mut TxLog,
+    ) -> Option<Result<Outbound, HostFailure>> {
+        while let Some(mut out) = ctx.idle.take(key).await {
+            // An idle session the destination has since closed (or is closing,
+            // 421) is dropped quietly; anything else is the destination's answer.
+            match out.smtp.mail(self.mail_from, self.body_8bit).await {
+                Ok(reply) if is_positive(&reply) => {
+                    log.reused = true;
+                    log.egress = Some(out.egress);
+                    log.tls = out.smtp.tls().cloned();
+                    return Some(Ok(out));
+                }
+                Ok(reply) if reply.code != 421 => {
+                    ctx.idle.release(out).await;
+                    return Some(Err(HostFailure::Destination(Reply::relayed(&reply))));
+                }
+                _ => {
+                    tokio::spawn(out.quit());
+                }
+            }
+        }
+        None
+    }
+
+    /// A new connection through the source: banner, EHLO, STARTTLS as the key's mode
+    /// says, MAIL FROM.
+    async fn connect(
+        &self,
+        ctx: &Context,
+        dest: &Destination,
+        key: SessionKey,
+        log: &mut TxLog,
+    ) -> Result<Outbound, HostFailure> {
+        let (addr, mode) = (key.addr, key.tls);
+        let started = Instant::now();
+        let conn = ctx
+            .connector
+            .connect(self.source, addr, self.path.connect_timeout)
+            .await
+            .map_err(|e| HostFailure::Other {
+                text: e.to_string(),
+                esc: [4, 4, 1],
+            })?;
+        log.connect_ms = Some(started.elapsed().as_millis());
+        log.egress = Some(conn.egress);
+        let egress = conn.egress;
+        let mut out = Outbound {
+            smtp: ClientSession::new(conn.stream, timeouts(self.path)),
+            key,
+            egress,
+        };
+        let failed = |e: std::io::Error| HostFailure::Other {
+            text: format!(
+                "egress source '{}' via {egress}: {addr}: {e}{}",
+                self.source_name,
+                egress.silence_hint()
+            ),
+            esc: [4, 4, 1],
+        };
+        if let Err(e) = out.smtp.greet(self.ehlo).await {
+            tokio::spawn(out.quit());
+            return Err(failed(e));
+        }
+        if mode != Tls::Disabled && (out.smtp.extensions().starttls || mode.is_required()) {
+            let connector = ctx
+                .tls
+                .connector(self.path, mode.verifies())
+                .map_err(HostFailure::Handshake)?;
+            let name = tls::server_name(&dest.host, dest.ip);
+            let timeout = self.path.starttls_timeout;
+            match out
+                .smtp
+                .starttls(&connector, name, mode.verifies(), self.ehlo, timeout)
+                .await
+            {
+                Ok(info) => log.tls = Some(info.clone()),
+                Err(StartTlsError::Io(e)) => {
+                    tokio::spawn(out.quit());
+                    return Err(failed(e));
+                }
+                Err(e) => {
+                    tokio::spawn(out.quit());
+                    return Err(HostFailure::Handshake(e.to_string()));
+                }
+            }
+        }
+        match out.smtp.mail(self.mail_from, self.body_8bit).await {
+            Ok(reply) if is_positive(&reply) => Ok(out),
+            Ok(reply) => {
+                // No transaction is open on it: the session can serve the next one.
+                ctx.idle.release(out).await;
+                Err(HostFailure::Destination(Reply::relayed(&reply)))
+            }
+            Err(e) => {
+                tokio::spawn(out.quit());
+                Err(failed(e))
+            }
+        }
     }
 }
 

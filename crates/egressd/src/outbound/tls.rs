@@ -1,0 +1,166 @@
+//! TLS for destination sessions: one rustls client configuration per kind of
+//! check (verified against the system trust store, or not checked at all for the
+//! `*Insecure` modes) and per client certificate, built once and shared.
+//!
+//! The trust store is the system's, read by rustls-native-certs, which honours
+//! `SSL_CERT_FILE` and `SSL_CERT_DIR`: an operator's own CA works, and tests use
+//! one they make.
+
+use egress_source::EgressPathConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio_rustls::TlsConnector;
+
+/// The provider every TLS configuration here uses: ring (see the workspace
+/// Cargo.toml for why).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// What a client configuration depends on: whether certificates are verified, and
+/// the client certificate and key paths, if any.
+type ConfigKey = (bool, Option<(String, String)>);
+
+/// Connectors by [`ConfigKey`].
+#[derive(Default)]
+pub struct TlsClients {
+    configs: Mutex<HashMap<ConfigKey, TlsConnector>>,
+}
+
+impl TlsClients {
+    /// The connector for `path`'s mode and client certificate. `verify` is false
+    /// for the `*Insecure` modes.
+    pub fn connector(&self, path: &EgressPathConfig, verify: bool) -> Result<TlsConnector, String> {
+        let cert = path
+            .tls_certificate
+            .clone()
+            .zip(path.tls_private_key.clone());
+        let key = (verify, cert);
+        let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(connector) = configs.get(&key) {
+            return Ok(connector.clone());
+        }
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?;
+        let builder = if verify {
+            builder.with_root_certificates(native_roots())
+        } else {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
+        };
+        let config = match &key.1 {
+            Some((cert, private)) => {
+                let chain = load_chain(cert)?;
+                let private = PrivateKeyDer::from_pem_file(private)
+                    .map_err(|e| format!("tls_private_key {private:?}: {e}"))?;
+                builder
+                    .with_client_auth_cert(chain, private)
+                    .map_err(|e| format!("tls_certificate {cert:?} with its key: {e}"))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let connector = TlsConnector::from(Arc::new(config));
+        configs.insert(key, connector.clone());
+        Ok(connector)
+    }
+}
+
+/// A PEM certificate chain from a file, with the file named in errors.
+pub fn load_chain(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
+    let chain: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("tls_certificate {path:?}: {e}"))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("tls_certificate {path:?}: {e}"))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "tls_certificate {path:?}: no PEM certificate in the file"
+        ));
+    }
+    Ok(chain)
+}
+
+/// The system trust store (read once).
+fn native_roots() -> Arc<RootCertStore> {
+    static ROOTS: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+    ROOTS
+        .get_or_init(|| {
+            let found = rustls_native_certs::load_native_certs();
+            for e in &found.errors {
+                tracing::warn!("reading the system trust store: {e}");
+            }
+            let mut roots = RootCertStore::empty();
+            let (added, ignored) = roots.add_parsable_certificates(found.certs);
+            tracing::debug!(added, ignored, "trust store loaded");
+            Arc::new(roots)
+        })
+        .clone()
+}
+
+/// The name a destination is checked against (and sent as SNI): the MX host name,
+/// or its address when routing went to an address literal (no SNI then).
+pub fn server_name(host: &str, ip: IpAddr) -> ServerName<'static> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<IpAddr>().is_ok() {
+        return ServerName::IpAddress(ip.into());
+    }
+    ServerName::try_from(bare.to_owned()).unwrap_or(ServerName::IpAddress(ip.into()))
+}
+
+/// The `*Insecure` modes: any certificate is accepted, but the handshake itself is
+/// still checked (signatures verified with the provider's algorithms), so the
+/// session is encrypted to whoever holds the key it presented.
+#[derive(Debug)]
+struct AcceptAnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
