@@ -7,8 +7,10 @@
 //! skip.
 #![forbid(unsafe_code)]
 
+mod pki;
 mod scripted;
 mod source_socks;
+pub use pki::TestCa;
 pub use scripted::{Received, ScriptedDestination};
 pub use source_socks::SourceBindingSocks;
 
@@ -450,6 +452,12 @@ pub struct Postfix {
 impl Postfix {
     /// Starts Postfix in the foreground (`postfix start-fg`) relaying to `relayhost`.
     pub fn start(relayhost: SocketAddr) -> Postfix {
+        Self::start_with(relayhost, "")
+    }
+
+    /// As [`start`](Self::start), with more `main.cf` lines (later lines win):
+    /// TLS for its smtpd, SASL for its SMTP client, …
+    pub fn start_with(relayhost: SocketAddr, main_cf: &str) -> Postfix {
         let bin = require("postfix");
         require_root("a private Postfix instance");
         let dir = temp_dir("egress-postfix-");
@@ -489,7 +497,8 @@ impl Postfix {
                  alias_database =\n\
                  local_transport = error:local delivery is disabled\n\
                  smtp_tls_security_level = none\n\
-                 smtpd_tls_security_level = none\n",
+                 smtpd_tls_security_level = none\n\
+                 {main_cf}\n",
                 relayhost.ip(),
                 relayhost.port(),
                 queue = queue.display(),
@@ -520,6 +529,7 @@ impl Postfix {
                  discard unix - - n - - discard\n\
                  anvil unix - - n - 1 anvil\n\
                  scache unix - - n - 1 scache\n\
+                 tlsmgr unix - - n 1000? 1 tlsmgr\n\
                  postlog unix-dgram n - n - 1 postlogd\n"
             ),
         )

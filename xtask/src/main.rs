@@ -47,17 +47,43 @@ fn crates() -> Vec<String> {
 /// The end-to-end package in `tests/`.
 const E2E: &str = "egress-e2e";
 
-/// Peers: (binary, Debian package). Binaries are looked up in sbin too.
+/// Peers: (what must be present, Debian package). A plain name is a binary (looked
+/// up in sbin too); `perl:Module` a Perl module; `/path` a file.
 const PEERS: &[(&str, &str)] = &[
     ("haproxy", "haproxy"),
     ("danted", "dante-server"),
     ("microsocks", "microsocks"),
     ("swaks", "swaks"),
+    // swaks --tls
+    ("perl:Net::SSLeay", "libnet-ssleay-perl"),
     ("postfix", "postfix"),
     ("smtp-sink", "postfix"),
     ("smtp-source", "postfix"),
+    // Postfix's SMTP client authenticating with PLAIN/LOGIN (Cyrus SASL plugins)
+    (
+        "/usr/lib/x86_64-linux-gnu/sasl2/libplain.so.2",
+        "libsasl2-modules",
+    ),
     ("dnsmasq", "dnsmasq"),
+    // smtplib clients in the TLS and AUTH tests
+    ("python3", "python3"),
 ];
+
+/// Whether a [`PEERS`] entry is present.
+fn present(what: &str) -> bool {
+    if let Some(module) = what.strip_prefix("perl:") {
+        return Command::new("perl")
+            .arg(format!("-M{module}"))
+            .arg("-e1")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+    }
+    if what.starts_with('/') {
+        return Path::new(what).exists();
+    }
+    which(what).is_some()
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -194,7 +220,7 @@ fn which(binary: &str) -> Option<PathBuf> {
 fn peers() -> Result {
     let mut missing: Vec<&str> = PEERS
         .iter()
-        .filter(|(bin, _)| which(bin).is_none())
+        .filter(|(what, _)| !present(what))
         .map(|(_, pkg)| *pkg)
         .collect();
     missing.dedup();
@@ -206,7 +232,7 @@ fn peers() -> Result {
         return Ok(());
     }
     println!("xtask peers: installing {}", missing.join(" "));
-    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks postfix dnsmasq";
+    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks libnet-ssleay-perl postfix libsasl2-modules dnsmasq python3";
     // One script, run as root (directly or through `sudo -n`). policy-rc.d keeps the
     // packages' own services from starting: the tests start every peer themselves, and
     // danted's service fails to start with its stock configuration, which would make
@@ -237,7 +263,7 @@ apt-get install -y -qq --no-install-recommends {}
     run(cmd.arg("-c").arg(&script)).map_err(|e| format!("{e}; {hint}"))?;
     let still: Vec<&str> = PEERS
         .iter()
-        .filter(|(bin, _)| which(bin).is_none())
+        .filter(|(what, _)| !present(what))
         .map(|p| p.0)
         .collect();
     if !still.is_empty() {

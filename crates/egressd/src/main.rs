@@ -64,6 +64,10 @@ enum Command {
         source: String,
         /// Destination, `host`, `host:port`, `[ip]` or `[ip]:port`.
         target: String,
+        /// Also STARTTLS: show protocol, cipher, certificate subject and whether it
+        /// verified against the system trust store (`SSL_CERT_FILE` honoured).
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -106,9 +110,11 @@ async fn run(cli: Cli) -> Result<(), String> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => server::serve(policy, host_name()).await,
         Command::Check { sources, pools } => check(&policy, &sources, &pools).await,
-        Command::Probe { source, target } => {
-            probe::probe(policy, &source, &target, host_name()).await
-        }
+        Command::Probe {
+            source,
+            target,
+            tls,
+        } => probe::probe(policy, &source, &target, host_name(), tls).await,
     }
 }
 

@@ -43,8 +43,11 @@ fn self_signed(
     hostname: &str,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let key = rcgen::KeyPair::generate().map_err(|e| format!("self-signed key: {e}"))?;
-    let params = rcgen::CertificateParams::new(vec![hostname.to_owned()])
+    let mut params = rcgen::CertificateParams::new(vec![hostname.to_owned()])
         .map_err(|e| format!("self-signed certificate for {hostname:?}: {e}"))?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, hostname);
     let cert = params
         .self_signed(&key)
         .map_err(|e| format!("self-signed certificate for {hostname:?}: {e}"))?;

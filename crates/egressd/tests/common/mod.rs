@@ -21,6 +21,12 @@ impl Egressd {
 
     /// As [`start`](Self::start), with more command-line arguments.
     pub fn start_with_args(policy: &str, args: &[&str]) -> Egressd {
+        Self::start_with_env(policy, args, &[])
+    }
+
+    /// As [`start_with_args`](Self::start_with_args), with environment variables
+    /// (`SSL_CERT_FILE` for a test CA).
+    pub fn start_with_env(policy: &str, args: &[&str], env: &[(&str, &str)]) -> Egressd {
         let dir = tempfile::tempdir().unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let file = dir.path().join("policy.lua");
@@ -31,6 +37,7 @@ impl Egressd {
             .arg("--policy")
             .arg(&file)
             .args(args)
+            .envs(env.iter().copied())
             .env("EGRESSD_LOG", "info");
         cmd.stdout(log.try_clone().unwrap()).stderr(log);
         let mut peer = Peer::spawn_logged("egressd", &mut cmd);
@@ -88,12 +95,14 @@ pub fn swaks(server: SocketAddr, to: &str, extra: &[&str]) -> Swaks {
 }
 
 impl Swaks {
-    /// The server's reply lines (swaks marks them `<-` or `<**`).
+    /// The server's reply lines (swaks marks them `<-`, or `<~` over TLS, with a `*`
+    /// for an error).
     pub fn replies(&self) -> Vec<&str> {
         self.transcript
             .lines()
             .filter_map(|l| {
                 l.strip_prefix("<** ")
+                    .or_else(|| l.strip_prefix("<~* "))
                     .or_else(|| l.strip_prefix("<-  "))
                     .or_else(|| l.strip_prefix("<~  "))
             })
@@ -172,6 +181,11 @@ impl Raw {
             Ok(false) => Some(String::new()),
             Err(_) => None,
         }
+    }
+
+    /// The connection, for a caller that takes over (a TLS handshake).
+    pub fn into_inner(self) -> std::net::TcpStream {
+        self.writer
     }
 
     /// Writes raw octets.
