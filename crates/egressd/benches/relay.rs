@@ -53,6 +53,133 @@ fn main() {
             relayed / direct
         );
     }
+    tls_rows(&sink, dir.path());
+}
+
+/// Outbound TLS: the same relay with STARTTLS to the destination and in clear,
+/// alternated in one run. The destination is a second egressd (its listener offers
+/// STARTTLS with a self-signed certificate) relaying to smtp-sink; the first one's
+/// path config is `OpportunisticInsecure` for `tls.test` and `Disabled` for
+/// `clear.test`, so only the hop between the two changes.
+fn tls_rows(sink: &SmtpSink, dir: &std::path::Path) {
+    let next_hop = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let first = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let policy_b = dir.join("next-hop.lua");
+    std::fs::write(
+        &policy_b,
+        format!(
+            "kumo.on('init', function() kumo.start_esmtp_listener {{ listen = '{next_hop}', max_connection_rate_per_client = 'unlimited' }} end)
+             kumo.on('get_queue_config', function(domain)
+               return kumo.make_queue_config {{ protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{}' }} }} }} }}
+             end)",
+            sink.addr.port()
+        ),
+    )
+    .unwrap();
+    let policy_a = dir.join("first-hop.lua");
+    std::fs::write(
+        &policy_a,
+        format!(
+            "kumo.on('init', function() kumo.start_esmtp_listener {{ listen = '{first}', max_connection_rate_per_client = 'unlimited' }} end)
+             kumo.on('get_queue_config', function(domain)
+               return kumo.make_queue_config {{ protocol = {{ smtp = {{ mx_list = {{ '{next_hop}' }} }} }} }}
+             end)
+             kumo.on('get_egress_path_config', function(domain, source, site)
+               if domain == 'tls.test' then return kumo.make_egress_path {{ enable_tls = 'OpportunisticInsecure' }} end
+               return kumo.make_egress_path {{ enable_tls = 'Disabled' }}
+             end)"
+        ),
+    )
+    .unwrap();
+    let mut peers = Vec::new();
+    for (policy, addr) in [(&policy_b, next_hop), (&policy_a, first)] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_egressd"));
+        cmd.arg("--policy").arg(policy).env("EGRESSD_LOG", "warn");
+        let mut peer = Peer::spawn("egressd", &mut cmd);
+        wait_listening("egressd", addr, &mut peer);
+        peers.push(peer);
+    }
+    println!("relay, outbound STARTTLS vs clear: smtp-source -> egressd -> egressd (STARTTLS) -> smtp-sink");
+    for (sessions, messages) in [(1, 300), (20, 2000)] {
+        run_to(first, sessions, sessions * 5, "rcpt@tls.test");
+        run_to(first, sessions, sessions * 5, "rcpt@clear.test");
+        let (mut clear, mut tls) = (Duration::MAX, Duration::MAX);
+        for _ in 0..3 {
+            clear = clear.min(run_to(first, sessions, messages, "rcpt@clear.test"));
+            tls = tls.min(run_to(first, sessions, messages, "rcpt@tls.test"));
+        }
+        let (clear, tls) = (rate(clear, messages), rate(tls, messages));
+        println!(
+            "  {sessions:>2} session(s), {messages} messages: clear {clear:>7.0} msg/s   TLS {tls:>7.0} msg/s   ratio {:.2}",
+            tls / clear
+        );
+    }
+    let (n, took) = handshakes(2000);
+    println!(
+        "  TLS handshakes on one core (client and server both, rustls on ring, TLS 1.3, P-256 self-signed): {:.0}/s ({n} in {:.2} s)",
+        n as f64 / took.as_secs_f64(),
+        took.as_secs_f64()
+    );
+}
+
+/// `n` full TLS handshakes over loopback TCP with both ends on one thread: the
+/// handshakes per second one core sustains when it does both sides' work.
+fn handshakes(n: usize) -> (usize, Duration) {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use std::sync::Arc;
+    let provider = || Arc::new(rustls::crypto::ring::default_provider());
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["bench.test".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let der = CertificateDer::from(cert.der().to_vec());
+    let server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![der.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        )
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(der).unwrap();
+    let mut client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // Every handshake a full one: no session resumption.
+    client.resumption = rustls::client::Resumption::disabled();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let started = Instant::now();
+        for _ in 0..n {
+            let (client, server) = tokio::join!(
+                async {
+                    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                    connector
+                        .connect(ServerName::try_from("bench.test").unwrap(), tcp)
+                        .await
+                        .unwrap()
+                },
+                async {
+                    let (tcp, _) = listener.accept().await.unwrap();
+                    acceptor.accept(tcp).await.unwrap()
+                }
+            );
+            drop((client, server));
+        }
+        (n, started.elapsed())
+    })
 }
 
 fn rate(took: Duration, messages: usize) -> f64 {
@@ -60,6 +187,10 @@ fn rate(took: Duration, messages: usize) -> f64 {
 }
 
 fn run(server: SocketAddr, sessions: usize, messages: usize) -> Duration {
+    run_to(server, sessions, messages, "rcpt@dest.test")
+}
+
+fn run_to(server: SocketAddr, sessions: usize, messages: usize, to: &str) -> Duration {
     let started = Instant::now();
     let status = Command::new(require("smtp-source"))
         .args([
@@ -70,7 +201,7 @@ fn run(server: SocketAddr, sessions: usize, messages: usize) -> Duration {
             "-l",
             "2048",
         ])
-        .args(["-f", "sender@bench.test", "-t", "rcpt@dest.test"])
+        .args(["-f", "sender@bench.test", "-t", to])
         .arg(server.to_string())
         .status()
         .expect("run smtp-source");

@@ -5,9 +5,19 @@ local kumo = require 'kumo'
 kumo.on('init', function()
   kumo.start_esmtp_listener {
     listen = '127.0.0.1:2525',
-    relay_hosts = { '127.0.0.0/8', '::1' }, -- who may relay: loopback only
+    relay_hosts = { '127.0.0.0/8', '::1' }, -- who may relay without AUTH: loopback only
     max_message_size = 20 * 1024 * 1024,
+    -- STARTTLS is always offered; without these two, with a self-signed certificate.
+    -- tls_certificate = '/etc/egressd/tls/cert.pem',
+    -- tls_private_key = '/etc/egressd/tls/key.pem',
   }
+end)
+
+-- Other machines and applications may relay after STARTTLS and AUTH PLAIN/LOGIN.
+-- Keep real credentials out of the policy file (kumo.serde.json_load a secrets file).
+local USERS = { app1 = 'change-me' }
+kumo.on('smtp_server_auth_plain', function(authz, authc, password, conn_meta)
+  return USERS[authc] ~= nil and USERS[authc] == password
 end)
 
 -- The outbound identities. In production these would come from a file or a
@@ -63,5 +73,10 @@ kumo.on('get_queue_config', function(domain, tenant, campaign, routing_domain)
 end)
 
 kumo.on('get_egress_path_config', function(domain, source_name, site_name)
-  return kumo.make_egress_path { connect_timeout = '30s' }
+  if domain == 'example.net' then
+    -- our own smarthost: TLS or nothing
+    return kumo.make_egress_path { connect_timeout = '30s', enable_tls = 'Required' }
+  end
+  -- STARTTLS whenever offered, certificate checked against the system trust store
+  return kumo.make_egress_path { connect_timeout = '30s', enable_tls = 'Opportunistic' }
 end)
