@@ -63,13 +63,14 @@ fn world() -> &'static World {
             };
             Arc::new(Listener::new(config, &ctx).expect("listener"))
         };
+        let listeners = [
+            listener(InvalidLineEndings::Deny),
+            listener(InvalidLineEndings::Fix),
+        ];
         World {
             rt,
             ctx,
-            listeners: [
-                listener(InvalidLineEndings::Deny),
-                listener(InvalidLineEndings::Fix),
-            ],
+            listeners,
             issued,
             violations,
         }
