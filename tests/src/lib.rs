@@ -576,3 +576,27 @@ pub fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> 
     socket.connect_timeout(&to.into(), Duration::from_secs(10))?;
     Ok(socket.into())
 }
+
+/// The policy most relay tests need: a listener on `{listen}` (left for the caller
+/// to fill) with the extra Lua fields `listener`, every domain routed to `mx` through
+/// pool `main` = one source, `ip-2` (127.0.0.2), plus `extra` Lua.
+pub fn relay_policy(listener: &str, mx: &str, extra: &str) -> String {
+    format!(
+        "kumo.on('init', function() kumo.start_esmtp_listener {{ listen = '{{listen}}', {listener} }} end)
+         kumo.on('get_queue_config', function(domain)
+           return kumo.make_queue_config {{ egress_pool = 'main', protocol = {{ smtp = {{ mx_list = {{ '{mx}' }} }} }} }}
+         end)
+         kumo.on('get_egress_pool', function(name)
+           return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'ip-2' }} }} }}
+         end)
+         kumo.on('get_egress_source', function(name)
+           return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2' }}
+         end)
+         {extra}"
+    )
+}
+
+/// `[ip]:port`, the mx_list form of an address.
+pub fn mx_entry(addr: SocketAddr) -> String {
+    format!("[{}]:{}", addr.ip(), addr.port())
+}

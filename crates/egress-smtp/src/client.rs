@@ -38,6 +38,20 @@ pub struct Timeouts {
     pub data_dot: Duration,
 }
 
+impl Timeouts {
+    /// The same wait for every reply (tests, probes, tools).
+    pub fn uniform(wait: Duration) -> Timeouts {
+        Timeouts {
+            banner: wait,
+            ehlo: wait,
+            mail_from: wait,
+            rcpt_to: wait,
+            data: wait,
+            data_dot: wait,
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         let m = |n: u64| Duration::from_secs(60 * n);
@@ -491,16 +505,10 @@ mod tests {
     /// A session over an in-memory pipe and the destination's end of it.
     fn pair() -> (ClientSession<DuplexStream>, DuplexStream) {
         let (a, b) = tokio::io::duplex(64 * 1024);
-        let t = Duration::from_secs(2);
-        let timeouts = Timeouts {
-            banner: t,
-            ehlo: t,
-            mail_from: t,
-            rcpt_to: t,
-            data: t,
-            data_dot: t,
-        };
-        (ClientSession::new(a, timeouts), b)
+        (
+            ClientSession::new(a, Timeouts::uniform(Duration::from_secs(2))),
+            b,
+        )
     }
 
     async fn greeted() -> (ClientSession<DuplexStream>, DuplexStream) {

@@ -43,18 +43,22 @@ async fn line(r: &mut BufReader<DuplexStream>) -> String {
 }
 
 fn session(a: DuplexStream) -> ClientSession<DuplexStream> {
-    let t = Duration::from_secs(5);
-    ClientSession::new(
-        a,
-        Timeouts {
-            banner: t,
-            ehlo: t,
-            mail_from: t,
-            rcpt_to: t,
-            data: t,
-            data_dot: t,
-        },
-    )
+    ClientSession::new(a, Timeouts::uniform(Duration::from_secs(5)))
+}
+
+/// The destination's side up to STARTTLS: banner, EHLO offering STARTTLS, the
+/// STARTTLS command read, then `after` written in clear.
+async fn offer_starttls(b: DuplexStream, after: &[u8]) -> BufReader<DuplexStream> {
+    let mut r = BufReader::new(b);
+    r.get_mut().write_all(b"220 mx\r\n").await.unwrap();
+    assert!(line(&mut r).await.starts_with("EHLO"));
+    r.get_mut()
+        .write_all(b"250-mx\r\n250 STARTTLS\r\n")
+        .await
+        .unwrap();
+    assert_eq!(line(&mut r).await, "STARTTLS\r\n");
+    r.get_mut().write_all(after).await.unwrap();
+    r
 }
 
 #[tokio::test]
@@ -62,15 +66,7 @@ async fn starttls_then_ehlo_again_over_tls() {
     let (acceptor, connector) = pki();
     let (a, b) = tokio::io::duplex(64 * 1024);
     let server = tokio::spawn(async move {
-        let mut r = BufReader::new(b);
-        r.get_mut().write_all(b"220 mx\r\n").await.unwrap();
-        assert!(line(&mut r).await.starts_with("EHLO"));
-        r.get_mut()
-            .write_all(b"250-mx\r\n250 STARTTLS\r\n")
-            .await
-            .unwrap();
-        assert_eq!(line(&mut r).await, "STARTTLS\r\n");
-        r.get_mut().write_all(b"220 go ahead\r\n").await.unwrap();
+        let r = offer_starttls(b, b"220 go ahead\r\n").await;
         let tls = acceptor.accept(r.into_inner()).await.unwrap();
         let mut r = BufReader::new(tls);
         assert_eq!(line_tls(&mut r).await, "EHLO me.test\r\n");
@@ -113,19 +109,8 @@ async fn data_after_the_220_is_refused_and_a_wrong_name_fails_in_words() {
     let (_, connector) = pki();
     let (a, b) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
-        let mut r = BufReader::new(b);
-        r.get_mut().write_all(b"220 mx\r\n").await.unwrap();
-        line(&mut r).await;
-        r.get_mut()
-            .write_all(b"250-mx\r\n250 STARTTLS\r\n")
-            .await
-            .unwrap();
-        line(&mut r).await;
         // A reply injected in clear, to be read as if it came over TLS.
-        r.get_mut()
-            .write_all(b"220 go ahead\r\n250 injected\r\n")
-            .await
-            .unwrap();
+        let _r = offer_starttls(b, b"220 go ahead\r\n250 injected\r\n").await;
         tokio::time::sleep(Duration::from_secs(2)).await;
     });
     let mut smtp = session(a);
@@ -142,15 +127,7 @@ async fn data_after_the_220_is_refused_and_a_wrong_name_fails_in_words() {
     let (acceptor, connector) = pki();
     let (a, b) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
-        let mut r = BufReader::new(b);
-        r.get_mut().write_all(b"220 mx\r\n").await.unwrap();
-        line(&mut r).await;
-        r.get_mut()
-            .write_all(b"250-mx\r\n250 STARTTLS\r\n")
-            .await
-            .unwrap();
-        line(&mut r).await;
-        r.get_mut().write_all(b"220 go ahead\r\n").await.unwrap();
+        let r = offer_starttls(b, b"220 go ahead\r\n").await;
         let _ = acceptor.accept(r.into_inner()).await;
     });
     let mut smtp = session(a);

@@ -21,25 +21,13 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let policy = dir.path().join("policy.lua");
-    std::fs::write(
-        &policy,
-        format!(
-            "kumo.on('init', function() kumo.start_esmtp_listener {{ listen = '{listen}',
-               max_connections = 12000, max_connections_per_client = 0,
-               max_connection_rate_per_client = 'unlimited', client_timeout = '10m' }} end)
-             kumo.on('get_queue_config', function(domain)
-               return kumo.make_queue_config {{ egress_pool = 'load', protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{}' }} }} }} }}
-             end)
-             kumo.on('get_egress_pool', function(name)
-               return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'ip-2' }} }} }}
-             end)
-             kumo.on('get_egress_source', function(name)
-               return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2' }}
-             end)",
-            sink.addr.port()
-        ),
-    )
-    .unwrap();
+    let text = egress_e2e::relay_policy(
+        "max_connections = 12000, max_connections_per_client = 0,
+         max_connection_rate_per_client = 'unlimited', client_timeout = '10m'",
+        &egress_e2e::mx_entry(sink.addr),
+        "",
+    );
+    std::fs::write(&policy, text.replace("{listen}", &listen.to_string())).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_egressd"));
     cmd.arg("--policy").arg(&policy).env("EGRESSD_LOG", "warn");
     let mut egressd = Peer::spawn("egressd", &mut cmd);

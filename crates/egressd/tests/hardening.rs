@@ -9,27 +9,7 @@ use egress_e2e::{connect_from, Dnsmasq, ScriptedDestination, SmtpSink};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-/// A policy whose listener takes `listener` (extra Lua fields), whose queues all go
-/// to `mx` through pool `main` = one source `ip-2` (127.0.0.2), plus `extra` Lua.
-fn policy(listener: &str, mx: &str, extra: &str) -> String {
-    format!(
-        "kumo.on('init', function() kumo.start_esmtp_listener {{ listen = '{{listen}}', {listener} }} end)
-         kumo.on('get_queue_config', function(domain)
-           return kumo.make_queue_config {{ egress_pool = 'main', protocol = {{ smtp = {{ mx_list = {{ '{mx}' }} }} }} }}
-         end)
-         kumo.on('get_egress_pool', function(name)
-           return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'ip-2' }} }} }}
-         end)
-         kumo.on('get_egress_source', function(name)
-           return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2' }}
-         end)
-         {extra}"
-    )
-}
-
-fn mx(addr: SocketAddr) -> String {
-    format!("[{}]:{}", addr.ip(), addr.port())
-}
+use egress_e2e::{mx_entry as mx, relay_policy as policy};
 
 /// Opens a transaction to `rcpt` and sends DATA; returns the client ready for body.
 fn open_data(addr: SocketAddr, rcpt: &str) -> Raw {

@@ -197,22 +197,12 @@ fn probe_shows_the_tls_a_destination_offers() {
 /// `'10.0.0.0/8'` leaves loopback clients to authenticate), and whose AUTH handler
 /// accepts alice.
 fn auth_policy(sink: &SmtpSink, relay_hosts: &str) -> String {
-    format!(
-        "kumo.on('init', function() kumo.start_esmtp_listener {{ listen = '{{listen}}',
-           relay_hosts = {{ {relay_hosts} }} }} end)
-         kumo.on('smtp_server_auth_plain', function(authz, authc, password, conn_meta)
+    egress_e2e::relay_policy(
+        &format!("relay_hosts = {{ {relay_hosts} }}"),
+        &egress_e2e::mx_entry(sink.addr),
+        "kumo.on('smtp_server_auth_plain', function(authz, authc, password, conn_meta)
            return authc == 'alice' and password == 's3cret' and conn_meta.received_from ~= nil
-         end)
-         kumo.on('get_queue_config', function(domain)
-           return kumo.make_queue_config {{ egress_pool = 'main', protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{}' }} }} }} }}
-         end)
-         kumo.on('get_egress_pool', function(name)
-           return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'ip-2' }} }} }}
-         end)
-         kumo.on('get_egress_source', function(name)
-           return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2' }}
          end)",
-        sink.addr.port()
     )
 }
 

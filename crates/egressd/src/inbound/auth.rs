@@ -30,15 +30,9 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     conn_meta: &[(&str, String)],
 ) -> Result<Authenticated, Ended> {
     let (authz, authc, password) = if mechanism == smtp_proto::AUTH_PLAIN {
-        let response = match initial {
-            "" => match prompt(conn, "").await? {
-                Ok(r) => r,
-                Err(no) => return Ok(no),
-            },
-            given => match decode(given) {
-                Ok(r) => r,
-                Err(no) => return Ok(no),
-            },
+        let response = match first_response(conn, initial, "").await? {
+            Ok(r) => r,
+            Err(no) => return Ok(no),
         };
         let mut parts = response.split(|b| *b == 0);
         let (Some(authz), Some(authc), Some(password), None) =
@@ -50,15 +44,10 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
         };
         (text(authz), text(authc), text(password))
     } else if mechanism == smtp_proto::AUTH_LOGIN {
-        let user = match initial {
-            "" => match prompt(conn, "VXNlcm5hbWU6").await? {
-                Ok(r) => r,
-                Err(no) => return Ok(no),
-            },
-            given => match decode(given) {
-                Ok(r) => r,
-                Err(no) => return Ok(no),
-            },
+        // "Username:" and "Password:", in base64 as LOGIN has them.
+        let user = match first_response(conn, initial, "VXNlcm5hbWU6").await? {
+            Ok(r) => r,
+            Err(no) => return Ok(no),
         };
         let password = match prompt(conn, "UGFzc3dvcmQ6").await? {
             Ok(r) => r,
@@ -101,6 +90,19 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
                 failed: false,
             })
         }
+    }
+}
+
+/// The client's first response: the initial response on the AUTH line when it gave
+/// one, else its answer to `334 {challenge}`.
+async fn first_response<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    initial: &str,
+    challenge: &str,
+) -> Result<Result<Vec<u8>, Authenticated>, Ended> {
+    match initial {
+        "" => prompt(conn, challenge).await,
+        given => Ok(decode(given)),
     }
 }
 
