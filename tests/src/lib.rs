@@ -586,15 +586,19 @@ pub fn relay_policy(listener: &str, mx: &str, extra: &str) -> String {
          kumo.on('get_queue_config', function(domain)
            return kumo.make_queue_config {{ egress_pool = 'main', protocol = {{ smtp = {{ mx_list = {{ '{mx}' }} }} }} }}
          end)
-         kumo.on('get_egress_pool', function(name)
-           return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'ip-2' }} }} }}
-         end)
-         kumo.on('get_egress_source', function(name)
-           return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2' }}
-         end)
+         {IP2_POOL}
          {extra}"
     )
 }
+
+/// Pool `main` (any name) = one source, `ip-2`, leaving from 127.0.0.2.
+pub const IP2_POOL: &str = "
+kumo.on('get_egress_pool', function(name)
+  return kumo.make_egress_pool { name = name, entries = { { name = 'ip-2' } } }
+end)
+kumo.on('get_egress_source', function(name)
+  return kumo.make_egress_source { name = name, source_address = '127.0.0.2' }
+end)";
 
 /// `[ip]:port`, the mx_list form of an address.
 pub fn mx_entry(addr: SocketAddr) -> String {

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{swaks, Egressd, Raw};
-use egress_e2e::{connect_from, Dnsmasq, ScriptedDestination, SmtpSink};
+use egress_e2e::{connect_from, Dnsmasq, ScriptedDestination, SmtpSink, IP2_POOL};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -307,12 +307,7 @@ fn routing_failures_are_said_in_words() {
            kumo.start_esmtp_listener {{ listen = '{{listen}}' }}
            kumo.dns.configure_resolver {{ name_servers = {{ '{}' }} }}
          end)
-         kumo.on('get_egress_pool', function(name)
-           return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'ip-2' }} }} }}
-         end)
-         kumo.on('get_egress_source', function(name)
-           return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2' }}
-         end)",
+         {IP2_POOL}",
         dns.addr
     ));
     let s = swaks(d.addr, "rcpt@nothing-here.test", &[]);

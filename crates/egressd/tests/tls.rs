@@ -6,7 +6,7 @@
 mod common;
 
 use common::{swaks, Egressd, Raw};
-use egress_e2e::{Postfix, SmtpSink, TestCa};
+use egress_e2e::{Postfix, SmtpSink, TestCa, IP2_POOL};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::sync::Arc;
@@ -79,12 +79,7 @@ fn outbound_starttls_modes_against_a_real_postfix() {
            return kumo.make_queue_config {{ egress_pool = 'main',
              protocol = {{ smtp = {{ mx_list = {{ {{ name = 'mx.tls.test', addr = routes[domain].mx }} }} }} }} }}
          end)
-         kumo.on('get_egress_pool', function(name)
-           return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'ip-2' }} }} }}
-         end)
-         kumo.on('get_egress_source', function(name)
-           return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2' }}
-         end)
+         {IP2_POOL}
          kumo.on('get_egress_path_config', function(domain, source, site)
            return kumo.make_egress_path {{ enable_tls = routes[domain].tls,
              opportunistic_tls_reconnect_on_failed_handshake = routes[domain].reconnect or false }}
