@@ -28,6 +28,7 @@ mod pool;
 mod precedence;
 mod queue;
 mod source;
+mod suspend;
 mod throttle;
 mod wrr;
 
@@ -40,5 +41,6 @@ pub use pool::{EgressPool, EgressPoolEntry};
 pub use precedence::{effective_ehlo_domain, effective_port};
 pub use queue::{DeliveryProtocol, MxListEntry, QueueConfig, SmtpProtocol, DEFAULT_POOL};
 pub use source::{EgressSource, Route, DEFAULT_TTL};
-pub use throttle::ThrottleSpec;
+pub use suspend::{SuspensionRule, Trigger};
+pub use throttle::{ConnectionLimit, ThrottleSpec};
 pub use wrr::{NoEligibleEntry, WeightedRoundRobin, MAX_SCHEDULE};

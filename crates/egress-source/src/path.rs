@@ -3,7 +3,9 @@
 use crate::error::{check_ehlo_domain, ValidationError};
 use crate::fields::{duration, port};
 use crate::keys::strict_table;
+use crate::throttle::{ConnectionLimit, ThrottleSpec};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// TLS policy for the outbound session, with KumoMTA's names.
@@ -80,6 +82,31 @@ pub struct EgressPathConfig {
     /// The client certificate's private key (PEM file path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_private_key: Option<String>,
+    /// Connections open at once through this source to this site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_limit: Option<ConnectionLimit>,
+    /// New connections through this source to this site per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_rate: Option<ThrottleSpec>,
+    /// Messages through this source to this site per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message_rate: Option<ThrottleSpec>,
+    /// Messages one connection carries before it is closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_deliveries_per_connection: Option<u64>,
+    /// How often selection may pick this source for this site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_selection_rate: Option<ThrottleSpec>,
+    /// More connection limits, by shared name (several paths naming the same key
+    /// share one limit).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub additional_connection_limits: BTreeMap<String, ConnectionLimit>,
+    /// More message rates, by shared name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub additional_message_rate_throttles: BTreeMap<String, ThrottleSpec>,
+    /// More selection rates, by shared name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub additional_source_selection_rates: BTreeMap<String, ThrottleSpec>,
 }
 
 fn default_smtp_port() -> u16 {
@@ -107,6 +134,14 @@ impl Default for EgressPathConfig {
             opportunistic_tls_reconnect_on_failed_handshake: false,
             tls_certificate: None,
             tls_private_key: None,
+            connection_limit: None,
+            max_connection_rate: None,
+            max_message_rate: None,
+            max_deliveries_per_connection: None,
+            source_selection_rate: None,
+            additional_connection_limits: BTreeMap::new(),
+            additional_message_rate_throttles: BTreeMap::new(),
+            additional_source_selection_rates: BTreeMap::new(),
         }
     }
 }
@@ -129,6 +164,14 @@ strict_table!(
         "opportunistic_tls_reconnect_on_failed_handshake",
         "tls_certificate",
         "tls_private_key",
+        "connection_limit",
+        "max_connection_rate",
+        "max_message_rate",
+        "max_deliveries_per_connection",
+        "source_selection_rate",
+        "additional_connection_limits",
+        "additional_message_rate_throttles",
+        "additional_source_selection_rates",
     ]
 );
 

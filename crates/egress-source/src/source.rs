@@ -3,6 +3,7 @@
 use crate::error::{check_ehlo_domain, check_name, ValidationError};
 use crate::fields::{duration, opt_ip, opt_port, HostPort};
 use crate::keys::strict_table;
+use crate::suspend::SuspensionRule;
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;
 use std::time::Duration;
@@ -67,6 +68,14 @@ pub struct EgressSource {
     /// How long the definition is cached; default 60 s.
     #[serde(default = "default_ttl", with = "duration")]
     pub ttl: Duration,
+    /// Take the source out of selection when binding its address fails because the
+    /// address is not on this host (KumoMTA's key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend_when_unplumbed: Option<SuspensionRule>,
+    /// Take the source out of selection when its proxy is unreachable, refuses, times
+    /// out or reports a bind failure (KumoMTA's key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend_when_proxy_unhealthy: Option<SuspensionRule>,
 }
 
 strict_table!(
@@ -84,6 +93,8 @@ strict_table!(
         "socks5_proxy_username",
         "socks5_proxy_password",
         "ttl",
+        "suspend_when_unplumbed",
+        "suspend_when_proxy_unhealthy",
     ]
 );
 
@@ -125,6 +136,8 @@ impl EgressSource {
             socks5_proxy_username: None,
             socks5_proxy_password: None,
             ttl: DEFAULT_TTL,
+            suspend_when_unplumbed: None,
+            suspend_when_proxy_unhealthy: None,
         }
     }
 

@@ -72,7 +72,15 @@ impl FromStr for ThrottleSpec {
             "m" | "min" | "minute" => Duration::from_secs(60),
             "h" | "hr" | "hour" => Duration::from_secs(3600),
             "d" | "day" => Duration::from_secs(86400),
-            _ => return Err(bad("the period must be s, min, h or day")),
+            // A period with a count, as suspension thresholds write it: "2/1m".
+            other => match crate::fields::parse_duration(other) {
+                Ok(d) if !d.is_zero() => d,
+                _ => {
+                    return Err(bad(
+                        "the period must be s, min, h, day or a duration such as 5m",
+                    ))
+                }
+            },
         };
         let mut max_burst = None;
         if let Some(options) = options {
@@ -100,13 +108,18 @@ impl FromStr for ThrottleSpec {
 
 impl fmt::Display for ThrottleSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let unit = match self.period.as_secs() {
-            1 => "s",
-            60 => "min",
-            3600 => "h",
-            _ => "day",
-        };
-        write!(f, "{}/{unit}", self.limit)?;
+        match self.period.as_secs() {
+            1 if self.period.subsec_nanos() == 0 => write!(f, "{}/s", self.limit)?,
+            60 => write!(f, "{}/min", self.limit)?,
+            3600 => write!(f, "{}/h", self.limit)?,
+            86400 => write!(f, "{}/day", self.limit)?,
+            _ => write!(
+                f,
+                "{}/{}",
+                self.limit,
+                humantime::format_duration(self.period)
+            )?,
+        }
         if let Some(b) = self.max_burst {
             write!(f, ",max_burst={b}")?;
         }
@@ -124,6 +137,81 @@ impl<'de> Deserialize<'de> for ThrottleSpec {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `connection_limit` as KumoMTA writes it: `10`, `'1,000'`, `'1_000'`, and
+/// `'local:20'` for "this node only, even when Redis is configured".
+///
+/// ```
+/// use egress_source::ConnectionLimit;
+/// let l: ConnectionLimit = "local:1_000".parse().unwrap();
+/// assert_eq!((l.limit, l.local), (1000, true));
+/// assert!("lots".parse::<ConnectionLimit>().unwrap_err().contains("\"lots\""));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnectionLimit {
+    /// Connections at once.
+    pub limit: u64,
+    /// Counted on this node only.
+    pub local: bool,
+}
+
+impl FromStr for ConnectionLimit {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (local, count) = match text.trim().strip_prefix("local:") {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let digits: String = count
+            .trim()
+            .chars()
+            .filter(|c| *c != ',' && *c != '_')
+            .collect();
+        match digits.parse::<u64>() {
+            Ok(limit) if limit > 0 => Ok(ConnectionLimit { limit, local }),
+            _ => Err(format!(
+                "{text:?} is not a connection limit; expected a whole number above 0 such as 10, \"1,000\" or \"local:20\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ConnectionLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.local {
+            write!(f, "local:{}", self.limit)
+        } else {
+            write!(f, "{}", self.limit)
+        }
+    }
+}
+
+impl Serialize for ConnectionLimit {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.local {
+            s.collect_str(self)
+        } else {
+            s.serialize_u64(self.limit)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ConnectionLimit {
+    /// A number, or a string as [`FromStr`] reads it.
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match crate::fields::Scalar::deserialize(d)? {
+            crate::fields::Scalar::Int(n) if n > 0 && n <= i128::from(u64::MAX) => {
+                Ok(ConnectionLimit {
+                    limit: n as u64,
+                    local: false,
+                })
+            }
+            crate::fields::Scalar::Str(s) => s.parse().map_err(D::Error::custom),
+            other => Err(other.expected("a connection limit: a whole number above 0, or a string such as \"1,000\" or \"local:20\"")),
+        }
     }
 }
 
@@ -150,6 +238,18 @@ mod tests {
             );
             assert_eq!(spec.to_string().parse::<ThrottleSpec>().unwrap(), spec);
         }
+        for (text, limit, local) in [
+            ("10", 10, false),
+            ("1,000", 1000, false),
+            ("local:20", 20, true),
+        ] {
+            let l: ConnectionLimit = text.parse().unwrap();
+            assert_eq!((l.limit, l.local), (limit, local));
+        }
+        let t: ThrottleSpec = "2/1m".parse().unwrap();
+        assert_eq!((t.limit, t.period.as_secs()), (2, 60));
+        let odd: ThrottleSpec = "3/90s".parse().unwrap();
+        assert_eq!(odd.to_string().parse::<ThrottleSpec>().unwrap(), odd);
         for bad in ["", "10", "0/s", "10/fortnight", "x/s", "10/s,burst=2"] {
             let e = bad.parse::<ThrottleSpec>().unwrap_err();
             assert!(e.contains(&format!("{bad:?}")) && e.contains("10/s"), "{e}");

@@ -2,7 +2,7 @@
 
 use egress_source::{
     EgressPathConfig, EgressPool, EgressPoolEntry, EgressSource, HostPort, MxListEntry,
-    QueueConfig, WeightedRoundRobin,
+    QueueConfig, SuspensionRule, ThrottleSpec, Trigger, WeightedRoundRobin,
 };
 use proptest::prelude::*;
 use std::collections::{BTreeSet, HashMap};
@@ -56,6 +56,19 @@ fn source() -> impl Strategy<Value = EgressSource> {
                 socks5_proxy_username: creds.0,
                 socks5_proxy_password: creds.1,
                 ttl: Duration::from_secs(ttl),
+                // Both rule forms, chosen by the ttl so the case stays one tuple.
+                suspend_when_unplumbed: (ttl % 3 == 1).then(|| SuspensionRule {
+                    trigger: Trigger::Immediate,
+                    duration: Duration::from_secs(ttl),
+                }),
+                suspend_when_proxy_unhealthy: (ttl % 2 == 1).then(|| SuspensionRule {
+                    trigger: Trigger::Threshold(ThrottleSpec {
+                        limit: ttl % 7 + 1,
+                        period: Duration::from_secs(60 * (ttl % 5 + 1)),
+                        max_burst: None,
+                    }),
+                    duration: Duration::from_secs(300),
+                }),
             },
         )
 }
@@ -168,6 +181,6 @@ fn accepted_keys_match_serialized_keys() {
         ..Default::default()
     })
     .unwrap();
-    assert_eq!(keys(path.clone()).len(), 10);
+    assert_eq!(keys(path.clone()).len(), 12);
     serde_json::from_value::<EgressPathConfig>(path).unwrap();
 }

@@ -27,7 +27,7 @@ pub fn provider() -> Arc<CryptoProvider> {
 /// the client certificate and key paths, if any.
 type ConfigKey = (bool, Option<(String, String)>);
 
-/// Connectors by [`ConfigKey`].
+/// Connectors, by what their configuration depends on.
 #[derive(Default)]
 pub struct TlsClients {
     configs: Mutex<HashMap<ConfigKey, TlsConnector>>,

@@ -1,0 +1,186 @@
+//! [`Throttles`]: the front callers use — Redis when configured, this node's
+//! numbers always, and a fall back to them when Redis cannot answer.
+//!
+//! What falling back means for the shared numbers: while Redis is unreachable each
+//! node enforces each limit on its own, so N nodes may together send up to N times a
+//! shared rate and hold N times a shared connection limit. Mail keeps flowing; the
+//! shared numbers are exact again as soon as Redis answers.
+
+use crate::{ConnectionLimit, Decision, LocalStore, RedisStore, Store, Suspension, ThrottleSpec};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How often a Redis failure is logged at WARN (each one is counted).
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A held connection slot; give it back with [`Throttles::release`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The limit's key.
+    pub key: String,
+    /// The slot's id in its store.
+    pub id: String,
+    /// Held in Redis (else in this process).
+    pub shared: bool,
+}
+
+/// Throttles, leases and suspensions for one node, shared through Redis when
+/// configured.
+pub struct Throttles {
+    local: LocalStore,
+    redis: Option<RedisStore>,
+    fallbacks: AtomicU64,
+    last_warning: Mutex<Option<Instant>>,
+}
+
+impl Throttles {
+    /// This node only.
+    pub fn local() -> Throttles {
+        Throttles {
+            local: LocalStore::default(),
+            redis: None,
+            fallbacks: AtomicU64::new(0),
+            last_warning: Mutex::new(None),
+        }
+    }
+
+    /// Shared through the Redis at `url` (`kumo.configure_redis_throttles { node = url }`).
+    pub fn with_redis(url: &str) -> Result<Throttles, crate::StoreError> {
+        Ok(Throttles {
+            redis: Some(RedisStore::new(url)?),
+            ..Throttles::local()
+        })
+    }
+
+    /// Times Redis could not answer and this node's numbers were used instead.
+    pub fn fallbacks(&self) -> u64 {
+        self.fallbacks.load(Ordering::Relaxed)
+    }
+
+    /// The shared store, when configured and `shared` is wanted.
+    fn redis(&self, shared: bool) -> Option<&RedisStore> {
+        self.redis.as_ref().filter(|_| shared)
+    }
+
+    fn fell_back(&self, e: &crate::StoreError) {
+        self.fallbacks.fetch_add(1, Ordering::Relaxed);
+        let mut last = self.last_warning.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                fallbacks = self.fallbacks(),
+                "{e}; using this node's own limits until it answers"
+            );
+        }
+    }
+
+    /// Counts one event under `key` if `spec` allows it now. `shared` asks for the
+    /// cluster-wide count (when Redis is configured).
+    pub async fn throttle(&self, key: &str, spec: &ThrottleSpec, shared: bool) -> Decision {
+        if let Some(redis) = self.redis(shared) {
+            match redis.throttle(key, spec).await {
+                Ok(d) => return d,
+                Err(e) => self.fell_back(&e),
+            }
+        }
+        self.local.check(key, spec)
+    }
+
+    /// Takes a slot of `limit` under `key` for `ttl` (renew it while the connection
+    /// lives); `None` when all are taken. A `local:` limit is never shared.
+    pub async fn acquire(&self, key: &str, limit: ConnectionLimit, ttl: Duration) -> Option<Lease> {
+        if let Some(redis) = self.redis(!limit.local) {
+            match redis.acquire(key, limit.limit, ttl).await {
+                Ok(id) => {
+                    return id.map(|id| Lease {
+                        key: key.to_owned(),
+                        id,
+                        shared: true,
+                    })
+                }
+                Err(e) => self.fell_back(&e),
+            }
+        }
+        let id = self
+            .local
+            .acquire(key, limit.limit, ttl)
+            .await
+            .ok()
+            .flatten()?;
+        Some(Lease {
+            key: key.to_owned(),
+            id,
+            shared: false,
+        })
+    }
+
+    /// Keeps a lease alive for another `ttl`.
+    pub async fn renew(&self, lease: &Lease, ttl: Duration) {
+        let result = match self.redis(lease.shared) {
+            Some(redis) => redis.renew(&lease.key, &lease.id, ttl).await,
+            None => self.local.renew(&lease.key, &lease.id, ttl).await,
+        };
+        if let Err(e) = result {
+            self.fell_back(&e);
+        }
+    }
+
+    /// Gives a slot back (a lease that cannot be released expires on its own).
+    pub async fn release(&self, lease: &Lease) {
+        let result = match self.redis(lease.shared) {
+            Some(redis) => redis.release(&lease.key, &lease.id).await,
+            None => self.local.release(&lease.key, &lease.id).await,
+        };
+        if let Err(e) = result {
+            self.fell_back(&e);
+        }
+    }
+
+    /// Slots in use under `key` (shared count when Redis answers).
+    pub async fn in_use(&self, key: &str, limit: ConnectionLimit) -> u64 {
+        if let Some(redis) = self.redis(!limit.local) {
+            match redis.in_use(key).await {
+                Ok(n) => return n,
+                Err(e) => self.fell_back(&e),
+            }
+        }
+        self.local.in_use(key).await.unwrap_or(0)
+    }
+
+    /// Suspends `key` for `duration`: on this node always, and for every node when
+    /// Redis is configured.
+    pub async fn suspend(&self, key: &str, reason: &str, duration: Duration) {
+        let _ = self.local.suspend(key, reason, duration).await;
+        if let Some(redis) = self.redis(true) {
+            if let Err(e) = redis.suspend(key, reason, duration).await {
+                self.fell_back(&e);
+            }
+        }
+    }
+
+    /// The suspension in force for `key`: this node's, else the shared one.
+    pub async fn suspension(&self, key: &str) -> Option<Suspension> {
+        if let Ok(Some(s)) = self.local.suspension(key).await {
+            return Some(s);
+        }
+        let redis = self.redis(true)?;
+        match redis.suspension(key).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.fell_back(&e);
+                None
+            }
+        }
+    }
+
+    /// Ends a suspension everywhere.
+    pub async fn resume(&self, key: &str) {
+        let _ = self.local.resume(key).await;
+        if let Some(redis) = self.redis(true) {
+            if let Err(e) = redis.resume(key).await {
+                self.fell_back(&e);
+            }
+        }
+    }
+}
