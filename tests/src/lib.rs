@@ -604,3 +604,47 @@ end)";
 pub fn mx_entry(addr: SocketAddr) -> String {
     format!("[{}]:{}", addr.ip(), addr.port())
 }
+
+/// `redis-server` on `127.0.0.1:<free port>`, nothing persisted, stopped on drop
+/// (and by [`stop`](Self::stop), to test what happens when Redis goes away).
+pub struct RedisServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    peer: Option<Peer>,
+}
+
+impl RedisServer {
+    /// Starts one.
+    pub fn start() -> RedisServer {
+        let bin = require("redis-server");
+        let port = free_port();
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        let mut peer = Peer::spawn("redis-server", &mut cmd);
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        wait_listening("redis-server", addr, &mut peer);
+        RedisServer {
+            addr,
+            peer: Some(peer),
+        }
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://{}/", self.addr)
+    }
+
+    /// Stops it now.
+    pub fn stop(&mut self) {
+        self.peer.take();
+    }
+}

@@ -65,6 +65,8 @@ const PEERS: &[(&str, &str)] = &[
         "libsasl2-modules",
     ),
     ("dnsmasq", "dnsmasq"),
+    // shared throttles, leases and suspensions
+    ("redis-server", "redis-server"),
     // smtplib clients in the TLS and AUTH tests
     ("python3", "python3"),
 ];
@@ -232,7 +234,7 @@ fn peers() -> Result {
         return Ok(());
     }
     println!("xtask peers: installing {}", missing.join(" "));
-    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks libnet-ssleay-perl postfix libsasl2-modules dnsmasq python3";
+    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks libnet-ssleay-perl postfix libsasl2-modules dnsmasq redis-server python3";
     // One script, run as root (directly or through `sudo -n`). policy-rc.d keeps the
     // packages' own services from starting: the tests start every peer themselves, and
     // danted's service fails to start with its stock configuration, which would make

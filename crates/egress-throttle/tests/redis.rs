@@ -1,0 +1,93 @@
+//! Shared throttles against a real redis-server: two `Throttles` are two nodes.
+
+use egress_e2e::RedisServer;
+use egress_throttle::{ConnectionLimit, Throttles};
+use std::time::Duration;
+
+fn two_nodes(redis: &RedisServer) -> (Throttles, Throttles) {
+    (
+        Throttles::with_redis(&redis.url()).unwrap(),
+        Throttles::with_redis(&redis.url()).unwrap(),
+    )
+}
+
+#[tokio::test]
+async fn a_shared_rate_holds_across_nodes() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis);
+    let spec = "10/hr".parse().unwrap();
+    let mut allowed = 0;
+    for i in 0..30 {
+        let node = if i % 2 == 0 { &a } else { &b };
+        if node.throttle("ip-1@site", &spec, true).await.allowed {
+            allowed += 1;
+        }
+    }
+    assert_eq!(allowed, 10);
+    assert_eq!(a.fallbacks() + b.fallbacks(), 0);
+    // Not shared: each node counts on its own.
+    let local = "1/hr".parse().unwrap();
+    assert!(a.throttle("only-here", &local, false).await.allowed);
+    assert!(b.throttle("only-here", &local, false).await.allowed);
+}
+
+#[tokio::test]
+async fn a_shared_connection_limit_holds_and_dead_nodes_free_their_slots() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis);
+    let limit: ConnectionLimit = "3".parse().unwrap();
+    let long = Duration::from_secs(60);
+    let l1 = a.acquire("ip-1@site", limit, long).await.unwrap();
+    let _l2 = b.acquire("ip-1@site", limit, long).await.unwrap();
+    // A node that dies: its lease is short and never renewed.
+    let short = Duration::from_millis(800);
+    let _dead = a.acquire("ip-1@site", limit, short).await.unwrap();
+    assert!(b.acquire("ip-1@site", limit, long).await.is_none(), "limit 3 is full");
+    assert_eq!(b.in_use("ip-1@site", limit).await, 3);
+    a.release(&l1).await;
+    let l4 = b.acquire("ip-1@site", limit, long).await.expect("a released slot");
+    assert!(a.acquire("ip-1@site", limit, long).await.is_none());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        a.acquire("ip-1@site", limit, long).await.is_some(),
+        "the dead node's lease expired"
+    );
+    b.renew(&l4, long).await;
+    // local: limits never go to Redis.
+    let local: ConnectionLimit = "local:1".parse().unwrap();
+    let held = a.acquire("x", local, long).await.unwrap();
+    assert!(!held.shared);
+    assert!(b.acquire("x", local, long).await.is_some());
+}
+
+#[tokio::test]
+async fn a_suspension_raised_on_one_node_is_honoured_by_another() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis);
+    a.suspend("ip-1", "unplumbed: 192.0.2.1", Duration::from_secs(30))
+        .await;
+    let seen = b.suspension("ip-1").await.expect("shared suspension");
+    assert_eq!(seen.reason, "unplumbed: 192.0.2.1");
+    assert!(seen.until > std::time::SystemTime::now() + Duration::from_secs(25));
+    b.resume("ip-1").await;
+    a.resume("ip-1").await;
+    assert!(b.suspension("ip-1").await.is_none());
+}
+
+#[tokio::test]
+async fn when_redis_goes_away_each_node_falls_back_to_its_own_numbers() {
+    let mut redis = RedisServer::start();
+    let (a, _) = two_nodes(&redis);
+    let spec = "2/hr".parse().unwrap();
+    assert!(a.throttle("k", &spec, true).await.allowed);
+    redis.stop();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Mail keeps flowing on this node's own count (which starts afresh).
+    assert!(a.throttle("k", &spec, true).await.allowed);
+    assert!(a.throttle("k", &spec, true).await.allowed);
+    assert!(!a.throttle("k", &spec, true).await.allowed);
+    assert!(a.fallbacks() >= 1);
+    let limit: ConnectionLimit = "1".parse().unwrap();
+    let lease = a.acquire("c", limit, Duration::from_secs(5)).await.unwrap();
+    assert!(!lease.shared);
+}
