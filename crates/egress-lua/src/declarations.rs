@@ -16,6 +16,19 @@ pub struct InitConfig {
     pub http_listeners: Vec<HttpListener>,
     /// `kumo.dns.configure_resolver{}`, the last call wins.
     pub resolver: Option<ResolverConfig>,
+    /// `kumo.configure_redis_throttles{}`, the last call wins.
+    pub redis_throttles: Option<RedisThrottles>,
+}
+
+/// `kumo.configure_redis_throttles { node = 'redis://127.0.0.1:6379/' }`: share
+/// throttles, connection limits and suspensions through one Redis (KumoMTA's name).
+/// A Redis cluster is not supported; credentials go in the URL
+/// (`redis://user:password@host:port/`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisThrottles {
+    /// The Redis URL.
+    pub node: String,
 }
 
 /// `kumo.start_esmtp_listener { listen, relay_hosts, hostname, banner, max_message_size,

@@ -1,7 +1,9 @@
 //! The `kumo` module: the functions a KumoMTA policy calls, with KumoMTA's names and
 //! argument orders, so egress policies written for KumoMTA run here unchanged.
 
-use crate::declarations::{EsmtpListener, HttpListener, InitConfig, ResolverConfig};
+use crate::declarations::{
+    EsmtpListener, HttpListener, InitConfig, RedisThrottles, ResolverConfig,
+};
 use crate::definition::{Definition, Made};
 use egress_source::{EgressPathConfig, EgressPool, EgressSource, QueueConfig};
 use mlua::{Function, Lua, LuaSerdeExt, Table, Value, Variadic};
@@ -52,6 +54,13 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
         })?,
     )?;
     kumo.set("dns", dns)?;
+    kumo.set(
+        "configure_redis_throttles",
+        lua.create_function(|lua, params: Value| {
+            let redis: RedisThrottles = from_lua(lua, params, "kumo.configure_redis_throttles")?;
+            declare(lua, |init| init.redis_throttles = Some(redis))
+        })?,
+    )?;
 
     let json_load = lua.create_function(|lua, path: String| {
         let text = std::fs::read_to_string(&path)

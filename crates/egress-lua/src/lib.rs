@@ -36,7 +36,7 @@ mod kumo;
 mod states;
 
 pub use declarations::{
-    EsmtpListener, HttpListener, InitConfig, InvalidLineEndings, ResolverConfig,
+    EsmtpListener, HttpListener, InitConfig, InvalidLineEndings, RedisThrottles, ResolverConfig,
 };
 pub use error::PolicyError;
 

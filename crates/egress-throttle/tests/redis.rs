@@ -42,10 +42,16 @@ async fn a_shared_connection_limit_holds_and_dead_nodes_free_their_slots() {
     // A node that dies: its lease is short and never renewed.
     let short = Duration::from_millis(800);
     let _dead = a.acquire("ip-1@site", limit, short).await.unwrap();
-    assert!(b.acquire("ip-1@site", limit, long).await.is_none(), "limit 3 is full");
+    assert!(
+        b.acquire("ip-1@site", limit, long).await.is_none(),
+        "limit 3 is full"
+    );
     assert_eq!(b.in_use("ip-1@site", limit).await, 3);
     a.release(&l1).await;
-    let l4 = b.acquire("ip-1@site", limit, long).await.expect("a released slot");
+    let l4 = b
+        .acquire("ip-1@site", limit, long)
+        .await
+        .expect("a released slot");
     assert!(a.acquire("ip-1@site", limit, long).await.is_none());
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(

@@ -28,7 +28,21 @@ pub async fn serve(policy: Arc<Policy>, host_name: String) -> Result<(), String>
         init.esmtp_listeners.clone()
     };
     let dns = Dns::new(init.resolver.as_ref()).map_err(|e| format!("DNS: {e}"))?;
-    let ctx = Arc::new(Context::new(policy.clone(), dns, host_name));
+    let throttles = match &init.redis_throttles {
+        Some(redis) => {
+            let t = egress_throttle::Throttles::with_redis(&redis.node)
+                .map_err(|e| format!("kumo.configure_redis_throttles: {e}"))?;
+            tracing::info!(node = %redis.node, "throttles, connection limits and suspensions are shared through Redis");
+            t
+        }
+        None => egress_throttle::Throttles::local(),
+    };
+    let ctx = Arc::new(Context::with_throttles(
+        policy.clone(),
+        dns,
+        host_name,
+        Arc::new(throttles),
+    ));
     let (trigger, shutdown) = shutdown::channel();
     let reaper = ctx.clone();
     tokio::spawn(async move {

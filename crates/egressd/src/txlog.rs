@@ -19,6 +19,8 @@ pub struct TxLog {
     pub pool: Option<String>,
     /// The source picked.
     pub source: Option<String>,
+    /// The destination's site (its MX host names, factored).
+    pub site: Option<String>,
     /// What the destination saw, and the route.
     pub egress: Option<EgressAddress>,
     /// The host (and address) connected to, or last tried.
@@ -48,6 +50,7 @@ impl TxLog {
             recipients: Vec::new(),
             pool: None,
             source: None,
+            site: None,
             egress: None,
             destination: None,
             connect_ms: None,
@@ -96,6 +99,7 @@ impl TxLog {
             recipients = %recipients.join(", "),
             pool = self.pool.as_deref().unwrap_or("-"),
             source = self.source.as_deref().unwrap_or("-"),
+            site = self.site.as_deref().unwrap_or("-"),
             egress = %egress_ip,
             proxy = %proxy,
             destination = self.destination.as_deref().unwrap_or("-"),

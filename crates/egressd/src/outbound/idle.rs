@@ -43,6 +43,10 @@ pub struct IdleSessions {
 impl IdleSessions {
     /// Keeps a session whose transaction ended, if it is clean; closes it otherwise.
     pub async fn release(&self, mut out: Outbound) {
+        if out.retired() {
+            tokio::spawn(out.quit());
+            return;
+        }
         if !out.smtp.is_clean().await {
             tracing::debug!(destination = %out.key.addr, "not reusing a destination session with unread input or an open transaction");
             tokio::spawn(out.quit());

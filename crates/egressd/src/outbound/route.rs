@@ -1,0 +1,393 @@
+//! Routing one transaction: queue config → pool → destination hosts and their
+//! site → a source the pool's rotation proposes and shaping allows → its path
+//! config → an idle clean session, or a new connection through the source →
+//! banner, EHLO, STARTTLS as the path says → MAIL FROM.
+//!
+//! A source that fails locally (bind, proxy, every host unreachable) does not cost
+//! the client the message: the next eligible source in the pool is tried, once
+//! each, before the client gets a 4xx.
+
+use super::shaping::Ineligible;
+use super::tls::server_name;
+use super::{idle::SessionKey, timeouts, Context, OpenError, Outbound};
+use crate::dns::Destination;
+use crate::txlog::TxLog;
+use egress_smtp::{smtp_path, words, ClientSession, Reply, Response, StartTlsError};
+use egress_source::{
+    effective_ehlo_domain, effective_port, site_name, EgressPathConfig, EgressSource, Tls,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn local(code: [u8; 3], text: String, log: &mut TxLog) -> OpenError {
+    log.note(&text);
+    OpenError::Local(Reply::new(451, code, text))
+}
+
+/// See the module documentation.
+pub async fn open(
+    ctx: &Context,
+    domain: &str,
+    from: &str,
+    body_8bit: bool,
+    log: &mut TxLog,
+) -> Result<Outbound, OpenError> {
+    let policy = &ctx.policy;
+    let queue = policy
+        .queue_config(domain, None, None, None)
+        .await
+        .map_err(|e| local([4, 3, 0], format!("policy error: {e}"), log))?;
+    log.pool = Some(queue.egress_pool.clone());
+    let pool = policy
+        .egress_pool(&queue.egress_pool)
+        .await
+        .map_err(|e| local([4, 3, 0], format!("pool '{}': {e}", queue.egress_pool), log))?;
+    let selector = ctx.selector(&pool).map_err(|e| local([4, 3, 0], e, log))?;
+    let hosts = ctx
+        .dns
+        .destinations(domain, queue.mx_list())
+        .await
+        .map_err(|e| {
+            local(
+                [4, 4, 3],
+                format!("pool '{}': cannot route {domain}: {e}", pool.name),
+                log,
+            )
+        })?;
+    let site = site_of(&hosts);
+    log.site = Some(site.clone());
+    let mail_from = format!("<{}>", smtp_path(from));
+
+    // The rotation proposes; the rest of the pool (heaviest first) stands by in
+    // case the proposed source is not eligible or fails.
+    let proposed = selector.pick().clone();
+    let mut candidates = vec![proposed.clone()];
+    let mut others: Vec<_> = pool
+        .entries
+        .iter()
+        .filter(|e| e.weight > 0 && e.name != proposed)
+        .collect();
+    others.sort_by_key(|e| std::cmp::Reverse(e.weight));
+    candidates.extend(others.into_iter().map(|e| e.name.clone()));
+    candidates.dedup();
+
+    let mut skipped: Vec<String> = Vec::new();
+    let mut earliest: Option<Duration> = None;
+    let mut failure: Option<(String, [u8; 3], String)> = None;
+    for name in candidates {
+        let source = match policy.egress_source(&name).await {
+            Ok(source) => source,
+            Err(e) => {
+                failure = Some((name.clone(), [4, 3, 0], e.to_string()));
+                continue;
+            }
+        };
+        let path = match policy.egress_path_config(domain, &name, Some(&site)).await {
+            Ok(path) => path,
+            Err(e) => {
+                failure = Some((name.clone(), [4, 3, 0], e.to_string()));
+                continue;
+            }
+        };
+        if let Err(Ineligible {
+            reason,
+            retry_after,
+        }) = ctx.shaper.eligible(&name, &site, &path).await
+        {
+            earliest = Some(earliest.map_or(retry_after, |e| e.min(retry_after)));
+            skipped.push(reason);
+            continue;
+        }
+        log.source = Some(name.clone());
+        if let Err(reply) = ctx.shaper.message(&name, &site, &path).await {
+            log.note(&reply.to_string());
+            return Err(OpenError::Local(reply));
+        }
+        let route = Route {
+            ctx,
+            source: &source,
+            path: &path,
+            site: &site,
+            ehlo: effective_ehlo_domain(&path, &source, &ctx.hostname).to_owned(),
+            mail_from: &mail_from,
+            body_8bit,
+        };
+        match route.through_hosts(&hosts, domain, log).await {
+            Ok(out) => return Ok(out),
+            Err(Tried::Destination(reply)) => return Err(OpenError::Destination(reply)),
+            Err(Tried::Shaping(reply)) => {
+                log.note(&reply.to_string());
+                return Err(OpenError::Local(reply));
+            }
+            Err(Tried::Failed { text, esc }) => {
+                failure = Some((name.clone(), esc, text));
+            }
+        }
+    }
+    let pool_name = &pool.name;
+    Err(match failure {
+        Some((source, esc, text)) => local(
+            esc,
+            format!("pool '{pool_name}', source '{source}': no destination host for {domain} took the message: {text}"),
+            log,
+        ),
+        None => local(
+            [4, 7, 1],
+            format!(
+                "pool '{pool_name}' at {site}: no eligible source ({}); the earliest is eligible in {}",
+                skipped.join("; "),
+                words::duration(earliest.unwrap_or_default().max(Duration::from_millis(1)))
+            ),
+            log,
+        ),
+    })
+}
+
+/// The site of a destination: its hosts' names factored into one (and the port when
+/// an mx_list entry gives one that is not 25).
+fn site_of(hosts: &[Destination]) -> String {
+    let names: Vec<&str> = hosts.iter().map(|h| h.host.as_str()).collect();
+    let port = hosts
+        .iter()
+        .find_map(|h| h.entry.as_ref().and_then(|e| e.port()))
+        .unwrap_or(25);
+    site_name(&names, port)
+}
+
+/// How trying one source ended, when it did not give a session.
+enum Tried {
+    /// The destination refused MAIL: its own reply, for the client.
+    Destination(Reply),
+    /// A limit said no (connection limit busy, connection rate): the client retries.
+    Shaping(Reply),
+    /// Every host failed for this source.
+    Failed { text: String, esc: [u8; 3] },
+}
+
+/// Why one destination host did not give a session.
+enum HostFailure {
+    Destination(Reply),
+    Shaping(Reply),
+    /// STARTTLS failed (refused, handshake, certificate) or was required and not
+    /// offered.
+    Handshake(String),
+    /// Connect, proxy, banner, EHLO: our side of things.
+    Other {
+        text: String,
+        esc: [u8; 3],
+    },
+}
+
+/// What one transaction's routing decided for one source, for each host tried.
+struct Route<'a> {
+    ctx: &'a Context,
+    source: &'a Arc<EgressSource>,
+    path: &'a Arc<EgressPathConfig>,
+    site: &'a str,
+    ehlo: String,
+    mail_from: &'a str,
+    body_8bit: bool,
+}
+
+impl Route<'_> {
+    /// Each host in turn (next on failure), each with the reconnect-in-clear option.
+    async fn through_hosts(
+        &self,
+        hosts: &[Destination],
+        domain: &str,
+        log: &mut TxLog,
+    ) -> Result<Outbound, Tried> {
+        let mut last = (String::from("no host"), [4, 4, 1]);
+        for dest in hosts {
+            let addr = SocketAddr::new(
+                dest.ip,
+                effective_port(self.source, dest.entry.as_ref(), self.path),
+            );
+            log.destination = Some(format!("{} [{addr}]", dest.host));
+            let mut mode = self.path.enable_tls;
+            let opened = loop {
+                let key = SessionKey {
+                    source: self.source.clone(),
+                    addr,
+                    ehlo: self.ehlo.clone(),
+                    tls: mode,
+                };
+                if let Some(result) = self.reuse(&key, log).await {
+                    break result;
+                }
+                match self.connect(dest, key, log).await {
+                    Err(HostFailure::Handshake(e))
+                        if !mode.is_required()
+                            && mode != Tls::Disabled
+                            && self.path.opportunistic_tls_reconnect_on_failed_handshake =>
+                    {
+                        log.note(&format!(
+                            "{addr}: {e}; reconnecting in clear (opportunistic_tls_reconnect_on_failed_handshake)"
+                        ));
+                        mode = Tls::Disabled;
+                    }
+                    other => break other,
+                }
+            };
+            match opened {
+                Ok(out) => return Ok(out),
+                Err(HostFailure::Destination(reply)) => return Err(Tried::Destination(reply)),
+                Err(HostFailure::Shaping(reply)) => return Err(Tried::Shaping(reply)),
+                Err(HostFailure::Handshake(e)) => {
+                    last = (
+                        format!("egress source '{}': {addr}: {e}", self.source.name),
+                        [4, 7, 5],
+                    );
+                    log.note(&last.0);
+                }
+                Err(HostFailure::Other { text, esc }) => {
+                    log.note(&text);
+                    last = (text, esc);
+                }
+            }
+        }
+        let _ = domain;
+        Err(Tried::Failed {
+            text: last.0,
+            esc: last.1,
+        })
+    }
+
+    /// An idle clean session for `key`, past MAIL FROM; None when there is none.
+    async fn reuse(
+        &self,
+        key: &SessionKey,
+        log: &mut TxLog,
+    ) -> Option<Result<Outbound, HostFailure>> {
+        let ctx = self.ctx;
+        while let Some(mut out) = ctx.idle.take(key).await {
+            // An idle session the destination has since closed (or is closing,
+            // 421) is dropped quietly; anything else is the destination's answer.
+            match out.smtp.mail(self.mail_from, self.body_8bit).await {
+                Ok(reply) if is_positive(&reply) => {
+                    log.reused = true;
+                    log.egress = Some(out.egress);
+                    log.tls = out.smtp.tls().cloned();
+                    out.deliveries += 1;
+                    ctx.shaper.renew(&out.leases).await;
+                    return Some(Ok(out));
+                }
+                Ok(reply) if reply.code != 421 => {
+                    ctx.idle.release(out).await;
+                    return Some(Err(HostFailure::Destination(Reply::relayed(&reply))));
+                }
+                _ => {
+                    tokio::spawn(out.quit());
+                }
+            }
+        }
+        None
+    }
+
+    /// A new connection through the source, within its connection rate and limits:
+    /// banner, EHLO, STARTTLS as the key's mode says, MAIL FROM.
+    async fn connect(
+        &self,
+        dest: &Destination,
+        key: SessionKey,
+        log: &mut TxLog,
+    ) -> Result<Outbound, HostFailure> {
+        let ctx = self.ctx;
+        let (addr, mode) = (key.addr, key.tls);
+        let name = &self.source.name;
+        ctx.shaper
+            .connection_rate(name, self.site, self.path)
+            .await
+            .map_err(HostFailure::Shaping)?;
+        let leases = ctx
+            .shaper
+            .connection_slots(name, self.site, self.path, self.path.connect_timeout)
+            .await
+            .map_err(HostFailure::Shaping)?;
+        let started = Instant::now();
+        let conn = match ctx
+            .connector
+            .connect(self.source, addr, self.path.connect_timeout)
+            .await
+        {
+            Ok(conn) => conn,
+            Err(e) => {
+                ctx.shaper.release(&leases).await;
+                let mut text = e.to_string();
+                if let Some(reason) = ctx.shaper.connect_failed(self.source, &e).await {
+                    text.push_str(&format!("; source suspended ({reason})"));
+                }
+                return Err(HostFailure::Other {
+                    text,
+                    esc: [4, 4, 1],
+                });
+            }
+        };
+        log.connect_ms = Some(started.elapsed().as_millis());
+        log.egress = Some(conn.egress);
+        let egress = conn.egress;
+        let mut out = Outbound {
+            smtp: ClientSession::new(conn.stream, timeouts(self.path)),
+            key,
+            egress,
+            leases,
+            shaper: ctx.shaper.clone(),
+            deliveries: 1,
+            max_deliveries: self.path.max_deliveries_per_connection,
+        };
+        let failed = |e: std::io::Error| HostFailure::Other {
+            text: format!(
+                "egress source '{name}' via {egress}: {addr}: {e}{}",
+                egress.silence_hint()
+            ),
+            esc: [4, 4, 1],
+        };
+        if let Err(e) = out.smtp.greet(&self.ehlo).await {
+            tokio::spawn(out.quit());
+            return Err(failed(e));
+        }
+        if mode != Tls::Disabled && (out.smtp.extensions().starttls || mode.is_required()) {
+            let connector = match ctx.tls.connector(self.path, mode.verifies()) {
+                Ok(c) => c,
+                Err(e) => {
+                    tokio::spawn(out.quit());
+                    return Err(HostFailure::Handshake(e));
+                }
+            };
+            let sni = server_name(&dest.host, dest.ip);
+            let timeout = self.path.starttls_timeout;
+            match out
+                .smtp
+                .starttls(&connector, sni, mode.verifies(), &self.ehlo, timeout)
+                .await
+            {
+                Ok(info) => log.tls = Some(info.clone()),
+                Err(StartTlsError::Io(e)) => {
+                    tokio::spawn(out.quit());
+                    return Err(failed(e));
+                }
+                Err(e) => {
+                    tokio::spawn(out.quit());
+                    return Err(HostFailure::Handshake(e.to_string()));
+                }
+            }
+        }
+        match out.smtp.mail(self.mail_from, self.body_8bit).await {
+            Ok(reply) if is_positive(&reply) => Ok(out),
+            Ok(reply) => {
+                // No transaction is open on it: the session can serve the next one.
+                ctx.idle.release(out).await;
+                Err(HostFailure::Destination(Reply::relayed(&reply)))
+            }
+            Err(e) => {
+                tokio::spawn(out.quit());
+                Err(failed(e))
+            }
+        }
+    }
+}
+
+fn is_positive(reply: &Response<String>) -> bool {
+    (200..300).contains(&reply.code)
+}

@@ -1,0 +1,314 @@
+//! Shaping at the moment a transaction picks its route: which sources may be chosen
+//! (suspensions, `source_selection_rate`), whether a message may go now
+//! (`max_message_rate`), whether a new connection may open (`max_connection_rate`,
+//! `connection_limit`), and health rules that suspend a failing source.
+//!
+//! egressd holds no queue, so it must decide now: a short wait (at most
+//! [`MAX_WAIT`]) is taken; anything longer is a `451 4.7.1` that says when to retry.
+//! Keys: `SOURCE@SITE` unless an `additional_*` name says otherwise (those names are
+//! shared by every path that uses them); suspensions are keyed by source name (all
+//! sites) or `SOURCE->SITE`.
+
+use egress_connect::{ConnectError, Phase};
+use egress_smtp::{words, Reply};
+use egress_source::{ConnectionLimit, EgressPathConfig, EgressSource, SuspensionRule, Trigger};
+use egress_throttle::{Lease, Throttles};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// The longest a transaction waits for a rate; beyond it, `451 4.7.1`.
+pub const MAX_WAIT: Duration = Duration::from_secs(1);
+/// How long a connection-limit lease lasts without renewal; sessions renew it at
+/// each transaction, and a node that dies frees its slots after this.
+pub const LEASE_TTL: Duration = Duration::from_secs(300);
+
+/// Why a source cannot be chosen now, and when it may be.
+pub struct Ineligible {
+    pub reason: String,
+    pub retry_after: Duration,
+}
+
+/// The shaping state of this node (and, through Redis, of all).
+pub struct Shaper {
+    pub throttles: Arc<Throttles>,
+    /// Recent failures per (source, rule), for `Threshold` triggers.
+    failures: Mutex<HashMap<(String, &'static str), VecDeque<Instant>>>,
+}
+
+/// The suspension key for a source at a site.
+pub fn ready_queue(source: &str, site: &str) -> String {
+    format!("{source}->{site}")
+}
+
+fn until_now(until: SystemTime) -> Duration {
+    until
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+}
+
+impl Shaper {
+    pub fn new(throttles: Arc<Throttles>) -> Shaper {
+        Shaper {
+            throttles,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// May `source` be chosen for `site` now? Suspensions first, then the
+    /// selection rates, smallest first (KumoMTA's rule). Counts the selection when
+    /// it is allowed.
+    pub async fn eligible(
+        &self,
+        source: &str,
+        site: &str,
+        path: &EgressPathConfig,
+    ) -> Result<(), Ineligible> {
+        for key in [source.to_owned(), ready_queue(source, site)] {
+            if let Some(s) = self.throttles.suspension(&key).await {
+                return Err(Ineligible {
+                    reason: format!("source '{source}' is suspended ({})", s.reason),
+                    retry_after: until_now(s.until),
+                });
+            }
+        }
+        let mut rates: Vec<(String, &egress_source::ThrottleSpec)> = path
+            .source_selection_rate
+            .iter()
+            .map(|spec| (format!("select:{source}@{site}"), spec))
+            .chain(
+                path.additional_source_selection_rates
+                    .iter()
+                    .map(|(name, spec)| (format!("select:{name}"), spec)),
+            )
+            .collect();
+        rates.sort_by_key(|(_, spec)| spec.interval());
+        rates.reverse();
+        for (key, spec) in rates {
+            let d = self.throttles.throttle(&key, spec, true).await;
+            if !d.allowed {
+                return Err(Ineligible {
+                    reason: format!("source '{source}' reached its source_selection_rate {spec}"),
+                    retry_after: d.retry_after,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// One message through `source` to `site`: `max_message_rate` and the
+    /// additional message rates; waits up to [`MAX_WAIT`].
+    pub async fn message(
+        &self,
+        source: &str,
+        site: &str,
+        path: &EgressPathConfig,
+    ) -> Result<(), Reply> {
+        let rates = path
+            .max_message_rate
+            .iter()
+            .map(|spec| {
+                (
+                    format!("msg:{source}@{site}"),
+                    spec,
+                    "max_message_rate".to_owned(),
+                )
+            })
+            .chain(
+                path.additional_message_rate_throttles
+                    .iter()
+                    .map(|(name, spec)| {
+                        (
+                            format!("msg:{name}"),
+                            spec,
+                            format!("additional_message_rate_throttles.{name}"),
+                        )
+                    }),
+            );
+        for (key, spec, what) in rates {
+            self.wait_for(&key, spec, &what, source, site).await?;
+        }
+        Ok(())
+    }
+
+    /// A new connection through `source` to `site`: `max_connection_rate`.
+    pub async fn connection_rate(
+        &self,
+        source: &str,
+        site: &str,
+        path: &EgressPathConfig,
+    ) -> Result<(), Reply> {
+        if let Some(spec) = &path.max_connection_rate {
+            let key = format!("connrate:{source}@{site}");
+            self.wait_for(&key, spec, "max_connection_rate", source, site)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_for(
+        &self,
+        key: &str,
+        spec: &egress_source::ThrottleSpec,
+        what: &str,
+        source: &str,
+        site: &str,
+    ) -> Result<(), Reply> {
+        let started = Instant::now();
+        loop {
+            let d = self.throttles.throttle(key, spec, true).await;
+            if d.allowed {
+                return Ok(());
+            }
+            if started.elapsed() + d.retry_after > MAX_WAIT {
+                return Err(Reply::new(
+                    451,
+                    [4, 7, 1],
+                    format!(
+                        "source '{source}' at {site}: {what} {spec} reached; the next message may go in {}",
+                        words::duration(d.retry_after.max(Duration::from_millis(1)))
+                    ),
+                ));
+            }
+            tokio::time::sleep(d.retry_after).await;
+        }
+    }
+
+    /// Slots for a new connection: `connection_limit` and the additional limits.
+    /// Waits for a free slot up to `wait` (the path's `connect_timeout`).
+    pub async fn connection_slots(
+        &self,
+        source: &str,
+        site: &str,
+        path: &EgressPathConfig,
+        wait: Duration,
+    ) -> Result<Vec<Lease>, Reply> {
+        let limits: Vec<(String, ConnectionLimit, String)> = path
+            .connection_limit
+            .iter()
+            .map(|l| {
+                (
+                    format!("conn:{source}@{site}"),
+                    *l,
+                    "connection_limit".to_owned(),
+                )
+            })
+            .chain(path.additional_connection_limits.iter().map(|(name, l)| {
+                (
+                    format!("conn:{name}"),
+                    *l,
+                    format!("additional_connection_limits.{name}"),
+                )
+            }))
+            .collect();
+        let mut held = Vec::new();
+        let deadline = Instant::now() + wait;
+        for (key, limit, what) in limits {
+            loop {
+                if let Some(lease) = self.throttles.acquire(&key, limit, LEASE_TTL).await {
+                    held.push(lease);
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    self.release(&held).await;
+                    return Err(Reply::new(
+                        451,
+                        [4, 7, 1],
+                        format!(
+                            "source '{source}' at {site}: all {} connections of {what} are busy (waited {})",
+                            limit.limit,
+                            words::duration(wait)
+                        ),
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(held)
+    }
+
+    /// Gives connection slots back.
+    pub async fn release(&self, leases: &[Lease]) {
+        for lease in leases {
+            self.throttles.release(lease).await;
+        }
+    }
+
+    /// Keeps connection slots alive (at each transaction on the connection).
+    pub async fn renew(&self, leases: &[Lease]) {
+        for lease in leases {
+            self.throttles.renew(lease, LEASE_TTL).await;
+        }
+    }
+
+    /// A connect failure through `source`: if one of its health rules applies and
+    /// fires, the source is suspended (for every node when Redis is configured).
+    /// Returns the suspension's reason when it fired.
+    pub async fn connect_failed(
+        &self,
+        source: &EgressSource,
+        error: &ConnectError,
+    ) -> Option<String> {
+        let (rule, kind) = if error.is_unplumbed() {
+            (source.suspend_when_unplumbed.as_ref()?, "unplumbed")
+        } else if proxy_unhealthy(error) {
+            (
+                source.suspend_when_proxy_unhealthy.as_ref()?,
+                "proxy unhealthy",
+            )
+        } else {
+            return None;
+        };
+        if !self.fires(&source.name, kind, rule) {
+            return None;
+        }
+        let reason = format!("{kind}: {error}");
+        tracing::warn!(
+            source = %source.name,
+            duration = %words::duration(rule.duration),
+            "suspending egress source: {reason}"
+        );
+        self.throttles
+            .suspend(&source.name, &reason, rule.duration)
+            .await;
+        Some(reason)
+    }
+
+    fn fires(&self, source: &str, kind: &'static str, rule: &SuspensionRule) -> bool {
+        let spec = match rule.trigger {
+            Trigger::Immediate => return true,
+            Trigger::Threshold(spec) => spec,
+        };
+        let now = Instant::now();
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = failures.entry((source.to_owned(), kind)).or_default();
+        seen.push_back(now);
+        while seen
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > spec.period)
+        {
+            seen.pop_front();
+        }
+        if seen.len() as u64 >= spec.limit {
+            seen.clear();
+            return true;
+        }
+        false
+    }
+}
+
+/// A failure that says the proxy (not the destination) is unwell: unreachable,
+/// unresolvable, silent, refusing us, or unable to bind the source address.
+fn proxy_unhealthy(error: &ConnectError) -> bool {
+    match error {
+        ConnectError::ProxyUnreachable { .. }
+        | ConnectError::ResolveProxy { .. }
+        | ConnectError::SourceBindUnsupported { .. }
+        | ConnectError::ProxyProtocol { .. }
+        | ConnectError::ProxyAuthFailed { .. } => true,
+        ConnectError::Timeout { phase, .. } => {
+            matches!(phase, Phase::ConnectProxy | Phase::ProxyHandshake)
+        }
+        _ => false,
+    }
+}
