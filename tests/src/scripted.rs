@@ -23,6 +23,8 @@ pub struct Received {
 #[derive(Default)]
 struct Shared {
     connections: AtomicUsize,
+    active: AtomicUsize,
+    max_active: AtomicUsize,
     received: Mutex<Vec<Received>>,
     stopping: AtomicBool,
 }
@@ -39,6 +41,16 @@ impl ScriptedDestination {
     /// Starts it; with `stale_after_first_message`, the first message on each
     /// connection is answered `250` followed by an unasked `550 5.1.1`.
     pub fn start(stale_after_first_message: bool) -> ScriptedDestination {
+        Self::start_with(stale_after_first_message, Duration::ZERO)
+    }
+
+    /// A well-behaved destination that takes `delay` to answer the end of each
+    /// message, so that concurrent transactions overlap.
+    pub fn slow(delay: Duration) -> ScriptedDestination {
+        Self::start_with(false, delay)
+    }
+
+    fn start_with(stale_after_first_message: bool, delay: Duration) -> ScriptedDestination {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind scripted destination");
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared::default());
@@ -50,9 +62,12 @@ impl ScriptedDestination {
                 }
                 let Ok(stream) = stream else { continue };
                 let n = accepting.connections.fetch_add(1, Ordering::SeqCst);
+                let now = accepting.active.fetch_add(1, Ordering::SeqCst) + 1;
+                accepting.max_active.fetch_max(now, Ordering::SeqCst);
                 let shared = accepting.clone();
                 std::thread::spawn(move || {
-                    let _ = serve(stream, n, stale_after_first_message, &shared);
+                    let _ = serve(stream, n, stale_after_first_message, delay, &shared);
+                    shared.active.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -62,6 +77,11 @@ impl ScriptedDestination {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// The most connections that were open at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.shared.max_active.load(Ordering::SeqCst)
     }
 
     /// Messages received so far.
@@ -85,6 +105,7 @@ fn serve(
     stream: TcpStream,
     connection: usize,
     stale: bool,
+    delay: Duration,
     shared: &Shared,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
@@ -132,6 +153,7 @@ fn serve(
                 }
             }
             messages_here += 1;
+            std::thread::sleep(delay);
             if let Some(m) = current.take() {
                 shared
                     .received

@@ -693,3 +693,69 @@ fn a_looping_top_level_or_init_fails_the_load_in_time() {
     );
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[tokio::test]
+async fn redis_throttles_are_declared_and_unknown_keys_refused() {
+    let p = policy(
+        "kumo.on('init', function() kumo.configure_redis_throttles { node = 'redis://127.0.0.1:6379/' } end)",
+    );
+    assert_eq!(
+        p.init().redis_throttles.unwrap().node,
+        "redis://127.0.0.1:6379/"
+    );
+    let err = Policy::from_source(
+        "policy.lua",
+        "kumo.on('init', function() kumo.configure_redis_throttles { cluster = true, node = 'redis://x/' } end)",
+        PolicyOptions::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.contains("cluster") && err.contains("kumo.configure_redis_throttles"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn shaping_keys_reach_the_path_config_with_the_site() {
+    let p = policy(
+        "kumo.on('get_egress_path_config', function(domain, source, site)
+           return kumo.make_egress_path { connection_limit = 'local:3', max_message_rate = '1,000/hr',
+             source_selection_rate = '100/day,max_burst=1', max_deliveries_per_connection = 50,
+             additional_connection_limits = { ['shared-gmail'] = 20 },
+             ehlo_domain = site:gsub('[^%w.-]', 'x') }
+         end)",
+    );
+    let path = p
+        .egress_path_config(
+            "gmail.com",
+            "ip-1",
+            Some("(alt1|alt2)?.gmail-smtp-in.l.google.com"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(path.connection_limit.unwrap().to_string(), "local:3");
+    assert_eq!(path.max_message_rate.unwrap().limit, 1000);
+    assert_eq!(path.source_selection_rate.unwrap().burst(), 1);
+    assert_eq!(path.max_deliveries_per_connection, Some(50));
+    assert_eq!(path.additional_connection_limits["shared-gmail"].limit, 20);
+    assert_eq!(
+        path.ehlo_domain.as_deref(),
+        Some("xalt1xalt2xx.gmail-smtp-in.l.google.com")
+    );
+    let err = Policy::from_source(
+        "policy.lua",
+        "kumo.on('get_egress_path_config', function() return kumo.make_egress_path { max_message_rate = '5 per min' } end)",
+        PolicyOptions::default(),
+    )
+    .unwrap()
+    .egress_path_config("d", "s", None)
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("\"5 per min\"") && err.contains("10/s"),
+        "{err}"
+    );
+}

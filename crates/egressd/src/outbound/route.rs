@@ -147,7 +147,14 @@ pub async fn open(
 /// The site of a destination: its hosts' names factored into one (and the port when
 /// an mx_list entry gives one that is not 25).
 fn site_of(hosts: &[Destination]) -> String {
-    let names: Vec<&str> = hosts.iter().map(|h| h.host.as_str()).collect();
+    // An address literal stays one, bracketed as in an mx_list.
+    let names: Vec<String> = hosts
+        .iter()
+        .map(|h| match h.host.parse::<std::net::IpAddr>() {
+            Ok(ip) => format!("[{ip}]"),
+            Err(_) => h.host.clone(),
+        })
+        .collect();
     let port = hosts
         .iter()
         .find_map(|h| h.entry.as_ref().and_then(|e| e.port()))
@@ -169,6 +176,9 @@ enum Tried {
 enum HostFailure {
     Destination(Reply),
     Shaping(Reply),
+    /// Every connection slot is taken: wait for one (or for a session to come back
+    /// idle), up to `connect_timeout`.
+    Busy(Reply),
     /// STARTTLS failed (refused, handshake, certificate) or was required and not
     /// offered.
     Handshake(String),
@@ -206,6 +216,7 @@ impl Route<'_> {
             );
             log.destination = Some(format!("{} [{addr}]", dest.host));
             let mut mode = self.path.enable_tls;
+            let started = Instant::now();
             let opened = loop {
                 let key = SessionKey {
                     source: self.source.clone(),
@@ -216,7 +227,14 @@ impl Route<'_> {
                 if let Some(result) = self.reuse(&key, log).await {
                     break result;
                 }
-                match self.connect(dest, key, log).await {
+                match self.connect(dest, key, started.elapsed(), log).await {
+                    Err(HostFailure::Busy(reply)) => {
+                        if started.elapsed() >= self.path.connect_timeout {
+                            break Err(HostFailure::Shaping(reply));
+                        }
+                        // A session may come back idle, or a slot free up.
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
                     Err(HostFailure::Handshake(e))
                         if !mode.is_required()
                             && mode != Tls::Disabled
@@ -233,7 +251,9 @@ impl Route<'_> {
             match opened {
                 Ok(out) => return Ok(out),
                 Err(HostFailure::Destination(reply)) => return Err(Tried::Destination(reply)),
-                Err(HostFailure::Shaping(reply)) => return Err(Tried::Shaping(reply)),
+                Err(HostFailure::Shaping(reply)) | Err(HostFailure::Busy(reply)) => {
+                    return Err(Tried::Shaping(reply))
+                }
                 Err(HostFailure::Handshake(e)) => {
                     last = (
                         format!("egress source '{}': {addr}: {e}", self.source.name),
@@ -291,20 +311,21 @@ impl Route<'_> {
         &self,
         dest: &Destination,
         key: SessionKey,
+        waited: Duration,
         log: &mut TxLog,
     ) -> Result<Outbound, HostFailure> {
         let ctx = self.ctx;
         let (addr, mode) = (key.addr, key.tls);
         let name = &self.source.name;
-        ctx.shaper
-            .connection_rate(name, self.site, self.path)
-            .await
-            .map_err(HostFailure::Shaping)?;
         let leases = ctx
             .shaper
-            .connection_slots(name, self.site, self.path, self.path.connect_timeout)
+            .connection_slots(name, self.site, self.path, waited)
             .await
-            .map_err(HostFailure::Shaping)?;
+            .map_err(HostFailure::Busy)?;
+        if let Err(reply) = ctx.shaper.connection_rate(name, self.site, self.path).await {
+            ctx.shaper.release(&leases).await;
+            return Err(HostFailure::Shaping(reply));
+        }
         let started = Instant::now();
         let conn = match ctx
             .connector

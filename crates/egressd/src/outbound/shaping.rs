@@ -174,14 +174,14 @@ impl Shaper {
         }
     }
 
-    /// Slots for a new connection: `connection_limit` and the additional limits.
-    /// Waits for a free slot up to `wait` (the path's `connect_timeout`).
+    /// Slots for a new connection: `connection_limit` and the additional limits,
+    /// all or none. `Err` with the reply to give if the caller stops waiting.
     pub async fn connection_slots(
         &self,
         source: &str,
         site: &str,
         path: &EgressPathConfig,
-        wait: Duration,
+        waited: Duration,
     ) -> Result<Vec<Lease>, Reply> {
         let limits: Vec<(String, ConnectionLimit, String)> = path
             .connection_limit
@@ -202,14 +202,10 @@ impl Shaper {
             }))
             .collect();
         let mut held = Vec::new();
-        let deadline = Instant::now() + wait;
         for (key, limit, what) in limits {
-            loop {
-                if let Some(lease) = self.throttles.acquire(&key, limit, LEASE_TTL).await {
-                    held.push(lease);
-                    break;
-                }
-                if Instant::now() >= deadline {
+            match self.throttles.acquire(&key, limit, LEASE_TTL).await {
+                Some(lease) => held.push(lease),
+                None => {
                     self.release(&held).await;
                     return Err(Reply::new(
                         451,
@@ -217,11 +213,10 @@ impl Shaper {
                         format!(
                             "source '{source}' at {site}: all {} connections of {what} are busy (waited {})",
                             limit.limit,
-                            words::duration(wait)
+                            words::duration(waited)
                         ),
                     ));
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
         Ok(held)
