@@ -113,7 +113,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <peers | ci | test -p NAME | bench [source|cache|connect|lua|relay|load] | fuzz [TARGET] [--time SECONDS]>";
+const USAGE: &str = "usage: cargo xtask <peers | ci | test -p NAME | bench [source|cache|connect|lua|throttle|relay|load] | fuzz [TARGET] [--time SECONDS]>";
 
 pub(crate) type Result<T = (), E = String> = std::result::Result<T, E>;
 
@@ -287,7 +287,9 @@ fn is_root() -> bool {
 }
 
 fn bench(which: Option<&str>) -> Result {
-    let all = ["source", "cache", "connect", "lua", "relay", "load"];
+    let all = [
+        "source", "cache", "connect", "lua", "throttle", "relay", "load",
+    ];
     let chosen: Vec<&str> = match which {
         None | Some("all") => all.to_vec(),
         Some(one) if all.contains(&one) => vec![one],
@@ -302,6 +304,13 @@ fn bench(which: Option<&str>) -> Result {
                 cargo(&["bench", "-p", "egress-connect"])?
             }
             "lua" => cargo(&["bench", "-p", "egress-lua"])?,
+            "throttle" => {
+                peers()?;
+                cargo(&["bench", "-p", "egress-throttle"])?;
+                cargo(&[
+                    "bench", "-p", "egressd", "--bench", "relay", "--", "shaping",
+                ])?
+            }
             "relay" => {
                 peers()?;
                 cargo(&["bench", "-p", "egressd", "--bench", "relay"])?

@@ -90,6 +90,15 @@ impl RedisStore {
         })
     }
 
+    /// One PING round trip on the connection the store uses (its health, and the
+    /// baseline its benchmark compares a throttle check with).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut con = self.connection().await?;
+        let cmd = redis::cmd("PING");
+        let _: String = self.timed("ping", cmd.query_async(&mut con)).await?;
+        Ok(())
+    }
+
     /// The URL, for messages.
     pub fn url(&self) -> &str {
         &self.url

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 fn main() {
     let sink = SmtpSink::start_with("127.0.0.1".parse().unwrap(), &[]);
     let dir = tempfile::tempdir().unwrap();
+    if std::env::args().any(|a| a == "shaping") {
+        shaping_rows(&sink, dir.path());
+        return;
+    }
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let policy = dir.path().join("policy.lua");
     std::fs::write(
@@ -54,6 +58,51 @@ fn main() {
         );
     }
     tls_rows(&sink, dir.path());
+    shaping_rows(&sink, dir.path());
+}
+
+/// Shaping that never binds (every limit generous) against no shaping, same run:
+/// what the checks themselves cost a relay.
+fn shaping_rows(sink: &SmtpSink, dir: &std::path::Path) {
+    let generous = "kumo.on('get_egress_path_config', function(domain, source, site)
+        return kumo.make_egress_path { connection_limit = 100000, max_connection_rate = '1000000/s',
+          max_message_rate = '1000000/s', source_selection_rate = '1000000/s',
+          additional_message_rate_throttles = { shared = '1000000/s' } }
+      end)";
+    let mut addrs = Vec::new();
+    let mut peers = Vec::new();
+    for (name, extra) in [("plain", ""), ("shaped", generous)] {
+        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let text = egress_e2e::relay_policy(
+            "max_connection_rate_per_client = 'unlimited'",
+            &egress_e2e::mx_entry(sink.addr),
+            extra,
+        )
+        .replace("{listen}", &listen.to_string());
+        let policy = dir.join(format!("{name}.lua"));
+        std::fs::write(&policy, text).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_egressd"));
+        cmd.arg("--policy").arg(&policy).env("EGRESSD_LOG", "warn");
+        let mut peer = Peer::spawn("egressd", &mut cmd);
+        wait_listening("egressd", listen, &mut peer);
+        addrs.push(listen);
+        peers.push(peer);
+    }
+    println!("relay with shaping that never binds vs none (local throttles):");
+    for (sessions, messages) in [(1, 500), (20, 4000)] {
+        run(addrs[0], sessions, sessions * 5);
+        run(addrs[1], sessions, sessions * 5);
+        let (mut plain, mut shaped) = (Duration::MAX, Duration::MAX);
+        for _ in 0..3 {
+            plain = plain.min(run(addrs[0], sessions, messages));
+            shaped = shaped.min(run(addrs[1], sessions, messages));
+        }
+        let (plain, shaped) = (rate(plain, messages), rate(shaped, messages));
+        println!(
+            "  {sessions:>2} session(s), {messages} messages: none {plain:>7.0} msg/s   shaped {shaped:>7.0} msg/s   ratio {:.2}  (goal >= 0.95)",
+            shaped / plain
+        );
+    }
 }
 
 /// Outbound TLS: the same relay with STARTTLS to the destination and in clear,
