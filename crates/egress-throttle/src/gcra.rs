@@ -62,6 +62,61 @@ pub fn decide(cell: Cell, tat: Option<u64>, now: u64) -> (Decision, u64) {
     )
 }
 
+/// A limiter's state as one atomic: the TAT, decided on with compare-and-swap so
+/// concurrent checks never take a lock.
+#[derive(Debug, Default)]
+pub struct Limiter {
+    tat: std::sync::atomic::AtomicU64,
+}
+
+impl Limiter {
+    /// [`decide`] against this limiter's TAT, at `now` (microseconds, any epoch as
+    /// long as it is the same for every call).
+    pub fn check(&self, cell: Cell, now: u64) -> Decision {
+        use std::sync::atomic::Ordering;
+        let mut seen = self.tat.load(Ordering::Relaxed);
+        loop {
+            // 0 is "never used": the first event is on schedule.
+            let stored = (seen != 0).then_some(seen);
+            let (decision, tat) = decide(cell, stored, now);
+            if !decision.allowed {
+                return decision;
+            }
+            match self.tat.compare_exchange_weak(
+                seen,
+                tat.max(1),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return decision,
+                Err(actual) => seen = actual,
+            }
+        }
+    }
+
+    /// The stored TAT (0: never used).
+    pub fn tat(&self) -> u64 {
+        self.tat.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Microseconds on the monotonic clock, read the cheap way (the kernel's coarse
+/// clock, a few milliseconds of resolution — plenty for rates per second and
+/// slower, and a fraction of the cost of a precise read).
+pub fn now_micros() -> u64 {
+    use nix::time::{clock_gettime, ClockId};
+    match clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE) {
+        Ok(t) => t.tv_sec() as u64 * 1_000_000 + t.tv_nsec() as u64 / 1_000,
+        Err(_) => {
+            static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+            START
+                .get_or_init(std::time::Instant::now)
+                .elapsed()
+                .as_micros() as u64
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +175,21 @@ mod tests {
             let spec = ThrottleSpec { limit, period: Duration::from_secs(period), max_burst: burst };
             prop_assert_eq!(spec.to_string().parse::<ThrottleSpec>().unwrap(), spec);
         }
+    }
+
+    #[test]
+    fn the_atomic_limiter_decides_as_the_function_does() {
+        let cell = Cell::of(&spec("5/min"));
+        let limiter = Limiter::default();
+        // Start away from 0, which the limiter reserves for "never used".
+        let t0 = 1_000_000;
+        for _ in 0..5 {
+            assert!(limiter.check(cell, t0).allowed);
+        }
+        let d = limiter.check(cell, t0);
+        assert!(!d.allowed);
+        assert_eq!(d.retry_after, Duration::from_secs(12));
+        assert!(limiter.check(cell, t0 + 12_000_000).allowed);
     }
 
     #[test]

@@ -1,17 +1,17 @@
 //! The in-process store: one node's numbers, behind a mutex (each operation is a
 //! few arithmetic steps on one map entry).
 
-use crate::gcra::{decide, Cell, Decision};
+use crate::gcra::{now_micros, Cell, Decision, Limiter};
 use crate::{Store, StoreFuture, Suspension, ThrottleSpec};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Throttles, leases and suspensions for this process only.
 pub struct LocalStore {
-    epoch: Instant,
-    tats: Mutex<HashMap<String, u64>>,
+    /// One limiter per key; checks share a read lock and decide with an atomic.
+    limiters: RwLock<HashMap<String, Limiter>>,
     leases: Mutex<HashMap<String, HashMap<String, Instant>>>,
     suspensions: Mutex<HashMap<String, (String, Instant, SystemTime)>>,
     next_id: AtomicU64,
@@ -20,8 +20,7 @@ pub struct LocalStore {
 impl Default for LocalStore {
     fn default() -> Self {
         LocalStore {
-            epoch: Instant::now(),
-            tats: Mutex::default(),
+            limiters: RwLock::default(),
             leases: Mutex::default(),
             suspensions: Mutex::default(),
             next_id: AtomicU64::new(0),
@@ -36,18 +35,20 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl LocalStore {
     /// The throttle decision, synchronously (no I/O here).
     pub fn check(&self, key: &str, spec: &ThrottleSpec) -> Decision {
-        let now = self.epoch.elapsed().as_micros() as u64;
         let cell = Cell::of(spec);
-        let mut tats = lock(&self.tats);
-        let (decision, tat) = decide(cell, tats.get(key).copied(), now);
-        if decision.allowed {
-            tats.insert(key.to_owned(), tat);
+        let now = now_micros();
+        {
+            let limiters = self.limiters.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(limiter) = limiters.get(key) {
+                return limiter.check(cell, now);
+            }
         }
-        if tats.len() > 100_000 {
+        let mut limiters = self.limiters.write().unwrap_or_else(|e| e.into_inner());
+        if limiters.len() > 100_000 {
             // Keys whose TAT has passed carry no information.
-            tats.retain(|_, t| *t > now);
+            limiters.retain(|_, l| l.tat() > now);
         }
-        decision
+        limiters.entry(key.to_owned()).or_default().check(cell, now)
     }
 
     fn take(&self, key: &str, limit: u64, ttl: Duration) -> Option<String> {
