@@ -43,6 +43,7 @@ pub async fn serve(policy: Arc<Policy>, host_name: String) -> Result<(), String>
         host_name,
         Arc::new(throttles),
     ));
+    ctx.shaper.spawn_renewal();
     let (trigger, shutdown) = shutdown::channel();
     let reaper = ctx.clone();
     tokio::spawn(async move {

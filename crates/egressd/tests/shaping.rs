@@ -248,3 +248,76 @@ fn a_connection_is_retired_after_max_deliveries_per_connection() {
     assert_eq!(dest.received().len(), 5);
     assert_eq!(dest.connections(), 3, "2 + 2 + 1 messages per connection");
 }
+
+/// The policy of the two-node connection-limit tests: three connections at once to
+/// `dest`, shared through `redis`.
+fn three_connections(dest: &ScriptedDestination, redis: &RedisServer) -> String {
+    shaping_policy(
+        &mx_entry(dest.addr),
+        "{ name = 'ip-2' }",
+        "['ip-2'] = { source_address = '127.0.0.2' }",
+        "return kumo.make_egress_path { connection_limit = 3 }",
+        &format!(
+            "kumo.configure_redis_throttles {{ node = '{}' }}",
+            redis.url()
+        ),
+    )
+}
+
+#[test]
+fn a_shared_connection_limit_holds_across_nodes() {
+    let redis = RedisServer::start();
+    let dest = ScriptedDestination::slow(Duration::from_millis(500));
+    let policy = three_connections(&dest, &redis);
+    let (a, b) = (Egressd::start(&policy), Egressd::start(&policy));
+    let clients: Vec<_> = (0..8)
+        .map(|i| {
+            let addr = if i % 2 == 0 { a.addr } else { b.addr };
+            std::thread::spawn(move || swaks(addr, &format!("rcpt{i}@dest.test"), &[]))
+        })
+        .collect();
+    for c in clients {
+        let s = c.join().unwrap();
+        assert!(s.ok, "{}", s.transcript);
+    }
+    assert_eq!(dest.received().len(), 8);
+    assert!(
+        dest.max_concurrent() <= 3,
+        "{} at once",
+        dest.max_concurrent()
+    );
+}
+
+#[test]
+fn a_killed_node_frees_its_connection_slots_within_the_lease_time() {
+    let redis = RedisServer::start();
+    let dest = ScriptedDestination::slow(Duration::from_secs(1));
+    let policy = three_connections(&dest, &redis);
+    let (a, b) = (Egressd::start(&policy), Egressd::start(&policy));
+    // Node A takes all three slots (three overlapping transactions), keeps its
+    // sessions idle, and dies without giving them back.
+    let clients: Vec<_> = (0..3)
+        .map(|i| {
+            let addr = a.addr;
+            std::thread::spawn(move || swaks(addr, &format!("a{i}@dest.test"), &[]))
+        })
+        .collect();
+    for c in clients {
+        assert!(c.join().unwrap().ok);
+    }
+    assert_eq!(dest.connections(), 3);
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &a.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // Node B waits for the dead node's leases (15 s) to lapse, then delivers.
+    let started = std::time::Instant::now();
+    let s = swaks(b.addr, "after@dest.test", &[]);
+    assert!(s.ok, "{}", s.transcript);
+    let waited = started.elapsed();
+    assert!(
+        waited > Duration::from_secs(3) && waited < Duration::from_secs(40),
+        "B should have waited for A's slots to lapse, took {waited:?}"
+    );
+}

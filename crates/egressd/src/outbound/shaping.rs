@@ -19,9 +19,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// The longest a transaction waits for a rate; beyond it, `451 4.7.1`.
 pub const MAX_WAIT: Duration = Duration::from_secs(1);
-/// How long a connection-limit lease lasts without renewal; sessions renew it at
-/// each transaction, and a node that dies frees its slots after this.
-pub const LEASE_TTL: Duration = Duration::from_secs(300);
+/// How long a connection-limit lease lasts without renewal. Every lease a live
+/// connection holds is renewed every [`LEASE_RENEWAL`]; a node that dies stops
+/// renewing, and its slots free themselves after this.
+pub const LEASE_TTL: Duration = Duration::from_secs(15);
+/// How often held leases are renewed.
+pub const LEASE_RENEWAL: Duration = Duration::from_secs(5);
 
 /// Why a source cannot be chosen now, and when it may be.
 pub struct Ineligible {
@@ -34,6 +37,8 @@ pub struct Shaper {
     pub throttles: Arc<Throttles>,
     /// Recent failures per (source, rule), for `Threshold` triggers.
     failures: Mutex<HashMap<(String, &'static str), VecDeque<Instant>>>,
+    /// Leases held by live connections, renewed in the background.
+    live: Mutex<HashMap<String, Lease>>,
 }
 
 /// The suspension key for a source at a site.
@@ -52,7 +57,33 @@ impl Shaper {
         Shaper {
             throttles,
             failures: Mutex::default(),
+            live: Mutex::default(),
         }
+    }
+
+    /// Renews every held lease every [`LEASE_RENEWAL`], for as long as the process
+    /// lives (the server starts this once).
+    pub fn spawn_renewal(self: &Arc<Self>) {
+        let shaper = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(LEASE_RENEWAL);
+            loop {
+                tick.tick().await;
+                let Some(shaper) = shaper.upgrade() else {
+                    return;
+                };
+                let held: Vec<Lease> = shaper
+                    .live
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .values()
+                    .cloned()
+                    .collect();
+                for lease in &held {
+                    shaper.throttles.renew(lease, LEASE_TTL).await;
+                }
+            }
+        });
     }
 
     /// May `source` be chosen for `site` now? Suspensions first, then the
@@ -204,7 +235,13 @@ impl Shaper {
         let mut held = Vec::new();
         for (key, limit, what) in limits {
             match self.throttles.acquire(&key, limit, LEASE_TTL).await {
-                Some(lease) => held.push(lease),
+                Some(lease) => {
+                    self.live
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(lease.id.clone(), lease.clone());
+                    held.push(lease);
+                }
                 None => {
                     self.release(&held).await;
                     return Err(Reply::new(
@@ -225,6 +262,10 @@ impl Shaper {
     /// Gives connection slots back.
     pub async fn release(&self, leases: &[Lease]) {
         for lease in leases {
+            self.live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&lease.id);
             self.throttles.release(lease).await;
         }
     }
