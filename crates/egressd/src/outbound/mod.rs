@@ -121,7 +121,8 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// Opens a transaction for `domain` (see [`route`] for the steps). Fills `log`.
+    /// Opens a transaction for `domain` (the steps are in `outbound/route.rs`).
+    /// Fills `log`.
     pub async fn open(
         ctx: &Context,
         domain: &str,
