@@ -400,6 +400,9 @@ async fn meet(states: usize) -> Vec<String> {
             &barrier_policy(dir.path()),
             PolicyOptions {
                 states,
+                // One state runs the four 3 s calls one after another: the time
+                // limit (which counts waiting for a state) must allow for that.
+                time_limit: Duration::from_secs(30),
                 ..Default::default()
             },
         )
