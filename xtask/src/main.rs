@@ -4,7 +4,7 @@
 //! cargo xtask peers          install the real test peers (apt), idempotent
 //! cargo xtask ci             peers, fmt, clippy, each crate's tests alone, end-to-end tests
 //! cargo xtask test -p NAME   one crate's tests
-//! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, relay, load)
+//! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, throttle, relay, load)
 //! cargo xtask fuzz [TARGET] [--time SECONDS]   libFuzzer targets (cargo-fuzz, nightly)
 //! ```
 //!
