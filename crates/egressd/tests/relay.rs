@@ -465,10 +465,15 @@ fn postfix_hands_its_mail_to_egressd() {
         "{}",
         m[0]
     );
-    let log = postfix.maillog();
-    assert!(
-        log.contains(&format!("relay=127.0.0.1[127.0.0.1]:{}", d.addr.port()))
-            && log.contains("status=sent"),
-        "{log}"
-    );
+    // Postfix writes its log line after the destination has the message: wait for it.
+    let sent = format!("relay=127.0.0.1[127.0.0.1]:{}", d.addr.port());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut log = postfix.maillog();
+    while !(log.contains(&sent) && log.contains("status=sent"))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        log = postfix.maillog();
+    }
+    assert!(log.contains(&sent) && log.contains("status=sent"), "{log}");
 }
