@@ -65,12 +65,17 @@ impl Dns {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
-        let lookup = self
-            .resolver
-            .lookup_ip(fqdn(host))
+        self.lookup_ip(host)
             .await
-            .map_err(|e| io::Error::other(describe(host, "address record", &e)))?;
-        Ok(lookup.iter().collect())
+            .map_err(|e| io::Error::other(describe(host, "address record", &e)))
+    }
+
+    /// A and AAAA records of `host`, with the resolver's own error.
+    async fn lookup_ip(
+        &self,
+        host: &str,
+    ) -> Result<Vec<IpAddr>, hickory_resolver::error::ResolveError> {
+        Ok(self.resolver.lookup_ip(fqdn(host)).await?.iter().collect())
     }
 
     /// Where mail for `domain` goes: the mx_list when given (in order), else its MX
@@ -125,13 +130,15 @@ impl Dns {
                     }
                 }
                 Err(e) if matches!(e.kind(), ResolveErrorKind::NoRecordsFound { .. }) => {
-                    let ips = self.addresses(domain).await.map_err(|e| {
-                        if e.to_string().contains("no address record") {
-                            io::Error::other(format!("{domain}: no MX and no address record"))
-                        } else {
-                            e
-                        }
-                    })?;
+                    let ips = match domain.parse::<IpAddr>() {
+                        Ok(ip) => vec![ip],
+                        Err(_) => self.lookup_ip(domain).await.map_err(|e| match e.kind() {
+                            ResolveErrorKind::NoRecordsFound { .. } => {
+                                io::Error::other(format!("{domain}: no MX and no address record"))
+                            }
+                            _ => io::Error::other(describe(domain, "address record", &e)),
+                        })?,
+                    };
                     out.extend(ips.into_iter().map(|ip| Destination {
                         host: domain.to_owned(),
                         ip,

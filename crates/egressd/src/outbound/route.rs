@@ -113,7 +113,7 @@ pub async fn open(
             mail_from: &mail_from,
             body_8bit,
         };
-        match route.through_hosts(&hosts, domain, log).await {
+        match route.through_hosts(&hosts, log).await {
             Ok(out) => return Ok(out),
             Err(Tried::Destination(reply)) => return Err(OpenError::Destination(reply)),
             Err(Tried::Shaping(reply)) => {
@@ -205,7 +205,6 @@ impl Route<'_> {
     async fn through_hosts(
         &self,
         hosts: &[Destination],
-        domain: &str,
         log: &mut TxLog,
     ) -> Result<Outbound, Tried> {
         let mut last = (String::from("no host"), [4, 4, 1]);
@@ -267,7 +266,6 @@ impl Route<'_> {
                 }
             }
         }
-        let _ = domain;
         Err(Tried::Failed {
             text: last.0,
             esc: last.1,
@@ -290,7 +288,6 @@ impl Route<'_> {
                     log.egress = Some(out.egress);
                     log.tls = out.smtp.tls().cloned();
                     out.deliveries += 1;
-                    ctx.shaper.renew(&out.leases).await;
                     return Some(Ok(out));
                 }
                 Ok(reply) if reply.code != 421 => {

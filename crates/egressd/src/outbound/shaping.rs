@@ -113,8 +113,7 @@ impl Shaper {
                     .map(|(name, spec)| (format!("select:{name}"), spec)),
             )
             .collect();
-        rates.sort_by_key(|(_, spec)| spec.interval());
-        rates.reverse();
+        rates.sort_by_key(|(_, spec)| std::cmp::Reverse(spec.interval()));
         for (key, spec) in rates {
             let d = self.throttles.throttle(&key, spec, true).await;
             if !d.allowed {
@@ -267,13 +266,6 @@ impl Shaper {
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&lease.id);
             self.throttles.release(lease).await;
-        }
-    }
-
-    /// Keeps connection slots alive (at each transaction on the connection).
-    pub async fn renew(&self, leases: &[Lease]) {
-        for lease in leases {
-            self.throttles.renew(lease, LEASE_TTL).await;
         }
     }
 
