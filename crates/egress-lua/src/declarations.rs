@@ -44,7 +44,7 @@ pub struct EsmtpListener {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// Clients allowed to relay (CIDRs or addresses); default loopback only.
-    #[serde(default = "default_relay_hosts", deserialize_with = "relay_hosts")]
+    #[serde(default = "default_relay_hosts", deserialize_with = "networks")]
     pub relay_hosts: Vec<IpNet>,
     /// Name in the banner and `Received:`; default the host's name.
     #[serde(default)]
@@ -201,7 +201,7 @@ fn default_max_connections() -> usize {
 }
 
 /// Accepts CIDRs (`10.0.0.0/8`) and bare addresses (`10.0.0.1`), as KumoMTA does.
-fn relay_hosts<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
     let items = Vec::<String>::deserialize(d)?;
     items
         .iter()
@@ -217,13 +217,51 @@ fn relay_hosts<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> 
         .collect()
 }
 
-/// `kumo.start_http_listener { listen }`.
+/// `kumo.start_http_listener { listen, hostname, trusted_hosts, use_tls,
+/// tls_certificate, tls_private_key }` (KumoMTA's names): egressd's admin API and
+/// metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpListener {
     /// Address to listen on; default `127.0.0.1:8000`.
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
+    /// Name for the self-signed certificate when `use_tls` has no certificate of
+    /// its own; default the host's name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Clients that need no credentials (CIDRs or addresses); default loopback.
+    /// Any other client must authenticate with HTTP Basic, checked by the
+    /// `http_server_validate_auth_basic` event, or gets 401.
+    #[serde(default = "default_trusted_hosts", deserialize_with = "networks")]
+    pub trusted_hosts: Vec<IpNet>,
+    /// Serve HTTPS; default false.
+    #[serde(default)]
+    pub use_tls: bool,
+    /// Certificate chain for HTTPS (PEM file path); without it (and
+    /// `tls_private_key`) a self-signed certificate is made at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_certificate: Option<String>,
+    /// The certificate's private key (PEM file path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_private_key: Option<String>,
+}
+
+impl Default for HttpListener {
+    fn default() -> Self {
+        HttpListener {
+            listen: default_http_listen(),
+            hostname: None,
+            trusted_hosts: default_trusted_hosts(),
+            use_tls: false,
+            tls_certificate: None,
+            tls_private_key: None,
+        }
+    }
+}
+
+fn default_trusted_hosts() -> Vec<IpNet> {
+    default_relay_hosts()
 }
 
 fn default_http_listen() -> SocketAddr {

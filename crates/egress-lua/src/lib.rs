@@ -60,6 +60,8 @@ pub mod events {
     pub const GET_QUEUE_CONFIG: &str = "get_queue_config";
     /// `smtp_server_auth_plain(authz, authc, password, conn_meta)` → boolean
     pub const SMTP_SERVER_AUTH_PLAIN: &str = "smtp_server_auth_plain";
+    /// `http_server_validate_auth_basic(user, password)` → boolean
+    pub const HTTP_SERVER_VALIDATE_AUTH_BASIC: &str = "http_server_validate_auth_basic";
     /// Every event egress raises.
     pub const ALL: &[&str] = &[
         INIT,
@@ -68,12 +70,17 @@ pub mod events {
         GET_EGRESS_PATH_CONFIG,
         GET_QUEUE_CONFIG,
         SMTP_SERVER_AUTH_PLAIN,
+        HTTP_SERVER_VALIDATE_AUTH_BASIC,
     ];
 }
 use events::*;
 
+/// Told of every handler call: the event, how long the caller waited for the
+/// answer (a free Lua state, then the handler), and whether it succeeded.
+pub type HandlerObserver = Arc<dyn Fn(&'static str, std::time::Duration, bool) + Send + Sync>;
+
 /// How a policy is run.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PolicyOptions {
     /// Lua states (handlers that can run at once); default: the number of CPUs.
     pub states: usize,
@@ -83,6 +90,20 @@ pub struct PolicyOptions {
     /// interrupted with [`PolicyError::TimeLimit`]; default 5 s. Also bounds the
     /// policy's top level and `init` at load.
     pub time_limit: std::time::Duration,
+    /// Called after each handler call (egressd's `lua_event_latency` histogram);
+    /// default none.
+    pub observer: Option<HandlerObserver>,
+}
+
+impl std::fmt::Debug for PolicyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyOptions")
+            .field("states", &self.states)
+            .field("cache_capacity", &self.cache_capacity)
+            .field("time_limit", &self.time_limit)
+            .field("observer", &self.observer.as_ref().map(|_| "set"))
+            .finish()
+    }
 }
 
 impl Default for PolicyOptions {
@@ -93,6 +114,7 @@ impl Default for PolicyOptions {
                 .unwrap_or(2),
             cache_capacity: 100_000,
             time_limit: std::time::Duration::from_secs(5),
+            observer: None,
         }
     }
 }
@@ -226,23 +248,44 @@ impl Policy {
                     .collect(),
             ),
         ];
+        self.yes_or_no(SMTP_SERVER_AUTH_PLAIN, args).await
+    }
+
+    /// `http_server_validate_auth_basic(user, password)`: whether HTTP Basic
+    /// credentials are good (KumoMTA's event; the password may be empty). `Ok(None)`
+    /// when the policy has no handler. Never cached; the password never appears in
+    /// an error message.
+    pub async fn http_auth_basic(
+        &self,
+        user: &str,
+        password: &str,
+    ) -> Result<Option<bool>, PolicyError> {
+        use states::Arg;
+        let args = vec![
+            Arg::Str(Some(user.to_owned())),
+            Arg::Secret(password.to_owned()),
+        ];
+        self.yes_or_no(HTTP_SERVER_VALIDATE_AUTH_BASIC, args).await
+    }
+
+    /// Calls an event whose handler must return a boolean.
+    async fn yes_or_no(
+        &self,
+        event: &'static str,
+        args: Vec<states::Arg>,
+    ) -> Result<Option<bool>, PolicyError> {
         self.states()
-            .invoke(
-                SMTP_SERVER_AUTH_PLAIN,
-                args,
-                |_, event, shown, value| match value {
-                    mlua::Value::Boolean(ok) => Ok(ok),
-                    other => {
-                        let borrowed: Vec<Option<&str>> =
-                            shown.iter().map(|a| a.as_deref()).collect();
-                        Err(PolicyError::NotBoolean {
-                            event,
-                            args: error::quote_args(&borrowed),
-                            got: error::Describe(&other).to_string(),
-                        })
-                    }
-                },
-            )
+            .invoke(event, args, |_, event, shown, value| match value {
+                mlua::Value::Boolean(ok) => Ok(ok),
+                other => {
+                    let borrowed: Vec<Option<&str>> = shown.iter().map(|a| a.as_deref()).collect();
+                    Err(PolicyError::NotBoolean {
+                        event,
+                        args: error::quote_args(&borrowed),
+                        got: error::Describe(&other).to_string(),
+                    })
+                }
+            })
             .await
     }
 
@@ -390,6 +433,7 @@ fn load(
     generation: u64,
 ) -> Result<Arc<LuaStates>, PolicyError> {
     let (states, limit) = (options.states, options.time_limit);
+    let observer = options.observer.clone();
     match origin {
         Origin::File(path) => {
             let shown = path.display().to_string();
@@ -397,8 +441,10 @@ fn load(
                 path: shown.clone(),
                 message: e.to_string(),
             })?;
-            LuaStates::load(&code, &shown, states, generation, limit)
+            LuaStates::load(&code, &shown, states, generation, limit, observer)
         }
-        Origin::Source { name, code } => LuaStates::load(code, name, states, generation, limit),
+        Origin::Source { name, code } => {
+            LuaStates::load(code, name, states, generation, limit, observer)
+        }
     }
 }

@@ -78,6 +78,7 @@ pub(crate) struct LuaStates {
     idle: Mutex<Vec<State>>,
     permits: Arc<Semaphore>,
     time_limit: Duration,
+    observer: Option<crate::HandlerObserver>,
     /// What the policy declared (from the first state's `init`).
     pub(crate) init: InitConfig,
     /// Which load of the policy this is (0 first, +1 per reload).
@@ -93,6 +94,7 @@ impl LuaStates {
         size: usize,
         generation: u64,
         time_limit: Duration,
+        observer: Option<crate::HandlerObserver>,
     ) -> Result<Arc<LuaStates>, PolicyError> {
         let size = size.max(1);
         let mut states = Vec::with_capacity(size);
@@ -134,6 +136,7 @@ impl LuaStates {
             idle: Mutex::new(states),
             permits: Arc::new(Semaphore::new(size)),
             time_limit,
+            observer,
             init,
             generation,
         }))
@@ -169,6 +172,24 @@ impl LuaStates {
     /// The general form of [`call`](Self::call): any arguments, and `convert` turns
     /// the handler's return value into the result.
     pub(crate) async fn invoke<R: Send + 'static>(
+        self: &Arc<Self>,
+        event: &'static str,
+        args: Vec<Arg>,
+        convert: Convert<R>,
+    ) -> Result<Option<R>, PolicyError> {
+        let Some(observer) = &self.observer else {
+            return self.invoke_unobserved(event, args, convert).await;
+        };
+        let started = Instant::now();
+        let result = self.invoke_unobserved(event, args, convert).await;
+        // A missing handler is no call: nothing to time.
+        if !matches!(result, Ok(None)) {
+            observer(event, started.elapsed(), result.is_ok());
+        }
+        result
+    }
+
+    async fn invoke_unobserved<R: Send + 'static>(
         self: &Arc<Self>,
         event: &'static str,
         args: Vec<Arg>,

@@ -762,3 +762,94 @@ async fn shaping_keys_reach_the_path_config_with_the_site() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn the_http_listener_takes_kumomtas_keys_and_defaults_to_loopback_trust() {
+    let p = policy(
+        "kumo.on('init', function()
+           kumo.start_http_listener { listen = '127.0.0.1:8009' }
+           kumo.start_http_listener { listen = '127.0.0.1:8010', trusted_hosts = { '127.0.0.1', '10.1.0.0/16' },
+                                      use_tls = true, hostname = 'admin.example.com' }
+         end)",
+    );
+    let init = p.init();
+    let (plain, tls) = (&init.http_listeners[0], &init.http_listeners[1]);
+    let shown = |l: &egress_lua::HttpListener| {
+        l.trusted_hosts
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(shown(plain), ["127.0.0.0/8", "::1/128"]);
+    assert!(!plain.use_tls);
+    assert_eq!(shown(tls), ["127.0.0.1/32", "10.1.0.0/16"]);
+    assert!(tls.use_tls);
+    assert_eq!(tls.hostname.as_deref(), Some("admin.example.com"));
+
+    let err = Policy::from_source(
+        "p.lua",
+        "kumo.on('init', function() kumo.start_http_listener { trusted_host = { '10.0.0.1' } } end)",
+        PolicyOptions::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("kumo.start_http_listener"), "{err}");
+    assert!(err.contains("trusted_host"), "{err}");
+}
+
+#[tokio::test]
+async fn http_basic_credentials_go_to_the_policy_event_and_the_password_is_never_shown() {
+    let p = policy(
+        "kumo.on('http_server_validate_auth_basic', function(user, password)
+           if user == 'broken' then return 'yes' end
+           return user == 'ops' and password == 'tiger'
+         end)",
+    );
+    assert_eq!(p.http_auth_basic("ops", "tiger").await.unwrap(), Some(true));
+    assert_eq!(
+        p.http_auth_basic("ops", "wrong").await.unwrap(),
+        Some(false)
+    );
+    assert_eq!(p.http_auth_basic("ops", "").await.unwrap(), Some(false));
+    let err = p
+        .http_auth_basic("broken", "s3cret")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected true (accept) or false"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
+    let without = policy("");
+    assert_eq!(without.http_auth_basic("ops", "tiger").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn the_observer_hears_of_every_handler_call_with_its_time_and_outcome() {
+    use std::sync::{Arc, Mutex};
+    let heard: Arc<Mutex<Vec<(&'static str, bool)>>> = Arc::default();
+    let sink = heard.clone();
+    let options = PolicyOptions {
+        observer: Some(Arc::new(move |event, took, ok| {
+            assert!(took < std::time::Duration::from_secs(5));
+            sink.lock().unwrap().push((event, ok));
+        })),
+        ..PolicyOptions::default()
+    };
+    let p = Policy::from_source(
+        "p.lua",
+        "kumo.on('get_egress_source', function(name)
+           if name == 'bad' then error('no such source') end
+           return kumo.make_egress_source { name = name }
+         end)",
+        options,
+    )
+    .unwrap();
+    p.egress_source("ip-1").await.unwrap();
+    p.egress_source("ip-1").await.unwrap(); // cached: no call
+    assert!(p.egress_source("bad").await.is_err());
+    let _ = p.egress_pool("default").await; // no handler: no call
+    assert_eq!(
+        *heard.lock().unwrap(),
+        [("get_egress_source", true), ("get_egress_source", false)]
+    );
+}

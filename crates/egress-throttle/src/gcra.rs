@@ -62,6 +62,35 @@ pub fn decide(cell: Cell, tat: Option<u64>, now: u64) -> (Decision, u64) {
     )
 }
 
+/// What a limiter would admit now, without counting anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    /// Events that would be admitted at once.
+    pub available: u64,
+    /// Events admitted at once when the limiter is idle (the burst).
+    pub burst: u64,
+    /// How long until the next event would be admitted (zero when `available > 0`).
+    pub next_in: Duration,
+}
+
+/// [`Capacity`] for a stored TAT at `now`.
+pub fn capacity(cell: Cell, tat: Option<u64>, now: u64) -> Capacity {
+    let burst = cell.tolerance / cell.interval + 1;
+    let ahead = tat.unwrap_or(now).max(now) - now;
+    if ahead > cell.tolerance {
+        return Capacity {
+            available: 0,
+            burst,
+            next_in: Duration::from_micros(ahead - cell.tolerance),
+        };
+    }
+    Capacity {
+        available: ((cell.tolerance - ahead) / cell.interval + 1).min(burst),
+        burst,
+        next_in: Duration::ZERO,
+    }
+}
+
 /// A limiter's state as one atomic: the TAT, decided on with compare-and-swap so
 /// concurrent checks never take a lock.
 #[derive(Debug, Default)]
@@ -97,6 +126,26 @@ impl Limiter {
     /// The stored TAT (0: never used).
     pub fn tat(&self) -> u64 {
         self.tat.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod capacity_tests {
+    use super::*;
+
+    #[test]
+    fn capacity_counts_down_with_each_admitted_event_and_says_when_the_next_fits() {
+        let cell = Cell::of(&"3/min".parse().unwrap());
+        let mut tat = None;
+        let now = 1_000_000_000;
+        for expected in [3, 2, 1] {
+            assert_eq!(capacity(cell, tat, now).available, expected);
+            tat = Some(decide(cell, tat, now).1);
+        }
+        let empty = capacity(cell, tat, now);
+        assert_eq!((empty.available, empty.burst), (0, 3));
+        assert_eq!(empty.next_in, Duration::from_secs(20));
+        assert_eq!(capacity(cell, tat, now + 20_000_000).available, 1);
     }
 }
 

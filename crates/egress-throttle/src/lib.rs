@@ -35,7 +35,7 @@ mod redis_store;
 mod shared;
 
 pub use egress_source::{ConnectionLimit, ThrottleSpec};
-pub use gcra::Decision;
+pub use gcra::{Capacity, Decision};
 pub use local::LocalStore;
 pub use redis_store::RedisStore;
 pub use shared::{Lease, Throttles};
@@ -97,4 +97,8 @@ pub trait Store: Send + Sync {
     fn suspension<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Suspension>>;
     /// Ends a suspension early.
     fn resume<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()>;
+    /// Every suspension in force, in no particular order.
+    fn suspensions(&self) -> StoreFuture<'_, Vec<Suspension>>;
+    /// What `spec` would admit under `key` now, counting nothing.
+    fn capacity<'a>(&'a self, key: &'a str, spec: &'a ThrottleSpec) -> StoreFuture<'a, Capacity>;
 }

@@ -1,7 +1,7 @@
 //! The in-process store: one node's numbers, behind a mutex (each operation is a
 //! few arithmetic steps on one map entry).
 
-use crate::gcra::{now_micros, Cell, Decision, Limiter};
+use crate::gcra::{capacity, now_micros, Capacity, Cell, Decision, Limiter};
 use crate::{Store, StoreFuture, Suspension, ThrottleSpec};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -153,5 +153,32 @@ impl Store for LocalStore {
     fn resume<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
         lock(&self.suspensions).remove(key);
         Box::pin(async { Ok(()) })
+    }
+
+    fn suspensions(&self) -> StoreFuture<'_, Vec<Suspension>> {
+        let now = Instant::now();
+        let mut suspensions = lock(&self.suspensions);
+        suspensions.retain(|_, (_, ends, _)| *ends > now);
+        let list = suspensions
+            .iter()
+            .map(|(key, (reason, _, until))| Suspension {
+                key: key.clone(),
+                reason: reason.clone(),
+                until: *until,
+            })
+            .collect();
+        Box::pin(async move { Ok(list) })
+    }
+
+    fn capacity<'a>(&'a self, key: &'a str, spec: &'a ThrottleSpec) -> StoreFuture<'a, Capacity> {
+        let tat = self
+            .limiters
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .map(Limiter::tat)
+            .filter(|t| *t != 0);
+        let answer = capacity(Cell::of(spec), tat, now_micros());
+        Box::pin(async move { Ok(answer) })
     }
 }

@@ -6,7 +6,7 @@
 //! scores are expiry times: a node that dies stops renewing, and its slots free
 //! themselves when the lease time passes. Suspensions are keys with a TTL.
 
-use crate::gcra::{Cell, Decision};
+use crate::gcra::{capacity, Capacity, Cell, Decision};
 use crate::{Store, StoreError, StoreFuture, Suspension, ThrottleSpec};
 use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,6 +58,13 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', string.format('%.0f', now))
 return redis.call('ZCARD', KEYS[1])
 "#;
 
+/// The stored TAT (or -1) and the server's clock, for a capacity that counts nothing.
+const PEEK: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+return {redis.call('GET', KEYS[1]) or '-1', string.format('%.0f', now)}
+"#;
+
 /// Throttles, leases and suspensions shared by every node using the same Redis.
 pub struct RedisStore {
     url: String,
@@ -67,6 +74,7 @@ pub struct RedisStore {
     acquire: redis::Script,
     renew: redis::Script,
     in_use: redis::Script,
+    peek: redis::Script,
     next_id: AtomicU64,
 }
 
@@ -86,6 +94,7 @@ impl RedisStore {
             acquire: redis::Script::new(ACQUIRE),
             renew: redis::Script::new(RENEW),
             in_use: redis::Script::new(IN_USE),
+            peek: redis::Script::new(PEEK),
             next_id: AtomicU64::new(0),
         })
     }
@@ -282,6 +291,66 @@ impl Store for RedisStore {
             cmd.arg(&rkey);
             let _: i64 = self.timed("resume", cmd.query_async(&mut con)).await?;
             Ok(())
+        })
+    }
+
+    fn suspensions(&self) -> StoreFuture<'_, Vec<Suspension>> {
+        Box::pin(async move {
+            let prefix = key("suspend", "");
+            let mut con = self.connection().await?;
+            let mut keys: Vec<String> = Vec::new();
+            let mut cursor: u64 = 0;
+            // SCAN, not KEYS: a large Redis shared with other work is never blocked.
+            loop {
+                let mut cmd = redis::cmd("SCAN");
+                cmd.arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{prefix}*"))
+                    .arg("COUNT")
+                    .arg(1000);
+                let (next, batch): (u64, Vec<String>) =
+                    self.timed("suspensions", cmd.query_async(&mut con)).await?;
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+            if keys.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
+            }
+            let answers: Vec<(Option<String>, i64)> = self
+                .timed("suspensions", pipe.query_async(&mut con))
+                .await?;
+            let now = SystemTime::now();
+            Ok(keys
+                .iter()
+                .zip(answers)
+                .filter_map(|(k, (reason, pttl))| {
+                    Some(Suspension {
+                        key: k.strip_prefix(&prefix)?.to_owned(),
+                        reason: reason.filter(|_| pttl > 0)?,
+                        until: now + Duration::from_millis(pttl as u64),
+                    })
+                })
+                .collect())
+        })
+    }
+
+    fn capacity<'a>(&'a self, k: &'a str, spec: &'a ThrottleSpec) -> StoreFuture<'a, Capacity> {
+        Box::pin(async move {
+            let rkey = key("rate", k);
+            let mut con = self.connection().await?;
+            let mut call = self.peek.prepare_invoke();
+            call.key(&rkey);
+            let (tat, now): (String, String) =
+                self.timed("capacity", call.invoke_async(&mut con)).await?;
+            let tat = tat.parse::<u64>().ok();
+            Ok(capacity(Cell::of(spec), tat, now.parse().unwrap_or(0)))
         })
     }
 }

@@ -6,7 +6,9 @@
 //! shared rate and hold N times a shared connection limit. Mail keeps flowing; the
 //! shared numbers are exact again as soon as Redis answers.
 
-use crate::{ConnectionLimit, Decision, LocalStore, RedisStore, Store, Suspension, ThrottleSpec};
+use crate::{
+    Capacity, ConnectionLimit, Decision, LocalStore, RedisStore, Store, Suspension, ThrottleSpec,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -181,6 +183,33 @@ impl Throttles {
             if let Err(e) = redis.resume(key).await {
                 self.fell_back(&e);
             }
+        }
+    }
+
+    /// Every suspension in force: the shared list when Redis answers (it holds
+    /// every node's, this one's included), else this node's.
+    pub async fn suspensions(&self) -> Vec<Suspension> {
+        if let Some(redis) = self.redis(true) {
+            match redis.suspensions().await {
+                Ok(list) => return list,
+                Err(e) => self.fell_back(&e),
+            }
+        }
+        self.local.suspensions().await.unwrap_or_default()
+    }
+
+    /// What `spec` would admit under `key` now, counting nothing (the shared
+    /// numbers when `shared` and Redis answers).
+    pub async fn capacity(&self, key: &str, spec: &ThrottleSpec, shared: bool) -> Capacity {
+        if let Some(redis) = self.redis(shared) {
+            match redis.capacity(key, spec).await {
+                Ok(c) => return c,
+                Err(e) => self.fell_back(&e),
+            }
+        }
+        match self.local.capacity(key, spec).await {
+            Ok(c) => c,
+            Err(_) => crate::gcra::capacity(crate::gcra::Cell::of(spec), None, 0),
         }
     }
 }

@@ -81,6 +81,51 @@ async fn a_suspension_raised_on_one_node_is_honoured_by_another() {
 }
 
 #[tokio::test]
+async fn every_node_lists_the_same_suspensions_and_sees_the_same_capacity() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis);
+    a.suspend(
+        "ip-1",
+        "admin: blocked at example.net",
+        Duration::from_secs(60),
+    )
+    .await;
+    b.suspend(
+        "ip-2->mx.example.com",
+        "admin: complaint",
+        Duration::from_secs(30),
+    )
+    .await;
+    for node in [&a, &b] {
+        let mut list = node.suspensions().await;
+        list.sort_by(|x, y| x.key.cmp(&y.key));
+        let keys: Vec<(&str, &str)> = list
+            .iter()
+            .map(|s| (s.key.as_str(), s.reason.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("ip-1", "admin: blocked at example.net"),
+                ("ip-2->mx.example.com", "admin: complaint")
+            ]
+        );
+    }
+    b.resume("ip-1").await;
+    a.resume("ip-1").await;
+    assert_eq!(a.suspensions().await.len(), 1);
+
+    let spec = "5/hr".parse().unwrap();
+    assert_eq!(b.capacity("ip-1@site", &spec, true).await.available, 5);
+    for _ in 0..2 {
+        assert!(a.throttle("ip-1@site", &spec, true).await.allowed);
+    }
+    let seen = b.capacity("ip-1@site", &spec, true).await;
+    assert_eq!((seen.available, seen.burst), (3, 5));
+    assert_eq!(a.fallbacks() + b.fallbacks(), 0);
+}
+
+#[tokio::test]
 async fn when_redis_goes_away_each_node_falls_back_to_its_own_numbers() {
     let mut redis = RedisServer::start();
     let (a, _) = two_nodes(&redis);
