@@ -190,6 +190,36 @@ impl ConnectError {
         matches!(self, ConnectError::Bind { error, .. } if error.kind() == io::ErrorKind::AddrNotAvailable)
     }
 
+    /// A short, fixed name for the kind of failure — a metric label
+    /// (`egress_source_connection_failures_total{kind}`), never free text.
+    ///
+    /// ```
+    /// # use egress_connect::{ConnectError, Phase};
+    /// # use std::time::Duration;
+    /// let e = ConnectError::Timeout {
+    ///     source_name: "ip-1".into(),
+    ///     phase: Phase::Connect,
+    ///     peer: "127.0.0.1:25".into(),
+    ///     after: Duration::from_secs(1),
+    /// };
+    /// assert_eq!(e.kind(), "timeout");
+    /// ```
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ConnectError::Bind { .. } if self.is_unplumbed() => "unplumbed",
+            ConnectError::Bind { .. } => "bind",
+            ConnectError::Connect { .. } => "connect",
+            ConnectError::ResolveProxy { .. } => "resolve_proxy",
+            ConnectError::ProxyUnreachable { .. } => "proxy_unreachable",
+            ConnectError::ProxyRefused { .. } => "proxy_refused",
+            ConnectError::ProxyAuthFailed { .. } => "proxy_auth_failed",
+            ConnectError::SourceBindUnsupported { .. } => "source_bind_unsupported",
+            ConnectError::FamilyMismatch { .. } => "family_mismatch",
+            ConnectError::ProxyProtocol { .. } => "proxy_protocol",
+            ConnectError::Timeout { .. } => "timeout",
+        }
+    }
+
     /// True when the deadline passed.
     pub fn is_timeout(&self) -> bool {
         matches!(self, ConnectError::Timeout { .. })

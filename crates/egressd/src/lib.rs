@@ -7,12 +7,17 @@
 //! - [`outbound`]: routing, the destination session, the idle pool.
 //! - [`server`]: listeners, limits, signals. [`listen`] makes the sockets,
 //!   [`client_limits`] keeps one address from taking them all.
+//! - [`admin`]: the HTTP API and `/metrics`; [`metrics`] keeps the numbers;
+//!   [`ctl`] is the CLI's client for the API.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod client_limits;
+pub mod ctl;
 pub mod dns;
 pub mod inbound;
 pub mod listen;
+pub mod metrics;
 pub mod outbound;
 pub mod probe;
 pub mod server;

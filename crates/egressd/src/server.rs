@@ -1,9 +1,11 @@
 //! `egressd serve`: the listeners, the connection limit, signals.
 
+use crate::admin::{Admin, HttpServer, LogFilter};
 use crate::client_limits::ClientLimits;
 use crate::dns::Dns;
 use crate::inbound;
 use crate::listen;
+use crate::metrics::{Metrics, Refusal};
 use crate::outbound::Context;
 use crate::shutdown::{self, Shutdown, State};
 use egress_lua::{EsmtpListener, Policy};
@@ -18,9 +20,29 @@ use tokio::sync::Semaphore;
 /// How long transactions in flight may take to finish after SIGTERM.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
 
+/// What `serve` needs besides the policy.
+pub struct ServeOptions {
+    /// Our name, when a listener names none.
+    pub host_name: String,
+    /// Recorded into once the policy starts an HTTP listener (the policy's handler
+    /// observer feeds it too, so it is made before the policy is loaded).
+    pub metrics: Arc<Metrics>,
+    /// Changes the log filter at run time (the admin API's
+    /// `set-diagnostic-log-filter`).
+    pub log_filter: Option<LogFilter>,
+}
+
 /// Serves until SIGTERM or SIGINT.
-pub async fn serve(policy: Arc<Policy>, host_name: String) -> Result<(), String> {
+pub async fn serve(policy: Arc<Policy>, options: ServeOptions) -> Result<(), String> {
+    let ServeOptions {
+        host_name,
+        metrics,
+        log_filter,
+    } = options;
     let init = policy.init();
+    if !init.http_listeners.is_empty() {
+        metrics.enable();
+    }
     let listeners = if init.esmtp_listeners.is_empty() {
         tracing::info!("the policy starts no ESMTP listener; using the default, 127.0.0.1:2525, relaying for loopback");
         vec![EsmtpListener::default()]
@@ -40,8 +62,9 @@ pub async fn serve(policy: Arc<Policy>, host_name: String) -> Result<(), String>
     let ctx = Arc::new(Context::with_throttles(
         policy.clone(),
         dns,
-        host_name,
+        host_name.clone(),
         Arc::new(throttles),
+        metrics,
     ));
     ctx.shaper.spawn_renewal();
     let (trigger, shutdown) = shutdown::channel();
@@ -54,7 +77,21 @@ pub async fn serve(policy: Arc<Policy>, host_name: String) -> Result<(), String>
         }
     });
 
+    // Every listener is bound before any serves: a port in use fails the start.
+    let mut http = Vec::new();
+    for config in &init.http_listeners {
+        let server = HttpServer::bind(config.clone(), &host_name).await?;
+        tracing::info!(
+            listen = %config.listen,
+            tls = config.use_tls,
+            trusted_hosts = ?config.trusted_hosts.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "HTTP admin API and metrics listening"
+        );
+        http.push(server);
+    }
+
     let mut limits = Vec::new();
+    let mut inbound_listeners = Vec::new();
     for config in listeners {
         let (socket, backlog) = listen::bind(config.listen, config.max_connections)?;
         tracing::info!(
@@ -73,6 +110,7 @@ pub async fn serve(policy: Arc<Policy>, host_name: String) -> Result<(), String>
             config.max_connection_rate_per_client,
         );
         let listener = Arc::new(inbound::Listener::new(config, &ctx)?);
+        inbound_listeners.push(listener.clone());
         tokio::spawn(accept_loop(
             socket,
             listener,
@@ -80,6 +118,17 @@ pub async fn serve(policy: Arc<Policy>, host_name: String) -> Result<(), String>
             (limit, per_client),
             shutdown.clone(),
         ));
+    }
+
+    let admin = Arc::new(Admin {
+        ctx: ctx.clone(),
+        listeners: inbound_listeners,
+        shutdown: shutdown.clone(),
+        log_filter,
+        started: std::time::SystemTime::now(),
+    });
+    for server in http {
+        tokio::spawn(server.serve(admin.clone()));
     }
 
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
@@ -148,12 +197,16 @@ async fn accept_loop(
                 .try_acquire_owned()
                 .map(|permit| (permit, slot))
                 .map_err(|_| {
+                    listener.refused(Refusal::MaxConnections);
                     format!(
                         "too many connections (max_connections = {}); please try again later",
                         listener.config.max_connections
                     )
                 }),
-            Err(refused) => Err(refused.explain(peer.ip().to_canonical())),
+            Err(refused) => {
+                listener.refused(Refusal::PerClientLimit);
+                Err(refused.explain(peer.ip().to_canonical()))
+            }
         };
         match admitted {
             Ok((permit, slot)) => {

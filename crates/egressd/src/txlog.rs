@@ -1,8 +1,10 @@
 //! One log line per transaction, with everything an operator asks afterwards.
 
+use crate::metrics::{Metrics, Origin, PathMetrics, TransactionRecord};
 use egress_connect::EgressAddress;
 use egress_smtp::{Reply, TlsInfo};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What happened in one transaction; logged once, when it ends.
@@ -37,12 +39,18 @@ pub struct TxLog {
     pub notes: Vec<String>,
     /// Message size as received.
     pub size: u64,
+    /// The reply that decided the transaction (the final dot's, else the last
+    /// refusal) and who gave it; `None`: the client ended it.
+    pub decided: Option<(u16, Origin)>,
+    /// The source's metric handles, once one was picked.
+    pub path: Option<Arc<PathMetrics>>,
+    metrics: Arc<Metrics>,
     started: Instant,
 }
 
 impl TxLog {
     /// A transaction that began with MAIL FROM.
-    pub fn new(client: SocketAddr, sender: &str) -> TxLog {
+    pub fn new(client: SocketAddr, sender: &str, metrics: Arc<Metrics>) -> TxLog {
         TxLog {
             id: transaction_id(),
             client,
@@ -59,6 +67,9 @@ impl TxLog {
             outcome: None,
             notes: Vec::new(),
             size: 0,
+            decided: None,
+            path: None,
+            metrics,
             started: Instant::now(),
         }
     }
@@ -68,14 +79,32 @@ impl TxLog {
         self.notes.push(text.replace('\n', " | "));
     }
 
-    /// Records a recipient's reply.
-    pub fn recipient(&mut self, address: &str, reply: &Reply) {
+    /// Records a recipient's reply (a refusal decides the transaction unless a
+    /// later reply does).
+    pub fn recipient(&mut self, address: &str, reply: &Reply, origin: Origin) {
+        if !reply.is_positive() {
+            self.decided = Some((reply.code, origin));
+        }
         self.recipients
             .push((address.to_owned(), reply.to_string()));
     }
 
-    /// Emits the line.
+    /// Emits the line, and counts the transaction in the metrics.
     pub fn emit(self, outcome: &str) {
+        let took = self.started.elapsed();
+        let (code, origin) = match self.decided {
+            Some((code, origin)) => (Some(code), origin),
+            None => (None, Origin::Client),
+        };
+        self.metrics.transaction(TransactionRecord {
+            path: self.path.as_deref(),
+            pool: self.pool.as_deref(),
+            site: self.site.as_deref(),
+            code,
+            origin,
+            size: self.size,
+            took,
+        });
         let recipients: Vec<String> = self
             .recipients
             .iter()
@@ -108,7 +137,7 @@ impl TxLog {
             reused = self.reused,
             tls = %self.tls.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "none".into()),
             tls_peer = %self.tls.as_ref().and_then(|t| t.verified.then(|| t.peer_subject.clone()).flatten()).unwrap_or_else(|| "-".into()),
-            total_ms = self.started.elapsed().as_millis() as u64,
+            total_ms = took.as_millis() as u64,
             outcome = %self.outcome.as_deref().unwrap_or(outcome),
             notes = %self.notes.join(" ; "),
             "transaction"

@@ -6,6 +6,7 @@ use super::auth::{self, Authenticated};
 use super::transaction::{self, Trace, Transaction};
 use super::transport::{Conn, Ended, Limits};
 use super::Listener;
+use crate::metrics::Refusal;
 use crate::outbound::Context;
 use crate::shutdown::Shutdown;
 use egress_smtp::{words, Reply, TlsInfo};
@@ -236,6 +237,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(Authenticated::No { reply, failed }) => {
                 if failed {
                     self.auth_failures += 1;
+                    self.listener.refused(Refusal::AuthFailed);
                     tracing::info!(client = %self.peer, failures = self.auth_failures, "authentication failed");
                 }
                 if self.auth_failures >= auth::MAX_FAILURES {
@@ -294,7 +296,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             )
         } else {
             let body_8bit = from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0;
-            self.tx = Some(Transaction::new(self.peer, from.address, body_8bit));
+            self.tx = Some(Transaction::new(
+                self.peer,
+                from.address,
+                body_8bit,
+                self.ctx.metrics.clone(),
+            ));
             Reply::new(250, [2, 1, 0], "sender OK")
         }
     }
@@ -307,6 +314,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             return Reply::new(503, [5, 5, 1], "send MAIL FROM first");
         };
         let refusal = if !may_relay {
+            self.listener.refused(Refusal::RelayDenied);
             Some(Reply::new(
                 550,
                 [5, 7, 1],
@@ -342,7 +350,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     tls: self.tls.as_ref(),
                     authenticated: self.authenticated.is_some(),
                 };
-                transaction::data(&self.ctx, &self.listener.config, &mut self.conn, t, trace).await
+                transaction::data(&self.ctx, &self.listener, &mut self.conn, t, trace).await
             }
         }
     }

@@ -11,6 +11,7 @@ pub mod tls;
 mod transaction;
 mod transport;
 
+use crate::metrics::{ListenerMetrics, Refusal};
 use crate::outbound::Context;
 use crate::shutdown::Shutdown;
 use egress_lua::EsmtpListener;
@@ -28,6 +29,8 @@ pub struct Listener {
     pub tls: tokio_rustls::TlsAcceptor,
     /// AUTH is offered (over TLS): the policy handles `smtp_server_auth_plain`.
     pub auth: bool,
+    /// Sessions and refusals (none when metrics are off).
+    pub metrics: Option<ListenerMetrics>,
 }
 
 impl Listener {
@@ -41,17 +44,27 @@ impl Listener {
             config.tls_certificate.as_deref(),
             config.tls_private_key.as_deref(),
             &hostname,
+            "kumo.start_esmtp_listener",
         )
         .map_err(|e| format!("listener {}: {e}", config.listen))?;
         let auth = ctx
             .policy
             .has_handler(egress_lua::events::SMTP_SERVER_AUTH_PLAIN);
+        let metrics = ctx.metrics.listener(&config.listen.to_string());
         Ok(Listener {
             config,
             hostname,
             tls,
             auth,
+            metrics,
         })
+    }
+
+    /// Counts a refusal.
+    pub fn refused(&self, why: Refusal) {
+        if let Some(m) = &self.metrics {
+            m.refused(why);
+        }
     }
 }
 
@@ -63,6 +76,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     peer: SocketAddr,
     shutdown: Shutdown,
 ) {
+    let _active = listener.metrics.as_ref().map(ListenerMetrics::session);
     dispatch::Session::new(ctx, listener, stream, peer, shutdown)
         .run()
         .await

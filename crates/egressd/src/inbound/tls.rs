@@ -8,12 +8,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::sync::Arc;
 use tokio_rustls::TlsAcceptor;
 
-/// The acceptor for a listener: from `tls_certificate`/`tls_private_key`, or a
-/// self-signed certificate for `hostname`.
+/// The acceptor for a listener (SMTP or HTTP, `declared_by` names which in
+/// messages): from `tls_certificate`/`tls_private_key`, or a self-signed
+/// certificate for `hostname`.
 pub fn acceptor(
     certificate: Option<&str>,
     private_key: Option<&str>,
     hostname: &str,
+    declared_by: &str,
 ) -> Result<TlsAcceptor, String> {
     let (chain, key) = match (certificate, private_key) {
         (Some(cert), Some(key_path)) => {
@@ -24,10 +26,10 @@ pub fn acceptor(
         }
         (None, None) => self_signed(hostname)?,
         (Some(_), None) => {
-            return Err("kumo.start_esmtp_listener: `tls_certificate` is set but `tls_private_key` is not; set both, or neither for a self-signed certificate".into())
+            return Err(format!("{declared_by}: `tls_certificate` is set but `tls_private_key` is not; set both, or neither for a self-signed certificate"))
         }
         (None, Some(_)) => {
-            return Err("kumo.start_esmtp_listener: `tls_private_key` is set but `tls_certificate` is not; set both, or neither for a self-signed certificate".into())
+            return Err(format!("{declared_by}: `tls_private_key` is set but `tls_certificate` is not; set both, or neither for a self-signed certificate"))
         }
     };
     let config = rustls::ServerConfig::builder_with_provider(provider())

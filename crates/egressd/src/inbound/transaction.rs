@@ -3,11 +3,14 @@
 //! exactly, written CR LF-only and dot-stuffed, never held whole.
 
 use super::transport::{Conn, Ended, Waiting};
+use super::Listener;
+use crate::metrics::{Metrics, Origin, Refusal};
 use crate::outbound::{Context, OpenError, Outbound};
 use crate::txlog::TxLog;
-use egress_lua::{EsmtpListener, InvalidLineEndings};
+use egress_lua::InvalidLineEndings;
 use egress_smtp::{BodyReader, LineEndings, Reply, TlsInfo};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Send body octets to the destination once this many are ready.
@@ -27,9 +30,14 @@ pub struct Transaction {
 
 impl Transaction {
     /// A transaction that MAIL FROM opened.
-    pub fn new(peer: SocketAddr, from: String, body_8bit: bool) -> Transaction {
+    pub fn new(
+        peer: SocketAddr,
+        from: String,
+        body_8bit: bool,
+        metrics: Arc<Metrics>,
+    ) -> Transaction {
         Transaction {
-            log: TxLog::new(peer, &from),
+            log: TxLog::new(peer, &from, metrics),
             from,
             body_8bit,
             domain: None,
@@ -50,11 +58,11 @@ impl Transaction {
     /// RCPT: a local refusal (relay permission, recipient limit) or the
     /// destination's answer; either way it goes into the log.
     pub async fn rcpt(&mut self, ctx: &Context, address: &str, refusal: Option<Reply>) -> Reply {
-        let reply = match refusal {
-            Some(refusal) => refusal,
+        let (reply, origin) = match refusal {
+            Some(refusal) => (refusal, Origin::Local),
             None => self.forward_rcpt(ctx, address).await,
         };
-        self.log.recipient(address, &reply);
+        self.log.recipient(address, &reply, origin);
         if reply.is_positive() {
             self.accepted += 1;
         }
@@ -63,21 +71,26 @@ impl Transaction {
 
     /// One destination domain per transaction; the first RCPT opens the
     /// destination session, every RCPT is answered by the destination.
-    async fn forward_rcpt(&mut self, ctx: &Context, address: &str) -> Reply {
+    async fn forward_rcpt(&mut self, ctx: &Context, address: &str) -> (Reply, Origin) {
+        let local = |reply: Reply| (reply, Origin::Local);
         let Some(domain) = address
             .rsplit_once('@')
             .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
             .filter(|d| !d.is_empty())
         else {
-            return Reply::new(550, [5, 1, 3], "recipient must be of the form user@domain");
+            return local(Reply::new(
+                550,
+                [5, 1, 3],
+                "recipient must be of the form user@domain",
+            ));
         };
         if let Some(fixed) = &self.domain {
             if *fixed != domain {
-                return Reply::new(
+                return local(Reply::new(
                     452,
                     [4, 5, 3],
                     format!("this transaction is for {fixed}; send {domain} in another"),
-                );
+                ));
             }
         }
         if self.outbound.is_none() {
@@ -86,20 +99,29 @@ impl Transaction {
                     self.domain = Some(domain);
                     self.outbound = Some(out);
                 }
-                Err(OpenError::Local(reply)) | Err(OpenError::Destination(reply)) => return reply,
+                Err(OpenError::Local(reply)) => return local(reply),
+                Err(OpenError::Destination(reply)) => return (reply, Origin::Destination),
             }
         }
         let Some(out) = self.outbound.as_mut() else {
-            return Reply::new(451, [4, 3, 0], "internal error: no destination session");
+            return local(Reply::new(
+                451,
+                [4, 3, 0],
+                "internal error: no destination session",
+            ));
         };
         match out.rcpt(address).await {
-            Ok(reply) => reply,
+            Ok(reply) => (reply, Origin::Destination),
             Err(e) => {
                 self.log.note(&e.to_string());
                 if let Some(out) = self.outbound.take() {
                     tokio::spawn(out.quit());
                 }
-                Reply::new(451, [4, 4, 2], format!("lost the destination session: {e}"))
+                local(Reply::new(
+                    451,
+                    [4, 4, 2],
+                    format!("lost the destination session: {e}"),
+                ))
             }
         }
     }
@@ -119,12 +141,14 @@ pub struct Trace<'a> {
 /// ours. `Err(Ended)` when the client went away or timed out mid-message.
 pub async fn data<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Context,
-    listener: &EsmtpListener,
+    inbound: &Listener,
     conn: &mut Conn<S>,
     mut t: Transaction,
     trace: Trace<'_>,
 ) -> Result<Reply, Ended> {
+    let listener = &inbound.config;
     let Some(mut out) = t.outbound.take() else {
+        t.log.decided = Some((451, Origin::Local));
         t.log.emit("no destination session");
         return Ok(Reply::new(
             451,
@@ -135,12 +159,14 @@ pub async fn data<S: AsyncRead + AsyncWrite + Unpin>(
     match out.data().await {
         Ok(None) => {}
         Ok(Some(refused)) => {
+            t.log.decided = Some((refused.code, Origin::Destination));
             t.outbound = Some(out);
             t.end(&format!("DATA refused: {refused}"));
             return Ok(refused);
         }
         Err(e) => {
             t.log.note(&e.to_string());
+            t.log.decided = Some((451, Origin::Local));
             t.end("lost the destination at DATA");
             return Ok(Reply::new(
                 451,
@@ -170,6 +196,7 @@ pub async fn data<S: AsyncRead + AsyncWrite + Unpin>(
                 // The client never got a 250, so it still has the message. Closing
                 // without the end marker makes the destination discard its copy.
                 t.log.size = reader.received();
+                t.log.decided = None;
                 t.log.emit("client went away or timed out during DATA");
                 return Err(ended);
             }
@@ -200,6 +227,8 @@ pub async fn data<S: AsyncRead + AsyncWrite + Unpin>(
     conn.shrink();
     t.log.size = reader.received();
     if let Some(invalid) = reader.invalid().filter(|_| reader.refused()) {
+        inbound.refused(Refusal::InvalidLineEndings);
+        t.log.decided = Some((550, Origin::Local));
         t.log.emit(&format!("refused: {invalid}"));
         return Ok(Reply::new(
             550,
@@ -208,6 +237,8 @@ pub async fn data<S: AsyncRead + AsyncWrite + Unpin>(
         ));
     }
     if reader.received() > max + END_MARKER {
+        inbound.refused(Refusal::MessageTooLarge);
+        t.log.decided = Some((552, Origin::Local));
         t.log.emit("message too large");
         return Ok(Reply::new(
             552,
@@ -221,6 +252,7 @@ pub async fn data<S: AsyncRead + AsyncWrite + Unpin>(
     let (Some(mut out), None) = (sending, &broken) else {
         let e = broken.unwrap_or_default();
         t.log.note(&e);
+        t.log.decided = Some((451, Origin::Local));
         t.log.emit("lost the destination during DATA");
         return Ok(Reply::new(
             451,
@@ -233,12 +265,14 @@ pub async fn data<S: AsyncRead + AsyncWrite + Unpin>(
             // The transaction is over: keep the session for the next one through the
             // same source to the same host, if it is clean.
             ctx.idle.release(out).await;
+            t.log.decided = Some((reply.code, Origin::Destination));
             reply
         }
         Err(e) => {
             t.log.note(&e.to_string());
             // The destination may have the message; saying 4xx risks a duplicate,
             // saying 2xx risks a loss. We never risk a loss.
+            t.log.decided = Some((451, Origin::Local));
             Reply::new(
                 451,
                 [4, 4, 2],

@@ -75,6 +75,17 @@ impl IdleSessions {
         }
     }
 
+    /// Sessions idle now.
+    pub fn len(&self) -> usize {
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.values().map(Vec::len).sum()
+    }
+
+    /// No session is idle.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Closes idle sessions that have waited too long; the server calls this
     /// periodically so quiet periods do not hold connections open.
     pub fn reap(&self) {

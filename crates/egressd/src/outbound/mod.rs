@@ -3,11 +3,12 @@
 //! to the destination on the client's behalf.
 
 mod idle;
-mod route;
+pub(crate) mod route;
 pub mod shaping;
 pub mod tls;
 
 use crate::dns::Dns;
+use crate::metrics::{Metrics, PathMetrics};
 use crate::txlog::TxLog;
 use egress_connect::{Connector, EgressAddress};
 use egress_lua::Policy;
@@ -40,23 +41,33 @@ pub struct Context {
     pub shaper: Arc<Shaper>,
     /// TLS client configurations, by mode and client certificate.
     pub tls: tls::TlsClients,
+    /// What every source, pool and site is doing.
+    pub metrics: Arc<Metrics>,
 }
 
 /// A pool definition and the rotation built from its entries.
 type PoolSelector = (Arc<EgressPool>, Arc<WeightedRoundRobin<String>>);
 
 impl Context {
-    /// A context over a loaded policy, shaping on this node only.
+    /// A context over a loaded policy, shaping on this node only, no metrics.
     pub fn new(policy: Arc<Policy>, dns: Dns, hostname: String) -> Context {
-        Self::with_throttles(policy, dns, hostname, Arc::new(Throttles::local()))
+        Self::with_throttles(
+            policy,
+            dns,
+            hostname,
+            Arc::new(Throttles::local()),
+            Arc::new(Metrics::disabled()),
+        )
     }
 
-    /// A context whose shaping uses `throttles` (shared through Redis or not).
+    /// A context whose shaping uses `throttles` (shared through Redis or not) and
+    /// that records into `metrics`.
     pub fn with_throttles(
         policy: Arc<Policy>,
         dns: Dns,
         hostname: String,
         throttles: Arc<Throttles>,
+        metrics: Arc<Metrics>,
     ) -> Context {
         let connector = Connector::new(Arc::new(dns.clone()));
         Context {
@@ -67,7 +78,8 @@ impl Context {
             selectors: Mutex::default(),
             idle: IdleSessions::default(),
             tls: tls::TlsClients::default(),
-            shaper: Arc::new(Shaper::new(throttles)),
+            shaper: Arc::new(Shaper::new(throttles, metrics.clone())),
+            metrics,
         }
     }
 
@@ -118,6 +130,8 @@ pub struct Outbound {
     deliveries: u64,
     /// `max_deliveries_per_connection` of the path that opened it.
     max_deliveries: Option<u64>,
+    /// Its metric handles (none when metrics are off).
+    metrics: Option<Arc<PathMetrics>>,
 }
 
 impl Outbound {

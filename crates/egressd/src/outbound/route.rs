@@ -106,6 +106,7 @@ pub async fn open(
         }
         let route = Route {
             ctx,
+            pool: &pool.name,
             source: &source,
             path: &path,
             site: &site,
@@ -146,7 +147,7 @@ pub async fn open(
 
 /// The site of a destination: its hosts' names factored into one (and the port when
 /// an mx_list entry gives one that is not 25).
-fn site_of(hosts: &[Destination]) -> String {
+pub(crate) fn site_of(hosts: &[Destination]) -> String {
     // An address literal stays one, bracketed as in an mx_list.
     let names: Vec<String> = hosts
         .iter()
@@ -192,6 +193,7 @@ enum HostFailure {
 /// What one transaction's routing decided for one source, for each host tried.
 struct Route<'a> {
     ctx: &'a Context,
+    pool: &'a str,
     source: &'a Arc<EgressSource>,
     path: &'a Arc<EgressPathConfig>,
     site: &'a str,
@@ -216,6 +218,7 @@ impl Route<'_> {
             log.destination = Some(format!("{} [{addr}]", dest.host));
             let mut mode = self.path.enable_tls;
             let started = Instant::now();
+            let mut waited = false;
             let opened = loop {
                 let key = SessionKey {
                     source: self.source.clone(),
@@ -228,8 +231,14 @@ impl Route<'_> {
                 }
                 match self.connect(dest, key, started.elapsed(), log).await {
                     Err(HostFailure::Busy(reply)) => {
+                        let metrics = &self.ctx.metrics;
                         if started.elapsed() >= self.path.connect_timeout {
+                            metrics.throttle_refusal(&self.source.name, "connection_limit");
                             break Err(HostFailure::Shaping(reply));
+                        }
+                        if !waited {
+                            waited = true;
+                            metrics.throttle_wait(&self.source.name, "connection_limit");
                         }
                         // A session may come back idle, or a slot free up.
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -288,6 +297,15 @@ impl Route<'_> {
                     log.egress = Some(out.egress);
                     log.tls = out.smtp.tls().cloned();
                     out.deliveries += 1;
+                    // A session serves every pool its source is in: the handles
+                    // follow the pool of this transaction.
+                    if out.metrics.as_ref().is_some_and(|m| m.pool != self.pool) {
+                        out.metrics = ctx.metrics.path(&self.source.name, self.pool, self.site);
+                    }
+                    if let Some(m) = &out.metrics {
+                        m.connection_reused();
+                    }
+                    log.path = out.metrics.clone();
                     return Some(Ok(out));
                 }
                 Ok(reply) if reply.code != 421 => {
@@ -342,8 +360,14 @@ impl Route<'_> {
                 });
             }
         };
-        log.connect_ms = Some(started.elapsed().as_millis());
+        let took = started.elapsed();
+        log.connect_ms = Some(took.as_millis());
         log.egress = Some(conn.egress);
+        let metrics = ctx.metrics.path(name, self.pool, self.site);
+        if let Some(m) = &metrics {
+            m.connection_opened(took);
+        }
+        log.path = metrics.clone();
         let egress = conn.egress;
         let mut out = Outbound {
             smtp: ClientSession::new(conn.stream, timeouts(self.path)),
@@ -353,6 +377,7 @@ impl Route<'_> {
             shaper: ctx.shaper.clone(),
             deliveries: 1,
             max_deliveries: self.path.max_deliveries_per_connection,
+            metrics,
         };
         let failed = |e: std::io::Error| HostFailure::Other {
             text: format!(

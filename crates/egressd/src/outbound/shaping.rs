@@ -9,9 +9,12 @@
 //! shared by every path that uses them); suspensions are keyed by source name (all
 //! sites) or `SOURCE->SITE`.
 
+use crate::metrics::Metrics;
 use egress_connect::{ConnectError, Phase};
 use egress_smtp::{words, Reply};
-use egress_source::{ConnectionLimit, EgressPathConfig, EgressSource, SuspensionRule, Trigger};
+use egress_source::{
+    ConnectionLimit, EgressPathConfig, EgressSource, SuspensionRule, ThrottleSpec, Trigger,
+};
 use egress_throttle::{Lease, Throttles};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -39,6 +42,10 @@ pub struct Shaper {
     failures: Mutex<HashMap<(String, &'static str), VecDeque<Instant>>>,
     /// Leases held by live connections, renewed in the background.
     live: Mutex<HashMap<String, Lease>>,
+    /// Health suspensions this node raised: (source, kind) → until.
+    raised: Mutex<HashMap<(String, &'static str), SystemTime>>,
+    /// Waits, refusals, connection failures, suspensions.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The suspension key for a source at a site.
@@ -53,12 +60,22 @@ fn until_now(until: SystemTime) -> Duration {
 }
 
 impl Shaper {
-    pub fn new(throttles: Arc<Throttles>) -> Shaper {
+    pub fn new(throttles: Arc<Throttles>, metrics: Arc<Metrics>) -> Shaper {
         Shaper {
             throttles,
             failures: Mutex::default(),
             live: Mutex::default(),
+            raised: Mutex::default(),
+            metrics,
         }
+    }
+
+    /// Health suspensions this node raised that are still in force: (source, kind).
+    pub fn health_suspended(&self) -> Vec<(String, &'static str)> {
+        let now = SystemTime::now();
+        let mut raised = self.raised.lock().unwrap_or_else(|e| e.into_inner());
+        raised.retain(|_, until| *until > now);
+        raised.keys().cloned().collect()
     }
 
     /// Renews every held lease every [`LEASE_RENEWAL`], for as long as the process
@@ -97,26 +114,19 @@ impl Shaper {
     ) -> Result<(), Ineligible> {
         for key in [source.to_owned(), ready_queue(source, site)] {
             if let Some(s) = self.throttles.suspension(&key).await {
+                self.metrics.throttle_refusal(source, "suspended");
                 return Err(Ineligible {
                     reason: format!("source '{source}' is suspended ({})", s.reason),
                     retry_after: until_now(s.until),
                 });
             }
         }
-        let mut rates: Vec<(String, &egress_source::ThrottleSpec)> = path
-            .source_selection_rate
-            .iter()
-            .map(|spec| (format!("select:{source}@{site}"), spec))
-            .chain(
-                path.additional_source_selection_rates
-                    .iter()
-                    .map(|(name, spec)| (format!("select:{name}"), spec)),
-            )
-            .collect();
-        rates.sort_by_key(|(_, spec)| std::cmp::Reverse(spec.interval()));
-        for (key, spec) in rates {
+        let rates = selection_rates(source, site, path);
+        for Rate { key, spec, .. } in rates {
             let d = self.throttles.throttle(&key, spec, true).await;
             if !d.allowed {
+                self.metrics
+                    .throttle_refusal(source, "source_selection_rate");
                 return Err(Ineligible {
                     reason: format!("source '{source}' reached its source_selection_rate {spec}"),
                     retry_after: d.retry_after,
@@ -134,28 +144,8 @@ impl Shaper {
         site: &str,
         path: &EgressPathConfig,
     ) -> Result<(), Reply> {
-        let rates = path
-            .max_message_rate
-            .iter()
-            .map(|spec| {
-                (
-                    format!("msg:{source}@{site}"),
-                    spec,
-                    "max_message_rate".to_owned(),
-                )
-            })
-            .chain(
-                path.additional_message_rate_throttles
-                    .iter()
-                    .map(|(name, spec)| {
-                        (
-                            format!("msg:{name}"),
-                            spec,
-                            format!("additional_message_rate_throttles.{name}"),
-                        )
-                    }),
-            );
-        for (key, spec, what) in rates {
+        let rates = message_rates(source, site, path);
+        for Rate { key, spec, what } in rates {
             self.wait_for(&key, spec, &what, source, site).await?;
         }
         Ok(())
@@ -168,10 +158,8 @@ impl Shaper {
         site: &str,
         path: &EgressPathConfig,
     ) -> Result<(), Reply> {
-        if let Some(spec) = &path.max_connection_rate {
-            let key = format!("connrate:{source}@{site}");
-            self.wait_for(&key, spec, "max_connection_rate", source, site)
-                .await?;
+        for Rate { key, spec, what } in connection_rates(source, site, path) {
+            self.wait_for(&key, spec, &what, source, site).await?;
         }
         Ok(())
     }
@@ -191,6 +179,7 @@ impl Shaper {
                 return Ok(());
             }
             if started.elapsed() + d.retry_after > MAX_WAIT {
+                self.metrics.throttle_refusal(source, what);
                 return Err(Reply::new(
                     451,
                     [4, 7, 1],
@@ -200,6 +189,7 @@ impl Shaper {
                     ),
                 ));
             }
+            self.metrics.throttle_wait(source, what);
             tokio::time::sleep(d.retry_after).await;
         }
     }
@@ -213,26 +203,9 @@ impl Shaper {
         path: &EgressPathConfig,
         waited: Duration,
     ) -> Result<Vec<Lease>, Reply> {
-        let limits: Vec<(String, ConnectionLimit, String)> = path
-            .connection_limit
-            .iter()
-            .map(|l| {
-                (
-                    format!("conn:{source}@{site}"),
-                    *l,
-                    "connection_limit".to_owned(),
-                )
-            })
-            .chain(path.additional_connection_limits.iter().map(|(name, l)| {
-                (
-                    format!("conn:{name}"),
-                    *l,
-                    format!("additional_connection_limits.{name}"),
-                )
-            }))
-            .collect();
+        let limits = connection_limits(source, site, path);
         let mut held = Vec::new();
-        for (key, limit, what) in limits {
+        for Limit { key, limit, what } in limits {
             match self.throttles.acquire(&key, limit, LEASE_TTL).await {
                 Some(lease) => {
                     self.live
@@ -277,12 +250,13 @@ impl Shaper {
         source: &EgressSource,
         error: &ConnectError,
     ) -> Option<String> {
+        self.metrics.connection_failed(&source.name, error.kind());
         let (rule, kind) = if error.is_unplumbed() {
             (source.suspend_when_unplumbed.as_ref()?, "unplumbed")
         } else if proxy_unhealthy(error) {
             (
                 source.suspend_when_proxy_unhealthy.as_ref()?,
-                "proxy unhealthy",
+                "proxy_unhealthy",
             )
         } else {
             return None;
@@ -290,7 +264,7 @@ impl Shaper {
         if !self.fires(&source.name, kind, rule) {
             return None;
         }
-        let reason = format!("{kind}: {error}");
+        let reason = format!("{}: {error}", kind.replace('_', " "));
         tracing::warn!(
             source = %source.name,
             duration = %words::duration(rule.duration),
@@ -299,6 +273,14 @@ impl Shaper {
         self.throttles
             .suspend(&source.name, &reason, rule.duration)
             .await;
+        self.metrics.health_suspension(&source.name, kind);
+        self.raised
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (source.name.clone(), kind),
+                SystemTime::now() + rule.duration,
+            );
         Some(reason)
     }
 
@@ -323,6 +305,100 @@ impl Shaper {
         }
         false
     }
+}
+
+/// A rate as shaping applies it: the throttle key, the spec, and the setting it
+/// comes from (for messages).
+pub struct Rate<'a> {
+    pub key: String,
+    pub spec: &'a ThrottleSpec,
+    pub what: String,
+}
+
+/// A connection limit as shaping applies it.
+pub struct Limit {
+    pub key: String,
+    pub limit: ConnectionLimit,
+    pub what: String,
+}
+
+/// `source_selection_rate` and the additional selection rates, most restrictive
+/// (longest interval) first — KumoMTA's order.
+pub fn selection_rates<'a>(source: &str, site: &str, path: &'a EgressPathConfig) -> Vec<Rate<'a>> {
+    let mut rates: Vec<Rate<'a>> = path
+        .source_selection_rate
+        .iter()
+        .map(|spec| Rate {
+            key: format!("select:{source}@{site}"),
+            spec,
+            what: "source_selection_rate".into(),
+        })
+        .chain(
+            path.additional_source_selection_rates
+                .iter()
+                .map(|(name, spec)| Rate {
+                    key: format!("select:{name}"),
+                    spec,
+                    what: format!("additional_source_selection_rates.{name}"),
+                }),
+        )
+        .collect();
+    rates.sort_by_key(|r| std::cmp::Reverse(r.spec.interval()));
+    rates
+}
+
+/// `max_message_rate` and the additional message rates.
+pub fn message_rates<'a>(source: &str, site: &str, path: &'a EgressPathConfig) -> Vec<Rate<'a>> {
+    path.max_message_rate
+        .iter()
+        .map(|spec| Rate {
+            key: format!("msg:{source}@{site}"),
+            spec,
+            what: "max_message_rate".into(),
+        })
+        .chain(
+            path.additional_message_rate_throttles
+                .iter()
+                .map(|(name, spec)| Rate {
+                    key: format!("msg:{name}"),
+                    spec,
+                    what: format!("additional_message_rate_throttles.{name}"),
+                }),
+        )
+        .collect()
+}
+
+/// `max_connection_rate`.
+pub fn connection_rates<'a>(source: &str, site: &str, path: &'a EgressPathConfig) -> Vec<Rate<'a>> {
+    path.max_connection_rate
+        .iter()
+        .map(|spec| Rate {
+            key: format!("connrate:{source}@{site}"),
+            spec,
+            what: "max_connection_rate".into(),
+        })
+        .collect()
+}
+
+/// `connection_limit` and the additional connection limits.
+pub fn connection_limits(source: &str, site: &str, path: &EgressPathConfig) -> Vec<Limit> {
+    path.connection_limit
+        .iter()
+        .map(|l| Limit {
+            key: format!("conn:{source}@{site}"),
+            limit: *l,
+            what: "connection_limit".into(),
+        })
+        .chain(
+            path.additional_connection_limits
+                .iter()
+                .map(|(name, l)| Limit {
+                    key: format!("conn:{name}"),
+                    limit: *l,
+                    what: format!("additional_connection_limits.{name}"),
+                }),
+        )
+        .collect()
 }
 
 /// A failure that says the proxy (not the destination) is unwell: unreachable,

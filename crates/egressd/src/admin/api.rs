@@ -1,0 +1,282 @@
+//! The routes: `/metrics`, `/metrics.json`, liveness, status, and the admin
+//! endpoints.
+
+use super::{resolve, suspend, Admin, Answer};
+use crate::metrics::{classic_text, Snapshot};
+use crate::shutdown::State;
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// One request, as the routes see it.
+pub(crate) struct Call<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub accept: &'a str,
+    pub body: &'a [u8],
+}
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+pub(crate) async fn route(admin: &Admin, call: Call<'_>) -> Answer {
+    let m = call.method;
+    match call.path {
+        "/metrics" if m == Method::GET => metrics(admin, call.accept).await,
+        "/metrics.json" if m == Method::GET => metrics_json(admin).await,
+        "/api/check-liveness/v1" if m == Method::GET => liveness(admin),
+        "/api/admin/status/v1" if m == Method::GET => status(admin).await,
+        "/api/admin/resolve-egress-path/v1" if m == Method::GET => {
+            resolve::resolve(admin, call.query).await
+        }
+        "/api/admin/suspend-ready-q/v1" if m == Method::GET => suspend::list(admin).await,
+        "/api/admin/suspend-ready-q/v1" if m == Method::POST => {
+            suspend::create(admin, call.body).await
+        }
+        "/api/admin/suspend-ready-q/v1" if m == Method::DELETE => {
+            suspend::cancel(admin, call.body).await
+        }
+        "/api/admin/set-diagnostic-log-filter/v1" if m == Method::POST => {
+            log_filter(admin, call.body)
+        }
+        "/metrics"
+        | "/metrics.json"
+        | "/api/check-liveness/v1"
+        | "/api/admin/status/v1"
+        | "/api/admin/resolve-egress-path/v1"
+        | "/api/admin/suspend-ready-q/v1"
+        | "/api/admin/set-diagnostic-log-filter/v1" => Answer::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            None,
+            format!("{} does not take {m}", call.path),
+        ),
+        other => Answer::error(
+            StatusCode::NOT_FOUND,
+            None,
+            format!("no endpoint {other}; see the README's operations section for the list"),
+        ),
+    }
+}
+
+/// Parses a JSON body into `T`, or a 400 naming what is wrong.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    shape: &str,
+) -> Result<T, Answer> {
+    serde_json::from_slice(body).map_err(|e| {
+        let field = e
+            .to_string()
+            .split('`')
+            .nth(1)
+            .map(str::to_owned)
+            .unwrap_or_else(|| "body".into());
+        Answer::bad(&field, format!("expected a JSON object {shape}: {e}"))
+    })
+}
+
+async fn snapshot(admin: &Admin) -> Snapshot {
+    let ctx = &admin.ctx;
+    let suspended = ctx
+        .shaper
+        .throttles
+        .suspensions()
+        .await
+        .into_iter()
+        .map(|s| match s.key.split_once("->") {
+            Some((source, site)) => (source.to_owned(), site.to_owned()),
+            None => (s.key, "all".to_owned()),
+        })
+        .collect();
+    Snapshot {
+        idle_sessions: ctx.idle.len(),
+        cache: ctx.policy.cache_stats(),
+        throttle_fallbacks: ctx.shaper.throttles.fallbacks(),
+        suspended,
+        health_suspended: ctx.shaper.health_suspended(),
+    }
+}
+
+async fn metrics(admin: &Admin, accept: &str) -> Answer {
+    let text = admin.ctx.metrics.encode(snapshot(admin).await);
+    // Prometheus asks for OpenMetrics; promtool, curl and older scrapers get the
+    // classic text format.
+    if accept.contains("application/openmetrics-text") {
+        Answer::text(StatusCode::OK, OPENMETRICS, text)
+    } else {
+        Answer::text(StatusCode::OK, PROMETHEUS_TEXT, classic_text(&text))
+    }
+}
+
+/// The same samples as JSON: `{name: {type, help, samples: [{labels, value}]}}`.
+async fn metrics_json(admin: &Admin) -> Answer {
+    let text = classic_text(&admin.ctx.metrics.encode(snapshot(admin).await));
+    let mut families = serde_json::Map::new();
+    let mut current: Option<String> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            families.insert(name.to_owned(), json!({ "help": help, "samples": [] }));
+            current = Some(name.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            if let Some(family) = families.get_mut(name) {
+                family["type"] = kind.into();
+            }
+        } else if let (Some((name, labels, value)), Some(family)) = (
+            parse_sample(line),
+            current.as_ref().and_then(|c| families.get_mut(c)),
+        ) {
+            if let Some(samples) = family["samples"].as_array_mut() {
+                samples.push(json!({ "name": name, "labels": labels, "value": value }));
+            }
+        }
+    }
+    Answer::ok(Value::Object(families))
+}
+
+/// `name{a="x",b="y"} 1.5` → (name, labels, value).
+fn parse_sample(line: &str) -> Option<(String, serde_json::Map<String, Value>, f64)> {
+    let (series, value) = line.rsplit_once(' ')?;
+    let value: f64 = match value {
+        "+Inf" => f64::INFINITY,
+        v => v.parse().ok()?,
+    };
+    let mut labels = serde_json::Map::new();
+    let name = match series.split_once('{') {
+        None => series,
+        Some((name, rest)) => {
+            let mut rest = rest.strip_suffix('}')?;
+            while !rest.is_empty() {
+                let (key, after) = rest.split_once("=\"")?;
+                // A value ends at the first quote not escaped by a backslash.
+                let mut end = None;
+                let mut escaped = false;
+                for (i, c) in after.char_indices() {
+                    match c {
+                        '\\' if !escaped => escaped = true,
+                        '"' if !escaped => {
+                            end = Some(i);
+                            break;
+                        }
+                        _ => escaped = false,
+                    }
+                }
+                let end = end?;
+                let raw = &after[..end];
+                let value = raw
+                    .replace("\\\"", "\"")
+                    .replace("\\n", "\n")
+                    .replace("\\\\", "\\");
+                labels.insert(key.trim_start_matches(',').to_owned(), value.into());
+                rest = after[end + 1..].trim_start_matches(',');
+            }
+            name
+        }
+    };
+    Some((name.to_owned(), labels, value))
+}
+
+fn liveness(admin: &Admin) -> Answer {
+    match admin.shutdown.state() {
+        State::Running => Answer::text(StatusCode::OK, "text/plain; charset=utf-8", "OK\n".into()),
+        _ => Answer::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain; charset=utf-8",
+            "draining: no new SMTP sessions are accepted\n".into(),
+        ),
+    }
+}
+
+async fn status(admin: &Admin) -> Answer {
+    let listeners: Vec<Value> = admin
+        .listeners
+        .iter()
+        .map(|l| {
+            let (active, accepted) = l
+                .metrics
+                .as_ref()
+                .map(|m| (m.active(), m.sessions()))
+                .unwrap_or_default();
+            json!({
+                "listen": l.config.listen.to_string(),
+                "hostname": l.hostname,
+                "sessions_active": active,
+                "sessions_accepted": accepted,
+                "max_connections": l.config.max_connections,
+            })
+        })
+        .collect();
+    let suspensions = suspend::entries(admin).await;
+    let uptime = admin
+        .started
+        .elapsed()
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    Answer::ok(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "state": match admin.shutdown.state() {
+            State::Running => "serving",
+            State::Draining => "draining",
+            State::Force => "closing",
+        },
+        "uptime_seconds": uptime,
+        "listeners": listeners,
+        "idle_destination_sessions": admin.ctx.idle.len(),
+        "sources": admin.ctx.metrics.source_counts(),
+        "suspensions": suspensions,
+        "throttle_store_fallbacks": admin.ctx.shaper.throttles.fallbacks(),
+    }))
+}
+
+fn log_filter(admin: &Admin, body: &[u8]) -> Answer {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Request {
+        filter: String,
+    }
+    let request: Request = match parse_body(body, "{\"filter\": \"info,egressd=debug\"}") {
+        Ok(r) => r,
+        Err(answer) => return answer,
+    };
+    let Some(change) = &admin.log_filter else {
+        return Answer::error(
+            StatusCode::NOT_IMPLEMENTED,
+            None,
+            "this process's logging cannot be changed at run time",
+        );
+    };
+    match change(&request.filter) {
+        Ok(now) => {
+            tracing::info!(filter = %now, "log filter changed");
+            Answer::ok(json!({ "filter": now }))
+        }
+        Err(e) => Answer::bad(
+            "filter",
+            format!(
+                "not a tracing filter ({e}); expected e.g. \"info\" or \"info,transaction=off,egressd=debug\""
+            ),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_sample;
+
+    #[test]
+    fn samples_parse_with_quoted_and_escaped_label_values() {
+        let (name, labels, value) =
+            parse_sample(r#"x_total{site="(a|b)?.mx.test",note="say \"hi\", ok"} 3"#).unwrap();
+        assert_eq!(name, "x_total");
+        assert_eq!(labels["site"], "(a|b)?.mx.test");
+        assert_eq!(labels["note"], "say \"hi\", ok");
+        assert_eq!(value, 3.0);
+        let (_, labels, value) = parse_sample("up 1").unwrap();
+        assert!(labels.is_empty());
+        assert_eq!(value, 1.0);
+        assert_eq!(
+            parse_sample(r#"h_bucket{le="+Inf"} +Inf"#).unwrap().2,
+            f64::INFINITY
+        );
+    }
+}

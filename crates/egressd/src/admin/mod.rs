@@ -1,0 +1,356 @@
+//! The HTTP listener `kumo.start_http_listener` declares: metrics and the admin
+//! API, under KumoMTA's paths where KumoMTA has the endpoint.
+//!
+//! hyper serves HTTP/1.1 directly (a handful of routes need no framework). Every
+//! client outside `trusted_hosts` authenticates with HTTP Basic, checked by the
+//! policy's `http_server_validate_auth_basic` event; anything else gets 401.
+//! Headers must arrive within [`HEADER_TIMEOUT`], a body within [`BODY_TIMEOUT`]
+//! and [`MAX_BODY`] octets; at most [`MAX_CONNECTIONS`] clients at once.
+//!
+//! - `api.rs`: the routes and their JSON.
+//! - `resolve.rs`: `resolve-egress-path`, what the relay would do for a domain.
+//! - `suspend.rs`: `suspend-ready-q`, operator suspensions.
+
+mod api;
+mod resolve;
+mod suspend;
+
+use crate::inbound;
+use crate::outbound::Context;
+use crate::shutdown::Shutdown;
+use base64::Engine;
+use egress_lua::HttpListener;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+
+/// Longest a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a client may take to send a request's body.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+/// Clients served at once per HTTP listener.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// Changes the tracing filter; returns the filter now in force.
+pub type LogFilter = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
+
+/// What the API reads and acts on.
+pub struct Admin {
+    /// The relay's shared state.
+    pub ctx: Arc<Context>,
+    /// The SMTP listeners, for `status`.
+    pub listeners: Vec<Arc<inbound::Listener>>,
+    /// Draining or not, for liveness.
+    pub shutdown: Shutdown,
+    /// Live log filter changes (none when logging was set up elsewhere).
+    pub log_filter: Option<LogFilter>,
+    /// When this process started serving.
+    pub started: SystemTime,
+}
+
+/// One HTTP listener, bound and ready to serve.
+pub struct HttpServer {
+    socket: TcpListener,
+    config: HttpListener,
+    tls: Option<TlsAcceptor>,
+}
+
+impl HttpServer {
+    /// Binds `config.listen` and prepares TLS when `use_tls`.
+    pub async fn bind(config: HttpListener, hostname: &str) -> Result<HttpServer, String> {
+        let socket = TcpListener::bind(config.listen).await.map_err(|e| {
+            format!(
+                "kumo.start_http_listener: cannot listen on {}: {e}",
+                config.listen
+            )
+        })?;
+        let tls = match config.use_tls {
+            true => Some(inbound::tls::acceptor(
+                config.tls_certificate.as_deref(),
+                config.tls_private_key.as_deref(),
+                config.hostname.as_deref().unwrap_or(hostname),
+                "kumo.start_http_listener",
+            )?),
+            false => None,
+        };
+        Ok(HttpServer {
+            socket,
+            config,
+            tls,
+        })
+    }
+
+    /// The address it listens on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.socket.local_addr().ok()
+    }
+
+    /// Serves until the process ends (liveness says 503 while draining, so the
+    /// API stays up for the drain).
+    pub async fn serve(self, admin: Arc<Admin>) {
+        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let config = Arc::new(self.config);
+        loop {
+            let (stream, peer) = match self.socket.accept().await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!("accept on {}: {e}", config.listen);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = limit.clone().try_acquire_owned() else {
+                tracing::debug!(client = %peer, "HTTP: too many clients; closing");
+                continue;
+            };
+            let (admin, config, tls) = (admin.clone(), config.clone(), self.tls.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let (admin, config) = (admin.clone(), config.clone());
+                    async move { Ok::<_, Infallible>(handle(&admin, &config, req, peer).await) }
+                });
+                let builder = {
+                    let mut b = hyper::server::conn::http1::Builder::new();
+                    b.timer(TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT);
+                    b
+                };
+                let served = match tls {
+                    Some(tls) => {
+                        match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
+                            Ok(Ok(stream)) => {
+                                builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await
+                            }
+                            _ => {
+                                tracing::debug!(client = %peer, "HTTP: TLS handshake failed or timed out");
+                                return;
+                            }
+                        }
+                    }
+                    None => {
+                        builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await
+                    }
+                };
+                if let Err(e) = served {
+                    tracing::debug!(client = %peer, "HTTP: {e}");
+                }
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// A response: status, content type, body.
+pub(crate) struct Answer {
+    status: StatusCode,
+    content_type: &'static str,
+    body: String,
+}
+
+impl Answer {
+    fn json(status: StatusCode, value: &serde_json::Value) -> Answer {
+        Answer {
+            status,
+            content_type: "application/json",
+            body: serde_json::to_string_pretty(value).unwrap_or_default() + "\n",
+        }
+    }
+
+    /// 200 with a JSON document.
+    pub(crate) fn ok(value: serde_json::Value) -> Answer {
+        Answer::json(StatusCode::OK, &value)
+    }
+
+    /// An error with a JSON body naming the field (when one is at fault) and what
+    /// was expected.
+    pub(crate) fn error(
+        status: StatusCode,
+        field: Option<&str>,
+        message: impl Into<String>,
+    ) -> Answer {
+        let mut body = serde_json::json!({ "error": message.into() });
+        if let Some(field) = field {
+            body["field"] = field.into();
+        }
+        Answer::json(status, &body)
+    }
+
+    /// 400 for a field.
+    pub(crate) fn bad(field: &str, message: impl Into<String>) -> Answer {
+        Answer::error(StatusCode::BAD_REQUEST, Some(field), message)
+    }
+
+    fn text(status: StatusCode, content_type: &'static str, body: String) -> Answer {
+        Answer {
+            status,
+            content_type,
+            body,
+        }
+    }
+}
+
+async fn handle(
+    admin: &Admin,
+    config: &HttpListener,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let answer = match authorize(admin, config, &req, peer.ip()).await {
+        Err(answer) => answer,
+        Ok(()) => {
+            let query = req.uri().query().unwrap_or("").to_owned();
+            let accept = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned();
+            match read_body(req).await {
+                Ok(body) => {
+                    api::route(
+                        admin,
+                        api::Call {
+                            method: &method,
+                            path: &path,
+                            query: &query,
+                            accept: &accept,
+                            body: &body,
+                        },
+                    )
+                    .await
+                }
+                Err(answer) => answer,
+            }
+        }
+    };
+    if answer.status.is_client_error() || answer.status.is_server_error() {
+        tracing::info!(client = %peer, %method, path, status = answer.status.as_u16(), "HTTP request refused");
+    } else {
+        tracing::debug!(client = %peer, %method, path, status = answer.status.as_u16(), "HTTP request");
+    }
+    let mut response = Response::new(Full::new(Bytes::from(answer.body)));
+    *response.status_mut() = answer.status;
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(answer.content_type),
+    );
+    if answer.status == StatusCode::UNAUTHORIZED {
+        headers.insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Basic realm=\"egressd\""),
+        );
+    }
+    response
+}
+
+/// Trusted by address, else by HTTP Basic through the policy.
+async fn authorize(
+    admin: &Admin,
+    config: &HttpListener,
+    req: &Request<Incoming>,
+    ip: IpAddr,
+) -> Result<(), Answer> {
+    let ip = ip.to_canonical();
+    if config.trusted_hosts.iter().any(|net| net.contains(&ip)) {
+        return Ok(());
+    }
+    let unauthorized = |why: &str| {
+        Answer::error(
+            StatusCode::UNAUTHORIZED,
+            None,
+            format!("{ip} is not in trusted_hosts: {why}"),
+        )
+    };
+    let Some(header) = req
+        .headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Err(unauthorized("send HTTP Basic credentials"));
+    };
+    let Some((user, password)) = basic_credentials(header) else {
+        return Err(unauthorized(
+            "the Authorization header is not HTTP Basic (base64 of user:password)",
+        ));
+    };
+    match admin.ctx.policy.http_auth_basic(&user, &password).await {
+        Ok(Some(true)) => Ok(()),
+        Ok(Some(false)) => Err(unauthorized("the credentials were refused")),
+        Ok(None) => Err(unauthorized(
+            "the policy has no http_server_validate_auth_basic handler, so no credentials are accepted",
+        )),
+        Err(e) => Err(Answer::error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            None,
+            format!("checking credentials failed: {e}"),
+        )),
+    }
+}
+
+/// `Basic base64(user:password)` → (user, password); the password may be empty.
+fn basic_credentials(header: &str) -> Option<(String, String)> {
+    let (scheme, encoded) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':').unwrap_or((&text, ""));
+    Some((user.to_owned(), password.to_owned()))
+}
+
+async fn read_body(req: Request<Incoming>) -> Result<Bytes, Answer> {
+    let limited = Limited::new(req.into_body(), MAX_BODY);
+    match tokio::time::timeout(BODY_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) => Err(Answer::error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            format!("cannot read the request body (at most {MAX_BODY} octets): {e}"),
+        )),
+        Err(_) => Err(Answer::error(
+            StatusCode::REQUEST_TIMEOUT,
+            None,
+            format!("the request body did not arrive within {BODY_TIMEOUT:?}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::basic_credentials;
+
+    #[test]
+    fn basic_credentials_decode_with_and_without_a_password() {
+        // "ops:tiger", "ops", "ops:"
+        assert_eq!(
+            basic_credentials("Basic b3BzOnRpZ2Vy"),
+            Some(("ops".into(), "tiger".into()))
+        );
+        assert_eq!(
+            basic_credentials("basic b3Bz"),
+            Some(("ops".into(), "".into()))
+        );
+        assert_eq!(basic_credentials("Bearer abc"), None);
+        assert_eq!(basic_credentials("Basic !!!"), None);
+    }
+}
