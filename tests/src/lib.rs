@@ -8,9 +8,11 @@
 #![forbid(unsafe_code)]
 
 mod pki;
+mod prometheus;
 mod scripted;
 mod source_socks;
 pub use pki::TestCa;
+pub use prometheus::{http_get, http_request, query_escape, HttpAnswer, Prometheus};
 pub use scripted::{Received, ScriptedDestination};
 pub use source_socks::SourceBindingSocks;
 

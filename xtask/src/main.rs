@@ -69,6 +69,12 @@ const PEERS: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
     // smtplib clients in the TLS and AUTH tests
     ("python3", "python3"),
+    // the operations tests: a real Prometheus scraping egressd, and promtool
+    // checking the exposition
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    // `systemd-analyze verify` on contrib/egressd.service
+    ("systemd-analyze", "systemd"),
 ];
 
 /// Whether a [`PEERS`] entry is present.
@@ -234,7 +240,7 @@ fn peers() -> Result {
         return Ok(());
     }
     println!("xtask peers: installing {}", missing.join(" "));
-    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks libnet-ssleay-perl postfix libsasl2-modules dnsmasq redis-server python3";
+    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks libnet-ssleay-perl postfix libsasl2-modules dnsmasq redis-server python3 prometheus systemd";
     // One script, run as root (directly or through `sudo -n`). policy-rc.d keeps the
     // packages' own services from starting: the tests start every peer themselves, and
     // danted's service fails to start with its stock configuration, which would make

@@ -9,12 +9,15 @@ use std::process::{Command, Output};
 /// egressd serving a policy, stopped on drop. Its log is kept for assertions.
 pub struct Egressd {
     pub addr: SocketAddr,
+    /// The HTTP listener, when the policy has `{http}` in it.
+    pub http: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
     peer: Peer,
 }
 
 impl Egressd {
-    /// Starts egressd with `policy`, in which `{listen}` stands for a free loopback address.
+    /// Starts egressd with `policy`, in which `{listen}` stands for a free loopback
+    /// address (and `{http}`, when present, for another: the HTTP listener's).
     pub fn start(policy: &str) -> Egressd {
         Self::start_with_args(policy, &[])
     }
@@ -30,7 +33,14 @@ impl Egressd {
         let dir = tempfile::tempdir().unwrap();
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let file = dir.path().join("policy.lua");
-        std::fs::write(&file, policy.replace("{listen}", &addr.to_string())).unwrap();
+        let http = policy
+            .contains("{http}")
+            .then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let mut text = policy.replace("{listen}", &addr.to_string());
+        if let Some(http) = http {
+            text = text.replace("{http}", &http.to_string());
+        }
+        std::fs::write(&file, text).unwrap();
         let log = std::fs::File::create(dir.path().join("egressd.log")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_egressd"));
         cmd.arg("serve")
@@ -42,7 +52,29 @@ impl Egressd {
         cmd.stdout(log.try_clone().unwrap()).stderr(log);
         let mut peer = Peer::spawn_logged("egressd", &mut cmd);
         wait_listening("egressd", addr, &mut peer);
-        Egressd { addr, dir, peer }
+        if let Some(http) = http {
+            wait_listening("egressd's HTTP listener", http, &mut peer);
+        }
+        Egressd {
+            addr,
+            http,
+            dir,
+            peer,
+        }
+    }
+
+    /// Runs an `egressd` API command (`status`, `suspend`, …) against this
+    /// instance's HTTP listener.
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let http = self
+            .http
+            .expect("the policy starts no HTTP listener ({http})");
+        Command::new(env!("CARGO_BIN_EXE_egressd"))
+            .args(args)
+            .arg("--endpoint")
+            .arg(format!("http://{http}"))
+            .output()
+            .unwrap()
     }
 
     pub fn log(&self) -> String {
