@@ -4,7 +4,7 @@
 //! cargo xtask peers          install the real test peers (apt), idempotent
 //! cargo xtask ci             peers, fmt, clippy, each crate's tests alone, end-to-end tests
 //! cargo xtask test -p NAME   one crate's tests
-//! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, throttle, relay, load)
+//! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, throttle, relay, load, metrics)
 //! cargo xtask fuzz [TARGET] [--time SECONDS]   libFuzzer targets (cargo-fuzz, nightly)
 //! ```
 //!
@@ -119,7 +119,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <peers | ci | test -p NAME | bench [source|cache|connect|lua|throttle|relay|load] | fuzz [TARGET] [--time SECONDS]>";
+const USAGE: &str = "usage: cargo xtask <peers | ci | test -p NAME | bench [source|cache|connect|lua|throttle|relay|load|metrics] | fuzz [TARGET] [--time SECONDS]>";
 
 pub(crate) type Result<T = (), E = String> = std::result::Result<T, E>;
 
@@ -294,7 +294,7 @@ fn is_root() -> bool {
 
 fn bench(which: Option<&str>) -> Result {
     let all = [
-        "source", "cache", "connect", "lua", "throttle", "relay", "load",
+        "source", "cache", "connect", "lua", "throttle", "relay", "load", "metrics",
     ];
     let chosen: Vec<&str> = match which {
         None | Some("all") => all.to_vec(),
@@ -325,6 +325,14 @@ fn bench(which: Option<&str>) -> Result {
                 peers()?;
                 cargo(&["bench", "-p", "egressd", "--bench", "load"])?
             }
+            // Also part of `relay`; alone, for the operations issue's figure.
+            "metrics" if which == Some("metrics") => {
+                peers()?;
+                cargo(&[
+                    "bench", "-p", "egressd", "--bench", "relay", "--", "metrics",
+                ])?
+            }
+            "metrics" => {}
             _ => unreachable!("checked above"),
         }
     }

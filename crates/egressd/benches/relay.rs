@@ -15,6 +15,10 @@ fn main() {
         shaping_rows(&sink, dir.path());
         return;
     }
+    if std::env::args().any(|a| a == "metrics") {
+        metrics_rows(&sink, dir.path());
+        return;
+    }
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let policy = dir.path().join("policy.lua");
     std::fs::write(
@@ -59,6 +63,7 @@ fn main() {
     }
     tls_rows(&sink, dir.path());
     shaping_rows(&sink, dir.path());
+    metrics_rows(&sink, dir.path());
 }
 
 /// Shaping that never binds (every limit generous) against no shaping, same run:
@@ -69,18 +74,50 @@ fn shaping_rows(sink: &SmtpSink, dir: &std::path::Path) {
           max_message_rate = '1000000/s', source_selection_rate = '1000000/s',
           additional_message_rate_throttles = { shared = '1000000/s' } }
       end)";
+    let plain = bench_policy(sink, "");
+    let shaped = bench_policy(sink, generous);
+    println!("relay with shaping that never binds vs none (local throttles):");
+    compare(dir, [("none", plain), ("shaped", shaped)], None, "0.95");
+}
+
+/// Metrics recorded and scraped every second (an HTTP listener in the policy)
+/// against none (no HTTP listener: nothing is recorded), same run.
+fn metrics_rows(sink: &SmtpSink, dir: &std::path::Path) {
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let off = bench_policy(sink, "");
+    let on = off.replace(
+        "kumo.start_esmtp_listener",
+        &format!("kumo.start_http_listener {{ listen = '{http}' }} kumo.start_esmtp_listener"),
+    );
+    println!("relay with metrics on and scraped every second vs off:");
+    compare(dir, [("off", off), ("metrics", on)], Some(http), "0.97");
+}
+
+/// The relay policy the A/B rows share (`{listen}` left for [`compare`]).
+fn bench_policy(sink: &SmtpSink, extra: &str) -> String {
+    egress_e2e::relay_policy(
+        "max_connection_rate_per_client = 'unlimited'",
+        &egress_e2e::mx_entry(sink.addr),
+        extra,
+    )
+}
+
+/// Two egressd, A and B, differing only in their policies, run alternately in one
+/// run (best of three rounds each) at 1 and 20 sessions; B's ratio to A printed
+/// against `goal`. With `scrape`, `/metrics` there is fetched every second while
+/// the rounds run, as Prometheus would.
+fn compare(
+    dir: &std::path::Path,
+    variants: [(&str, String); 2],
+    scrape: Option<SocketAddr>,
+    goal: &str,
+) {
     let mut addrs = Vec::new();
     let mut peers = Vec::new();
-    for (name, extra) in [("plain", ""), ("shaped", generous)] {
+    for (name, text) in &variants {
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let text = egress_e2e::relay_policy(
-            "max_connection_rate_per_client = 'unlimited'",
-            &egress_e2e::mx_entry(sink.addr),
-            extra,
-        )
-        .replace("{listen}", &listen.to_string());
         let policy = dir.join(format!("{name}.lua"));
-        std::fs::write(&policy, text).unwrap();
+        std::fs::write(&policy, text.replace("{listen}", &listen.to_string())).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_egressd"));
         cmd.arg("--policy").arg(&policy).env("EGRESSD_LOG", "warn");
         let mut peer = Peer::spawn("egressd", &mut cmd);
@@ -88,20 +125,39 @@ fn shaping_rows(sink: &SmtpSink, dir: &std::path::Path) {
         addrs.push(listen);
         peers.push(peer);
     }
-    println!("relay with shaping that never binds vs none (local throttles):");
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let scraper = scrape.map(|http| {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut scrapes = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let answer = egress_e2e::http_get(http, "/metrics");
+                assert_eq!(answer.status, 200, "scrape: {}", answer.body);
+                scrapes += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            scrapes
+        })
+    });
+    let (a_name, b_name) = (variants[0].0, variants[1].0);
     for (sessions, messages) in [(1, 500), (20, 4000)] {
         run(addrs[0], sessions, sessions * 5);
         run(addrs[1], sessions, sessions * 5);
-        let (mut plain, mut shaped) = (Duration::MAX, Duration::MAX);
+        let (mut a, mut b) = (Duration::MAX, Duration::MAX);
         for _ in 0..3 {
-            plain = plain.min(run(addrs[0], sessions, messages));
-            shaped = shaped.min(run(addrs[1], sessions, messages));
+            a = a.min(run(addrs[0], sessions, messages));
+            b = b.min(run(addrs[1], sessions, messages));
         }
-        let (plain, shaped) = (rate(plain, messages), rate(shaped, messages));
+        let (a, b) = (rate(a, messages), rate(b, messages));
         println!(
-            "  {sessions:>2} session(s), {messages} messages: none {plain:>7.0} msg/s   shaped {shaped:>7.0} msg/s   ratio {:.2}  (goal >= 0.95)",
-            shaped / plain
+            "  {sessions:>2} session(s), {messages} messages: {a_name} {a:>7.0} msg/s   {b_name} {b:>7.0} msg/s   ratio {:.2}  (goal >= {goal})",
+            b / a
         );
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(scraper) = scraper {
+        let scrapes = scraper.join().expect("scraper");
+        println!("  ({scrapes} scrapes of /metrics during the rounds)");
     }
 }
 

@@ -276,9 +276,13 @@ pub struct Metrics {
     inner: OnceLock<Box<Inner>>,
 }
 
+type PathMap = HashMap<String, HashMap<String, HashMap<String, Arc<PathMetrics>>>>;
+
 struct Inner {
     registry: Registry,
-    paths: RwLock<HashMap<(String, String, String), Arc<PathMetrics>>>,
+    /// source → pool → site → handles: nested so a lookup borrows the caller's
+    /// strings instead of allocating a key.
+    paths: RwLock<PathMap>,
     sites: Mutex<HashSet<String>>,
     opened: Family<PathLabels, Counter>,
     reused: Family<PathLabels, Counter>,
@@ -576,15 +580,18 @@ impl Metrics {
     /// The handles for a (source, pool, site); `None` when disabled.
     pub fn path(&self, source: &str, pool: &str, site: &str) -> Option<Arc<PathMetrics>> {
         let inner = self.inner.get()?;
-        let key = (source.to_owned(), pool.to_owned(), site.to_owned());
-        if let Some(found) = inner
+        let found = inner
             .paths
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return Some(found.clone());
+            .get(source)
+            .and_then(|pools| pools.get(pool))
+            .and_then(|sites| sites.get(site))
+            .cloned();
+        if found.is_some() {
+            return found;
         }
+        let asked_site = site;
         let site = inner.bounded_site(site);
         let labels = PathLabels {
             source: source.to_owned(),
@@ -619,7 +626,11 @@ impl Metrics {
             .paths
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(key, made.clone());
+            .entry(source.to_owned())
+            .or_default()
+            .entry(pool.to_owned())
+            .or_default()
+            .insert(asked_site.to_owned(), made.clone());
         Some(made)
     }
 
@@ -741,6 +752,8 @@ impl Metrics {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
+            .flat_map(|pools| pools.values())
+            .flat_map(|sites| sites.values())
             .cloned()
             .collect();
         for path in paths {
