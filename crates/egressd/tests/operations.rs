@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{swaks, Egressd, Raw};
+use common::{by_client_addr, swaks, Egressd, Raw};
 use egress_e2e::{
     header, http_get, http_request, mx_entry, require, Dnsmasq, Prometheus, SmtpSink,
 };
@@ -36,16 +36,6 @@ fn ops_policy(mx: &str, http: &str, extra: &str) -> String {
          end)
          {extra}"
     )
-}
-
-fn by_client_addr(messages: &[String]) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for m in messages {
-        *counts
-            .entry(header(m, "X-Client-Addr").unwrap_or("?").to_owned())
-            .or_insert(0) += 1;
-    }
-    counts
 }
 
 fn send(d: &Egressd, n: usize) {

@@ -3,9 +3,8 @@
 
 mod common;
 
-use common::{swaks, Egressd};
-use egress_e2e::{header, mx_entry, RedisServer, ScriptedDestination, SmtpSink};
-use std::collections::HashMap;
+use common::{by_client_addr, swaks, Egressd};
+use egress_e2e::{mx_entry, RedisServer, ScriptedDestination, SmtpSink};
 use std::time::Duration;
 
 /// A policy routing everything to `mx` through pool `main` with `pool` entries;
@@ -42,16 +41,6 @@ fn transactions_mentioning(log: &str, what: &str) -> usize {
         .filter(|l| l.contains(" transaction ") || l.contains("transaction:"))
         .filter(|l| l.contains(what))
         .count()
-}
-
-fn by_client_addr(messages: &[String]) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for m in messages {
-        *counts
-            .entry(header(m, "X-Client-Addr").unwrap_or("?").to_owned())
-            .or_insert(0) += 1;
-    }
-    counts
 }
 
 #[test]

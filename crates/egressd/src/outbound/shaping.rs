@@ -16,7 +16,7 @@ use egress_source::{
     ConnectionLimit, EgressPathConfig, EgressSource, SuspensionRule, ThrottleSpec, Trigger,
 };
 use egress_throttle::{Lease, Throttles};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -322,83 +322,94 @@ pub struct Limit {
     pub what: String,
 }
 
+/// A path's own setting, keyed `PREFIX:SOURCE@SITE`, and its additional named ones,
+/// keyed `PREFIX:NAME` (shared by every path that names them): (key, value, setting).
+fn keyed<'a, T>(
+    prefix: &str,
+    (source, site): (&str, &str),
+    own: (Option<&'a T>, &str),
+    additional: (&'a BTreeMap<String, T>, &str),
+) -> Vec<(String, &'a T, String)> {
+    own.0
+        .map(|value| (format!("{prefix}:{source}@{site}"), value, own.1.to_owned()))
+        .into_iter()
+        .chain(additional.0.iter().map(|(name, value)| {
+            (
+                format!("{prefix}:{name}"),
+                value,
+                format!("{}.{name}", additional.1),
+            )
+        }))
+        .collect()
+}
+
+fn rates(keyed: Vec<(String, &ThrottleSpec, String)>) -> Vec<Rate<'_>> {
+    keyed
+        .into_iter()
+        .map(|(key, spec, what)| Rate { key, spec, what })
+        .collect()
+}
+
 /// `source_selection_rate` and the additional selection rates, most restrictive
 /// (longest interval) first — KumoMTA's order.
 pub fn selection_rates<'a>(source: &str, site: &str, path: &'a EgressPathConfig) -> Vec<Rate<'a>> {
-    let mut rates: Vec<Rate<'a>> = path
-        .source_selection_rate
-        .iter()
-        .map(|spec| Rate {
-            key: format!("select:{source}@{site}"),
-            spec,
-            what: "source_selection_rate".into(),
-        })
-        .chain(
-            path.additional_source_selection_rates
-                .iter()
-                .map(|(name, spec)| Rate {
-                    key: format!("select:{name}"),
-                    spec,
-                    what: format!("additional_source_selection_rates.{name}"),
-                }),
-        )
-        .collect();
-    rates.sort_by_key(|r| std::cmp::Reverse(r.spec.interval()));
-    rates
+    let mut list = rates(keyed(
+        "select",
+        (source, site),
+        (path.source_selection_rate.as_ref(), "source_selection_rate"),
+        (
+            &path.additional_source_selection_rates,
+            "additional_source_selection_rates",
+        ),
+    ));
+    list.sort_by_key(|r| std::cmp::Reverse(r.spec.interval()));
+    list
 }
 
 /// `max_message_rate` and the additional message rates.
 pub fn message_rates<'a>(source: &str, site: &str, path: &'a EgressPathConfig) -> Vec<Rate<'a>> {
-    path.max_message_rate
-        .iter()
-        .map(|spec| Rate {
-            key: format!("msg:{source}@{site}"),
-            spec,
-            what: "max_message_rate".into(),
-        })
-        .chain(
-            path.additional_message_rate_throttles
-                .iter()
-                .map(|(name, spec)| Rate {
-                    key: format!("msg:{name}"),
-                    spec,
-                    what: format!("additional_message_rate_throttles.{name}"),
-                }),
-        )
-        .collect()
+    rates(keyed(
+        "msg",
+        (source, site),
+        (path.max_message_rate.as_ref(), "max_message_rate"),
+        (
+            &path.additional_message_rate_throttles,
+            "additional_message_rate_throttles",
+        ),
+    ))
 }
+
+/// KumoMTA has no additional connection rates.
+static NO_ADDITIONAL_RATES: BTreeMap<String, ThrottleSpec> = BTreeMap::new();
 
 /// `max_connection_rate`.
 pub fn connection_rates<'a>(source: &str, site: &str, path: &'a EgressPathConfig) -> Vec<Rate<'a>> {
-    path.max_connection_rate
-        .iter()
-        .map(|spec| Rate {
-            key: format!("connrate:{source}@{site}"),
-            spec,
-            what: "max_connection_rate".into(),
-        })
-        .collect()
+    rates(keyed(
+        "connrate",
+        (source, site),
+        (path.max_connection_rate.as_ref(), "max_connection_rate"),
+        (&NO_ADDITIONAL_RATES, ""),
+    ))
 }
 
 /// `connection_limit` and the additional connection limits.
 pub fn connection_limits(source: &str, site: &str, path: &EgressPathConfig) -> Vec<Limit> {
-    path.connection_limit
-        .iter()
-        .map(|l| Limit {
-            key: format!("conn:{source}@{site}"),
-            limit: *l,
-            what: "connection_limit".into(),
-        })
-        .chain(
-            path.additional_connection_limits
-                .iter()
-                .map(|(name, l)| Limit {
-                    key: format!("conn:{name}"),
-                    limit: *l,
-                    what: format!("additional_connection_limits.{name}"),
-                }),
-        )
-        .collect()
+    keyed(
+        "conn",
+        (source, site),
+        (path.connection_limit.as_ref(), "connection_limit"),
+        (
+            &path.additional_connection_limits,
+            "additional_connection_limits",
+        ),
+    )
+    .into_iter()
+    .map(|(key, limit, what)| Limit {
+        key,
+        limit: *limit,
+        what,
+    })
+    .collect()
 }
 
 /// A failure that says the proxy (not the destination) is unwell: unreachable,

@@ -95,6 +95,21 @@ impl Egressd {
     }
 }
 
+/// How many of `messages` (smtp-sink dumps) each `X-Client-Addr` sent.
+pub fn by_client_addr(messages: &[String]) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for m in messages {
+        *counts
+            .entry(
+                egress_e2e::header(m, "X-Client-Addr")
+                    .unwrap_or("?")
+                    .to_owned(),
+            )
+            .or_insert(0) += 1;
+    }
+    counts
+}
+
 /// swaks' transcript and exit status.
 pub struct Swaks {
     pub ok: bool,
