@@ -207,6 +207,24 @@ pub mod duration {
     }
 }
 
+/// As [`duration`], for an optional field (absent or `nil`: none).
+pub mod optional_duration {
+    use super::*;
+
+    /// Reads what [`duration::deserialize`] reads.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        duration::deserialize(d).map(Some)
+    }
+
+    /// Writes a humantime string, or nothing.
+    pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => duration::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// A `host:port` address: an IP literal (IPv6 in brackets) or a DNS name, and a port.
 ///
 /// ```

@@ -9,6 +9,7 @@ use serde::ser::SerializeMap;
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
 use std::net::IpAddr;
+use std::time::Duration;
 
 /// The pool used when a queue config does not name one.
 pub const DEFAULT_POOL: &str = "unspecified";
@@ -33,6 +34,28 @@ pub struct QueueConfig {
     /// Delivery protocol settings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<DeliveryProtocol>,
+    /// For spooled messages: the wait before the first retry, doubled after each
+    /// further failure; default 20 minutes (KumoMTA's).
+    #[serde(default = "default_retry_interval", with = "crate::fields::duration")]
+    pub retry_interval: Duration,
+    /// The longest wait between retries; default none (doubling until `max_age`).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::fields::optional_duration"
+    )]
+    pub max_retry_interval: Option<Duration>,
+    /// How long a spooled message is tried before it bounces; default 7 days.
+    #[serde(default = "default_max_age", with = "crate::fields::duration")]
+    pub max_age: Duration,
+}
+
+fn default_retry_interval() -> Duration {
+    Duration::from_secs(20 * 60)
+}
+
+fn default_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
 }
 
 fn default_pool() -> String {
@@ -44,11 +67,36 @@ impl Default for QueueConfig {
         QueueConfig {
             egress_pool: default_pool(),
             protocol: None,
+            retry_interval: default_retry_interval(),
+            max_retry_interval: None,
+            max_age: default_max_age(),
         }
     }
 }
 
 impl QueueConfig {
+    /// The route override; empty means "look up MX records".
+    /// The wait before retry number `attempt` (1 for the first retry): the retry
+    /// interval doubled for each earlier failure, at most `max_retry_interval`.
+    ///
+    /// ```
+    /// # use egress_source::QueueConfig;
+    /// # use std::time::Duration;
+    /// let q = QueueConfig { max_retry_interval: Some(Duration::from_secs(3600)), ..QueueConfig::default() };
+    /// assert_eq!(q.retry_delay(1).as_secs(), 20 * 60);
+    /// assert_eq!(q.retry_delay(2).as_secs(), 40 * 60);
+    /// assert_eq!(q.retry_delay(3).as_secs(), 3600);
+    /// ```
+    pub fn retry_delay(&self, attempt: u32) -> Duration {
+        let doubled = self
+            .retry_interval
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        match self.max_retry_interval {
+            Some(max) => doubled.min(max),
+            None => doubled,
+        }
+    }
+
     /// The route override; empty means "look up MX records".
     pub fn mx_list(&self) -> &[MxListEntry] {
         self.protocol
@@ -77,7 +125,17 @@ pub struct SmtpProtocol {
     pub mx_list: Vec<MxListEntry>,
 }
 
-strict_table!(QueueConfig, "queue config", ["egress_pool", "protocol"]);
+strict_table!(
+    QueueConfig,
+    "queue config",
+    [
+        "egress_pool",
+        "protocol",
+        "retry_interval",
+        "max_retry_interval",
+        "max_age"
+    ]
+);
 strict_table!(DeliveryProtocol, "queue config protocol", ["smtp"]);
 strict_table!(SmtpProtocol, "queue config protocol.smtp", ["mx_list"]);
 
