@@ -18,6 +18,36 @@ pub struct InitConfig {
     pub resolver: Option<ResolverConfig>,
     /// `kumo.configure_redis_throttles{}`, the last call wins.
     pub redis_throttles: Option<RedisThrottles>,
+    /// `kumo.define_spool { name = 'data', ... }`, the last call wins: where
+    /// messages for several domains are held.
+    pub spool: Option<SpoolDefinition>,
+}
+
+/// `kumo.define_spool { name, path, kind, max_spool_bytes }` (KumoMTA's function;
+/// egressd keeps envelopes beside the data, so only the `data` spool is used and a
+/// `meta` definition is accepted and ignored).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolDefinition {
+    /// `data` (used) or `meta` (ignored).
+    pub name: String,
+    /// The directory; created at start.
+    pub path: String,
+    /// KumoMTA's storage kind; egressd has `LocalDisk` only (the default).
+    #[serde(default = "default_spool_kind")]
+    pub kind: String,
+    /// The most message data held before new multi-domain messages get
+    /// `452 4.3.1`; default 1 GiB.
+    #[serde(default = "default_max_spool_bytes")]
+    pub max_spool_bytes: u64,
+}
+
+fn default_spool_kind() -> String {
+    "LocalDisk".into()
+}
+
+fn default_max_spool_bytes() -> u64 {
+    1 << 30
 }
 
 /// `kumo.configure_redis_throttles { node = 'redis://127.0.0.1:6379/' }`: share

@@ -2,7 +2,7 @@
 //! argument orders, so egress policies written for KumoMTA run here unchanged.
 
 use crate::declarations::{
-    EsmtpListener, HttpListener, InitConfig, RedisThrottles, ResolverConfig,
+    EsmtpListener, HttpListener, InitConfig, RedisThrottles, ResolverConfig, SpoolDefinition,
 };
 use crate::definition::{Definition, Made};
 use egress_source::{EgressPathConfig, EgressPool, EgressSource, QueueConfig};
@@ -59,6 +59,30 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
         lua.create_function(|lua, params: Value| {
             let redis: RedisThrottles = from_lua(lua, params, "kumo.configure_redis_throttles")?;
             declare(lua, |init| init.redis_throttles = Some(redis))
+        })?,
+    )?;
+
+    kumo.set(
+        "define_spool",
+        lua.create_function(|lua, params: Value| {
+            let spool: SpoolDefinition = from_lua(lua, params, "kumo.define_spool")?;
+            if spool.kind != "LocalDisk" {
+                return Err(located(
+                    lua,
+                    format!(
+                        "kumo.define_spool: kind {:?} is not available in egressd; expected \"LocalDisk\" (or leave kind out)",
+                        spool.kind
+                    ),
+                ));
+            }
+            match spool.name.as_str() {
+                "data" => declare(lua, |init| init.spool = Some(spool)),
+                "meta" => Ok(()),
+                other => Err(located(
+                    lua,
+                    format!("kumo.define_spool: name {other:?}: expected \"data\" (or \"meta\", which egressd keeps beside the data)"),
+                )),
+            }
         })?,
     )?;
 

@@ -37,6 +37,7 @@ mod states;
 
 pub use declarations::{
     EsmtpListener, HttpListener, InitConfig, InvalidLineEndings, RedisThrottles, ResolverConfig,
+    SpoolDefinition,
 };
 pub use error::PolicyError;
 

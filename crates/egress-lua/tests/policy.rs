@@ -853,3 +853,38 @@ async fn the_observer_hears_of_every_handler_call_with_its_time_and_outcome() {
         [("get_egress_source", true), ("get_egress_source", false)]
     );
 }
+
+#[tokio::test]
+async fn define_spool_takes_kumomtas_shape_and_refuses_what_egressd_lacks() {
+    let p = policy(
+        "kumo.on('init', function()
+           kumo.define_spool { name = 'data', path = '/var/spool/egressd', max_spool_bytes = 4096 }
+           kumo.define_spool { name = 'meta', path = '/var/spool/egressd-meta' }
+         end)",
+    );
+    let spool = p.init().spool.unwrap();
+    assert_eq!(spool.path, "/var/spool/egressd");
+    assert_eq!(spool.max_spool_bytes, 4096);
+    for (code, expected) in [
+        (
+            "kumo.define_spool { name = 'data', path = '/x', kind = 'RocksDB' }",
+            "LocalDisk",
+        ),
+        (
+            "kumo.define_spool { name = 'other', path = '/x' }",
+            "expected \"data\"",
+        ),
+        ("kumo.define_spool { name = 'data', paht = '/x' }", "paht"),
+    ] {
+        let err = Policy::from_source(
+            "p.lua",
+            &format!("kumo.on('init', function() {code} end)"),
+            PolicyOptions::default(),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("kumo.define_spool"), "{err}");
+        assert!(err.contains(expected), "{expected}: {err}");
+    }
+}

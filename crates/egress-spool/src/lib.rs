@@ -300,7 +300,8 @@ impl Spool {
         let size = fs::metadata(&data).map(|m| m.len()).unwrap_or(0);
         fs::remove_file(&env).map_err(|e| io_error(&env, e))?;
         let _ = fs::remove_file(&data);
-        self.used.fetch_sub(size.min(self.used()), Ordering::Relaxed);
+        self.used
+            .fetch_sub(size.min(self.used()), Ordering::Relaxed);
         sync_dir(&self.dir)
     }
 }
@@ -389,8 +390,8 @@ impl Drop for SpoolWriter {
 fn write_envelope(dir: &Path, envelope: &Envelope) -> Result<(), SpoolError> {
     let tmp = dir.join(format!("{}.env.tmp", envelope.id));
     let path = dir.join(format!("{}.env", envelope.id));
-    let text = serde_json::to_vec_pretty(envelope)
-        .map_err(|e| io_error(&tmp, io::Error::other(e)))?;
+    let text =
+        serde_json::to_vec_pretty(envelope).map_err(|e| io_error(&tmp, io::Error::other(e)))?;
     let result = (|| {
         let mut file = OpenOptions::new()
             .write(true)
@@ -422,7 +423,10 @@ mod tests {
             id,
             "a@client.test",
             false,
-            [("b.test", vec!["x@b.test", "y@b.test"]), ("c.test", vec!["z@c.test"])],
+            [
+                ("b.test", vec!["x@b.test", "y@b.test"]),
+                ("c.test", vec!["z@c.test"]),
+            ],
         )
     }
 
@@ -438,7 +442,10 @@ mod tests {
         w.commit(&envelope(&id)).unwrap();
         assert_eq!(spool.used(), 25);
         let (again, found) = Spool::open(dir.path(), 1 << 20).unwrap();
-        assert_eq!(found, vec![envelope(&id).clone_with_created(found[0].created)]);
+        assert_eq!(
+            found,
+            vec![envelope(&id).clone_with_created(found[0].created)]
+        );
         assert_eq!(again.used(), 25);
         assert_eq!(
             fs::read(again.data_path(&id)).unwrap(),
