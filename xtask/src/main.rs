@@ -4,7 +4,7 @@
 //! cargo xtask peers          install the real test peers (apt), idempotent
 //! cargo xtask ci             peers, fmt, clippy, each crate's tests alone, end-to-end tests
 //! cargo xtask test -p NAME   one crate's tests
-//! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, throttle, relay, load, metrics)
+//! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, throttle, relay, load, metrics, spooled)
 //! cargo xtask fuzz [TARGET] [--time SECONDS]   libFuzzer targets (cargo-fuzz, nightly)
 //! ```
 //!
@@ -119,7 +119,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <peers | ci | test -p NAME | bench [source|cache|connect|lua|throttle|relay|load|metrics] | fuzz [TARGET] [--time SECONDS]>";
+const USAGE: &str = "usage: cargo xtask <peers | ci | test -p NAME | bench [source|cache|connect|lua|throttle|relay|load|metrics|spooled] | fuzz [TARGET] [--time SECONDS]>";
 
 pub(crate) type Result<T = (), E = String> = std::result::Result<T, E>;
 
@@ -294,7 +294,7 @@ fn is_root() -> bool {
 
 fn bench(which: Option<&str>) -> Result {
     let all = [
-        "source", "cache", "connect", "lua", "throttle", "relay", "load", "metrics",
+        "source", "cache", "connect", "lua", "throttle", "relay", "load", "metrics", "spooled",
     ];
     let chosen: Vec<&str> = match which {
         None | Some("all") => all.to_vec(),
@@ -333,6 +333,13 @@ fn bench(which: Option<&str>) -> Result {
                 ])?
             }
             "metrics" => {}
+            "spooled" if which == Some("spooled") => {
+                peers()?;
+                cargo(&[
+                    "bench", "-p", "egressd", "--bench", "relay", "--", "spooled",
+                ])?
+            }
+            "spooled" => {}
             _ => unreachable!("checked above"),
         }
     }

@@ -192,6 +192,7 @@ pub struct Spool {
     max_bytes: u64,
     used: Arc<AtomicU64>,
     next: AtomicU64,
+    fsyncs: Arc<AtomicU64>,
 }
 
 impl Spool {
@@ -231,6 +232,7 @@ impl Spool {
             max_bytes,
             used: Arc::new(AtomicU64::new(used)),
             next: AtomicU64::new(0),
+            fsyncs: Arc::default(),
         };
         Ok((spool, envelopes))
     }
@@ -243,6 +245,11 @@ impl Spool {
     /// Bytes of message data held.
     pub fn used(&self) -> u64 {
         self.used.load(Ordering::Relaxed)
+    }
+
+    /// fsync calls made so far (files and the directory), for the cost per message.
+    pub fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::Relaxed)
     }
 
     /// The bound on [`used`](Self::used).
@@ -271,6 +278,7 @@ impl Spool {
             written: 0,
             used: self.used.clone(),
             max_bytes: self.max_bytes,
+            fsyncs: self.fsyncs.clone(),
         })
     }
 
@@ -289,8 +297,8 @@ impl Spool {
 
     /// Replaces a message's envelope durably.
     pub fn update(&self, envelope: &Envelope) -> Result<(), SpoolError> {
-        write_envelope(&self.dir, envelope)?;
-        sync_dir(&self.dir)
+        write_envelope(&self.dir, envelope, &self.fsyncs)?;
+        sync_dir(&self.dir, &self.fsyncs)
     }
 
     /// Removes a message (envelope first).
@@ -302,7 +310,7 @@ impl Spool {
         let _ = fs::remove_file(&data);
         self.used
             .fetch_sub(size.min(self.used()), Ordering::Relaxed);
-        sync_dir(&self.dir)
+        sync_dir(&self.dir, &self.fsyncs)
     }
 }
 
@@ -316,6 +324,7 @@ pub struct SpoolWriter {
     written: u64,
     used: Arc<AtomicU64>,
     max_bytes: u64,
+    fsyncs: Arc<AtomicU64>,
 }
 
 impl SpoolWriter {
@@ -367,10 +376,13 @@ impl SpoolWriter {
             return Err(io_error(&self.tmp, io::Error::other("already committed")));
         };
         file.sync_all().map_err(|e| self.error(e))?;
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
         drop(file);
         let data = self.dir.join(format!("{}.msg", self.id));
         fs::rename(&self.tmp, &data).map_err(|e| io_error(&data, e))?;
-        if let Err(e) = write_envelope(&self.dir, envelope).and_then(|()| sync_dir(&self.dir)) {
+        if let Err(e) = write_envelope(&self.dir, envelope, &self.fsyncs)
+            .and_then(|()| sync_dir(&self.dir, &self.fsyncs))
+        {
             let _ = fs::remove_file(&data);
             return Err(e);
         }
@@ -387,7 +399,7 @@ impl Drop for SpoolWriter {
     }
 }
 
-fn write_envelope(dir: &Path, envelope: &Envelope) -> Result<(), SpoolError> {
+fn write_envelope(dir: &Path, envelope: &Envelope, fsyncs: &AtomicU64) -> Result<(), SpoolError> {
     let tmp = dir.join(format!("{}.env.tmp", envelope.id));
     let path = dir.join(format!("{}.env", envelope.id));
     let text =
@@ -400,6 +412,7 @@ fn write_envelope(dir: &Path, envelope: &Envelope) -> Result<(), SpoolError> {
             .open(&tmp)?;
         file.write_all(&text)?;
         file.sync_all()?;
+        fsyncs.fetch_add(1, Ordering::Relaxed);
         fs::rename(&tmp, &path)
     })();
     result.map_err(|e| {
@@ -408,10 +421,12 @@ fn write_envelope(dir: &Path, envelope: &Envelope) -> Result<(), SpoolError> {
     })
 }
 
-fn sync_dir(dir: &Path) -> Result<(), SpoolError> {
+fn sync_dir(dir: &Path, fsyncs: &AtomicU64) -> Result<(), SpoolError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| io_error(dir, e))
+        .map_err(|e| io_error(dir, e))?;
+    fsyncs.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -441,6 +456,7 @@ mod tests {
         let id = w.id().to_owned();
         w.commit(&envelope(&id)).unwrap();
         assert_eq!(spool.used(), 25);
+        assert_eq!(spool.fsyncs(), 3, "data, envelope, directory");
         let (again, found) = Spool::open(dir.path(), 1 << 20).unwrap();
         assert_eq!(
             found,

@@ -19,6 +19,10 @@ fn main() {
         metrics_rows(&sink, dir.path());
         return;
     }
+    if std::env::args().any(|a| a == "spooled") {
+        spooled_rows(dir.path());
+        return;
+    }
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let policy = dir.path().join("policy.lua");
     std::fs::write(
@@ -64,6 +68,7 @@ fn main() {
     tls_rows(&sink, dir.path());
     shaping_rows(&sink, dir.path());
     metrics_rows(&sink, dir.path());
+    spooled_rows(dir.path());
 }
 
 /// Shaping that never binds (every limit generous) against no shaping, same run:
@@ -159,6 +164,109 @@ fn compare(
         let scrapes = scraper.join().expect("scraper");
         println!("  ({scrapes} scrapes of /metrics during the rounds)");
     }
+}
+
+/// Two-domain messages: through egressd (spooled, then one delivery per domain)
+/// and through Postfix relaying the same messages (its queue, its transport map
+/// per domain), alternately in one run. Each round sends `MESSAGES` over one
+/// connection (Python's smtplib, 2 KB bodies, recipients in a.test and b.test)
+/// and ends when both domains' sinks hold every copy.
+fn spooled_rows(dir: &std::path::Path) {
+    const MESSAGES: usize = 300;
+    let (a, b) = (SmtpSink::start(), SmtpSink::start());
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let spool = dir.join("spool");
+    let policy = dir.join("spooled.lua");
+    std::fs::write(
+        &policy,
+        format!(
+            "kumo.on('init', function()
+               kumo.start_esmtp_listener {{ listen = '{listen}', max_connection_rate_per_client = 'unlimited' }}
+               kumo.start_http_listener {{ listen = '{http}' }}
+               kumo.define_spool {{ name = 'data', path = '{}' }}
+             end)
+             local MX = {{ ['a.test'] = '{}', ['b.test'] = '{}' }}
+             kumo.on('get_queue_config', function(domain)
+               return kumo.make_queue_config {{ egress_pool = 'main', protocol = {{ smtp = {{ mx_list = {{ MX[domain] }} }} }} }}
+             end)
+             {}",
+            spool.display(),
+            egress_e2e::mx_entry(a.addr),
+            egress_e2e::mx_entry(b.addr),
+            egress_e2e::IP2_POOL
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_egressd"));
+    cmd.arg("--policy").arg(&policy).env("EGRESSD_LOG", "warn");
+    let mut egressd = Peer::spawn("egressd", &mut cmd);
+    wait_listening("egressd", listen, &mut egressd);
+    let postfix = egress_e2e::Postfix::start_with(
+        listen,
+        &format!(
+            "transport_maps = inline:{{ a.test=smtp:[127.0.0.1]:{}, b.test=smtp:[127.0.0.1]:{} }}\n",
+            a.addr.port(),
+            b.addr.port()
+        ),
+    );
+    let fsyncs = || -> f64 {
+        let text = egress_e2e::http_get(http, "/metrics").body;
+        text.lines()
+            .find_map(|l| l.strip_prefix("egressd_spool_fsyncs_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let round = |server: SocketAddr| -> Duration {
+        let (before_a, before_b) = (a.messages().len(), b.messages().len());
+        let started = Instant::now();
+        smtplib_batch(server, MESSAGES);
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while (a.messages().len() < before_a + MESSAGES || b.messages().len() < before_b + MESSAGES)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{server}: not every copy arrived"
+        );
+        started.elapsed()
+    };
+    round(listen);
+    round(postfix.addr);
+    let (mut via_egressd, mut via_postfix) = (Duration::MAX, Duration::MAX);
+    let synced_before = fsyncs();
+    for _ in 0..3 {
+        via_egressd = via_egressd.min(round(listen));
+        via_postfix = via_postfix.min(round(postfix.addr));
+    }
+    let per_message = (fsyncs() - synced_before) / (3 * MESSAGES) as f64;
+    let (e, p) = (rate(via_egressd, MESSAGES), rate(via_postfix, MESSAGES));
+    println!("two-domain messages, spooled and delivered to both (smtplib, one connection, 2 KB):");
+    println!(
+        "  {MESSAGES} messages: Postfix {p:>6.0} msg/s   egressd {e:>6.0} msg/s   ratio {:.2}   egressd fsyncs per message {per_message:.1}",
+        e / p
+    );
+}
+
+/// `count` messages over one smtplib connection, each to x@a.test and y@b.test.
+fn smtplib_batch(server: SocketAddr, count: usize) {
+    let script = format!(
+        "import smtplib\n\
+         body = 'Subject: bench\\r\\n\\r\\n' + ('x' * 76 + '\\r\\n') * 26\n\
+         s = smtplib.SMTP('{}', {}, timeout=60)\n\
+         for i in range({count}):\n    s.sendmail('bench@sender.test', ['x@a.test', 'y@b.test'], body)\n\
+         s.quit()\n",
+        server.ip(),
+        server.port()
+    );
+    let status = Command::new(require("python3"))
+        .arg("-c")
+        .arg(script)
+        .status()
+        .expect("run python3");
+    assert!(status.success(), "smtplib batch against {server} failed");
 }
 
 /// Outbound TLS: the same relay with STARTTLS to the destination and in clear,

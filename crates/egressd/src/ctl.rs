@@ -213,6 +213,50 @@ pub fn show_suspensions(v: &Value) -> String {
     out
 }
 
+/// `egressd spool` for people.
+pub fn show_spool(v: &Value) -> String {
+    if v["defined"] == Value::Bool(false) {
+        return "no spool is defined (kumo.define_spool): transactions take one domain each\n"
+            .into();
+    }
+    let messages = v["messages"].as_array().cloned().unwrap_or_default();
+    let mut out = format!(
+        "spool {}: {} messages, {} of {} bytes\n",
+        v["path"].as_str().unwrap_or("?"),
+        messages.len(),
+        v["used_bytes"],
+        v["max_spool_bytes"]
+    );
+    for m in messages {
+        out.push_str(&format!(
+            "{} from <{}> since {}\n",
+            m["id"].as_str().unwrap_or("?"),
+            m["sender"].as_str().unwrap_or(""),
+            m["created"].as_str().unwrap_or("?")
+        ));
+        for d in m["domains"].as_array().into_iter().flatten() {
+            let pending = d["recipients"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["state"] == "pending")
+                .count();
+            out.push_str(&format!(
+                "  {}: {} pending, {} attempts, next {}{}\n",
+                d["domain"].as_str().unwrap_or("?"),
+                pending,
+                d["attempts"],
+                d["next_attempt"].as_str().unwrap_or("-"),
+                d["last_error"]
+                    .as_str()
+                    .map(|e| format!(" (last: {e})"))
+                    .unwrap_or_default()
+            ));
+        }
+    }
+    out
+}
+
 /// `egressd resolve` for people.
 pub fn show_resolution(v: &Value) -> String {
     let mut out = format!(

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod client_limits;
 pub mod ctl;
+pub mod delivery;
 pub mod dns;
 pub mod inbound;
 pub mod listen;

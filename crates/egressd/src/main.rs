@@ -5,7 +5,7 @@
 //! egressd [serve] [--policy FILE]                     relay (embedded default policy without --policy)
 //! egressd check --policy FILE [--source N]... [--pool N]...   resolve and print JSON
 //! egressd probe --policy FILE --source NAME HOST[:PORT]       connect, banner, EHLO, QUIT
-//! egressd status | suspensions                                 ask a running egressd (--endpoint)
+//! egressd status | suspensions | spool                         ask a running egressd (--endpoint)
 //! egressd suspend SOURCE [--site SITE] --duration 1h --reason "…"
 //! egressd resume ID
 //! egressd resolve DOMAIN [--source S]
@@ -101,6 +101,12 @@ enum Command {
     Resume {
         /// The suspension's id.
         id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List the messages held in the spool (several-domain transactions) and
+    /// when each domain is tried next.
+    Spool {
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -214,6 +220,7 @@ async fn api_command(command: &Command) -> Option<Result<(), String>> {
     use hyper::Method;
     let (api, call): (&ApiArgs, _) = match command {
         Command::Status { api } => (api, (Method::GET, "/api/admin/status/v1".to_owned(), None)),
+        Command::Spool { api } => (api, (Method::GET, "/api/admin/spool/v1".to_owned(), None)),
         Command::Suspensions { api } => (
             api,
             (
@@ -279,6 +286,7 @@ async fn api_command(command: &Command) -> Option<Result<(), String>> {
             match command {
                 Command::Status { .. } => ctl::show_status(&value),
                 Command::Suspensions { .. } => ctl::show_suspensions(&value),
+                Command::Spool { .. } => ctl::show_spool(&value),
                 Command::Resolve { .. } => ctl::show_resolution(&value),
                 Command::Suspend { .. } => format!(
                     "suspended; id {} (egressd resume {0} ends it early)\n",

@@ -230,6 +230,11 @@ pub struct PathMetrics {
 }
 
 impl PathMetrics {
+    /// The site these handles count for (`other` past the cap).
+    pub fn site(&self) -> &str {
+        &self.labels.site
+    }
+
     /// A new connection through the source, and how long it took.
     pub fn connection_opened(&self, took: Duration) {
         self.opened.inc();
@@ -269,6 +274,8 @@ pub struct Snapshot {
     pub suspended: Vec<(String, String)>,
     /// Health suspensions this node raised and still in force: (source, reason).
     pub health_suspended: Vec<(String, &'static str)>,
+    /// The spool, when one is defined: (messages held, bytes held, fsyncs so far).
+    pub spool: Option<(usize, u64, u64)>,
 }
 
 /// Every metric egressd keeps (or none, until enabled).
@@ -306,6 +313,9 @@ struct Inner {
     cache_misses: Family<CacheLabels, Counter>,
     cache_loads: Family<CacheLabels, Counter>,
     throttle_fallbacks: Counter,
+    spool_messages: Gauge,
+    spool_bytes: Gauge,
+    spool_fsyncs: Counter,
 }
 
 /// One inbound listener's handles.
@@ -453,6 +463,9 @@ impl Inner {
             cache_misses: Family::default(),
             cache_loads: Family::default(),
             throttle_fallbacks: Counter::default(),
+            spool_messages: Gauge::default(),
+            spool_bytes: Gauge::default(),
+            spool_fsyncs: Counter::default(),
             registry: Registry::default(),
         };
         // KumoMTA's names first (the dashboards operators have), then ours.
@@ -551,6 +564,21 @@ impl Inner {
             "egressd_policy_cache_loads",
             "Policy handler calls made to fill the cache",
             inner.cache_loads.clone(),
+        );
+        r.register(
+            "egressd_spool_messages",
+            "Messages held in the spool (several-domain transactions not yet delivered everywhere)",
+            inner.spool_messages.clone(),
+        );
+        r.register(
+            "egressd_spool_bytes",
+            "Octets of message data held in the spool",
+            inner.spool_bytes.clone(),
+        );
+        r.register(
+            "egressd_spool_fsyncs",
+            "fsync calls the spool made (files and directory)",
+            inner.spool_fsyncs.clone(),
         );
         r.register(
             "egressd_inbound_sessions",
@@ -841,6 +869,11 @@ impl Inner {
 
     fn refresh(&self, s: Snapshot) {
         self.idle_sessions.set(s.idle_sessions as i64);
+        if let Some((messages, bytes, fsyncs)) = s.spool {
+            self.spool_messages.set(messages as i64);
+            self.spool_bytes.set(bytes as i64);
+            catch_up(&self.spool_fsyncs, fsyncs);
+        }
         catch_up(&self.throttle_fallbacks, s.throttle_fallbacks);
         let kinds = [
             ("sources", s.cache.sources),
@@ -885,6 +918,7 @@ mod tests {
             throttle_fallbacks: 0,
             suspended: vec![("ip-1".into(), "all".into())],
             health_suspended: Vec::new(),
+            spool: None,
         }
     }
 

@@ -2,6 +2,7 @@
 
 use crate::admin::{Admin, HttpServer, LogFilter};
 use crate::client_limits::ClientLimits;
+use crate::delivery::Delivery;
 use crate::dns::Dns;
 use crate::inbound;
 use crate::listen;
@@ -59,15 +60,29 @@ pub async fn serve(policy: Arc<Policy>, options: ServeOptions) -> Result<(), Str
         }
         None => egress_throttle::Throttles::local(),
     };
-    let ctx = Arc::new(Context::with_throttles(
+    let mut ctx = Context::with_throttles(
         policy.clone(),
         dns,
         host_name.clone(),
         Arc::new(throttles),
         metrics,
-    ));
+    );
+    if let Some(def) = &init.spool {
+        let (spool, found) =
+            egress_spool::Spool::open(std::path::Path::new(&def.path), def.max_spool_bytes)
+                .map_err(|e| format!("kumo.define_spool: {e}"))?;
+        tracing::info!(
+            path = %def.path,
+            max_spool_bytes = def.max_spool_bytes,
+            messages = found.len(),
+            "spool ready: transactions for several domains are accepted and delivered from it"
+        );
+        ctx.delivery = Some(Arc::new(Delivery::new(spool, found)));
+    }
+    let ctx = Arc::new(ctx);
     ctx.shaper.spawn_renewal();
     let (trigger, shutdown) = shutdown::channel();
+    let deliveries = Delivery::spawn(ctx.clone(), shutdown.clone());
     let reaper = ctx.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -161,6 +176,10 @@ pub async fn serve(policy: Arc<Policy>, options: ServeOptions) -> Result<(), Str
         tracing::warn!("drain deadline passed; ending the remaining sessions with 421");
         trigger.set(State::Force);
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if let Some(deliveries) = deliveries {
+        let _ =
+            tokio::time::timeout(crate::delivery::DRAIN + Duration::from_secs(1), deliveries).await;
     }
     ctx.idle.close_all().await;
     Ok(())

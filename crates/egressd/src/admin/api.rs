@@ -30,6 +30,7 @@ pub(crate) async fn route(admin: &Admin, call: Call<'_>) -> Answer {
             resolve::resolve(admin, call.query).await
         }
         "/api/admin/suspend-ready-q/v1" if m == Method::GET => suspend::list(admin).await,
+        "/api/admin/spool/v1" if m == Method::GET => spool(admin),
         "/api/admin/suspend-ready-q/v1" if m == Method::POST => {
             suspend::create(admin, call.body).await
         }
@@ -45,6 +46,7 @@ pub(crate) async fn route(admin: &Admin, call: Call<'_>) -> Answer {
         | "/api/admin/status/v1"
         | "/api/admin/resolve-egress-path/v1"
         | "/api/admin/suspend-ready-q/v1"
+        | "/api/admin/spool/v1"
         | "/api/admin/set-diagnostic-log-filter/v1" => Answer::error(
             StatusCode::METHOD_NOT_ALLOWED,
             None,
@@ -93,6 +95,10 @@ async fn snapshot(admin: &Admin) -> Snapshot {
         throttle_fallbacks: ctx.shaper.throttles.fallbacks(),
         suspended,
         health_suspended: ctx.shaper.health_suspended(),
+        spool: ctx
+            .delivery
+            .as_ref()
+            .map(|d| (d.len(), d.spool().used(), d.spool().fsyncs())),
     }
 }
 
@@ -225,6 +231,52 @@ async fn status(admin: &Admin) -> Answer {
         "sources": admin.ctx.metrics.source_counts(),
         "suspensions": suspensions,
         "throttle_store_fallbacks": admin.ctx.shaper.throttles.fallbacks(),
+    }))
+}
+
+/// The spooled messages, oldest first, with each domain's next attempt.
+fn spool(admin: &Admin) -> Answer {
+    let Some(delivery) = &admin.ctx.delivery else {
+        return Answer::ok(json!({ "defined": false, "messages": [] }));
+    };
+    let at = |secs: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+        )
+        .to_string()
+    };
+    let messages: Vec<Value> = delivery
+        .list()
+        .into_iter()
+        .map(|env| {
+            let domains: Vec<Value> = env
+                .domains
+                .iter()
+                .map(|d| {
+                    json!({
+                        "domain": d.domain,
+                        "recipients": d.recipients,
+                        "attempts": d.attempts,
+                        "next_attempt": (!d.is_done()).then(|| at(d.next_attempt)),
+                        "last_error": d.last_error,
+                    })
+                })
+                .collect();
+            json!({
+                "id": env.id,
+                "sender": env.sender,
+                "created": at(env.created),
+                "domains": domains,
+            })
+        })
+        .collect();
+    let spool = delivery.spool();
+    Answer::ok(json!({
+        "defined": true,
+        "path": spool.dir().display().to_string(),
+        "used_bytes": spool.used(),
+        "max_spool_bytes": spool.max_bytes(),
+        "messages": messages,
     }))
 }
 

@@ -3,7 +3,8 @@
 //! in [`Transaction`].
 
 use super::auth::{self, Authenticated};
-use super::transaction::{self, Trace, Transaction};
+use super::body::{self, Trace};
+use super::transaction::Transaction;
 use super::transport::{Conn, Ended, Limits};
 use super::Listener;
 use crate::metrics::Refusal;
@@ -163,6 +164,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 format!("SIZE {}", self.listener.config.max_message_size),
                 "8BITMIME".into(),
                 "ENHANCEDSTATUSCODES".into(),
+                // RFC 9422: a client that knows the limit splits for it instead of
+                // meeting 452 4.5.3.
+                format!(
+                    "LIMITS RCPTMAX={}",
+                    self.listener.config.max_recipients_per_message
+                ),
             ]);
             if self.tls.is_none() {
                 lines.push("STARTTLS".into());
@@ -350,7 +357,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     tls: self.tls.as_ref(),
                     authenticated: self.authenticated.is_some(),
                 };
-                transaction::data(&self.ctx, &self.listener, &mut self.conn, t, trace).await
+                body::data(&self.ctx, &self.listener, &mut self.conn, t, trace).await
             }
         }
     }

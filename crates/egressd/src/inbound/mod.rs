@@ -6,6 +6,7 @@
 //! answers commands; `auth` runs AUTH; `transaction` forwards RCPTs and streams DATA.
 
 mod auth;
+mod body;
 mod dispatch;
 pub mod tls;
 mod transaction;

@@ -43,6 +43,9 @@ pub struct Context {
     pub tls: tls::TlsClients,
     /// What every source, pool and site is doing.
     pub metrics: Arc<Metrics>,
+    /// Delivery from the spool, when the policy defines one (`kumo.define_spool`):
+    /// without it, a transaction takes one destination domain.
+    pub delivery: Option<Arc<crate::delivery::Delivery>>,
 }
 
 /// A pool definition and the rotation built from its entries.
@@ -80,6 +83,7 @@ impl Context {
             tls: tls::TlsClients::default(),
             shaper: Arc::new(Shaper::new(throttles, metrics.clone())),
             metrics,
+            delivery: None,
         }
     }
 
@@ -175,6 +179,20 @@ impl Outbound {
         let (shaper, leases) = (self.shaper.clone(), self.leases.clone());
         self.smtp.quit().await;
         shaper.release(&leases).await;
+    }
+
+    /// Fills what a transaction log says about the route from this session (for a
+    /// session opened by another transaction's log).
+    pub fn describe(&self, log: &mut TxLog) {
+        log.source = Some(self.key.source.name.clone());
+        log.egress = Some(self.egress);
+        log.destination = Some(self.key.addr.to_string());
+        log.tls = self.smtp.tls().cloned();
+        log.path = self.metrics.clone();
+        if let Some(m) = &self.metrics {
+            log.pool = Some(m.pool.clone());
+            log.site = Some(m.site().to_owned());
+        }
     }
 
     /// It has carried as many transactions as its path allows.

@@ -1,0 +1,436 @@
+//! DATA: the body read through egress-smtp's `BodyReader` — exact end, written
+//! CR LF-only and dot-stuffed, never held whole — with our `Received:` header in
+//! front, into one of two places:
+//!
+//! - **cut-through** (one destination domain): streamed to the destination, whose
+//!   354 comes before ours and whose reply to the final dot is the client's;
+//! - **spooled** (several domains): written to egress-spool and made durable, then
+//!   `250` with the spool id; delivery goes on from the spool (`delivery/`).
+
+use super::transaction::Transaction;
+use super::transport::{Conn, Ended, Waiting};
+use super::Listener;
+use crate::delivery::OpenSession;
+use crate::metrics::{Origin, Refusal};
+use crate::outbound::{Context, Outbound};
+use egress_lua::InvalidLineEndings;
+use egress_smtp::{BodyReader, LineEndings, Reply, TlsInfo};
+use egress_spool::{Envelope, SpoolError, SpoolWriter};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Pass body octets on once this many are ready.
+const FLUSH_AT: usize = 64 * 1024;
+/// The `.` CR LF that ends DATA, counted in what we receive but not in the message.
+const END_MARKER: u64 = 3;
+
+/// Where the session is, for the `Received:` header.
+pub struct Trace<'a> {
+    pub helo: &'a str,
+    pub peer: SocketAddr,
+    pub hostname: &'a str,
+    pub tls: Option<&'a TlsInfo>,
+    pub authenticated: bool,
+}
+
+/// Where framed body octets go.
+trait BodySink {
+    /// Takes octets (a sink that has failed ignores them and remembers why).
+    async fn put(&mut self, bytes: &[u8]);
+    /// The message is refused: drop what was taken.
+    fn discard(&mut self);
+}
+
+/// To the destination, while it is still taking the message.
+struct Forward {
+    out: Option<Outbound>,
+    broken: Option<String>,
+}
+
+impl BodySink for Forward {
+    async fn put(&mut self, bytes: &[u8]) {
+        if let Some(out) = self.out.as_mut() {
+            if let Err(e) = out.write_body(bytes).await {
+                self.broken = Some(e.to_string());
+                self.discard();
+            }
+        }
+    }
+
+    fn discard(&mut self) {
+        // Closed without the end marker: the destination discards its partial copy.
+        if let Some(out) = self.out.take() {
+            tokio::spawn(out.quit());
+        }
+    }
+}
+
+/// Into the spool.
+struct ToSpool {
+    writer: Option<SpoolWriter>,
+    failed: Option<SpoolError>,
+}
+
+impl BodySink for ToSpool {
+    async fn put(&mut self, bytes: &[u8]) {
+        if let Some(writer) = self.writer.as_mut() {
+            // Page-cache writes; the fsyncs happen at commit, on a blocking thread.
+            if let Err(e) = writer.write(bytes) {
+                self.failed = Some(e);
+                self.writer = None;
+            }
+        }
+    }
+
+    fn discard(&mut self) {
+        self.writer = None;
+    }
+}
+
+/// How reading the body ended, when the client sent it all.
+enum Read {
+    /// Whole and acceptable.
+    Whole,
+    /// Refused (bare line ending under `Deny`, too large): the reply, and the
+    /// outcome for the log.
+    Refused(Reply, String),
+}
+
+/// The client went away or timed out mid-message: it never got a 250, so it still
+/// has the message.
+const CLIENT_GONE: &str = "client went away or timed out during DATA";
+
+/// DATA for `t`: cut-through or spooled (see the module documentation).
+/// `Err(Ended)` when the client went away or timed out mid-message.
+pub async fn data<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Arc<Context>,
+    inbound: &Listener,
+    conn: &mut Conn<S>,
+    t: Transaction,
+    trace: Trace<'_>,
+) -> Result<Reply, Ended> {
+    if t.is_spooled() {
+        spooled(ctx, inbound, conn, t, trace).await
+    } else {
+        cut_through(ctx, inbound, conn, t, trace).await
+    }
+}
+
+async fn cut_through<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Context,
+    inbound: &Listener,
+    conn: &mut Conn<S>,
+    mut t: Transaction,
+    trace: Trace<'_>,
+) -> Result<Reply, Ended> {
+    let Some(mut out) = t.legs.first_mut().and_then(|l| l.outbound.take()) else {
+        t.log.decided = Some((451, Origin::Local));
+        t.log.emit("no destination session");
+        return Ok(Reply::new(
+            451,
+            [4, 3, 0],
+            "internal error: no destination session",
+        ));
+    };
+    match out.data().await {
+        Ok(None) => {}
+        Ok(Some(refused)) => {
+            t.log.decided = Some((refused.code, Origin::Destination));
+            tokio::spawn(out.quit());
+            t.end(&format!("DATA refused: {refused}"));
+            return Ok(refused);
+        }
+        Err(e) => {
+            t.log.note(&e.to_string());
+            t.log.decided = Some((451, Origin::Local));
+            t.end("lost the destination at DATA");
+            return Ok(Reply::new(
+                451,
+                [4, 4, 2],
+                format!("lost the destination session: {e}"),
+            ));
+        }
+    }
+    conn.reply(&go_ahead());
+    let mut sink = Forward {
+        out: Some(out),
+        broken: None,
+    };
+    match receive(inbound, conn, &mut t, &trace, &mut sink).await {
+        Ok(Read::Whole) => {}
+        Ok(Read::Refused(reply, outcome)) => {
+            t.end(&outcome);
+            return Ok(reply);
+        }
+        Err(ended) => {
+            t.end(CLIENT_GONE);
+            return Err(ended);
+        }
+    }
+    let (Some(mut out), None) = (sink.out, &sink.broken) else {
+        let e = sink.broken.unwrap_or_default();
+        t.log.note(&e);
+        t.log.decided = Some((451, Origin::Local));
+        t.log.emit("lost the destination during DATA");
+        return Ok(Reply::new(
+            451,
+            [4, 4, 2],
+            format!("lost the destination session during DATA: {e}"),
+        ));
+    };
+    let reply = match out.final_reply().await {
+        Ok(reply) => {
+            // The transaction is over: keep the session for the next one through the
+            // same source to the same host, if it is clean.
+            ctx.idle.release(out).await;
+            t.log.decided = Some((reply.code, Origin::Destination));
+            reply
+        }
+        Err(e) => {
+            t.log.note(&e.to_string());
+            // The destination may have the message; saying 4xx risks a duplicate,
+            // saying 2xx risks a loss. We never risk a loss.
+            t.log.decided = Some((451, Origin::Local));
+            Reply::new(
+                451,
+                [4, 4, 2],
+                format!("no reply from the destination to the message: {e}"),
+            )
+        }
+    };
+    t.log.outcome = Some(reply.to_string());
+    t.end("delivered");
+    Ok(reply)
+}
+
+async fn spooled<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Arc<Context>,
+    inbound: &Listener,
+    conn: &mut Conn<S>,
+    mut t: Transaction,
+    trace: Trace<'_>,
+) -> Result<Reply, Ended> {
+    let Some(delivery) = ctx.delivery.clone() else {
+        t.log.decided = Some((451, Origin::Local));
+        t.end("no spool");
+        return Ok(Reply::new(451, [4, 3, 0], "internal error: no spool"));
+    };
+    let writer = match delivery.spool().writer() {
+        Ok(w) => w,
+        Err(e) => return Ok(spool_failed(t, &e)),
+    };
+    let id = writer.id().to_owned();
+    conn.reply(&go_ahead());
+    let mut sink = ToSpool {
+        writer: Some(writer),
+        failed: None,
+    };
+    match receive(inbound, conn, &mut t, &trace, &mut sink).await {
+        Ok(Read::Whole) => {}
+        Ok(Read::Refused(reply, outcome)) => {
+            t.end(&outcome);
+            return Ok(reply);
+        }
+        Err(ended) => {
+            t.end(CLIENT_GONE);
+            return Err(ended);
+        }
+    }
+    let writer = match (sink.writer, sink.failed) {
+        (Some(w), None) => w,
+        (_, Some(e)) => return Ok(spool_failed(t, &e)),
+        (None, None) => {
+            return Ok(spool_failed(
+                t,
+                &SpoolError::Io {
+                    path: id,
+                    error: std::io::Error::other("writer gone"),
+                },
+            ))
+        }
+    };
+    let envelope = Envelope::new(
+        &id,
+        &t.from,
+        t.body_8bit,
+        t.legs.iter().map(|l| {
+            let all: Vec<String> = l.confirmed.iter().chain(&l.deferred).cloned().collect();
+            (l.domain.clone(), all)
+        }),
+    );
+    let committed = {
+        let envelope = envelope.clone();
+        tokio::task::spawn_blocking(move || writer.commit(&envelope))
+            .await
+            .unwrap_or_else(|e| {
+                Err(SpoolError::Io {
+                    path: id.clone(),
+                    error: std::io::Error::other(e),
+                })
+            })
+    };
+    if let Err(e) = committed {
+        return Ok(spool_failed(t, &e));
+    }
+    // Durable: now the client may hear 250, and the sessions its RCPTs opened
+    // deliver at once.
+    let sessions: Vec<OpenSession> = t
+        .legs
+        .iter_mut()
+        .filter_map(|l| {
+            let outbound = l.outbound.take()?;
+            Some(OpenSession {
+                domain: l.domain.clone(),
+                outbound,
+                confirmed: l.confirmed.clone(),
+            })
+        })
+        .collect();
+    let domains = t.legs.len();
+    delivery.accept(ctx.clone(), envelope, sessions);
+    let reply = Reply::new(
+        250,
+        [2, 0, 0],
+        format!("queued as {id}; delivering to {domains} domains"),
+    );
+    t.log.decided = Some((250, Origin::Local));
+    t.log.note(&format!("spooled as {id}"));
+    t.log.outcome = Some(reply.to_string());
+    t.end("spooled");
+    Ok(reply)
+}
+
+fn go_ahead() -> Reply {
+    Reply::new(354, [2, 0, 0], "send the message, end with <CRLF>.<CRLF>")
+}
+
+/// The spool could not take the message: 452 4.3.1 when full, else 451 4.3.0;
+/// nothing was kept.
+fn spool_failed(mut t: Transaction, e: &SpoolError) -> Reply {
+    let reply = match e {
+        SpoolError::Full { .. } => Reply::new(
+            452,
+            [4, 3, 1],
+            format!("cannot take the message now: {e}; try again later"),
+        ),
+        SpoolError::Io { .. } => {
+            Reply::new(451, [4, 3, 0], format!("cannot spool the message: {e}"))
+        }
+    };
+    tracing::warn!("spool: {e}");
+    t.log.decided = Some((reply.code, Origin::Local));
+    t.end(&format!("not spooled: {e}"));
+    reply
+}
+
+/// Reads the body into `sink` until the end marker; refusals are logged and
+/// answered here.
+async fn receive<S: AsyncRead + AsyncWrite + Unpin, K: BodySink>(
+    inbound: &Listener,
+    conn: &mut Conn<S>,
+    t: &mut Transaction,
+    trace: &Trace<'_>,
+    sink: &mut K,
+) -> Result<Read, Ended> {
+    let listener = &inbound.config;
+    let deadline = conn.deadline(Waiting::Data);
+    let mut reader = BodyReader::new(line_endings(listener.invalid_line_endings));
+    let mut pending = received_header(trace, &t.log.id).into_bytes();
+    let max = listener.max_message_size;
+    let mut discarded = false;
+    loop {
+        if conn.inbox.is_empty() {
+            if let Err(ended) = conn.fill(deadline, Waiting::Data, true).await {
+                // The destination (closed without the end marker) or the spool (the
+                // writer dropped) keeps nothing.
+                sink.discard();
+                t.log.size = reader.received();
+                t.log.decided = None;
+                return Err(ended);
+            }
+        }
+        let (used, done) = reader.feed(&conn.inbox, &mut pending);
+        conn.inbox.drain(..used);
+        if !discarded && (reader.refused() || reader.received() > max + END_MARKER) {
+            sink.discard();
+            discarded = true;
+        }
+        if discarded {
+            pending.clear();
+        } else if pending.len() >= FLUSH_AT || done {
+            sink.put(&pending).await;
+            pending.clear();
+        }
+        if done {
+            break;
+        }
+    }
+    conn.shrink();
+    t.log.size = reader.received();
+    if let Some(invalid) = reader.invalid().filter(|_| reader.refused()) {
+        inbound.refused(Refusal::InvalidLineEndings);
+        t.log.decided = Some((550, Origin::Local));
+        return Ok(Read::Refused(
+            Reply::new(
+                550,
+                [5, 6, 0],
+                format!("message refused: it contains {invalid}"),
+            ),
+            format!("refused: {invalid}"),
+        ));
+    }
+    if reader.received() > max + END_MARKER {
+        inbound.refused(Refusal::MessageTooLarge);
+        t.log.decided = Some((552, Origin::Local));
+        return Ok(Read::Refused(
+            Reply::new(
+                552,
+                [5, 3, 4],
+                format!("message exceeds the limit of {max} bytes"),
+            ),
+            "message too large".into(),
+        ));
+    }
+    if let Some(invalid) = reader.invalid() {
+        t.log.note(&format!("line endings made CR LF: {invalid}"));
+    }
+    Ok(Read::Whole)
+}
+
+fn line_endings(setting: InvalidLineEndings) -> LineEndings {
+    match setting {
+        InvalidLineEndings::Deny => LineEndings::Deny,
+        InvalidLineEndings::Fix => LineEndings::Fix,
+        InvalidLineEndings::Allow => LineEndings::Allow,
+    }
+}
+
+/// The trace header we add (RFC 5321 §4.4), with the protocol named as RFC 3848
+/// does (ESMTP, ESMTPS over TLS, ESMTPSA over TLS and authenticated) and the TLS
+/// version and cipher when there is TLS.
+fn received_header(trace: &Trace<'_>, id: &str) -> String {
+    let helo: String = trace
+        .helo
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .collect();
+    let (protocol, tls) = match (trace.tls, trace.authenticated) {
+        (Some(t), true) => (
+            "ESMTPSA",
+            format!("\r\n\t(version={} cipher={})", t.version, t.cipher),
+        ),
+        (Some(t), false) => (
+            "ESMTPS",
+            format!("\r\n\t(version={} cipher={})", t.version, t.cipher),
+        ),
+        (None, true) => ("ESMTPA", String::new()),
+        (None, false) => ("ESMTP", String::new()),
+    };
+    format!(
+        "Received: from {helo} ([{}])\r\n\tby {} (egressd) with {protocol} id {id}{tls};\r\n\t{}\r\n",
+        trace.peer.ip().to_canonical(),
+        trace.hostname,
+        httpdate::fmt_http_date(std::time::SystemTime::now())
+    )
+}
