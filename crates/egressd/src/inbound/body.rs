@@ -157,17 +157,10 @@ async fn cut_through<S: AsyncRead + AsyncWrite + Unpin>(
         out: Some(out),
         broken: None,
     };
-    match receive(inbound, conn, &mut t, &trace, &mut sink).await {
-        Ok(Read::Whole) => {}
-        Ok(Read::Refused(reply, outcome)) => {
-            t.end(&outcome);
-            return Ok(reply);
-        }
-        Err(ended) => {
-            t.end(CLIENT_GONE);
-            return Err(ended);
-        }
-    }
+    let mut t = match receive_whole(inbound, conn, t, &trace, &mut sink).await {
+        Ok(t) => t,
+        Err(answered) => return answered,
+    };
     let (Some(mut out), None) = (sink.out, &sink.broken) else {
         let e = sink.broken.unwrap_or_default();
         t.log.note(&e);
@@ -226,17 +219,10 @@ async fn spooled<S: AsyncRead + AsyncWrite + Unpin>(
         writer: Some(writer),
         failed: None,
     };
-    match receive(inbound, conn, &mut t, &trace, &mut sink).await {
-        Ok(Read::Whole) => {}
-        Ok(Read::Refused(reply, outcome)) => {
-            t.end(&outcome);
-            return Ok(reply);
-        }
-        Err(ended) => {
-            t.end(CLIENT_GONE);
-            return Err(ended);
-        }
-    }
+    let mut t = match receive_whole(inbound, conn, t, &trace, &mut sink).await {
+        Ok(t) => t,
+        Err(answered) => return answered,
+    };
     let writer = match (sink.writer, sink.failed) {
         (Some(w), None) => w,
         (_, Some(e)) => return Ok(spool_failed(t, &e)),
@@ -324,8 +310,31 @@ fn spool_failed(mut t: Transaction, e: &SpoolError) -> Reply {
     reply
 }
 
-/// Reads the body into `sink` until the end marker; refusals are logged and
-/// answered here.
+/// [`receive`], ending the transaction when the body is refused or the client
+/// goes: `Ok` with the transaction when the whole body was taken, else what DATA
+/// returns.
+async fn receive_whole<S: AsyncRead + AsyncWrite + Unpin, K: BodySink>(
+    inbound: &Listener,
+    conn: &mut Conn<S>,
+    mut t: Transaction,
+    trace: &Trace<'_>,
+    sink: &mut K,
+) -> Result<Transaction, Result<Reply, Ended>> {
+    match receive(inbound, conn, &mut t, trace, sink).await {
+        Ok(Read::Whole) => Ok(t),
+        Ok(Read::Refused(reply, outcome)) => {
+            t.end(&outcome);
+            Err(Ok(reply))
+        }
+        Err(ended) => {
+            t.end(CLIENT_GONE);
+            Err(Err(ended))
+        }
+    }
+}
+
+/// Reads the body into `sink` until the end marker; a refusal is answered (and
+/// counted) here, logged by the caller.
 async fn receive<S: AsyncRead + AsyncWrite + Unpin, K: BodySink>(
     inbound: &Listener,
     conn: &mut Conn<S>,
