@@ -21,6 +21,9 @@ pub struct InitConfig {
     /// `kumo.define_spool { name = 'data', ... }`, the last call wins: where
     /// messages for several domains are held.
     pub spool: Option<SpoolDefinition>,
+    /// `kumo.set_config_monitor_globs { ... }`: files whose change reloads the
+    /// policy (as SIGHUP does); the last call wins.
+    pub config_monitor_globs: Vec<String>,
 }
 
 /// `kumo.define_spool { name, path, kind, max_spool_bytes }` (KumoMTA's function;

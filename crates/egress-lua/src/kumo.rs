@@ -12,18 +12,35 @@ use serde::de::DeserializeOwned;
 /// Registry key of the table of event handlers registered with `kumo.on`.
 pub(crate) const HANDLERS: &str = "egress.handlers";
 
-/// Installs `kumo` as a global and as `require 'kumo'`.
-pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
+/// Registry key of the list of `pre_init` handlers (the one event that may be
+/// registered many times: helper modules each add theirs).
+pub(crate) const PRE_INIT: &str = "egress.pre_init";
+
+/// Installs `kumo` as a global and as `require 'kumo'`, and egressd's built-in
+/// `policy-extras` helpers. `memo` holds `kumo.memoize` caches shared by every
+/// state of this policy load.
+pub(crate) fn install(lua: &Lua, memo: std::sync::Arc<crate::utility::Memo>) -> mlua::Result<()> {
     lua.set_app_data(InitConfig::default());
     lua.set_named_registry_value(HANDLERS, lua.create_table()?)?;
+    lua.set_named_registry_value(PRE_INIT, lua.create_table()?)?;
 
     let kumo = lua.create_table()?;
     kumo.set(
         "on",
         lua.create_function(|lua, (event, handler): (String, Function)| {
             warn_if_misspelt(&event);
+            if event == "pre_init" {
+                let list: Table = lua.named_registry_value(PRE_INIT)?;
+                return list.push(handler);
+            }
             let handlers: Table = lua.named_registry_value(HANDLERS)?;
             handlers.set(event, handler)
+        })?,
+    )?;
+    kumo.set(
+        "set_config_monitor_globs",
+        lua.create_function(|lua, globs: Vec<String>| {
+            declare(lua, |init| init.config_monitor_globs = globs)
         })?,
     )?;
     kumo.set("make_egress_source", maker::<EgressSource>(lua)?)?;
@@ -53,6 +70,8 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
             declare(lua, |init| init.resolver = Some(resolver))
         })?,
     )?;
+    crate::lookup::install(lua, &dns)?;
+    crate::utility::unprovided(lua, &dns, "kumo.dns")?;
     kumo.set("dns", dns)?;
     kumo.set(
         "configure_redis_throttles",
@@ -86,33 +105,18 @@ pub(crate) fn install(lua: &Lua) -> mlua::Result<()> {
         })?,
     )?;
 
-    let json_load = lua.create_function(|lua, path: String| {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| located(lua, format!("kumo.json_load: cannot read {path}: {e}")))?;
-        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-            located(
-                lua,
-                format!("kumo.json_load: {path} is not valid JSON: {e}"),
-            )
-        })?;
-        lua.to_value_with(
-            &value,
-            mlua::SerializeOptions::new().serialize_none_to_null(false),
-        )
-    })?;
-    kumo.set("json_load", json_load.clone())?;
-    let serde = lua.create_table()?;
-    serde.set("json_load", json_load)?;
-    kumo.set("serde", serde)?;
-
+    crate::utility::install(lua, &kumo, memo)?;
     kumo.set("log_debug", logger(lua, tracing::Level::DEBUG)?)?;
     kumo.set("log_info", logger(lua, tracing::Level::INFO)?)?;
     kumo.set("log_warn", logger(lua, tracing::Level::WARN)?)?;
     kumo.set("log_error", logger(lua, tracing::Level::ERROR)?)?;
 
+    crate::utility::unprovided(lua, &kumo, "kumo")?;
     lua.globals().set("kumo", kumo.clone())?;
-    let loaded: Table = lua.globals().get::<Table>("package")?.get("loaded")?;
+    let package: Table = lua.globals().get("package")?;
+    let loaded: Table = package.get("loaded")?;
     loaded.set("kumo", kumo)?;
+    crate::extras::install(lua, &package)?;
     Ok(())
 }
 
@@ -158,7 +162,7 @@ fn from_lua<T: DeserializeOwned>(lua: &Lua, value: Value, function: &str) -> mlu
 }
 
 /// A runtime error prefixed with the `file:line` of the Lua code that called us.
-fn located(lua: &Lua, message: String) -> mlua::Error {
+pub(crate) fn located(lua: &Lua, message: String) -> mlua::Error {
     let place = lua.inspect_stack(1).and_then(|frame| {
         let line = frame.curr_line();
         let src = frame.source().short_src.map(|s| s.into_owned())?;

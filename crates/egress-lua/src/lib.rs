@@ -32,14 +32,18 @@
 mod declarations;
 mod definition;
 mod error;
+mod extras;
 mod kumo;
+mod lookup;
 mod states;
+mod utility;
 
 pub use declarations::{
     EsmtpListener, HttpListener, InitConfig, InvalidLineEndings, RedisThrottles, ResolverConfig,
     SpoolDefinition,
 };
 pub use error::PolicyError;
+pub use lookup::{fqdn, resolver};
 
 use egress_cache::{CacheStats, TtlCache};
 use egress_source::{EgressPathConfig, EgressPool, EgressSource, QueueConfig, DEFAULT_POOL};
@@ -63,8 +67,14 @@ pub mod events {
     pub const SMTP_SERVER_AUTH_PLAIN: &str = "smtp_server_auth_plain";
     /// `http_server_validate_auth_basic(user, password)` → boolean
     pub const HTTP_SERVER_VALIDATE_AUTH_BASIC: &str = "http_server_validate_auth_basic";
+    /// `pre_init()`, before `init` (may be registered many times)
+    pub const PRE_INIT: &str = "pre_init";
+    /// `validate_config()`, run by `egressd check --validate`
+    pub const VALIDATE_CONFIG: &str = "validate_config";
     /// Every event egress raises.
     pub const ALL: &[&str] = &[
+        PRE_INIT,
+        VALIDATE_CONFIG,
         INIT,
         GET_EGRESS_SOURCE,
         GET_EGRESS_POOL,
@@ -267,6 +277,22 @@ impl Policy {
             Arg::Secret(password.to_owned()),
         ];
         self.yes_or_no(HTTP_SERVER_VALIDATE_AUTH_BASIC, args).await
+    }
+
+    /// `validate_config()` (KumoMTA's `kumod --validate`): runs the handler, if
+    /// any; `Ok(false)` when it (or the policy's top level) called
+    /// `kumo.validation_failed()`. A handler error is the error.
+    pub async fn validate(&self) -> Result<bool, PolicyError> {
+        let passed = self
+            .states()
+            .invoke(VALIDATE_CONFIG, Vec::new(), |lua, _, _, _| {
+                let failed = lua
+                    .remove_app_data::<utility::ValidationFailed>()
+                    .is_some_and(|f| f.0);
+                Ok(!failed)
+            })
+            .await?;
+        Ok(passed.unwrap_or_else(|| self.states().top_level_passed()))
     }
 
     /// Calls an event whose handler must return a boolean.

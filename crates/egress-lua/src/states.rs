@@ -97,6 +97,7 @@ impl LuaStates {
         observer: Option<crate::HandlerObserver>,
     ) -> Result<Arc<LuaStates>, PolicyError> {
         let size = size.max(1);
+        let memo = std::sync::Arc::new(crate::utility::Memo::default());
         let mut states = Vec::with_capacity(size);
         let mut init = InitConfig::default();
         for i in 0..size {
@@ -105,12 +106,28 @@ impl LuaStates {
                 path: chunk_name.to_owned(),
                 message: lua_message(&e),
             };
-            install(&state.lua).map_err(load_error)?;
+            install(&state.lua, memo.clone()).map_err(load_error)?;
             let (loaded, _) = state.bounded(time_limit, |lua| {
                 lua.load(code).set_name(format!("@{chunk_name}")).exec()
             });
             loaded.map_err(load_error)?;
             if i == 0 {
+                let pre_init: mlua::Table = state
+                    .lua
+                    .named_registry_value(crate::kumo::PRE_INIT)
+                    .map_err(load_error)?;
+                for handler in pre_init.sequence_values::<mlua::Function>() {
+                    let handler = handler.map_err(load_error)?;
+                    let (ran, late) = state.bounded(time_limit, |_| handler.call::<()>(()));
+                    ran.map_err(|e| match late {
+                        true => time_limit_error("pre_init", String::new(), time_limit),
+                        false => PolicyError::Runtime {
+                            event: "pre_init",
+                            args: String::new(),
+                            message: lua_message(&e),
+                        },
+                    })?;
+                }
                 if let Some(handler) =
                     handler(&state.lua, crate::events::INIT).map_err(load_error)?
                 {
@@ -158,6 +175,18 @@ impl LuaStates {
             from_return::<T>(lua, event, &borrowed, value)
         })
         .await
+    }
+
+    /// No `kumo.validation_failed()` at the top level of any state (for a policy
+    /// with no `validate_config` handler).
+    pub(crate) fn top_level_passed(&self) -> bool {
+        let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        !idle.iter().any(|state| {
+            state
+                .lua
+                .app_data_ref::<crate::utility::ValidationFailed>()
+                .is_some_and(|f| f.0)
+        })
     }
 
     /// True when the policy has a handler for `event`.

@@ -128,6 +128,9 @@ pub struct Envelope {
     pub sender: String,
     /// MAIL FROM said `BODY=8BITMIME`.
     pub body_8bit: bool,
+    /// The tenant its route was resolved for, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     /// Seconds since the epoch when it was spooled.
     pub created: u64,
     /// Recipients by destination domain.
@@ -160,6 +163,7 @@ impl Envelope {
             id: id.to_owned(),
             sender: sender.to_owned(),
             body_8bit,
+            tenant: None,
             created: now,
             domains: domains
                 .into_iter()

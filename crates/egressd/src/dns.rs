@@ -2,16 +2,12 @@
 //! honouring `kumo.dns.configure_resolver`.
 
 use egress_connect::{Resolve, ResolveFuture};
-use egress_lua::ResolverConfig;
+use egress_lua::{fqdn, ResolverConfig};
 use egress_source::MxListEntry;
-use hickory_resolver::config::{
-    NameServerConfig, Protocol, ResolverConfig as HickoryConfig, ResolverOpts,
-};
 use hickory_resolver::error::ResolveErrorKind;
 use hickory_resolver::TokioAsyncResolver;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 /// A host to try, in order: its name (for logs and EHLO decisions), its address,
 /// and the mx_list entry it came from (which may carry a port).
@@ -34,30 +30,9 @@ pub struct Dns {
 impl Dns {
     /// From the policy's `kumo.dns.configure_resolver`, or the system's configuration.
     pub fn new(config: Option<&ResolverConfig>) -> io::Result<Dns> {
-        let resolver = match config {
-            Some(cfg) => {
-                let mut hickory = HickoryConfig::new();
-                for addr in &cfg.name_servers {
-                    for protocol in [Protocol::Udp, Protocol::Tcp] {
-                        hickory.add_name_server(NameServerConfig {
-                            socket_addr: *addr,
-                            protocol,
-                            tls_dns_name: None,
-                            trust_negative_responses: true,
-                            bind_addr: None,
-                        });
-                    }
-                }
-                let mut opts = ResolverOpts::default();
-                opts.timeout = Duration::from_secs(5);
-                opts.attempts = 2;
-                TokioAsyncResolver::tokio(hickory, opts)
-            }
-            None => TokioAsyncResolver::tokio_from_system_conf().map_err(|e| {
-                io::Error::other(format!("reading the system DNS configuration: {e}"))
-            })?,
-        };
-        Ok(Dns { resolver })
+        Ok(Dns {
+            resolver: egress_lua::resolver(config)?,
+        })
     }
 
     /// Addresses of `host` (A and AAAA), in the resolver's order.
@@ -179,15 +154,6 @@ fn describe(name: &str, what: &str, e: &hickory_resolver::error::ResolveError) -
         ResolveErrorKind::Message(m) => format!("{name}: DNS lookup for its {what} failed: {m}"),
         ResolveErrorKind::Msg(m) => format!("{name}: DNS lookup for its {what} failed: {m}"),
         _ => format!("{name}: DNS lookup for its {what} failed"),
-    }
-}
-
-/// Absolute name, so search domains from resolv.conf never apply to mail routing.
-fn fqdn(name: &str) -> String {
-    if name.ends_with('.') {
-        name.to_owned()
-    } else {
-        format!("{name}.")
     }
 }
 

@@ -62,6 +62,10 @@ enum Command {
         /// A pool to resolve (repeatable).
         #[arg(long = "pool")]
         pools: Vec<String>,
+        /// Also run the policy's `validate_config` event (KumoMTA's `kumod
+        /// --validate`): a non-zero exit when it called `kumo.validation_failed()`.
+        #[arg(long)]
+        validate: bool,
     },
     /// Connect through a source, read the banner, send EHLO, print what was seen, QUIT.
     Probe {
@@ -205,7 +209,19 @@ async fn run(cli: Cli, log_filter: LogFilter) -> Result<(), String> {
             };
             server::serve(policy, options).await
         }
-        Command::Check { sources, pools } => check(&policy, &sources, &pools).await,
+        Command::Check {
+            sources,
+            pools,
+            validate,
+        } => {
+            if validate && !policy.validate().await.map_err(|e| e.to_string())? {
+                return Err(
+                    "policy validation failed (validate_config called kumo.validation_failed())"
+                        .into(),
+                );
+            }
+            check(&policy, &sources, &pools).await
+        }
         Command::Probe {
             source,
             target,

@@ -146,18 +146,22 @@ pub async fn serve(policy: Arc<Policy>, options: ServeOptions) -> Result<(), Str
         tokio::spawn(server.serve(admin.clone()));
     }
 
+    let (changed, mut config_changed) = tokio::sync::mpsc::channel::<()>(1);
+    let _watcher = match init.config_monitor_globs.as_slice() {
+        [] => None,
+        globs => Some(watch_config(globs, changed)?),
+    };
     let mut hup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => {
-                let policy = policy.clone();
-                match tokio::task::spawn_blocking(move || policy.reload()).await {
-                    Ok(Ok(())) => tracing::info!("policy reloaded; caches cleared"),
-                    Ok(Err(e)) => tracing::error!("policy reload failed, the previous policy keeps serving: {e}"),
-                    Err(e) => tracing::error!("policy reload failed: {e}"),
-                }
+            _ = hup.recv() => reload(&policy, "SIGHUP").await,
+            Some(()) = config_changed.recv() => {
+                // Editors write in several steps: let them finish, then reload once.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while config_changed.try_recv().is_ok() {}
+                reload(&policy, "a monitored configuration file changed").await;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -183,6 +187,77 @@ pub async fn serve(policy: Arc<Policy>, options: ServeOptions) -> Result<(), Str
     }
     ctx.idle.close_all().await;
     Ok(())
+}
+
+/// Rebuilds the policy (new Lua states, caches cleared); on error the previous
+/// policy keeps serving.
+async fn reload(policy: &Arc<Policy>, why: &str) {
+    let policy = policy.clone();
+    match tokio::task::spawn_blocking(move || policy.reload()).await {
+        Ok(Ok(())) => tracing::info!("policy reloaded ({why}); caches cleared"),
+        Ok(Err(e)) => {
+            tracing::error!("policy reload ({why}) failed, the previous policy keeps serving: {e}")
+        }
+        Err(e) => tracing::error!("policy reload ({why}) failed: {e}"),
+    }
+}
+
+/// Watches `kumo.set_config_monitor_globs` (globset syntax: `*`, `**`, `{a,b}`):
+/// the directory before each glob's first wildcard, recursively; a change to a
+/// matching file sends on `changed`. The globs are read once, at start.
+fn watch_config(
+    globs: &[String],
+    changed: tokio::sync::mpsc::Sender<()>,
+) -> Result<notify::RecommendedWatcher, String> {
+    use notify::Watcher;
+    let mut set = globset::GlobSetBuilder::new();
+    let mut roots = Vec::new();
+    for glob in globs {
+        let compiled = globset::GlobBuilder::new(glob)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| format!("kumo.set_config_monitor_globs: {glob:?}: {e}"))?;
+        set.add(compiled);
+        let literal: Vec<&str> = glob
+            .split('/')
+            .take_while(|part| !part.contains(['*', '?', '[', '{']))
+            .collect();
+        let root = std::path::PathBuf::from(match literal.join("/") {
+            l if l.is_empty() => "/".to_owned(),
+            l => l,
+        });
+        // A glob naming one file watches its directory.
+        let root = match root.is_file() {
+            true => root.parent().map(|p| p.to_path_buf()).unwrap_or(root),
+            false => root,
+        };
+        roots.push(root);
+    }
+    let set = set
+        .build()
+        .map_err(|e| format!("kumo.set_config_monitor_globs: {e}"))?;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        if event.kind.is_access() {
+            return;
+        }
+        if event.paths.iter().any(|p| set.is_match(p)) {
+            let _ = changed.try_send(());
+        }
+    })
+    .map_err(|e| format!("kumo.set_config_monitor_globs: cannot watch files: {e}"))?;
+    for root in &roots {
+        watcher
+            .watch(root, notify::RecursiveMode::Recursive)
+            .map_err(|e| {
+                format!(
+                    "kumo.set_config_monitor_globs: cannot watch {}: {e}",
+                    root.display()
+                )
+            })?;
+        tracing::info!(directory = %root.display(), "watching configuration files; a change reloads the policy");
+    }
+    Ok(watcher)
 }
 
 async fn accept_loop(

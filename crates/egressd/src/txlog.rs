@@ -17,6 +17,8 @@ pub struct TxLog {
     pub sender: String,
     /// Each RCPT and the reply it got.
     pub recipients: Vec<(String, String)>,
+    /// The tenant the queue config was asked for (the AUTH identity).
+    pub tenant: Option<String>,
     /// The pool the queue config named.
     pub pool: Option<String>,
     /// The source picked.
@@ -56,6 +58,7 @@ impl TxLog {
             client,
             sender: sender.to_owned(),
             recipients: Vec::new(),
+            tenant: None,
             pool: None,
             source: None,
             site: None,
@@ -126,6 +129,7 @@ impl TxLog {
             client = %self.client,
             sender = %format!("<{}>", self.sender),
             recipients = %recipients.join(", "),
+            tenant = self.tenant.as_deref().unwrap_or("-"),
             pool = self.pool.as_deref().unwrap_or("-"),
             source = self.source.as_deref().unwrap_or("-"),
             site = self.site.as_deref().unwrap_or("-"),

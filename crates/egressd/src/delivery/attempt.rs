@@ -115,6 +115,7 @@ pub async fn run(
     let pending: Vec<String> = queue.pending().map(|r| r.address.clone()).collect();
     let mut log = TxLog::new(FROM_SPOOL, &env.sender, ctx.metrics.clone());
     log.id = format!("{}/{domain}#{}", env.id, queue.attempts + 1);
+    log.tenant = env.tenant.clone();
     let (mut out, confirmed) = match session {
         Some(s) => {
             s.outbound.describe(&mut log);

@@ -209,7 +209,12 @@ impl Delivery {
     /// Applies an attempt's outcome, persists the envelope, and finishes the
     /// message when nothing is pending.
     async fn record(&self, ctx: &Context, id: &str, domain: &str, outcome: attempt::Outcome) {
-        let queue = ctx.policy.queue_config(domain, None, None, None).await.ok();
+        let tenant = lock(&self.messages).get(id).and_then(|e| e.tenant.clone());
+        let queue = ctx
+            .policy
+            .queue_config(domain, tenant.as_deref(), None, None)
+            .await
+            .ok();
         {
             let mut messages = lock(&self.messages);
             let Some(env) = messages.get_mut(id) else {

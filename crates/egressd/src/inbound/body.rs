@@ -236,7 +236,7 @@ async fn spooled<S: AsyncRead + AsyncWrite + Unpin>(
             ))
         }
     };
-    let envelope = Envelope::new(
+    let mut envelope = Envelope::new(
         &id,
         &t.from,
         t.body_8bit,
@@ -245,6 +245,7 @@ async fn spooled<S: AsyncRead + AsyncWrite + Unpin>(
             (l.domain.clone(), all)
         }),
     );
+    envelope.tenant = t.log.tenant.clone();
     let committed = {
         let envelope = envelope.clone();
         tokio::task::spawn_blocking(move || writer.commit(&envelope))

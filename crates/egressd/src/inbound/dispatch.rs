@@ -303,12 +303,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             )
         } else {
             let body_8bit = from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0;
-            self.tx = Some(Transaction::new(
-                self.peer,
-                from.address,
-                body_8bit,
-                self.ctx.metrics.clone(),
-            ));
+            let mut t =
+                Transaction::new(self.peer, from.address, body_8bit, self.ctx.metrics.clone());
+            // What egressd knows of the tenant at routing time: who authenticated.
+            t.log.tenant = self.authenticated.clone();
+            self.tx = Some(t);
             Reply::new(250, [2, 1, 0], "sender OK")
         }
     }

@@ -35,7 +35,7 @@ pub async fn open(
 ) -> Result<Outbound, OpenError> {
     let policy = &ctx.policy;
     let queue = policy
-        .queue_config(domain, None, None, None)
+        .queue_config(domain, log.tenant.as_deref(), None, None)
         .await
         .map_err(|e| local([4, 3, 0], format!("policy error: {e}"), log))?;
     log.pool = Some(queue.egress_pool.clone());

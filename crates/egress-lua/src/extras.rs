@@ -1,0 +1,37 @@
+//! egressd's built-in `policy-extras` helpers — `sources`, `queue`, `shaping` —
+//! written here in Lua from KumoMTA's documented file formats (`extras/*.lua`),
+//! so `require 'policy-extras.sources'` resolves without any file on disk.
+
+use mlua::{Lua, Table, Value};
+
+const MODULES: &[(&str, &str)] = &[
+    ("policy-extras.common", include_str!("extras/common.lua")),
+    ("policy-extras.sources", include_str!("extras/sources.lua")),
+    ("policy-extras.queue", include_str!("extras/queue.lua")),
+    ("policy-extras.shaping", include_str!("extras/shaping.lua")),
+];
+
+/// Registers the helpers in `package.preload`, and a searcher that explains a
+/// `policy-extras` module egressd does not have.
+pub(crate) fn install(lua: &Lua, package: &Table) -> mlua::Result<()> {
+    let preload: Table = package.get("preload")?;
+    for (name, code) in MODULES {
+        let chunk = format!("@{}.lua", name.replace('.', "/"));
+        preload.set(
+            *name,
+            lua.create_function(move |lua, _: Value| {
+                lua.load(*code).set_name(chunk.as_str()).eval::<Value>()
+            })?,
+        )?;
+    }
+    let searchers: Table = package.get("searchers")?;
+    searchers.push(lua.create_function(|_, name: String| {
+        Ok(match name.strip_prefix("policy-extras.") {
+            Some(_) => format!(
+                "\n\tegressd does not provide '{name}'; its built-in helpers are policy-extras.sources, policy-extras.queue and policy-extras.shaping"
+            ),
+            None => String::new(),
+        })
+    })?)?;
+    Ok(())
+}

@@ -1,0 +1,49 @@
+-- Shared by egressd's built-in policy-extras helpers: loading data files.
+local common = {}
+
+-- A TOML or JSON data file (by extension; TOML otherwise), as a table.
+function common.load(path)
+  if type(path) ~= 'string' then
+    error(string.format('expected a file path (string), got %s', type(path)), 3)
+  end
+  if path:match('%.json$') then
+    return kumo.serde.json_load(path)
+  end
+  return kumo.serde.toml_load(path)
+end
+
+-- Keys of a table, sorted, so merging and errors are deterministic.
+function common.sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do
+    table.insert(keys, k)
+  end
+  table.sort(keys, function(a, b)
+    return tostring(a) < tostring(b)
+  end)
+  return keys
+end
+
+-- Copies `from`'s fields over `into` (one level deep), leaving out the keys
+-- in `skip`.
+function common.merge(into, from, skip)
+  for _, k in ipairs(common.sorted_keys(from)) do
+    if not (skip and skip[k]) then
+      into[k] = from[k]
+    end
+  end
+  return into
+end
+
+-- Calls a kumo.make_* function; its error is prefixed with where the data came from.
+function common.make(maker, what, where, params)
+  local ok, made = pcall(maker, params)
+  if not ok then
+    -- Drop the `file:line:` of this helper; the data file is the place to look.
+    local message = tostring(made):gsub('^[^:]*:%d+: ', '')
+    error(string.format('%s: %s: %s', where, what, message), 0)
+  end
+  return made
+end
+
+return common
