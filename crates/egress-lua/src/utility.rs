@@ -241,10 +241,63 @@ enum Format {
     TomlPretty,
 }
 
+/// A Lua value as JSON data: a table whose keys are exactly 1..n is an array,
+/// any other table an object with its keys as strings (`{[10] = 'a'}` becomes
+/// `{"10": "a"}`); functions and userdata are refused.
+fn to_json(value: &Value, depth: usize) -> Result<serde_json::Value, String> {
+    if depth > 64 {
+        return Err("nested more than 64 levels (a table that contains itself?)".into());
+    }
+    Ok(match value {
+        Value::Nil => serde_json::Value::Null,
+        Value::Boolean(b) => (*b).into(),
+        Value::Integer(i) => (*i).into(),
+        Value::Number(n) => serde_json::Number::from_f64(*n)
+            .map(serde_json::Value::Number)
+            .ok_or_else(|| format!("{n} has no JSON form"))?,
+        Value::String(s) => s.to_string_lossy().into(),
+        Value::Table(t) => {
+            let len = t.raw_len();
+            let pairs: Vec<(Value, Value)> = t
+                .clone()
+                .pairs::<Value, Value>()
+                .collect::<mlua::Result<_>>()
+                .map_err(|e| e.to_string())?;
+            if len > 0 && pairs.len() == len {
+                let mut items = Vec::with_capacity(len);
+                for i in 1..=len {
+                    items.push(to_json(
+                        &t.raw_get::<Value>(i).map_err(|e| e.to_string())?,
+                        depth + 1,
+                    )?);
+                }
+                serde_json::Value::Array(items)
+            } else {
+                let mut map = serde_json::Map::new();
+                for (k, v) in pairs {
+                    let key = match &k {
+                        Value::String(s) => s.to_string_lossy(),
+                        Value::Integer(i) => i.to_string(),
+                        Value::Number(n) => n.to_string(),
+                        Value::Boolean(b) => b.to_string(),
+                        other => {
+                            return Err(format!(
+                                "a table key of type {} has no JSON form",
+                                other.type_name()
+                            ))
+                        }
+                    };
+                    map.insert(key, to_json(&v, depth + 1)?);
+                }
+                serde_json::Value::Object(map)
+            }
+        }
+        other => return Err(format!("a {} has no JSON form", other.type_name())),
+    })
+}
+
 fn encode(lua: &Lua, value: Value, function: &str, format: Format) -> mlua::Result<String> {
-    let json: serde_json::Value = lua
-        .from_value(value)
-        .map_err(|e| located(lua, format!("kumo.{function}: {e}")))?;
+    let json = to_json(&value, 0).map_err(|e| located(lua, format!("kumo.{function}: {e}")))?;
     let text = match format {
         Format::Json => serde_json::to_string(&json).map_err(|e| e.to_string()),
         Format::JsonPretty => serde_json::to_string_pretty(&json).map_err(|e| e.to_string()),

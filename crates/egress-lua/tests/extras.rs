@@ -63,14 +63,22 @@ async fn sources_toml_as_kumomta_documents_it_defines_sources_and_pools() {
     assert_eq!(ip2.source_address.unwrap().to_string(), "10.0.0.2");
     assert_eq!(ip2.ehlo_domain.as_deref(), Some("mta2.examplecorp.com"));
     let pool = p.egress_pool("pool-2").await.unwrap();
-    let weights: Vec<(&str, u32)> = pool.entries.iter().map(|e| (e.name.as_str(), e.weight)).collect();
+    let weights: Vec<(&str, u32)> = pool
+        .entries
+        .iter()
+        .map(|e| (e.name.as_str(), e.weight))
+        .collect();
     assert_eq!(weights, [("ip-2", 2), ("ip-3", 1)]);
     assert_eq!(p.egress_pool("pool-1").await.unwrap().entries[0].weight, 1);
     let missing = p.egress_source("ip-9").await.unwrap_err().to_string();
     assert!(missing.contains("no [source.\"ip-9\"]"), "{missing}");
 
     // A later file overrides an earlier one key by key.
-    let over = write(dir.path(), "override.json", r#"{"source": {"ip-1": {"ehlo_domain": "late.example.com"}}}"#);
+    let over = write(
+        dir.path(),
+        "override.json",
+        r#"{"source": {"ip-1": {"ehlo_domain": "late.example.com"}}}"#,
+    );
     let p = policy_in(
         dir.path(),
         &format!("require('policy-extras.sources'):setup {{ '{file}', '{over}' }}\n"),
@@ -92,14 +100,23 @@ fn broken_sources_files_are_teaching_errors_at_load() {
         )
     };
     let syntax = load("[source.\"ip-1\"]\nsource_address = \"10.0.0.1\n");
-    assert!(syntax.contains("sources.toml:2:"), "file:line:column: {syntax}");
+    assert!(
+        syntax.contains("sources.toml:2:"),
+        "file:line:column: {syntax}"
+    );
     let unknown = load("[source.\"ip-1\"]\nsorce_address = \"10.0.0.1\"\n");
     assert!(unknown.contains("[source.\"ip-1\"]"), "{unknown}");
     assert!(unknown.contains("source_address"), "nearest key: {unknown}");
     let member = load("[source.\"ip-1\"]\n[pool.\"p\".\"ip-7\"]\n");
-    assert!(member.contains("[pool.\"p\".\"ip-7\"]: no [source.\"ip-7\"] is defined"), "{member}");
+    assert!(
+        member.contains("[pool.\"p\".\"ip-7\"]: no [source.\"ip-7\"] is defined"),
+        "{member}"
+    );
     let wrong_type = load("[source.\"ip-1\"]\n[pool.\"p\".\"ip-1\"]\nweight = \"heavy\"\n");
-    assert!(wrong_type.contains("weight: expected a whole number"), "{wrong_type}");
+    assert!(
+        wrong_type.contains("weight: expected a whole number"),
+        "{wrong_type}"
+    );
     let table = load("[sources.\"ip-1\"]\n");
     assert!(table.contains("unknown table [sources]"), "{table}");
 }
@@ -146,25 +163,48 @@ protocol = { smtp = { mx_list = [ '[10.9.9.9]:2525' ] } }
         &format!("local queue_module = require 'policy-extras.queue'\nlocal queue_helper = queue_module:setup {{ '{file}' }}\n"),
     )
     .unwrap();
-    let q = p.queue_config("example.com", None, None, None).await.unwrap();
+    let q = p
+        .queue_config("example.com", None, None, None)
+        .await
+        .unwrap();
     assert_eq!(q.egress_pool, "pool-1", "default tenant");
     assert_eq!(q.max_age.as_secs(), 24 * 3600);
     assert_eq!(q.retry_interval.as_secs(), 300);
-    let q = p.queue_config("gmail.com", Some("mytenant"), None, None).await.unwrap();
+    let q = p
+        .queue_config("gmail.com", Some("mytenant"), None, None)
+        .await
+        .unwrap();
     assert_eq!(q.egress_pool, "gmail-pool");
-    assert_eq!(q.max_age.as_secs(), 10 * 3600, "the tenant's max_age beats the domain's");
+    assert_eq!(
+        q.max_age.as_secs(),
+        10 * 3600,
+        "the tenant's max_age beats the domain's"
+    );
     assert_eq!(q.retry_interval.as_secs(), 17 * 60);
     let q = p
         .queue_config("gmail.com", Some("mytenant"), Some("welcome"), None)
         .await
         .unwrap();
     assert_eq!(q.mx_list()[0].to_string(), "[10.9.9.9]:2525");
-    let q = p.queue_config("my.own.hostname", None, None, None).await.unwrap();
+    let q = p
+        .queue_config("my.own.hostname", None, None, None)
+        .await
+        .unwrap();
     assert_eq!(q.mx_list()[0].to_string(), "[10.0.0.1]");
 
-    let bad = write(dir.path(), "bad.toml", "[queue.default]\negres_pool = 'x'\n");
-    let err = load_error(dir.path(), &format!("require('policy-extras.queue'):setup {{ '{bad}' }}"));
-    assert!(err.contains("[queue.\"default\"]: unknown key \"egres_pool\""), "{err}");
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "[queue.default]\negres_pool = 'x'\n",
+    );
+    let err = load_error(
+        dir.path(),
+        &format!("require('policy-extras.queue'):setup {{ '{bad}' }}"),
+    );
+    assert!(
+        err.contains("[queue.\"default\"]: unknown key \"egres_pool\""),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -196,16 +236,26 @@ max_deliveries_per_connection = 5
         &format!("local shaping = require 'policy-extras.shaping'\nkumo.on('get_egress_path_config', shaping:setup {{ '{file}' }})\n"),
     )
     .unwrap();
-    let path = p.egress_path_config("foo.com", "IP-1", Some("mx.foo.com")).await.unwrap();
+    let path = p
+        .egress_path_config("foo.com", "IP-1", Some("mx.foo.com"))
+        .await
+        .unwrap();
     assert_eq!(path.connection_limit.unwrap().limit, 3);
     assert_eq!(path.max_deliveries_per_connection, Some(5));
     assert_eq!(path.max_connection_rate.unwrap().to_string(), "100/min");
     assert_eq!(path.max_message_rate.unwrap().to_string(), "100/s");
-    let other = p.egress_path_config("bar.com", "IP-1", Some("mx.bar.com")).await.unwrap();
+    let other = p
+        .egress_path_config("bar.com", "IP-1", Some("mx.bar.com"))
+        .await
+        .unwrap();
     assert_eq!(other.max_deliveries_per_connection, Some(100));
     assert_eq!(other.connection_limit.unwrap().limit, 10);
 
-    let bad = write(dir.path(), "bad.toml", "[\"default\"]\nconection_limit = 3\n");
+    let bad = write(
+        dir.path(),
+        "bad.toml",
+        "[\"default\"]\nconection_limit = 3\n",
+    );
     let err = load_error(
         dir.path(),
         &format!("kumo.on('get_egress_path_config', require('policy-extras.shaping'):setup {{ '{bad}' }})"),
@@ -218,7 +268,10 @@ max_deliveries_per_connection = 5
 fn a_helper_egressd_does_not_have_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let err = load_error(dir.path(), "require 'policy-extras.dkim_sign'");
-    assert!(err.contains("egressd does not provide 'policy-extras.dkim_sign'"), "{err}");
+    assert!(
+        err.contains("egressd does not provide 'policy-extras.dkim_sign'"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -281,22 +334,34 @@ end)
     .unwrap();
     for _ in 0..5 {
         assert_eq!(p.auth_plain("", "ops", "x", &[]).await.unwrap(), Some(true));
-        assert_eq!(p.auth_plain("", "eve", "x", &[]).await.unwrap(), Some(false));
+        assert_eq!(
+            p.auth_plain("", "eve", "x", &[]).await.unwrap(),
+            Some(false)
+        );
     }
     let calls = std::fs::read_to_string(&calls).unwrap();
-    assert_eq!(calls, "ops\neve\n", "each distinct call computed once, across states");
+    assert_eq!(
+        calls, "ops\neve\n",
+        "each distinct call computed once, across states"
+    );
 }
 
 #[test]
 fn anything_else_a_policy_calls_is_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     for (code, name) in [
-        ("kumo.start_http_listener_v2 {}", "kumo.start_http_listener_v2"),
+        (
+            "kumo.start_http_listener_v2 {}",
+            "kumo.start_http_listener_v2",
+        ),
         ("kumo.dns.rbl_lookup('x')", "kumo.dns.rbl_lookup"),
         ("kumo.serde.xml_parse('x')", "kumo.serde.xml_parse"),
     ] {
         let err = load_error(dir.path(), code);
-        assert!(err.contains(&format!("{name} is not provided by egressd")), "{err}");
+        assert!(
+            err.contains(&format!("{name} is not provided by egressd")),
+            "{err}"
+        );
     }
 }
 
