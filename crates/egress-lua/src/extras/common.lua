@@ -35,6 +35,15 @@ function common.merge(into, from, skip)
   return into
 end
 
+-- Logs, once per key, that a KumoMTA setting egressd does not have is ignored.
+local warned = {}
+function common.ignored(where, key, what)
+  if not warned[key] then
+    warned[key] = true
+    kumo.log_warn(string.format('%s: %s is a KumoMTA %s egressd does not have; ignored', where, key, what or 'setting'))
+  end
+end
+
 -- Calls a kumo.make_* function; its error is prefixed with where the data came from.
 function common.make(maker, what, where, params)
   local ok, made = pcall(maker, params)

@@ -47,8 +47,6 @@ local TOP = {
   scheduling_header = true,
 }
 
-local warned = {}
-
 -- The queue-config keys of one section; nested tables under a [queue.'DOMAIN']
 -- (other than `protocol`) are tenant sections, returned apart.
 local function settings(section, where, nested_ok)
@@ -58,10 +56,7 @@ local function settings(section, where, nested_ok)
     if ROUTING[k] then
       out[k] = v
     elseif IGNORED[k] then
-      if not warned[k] then
-        warned[k] = true
-        kumo.log_warn(string.format('%s: %s is a KumoMTA scheduled-queue setting egressd does not have; ignored', where, k))
-      end
+      common.ignored(where, k, 'scheduled-queue setting')
     elseif nested_ok and type(v) == 'table' then
       nested[k] = v
     else

@@ -38,13 +38,7 @@ local IGNORED = {
   tls_prefer_openssl = true,
 }
 
-local warned = {}
-local function ignore(where, key)
-  if not warned[key] then
-    warned[key] = true
-    kumo.log_warn(string.format('%s: %s is a KumoMTA setting egressd does not have; ignored', where, key))
-  end
-end
+local ignore = common.ignored
 
 -- The path keys of one table (without mx_rollup and sources).
 local function path_keys(t, where)
