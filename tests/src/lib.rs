@@ -196,6 +196,11 @@ impl SmtpSink {
         }
     }
 
+    /// Its process id (for reading its CPU time).
+    pub fn pid(&self) -> u32 {
+        self._peer.id()
+    }
+
     /// Every message dumped so far, in no particular order.
     pub fn messages(&self) -> Vec<String> {
         let mut out = Vec::new();

@@ -319,7 +319,8 @@ fn bench(which: Option<&str>) -> Result {
             }
             "relay" => {
                 peers()?;
-                cargo(&["bench", "-p", "egressd", "--bench", "relay"])?
+                cargo(&["bench", "-p", "egressd", "--bench", "relay"])?;
+                cargo(&["bench", "-p", "egressd", "--bench", "cost"])?
             }
             "load" => {
                 peers()?;
