@@ -373,12 +373,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
         Ok(reply)
     }
 
+    /// The dialogue is between transactions with every reply read — what can be
+    /// known without asking the socket. [`is_clean`](Self::is_clean) also polls it,
+    /// and is what must be asked before a session carries a new transaction.
+    pub fn is_ready(&self) -> bool {
+        self.phase == Phase::Ready && self.replies.pending() == 0
+    }
+
     /// True when the session can carry a new transaction: greeted, no transaction
     /// open, every reply read, and nothing unread has arrived since. Octets that
     /// arrived unasked (a reply to a command nobody is waiting for, or the
     /// destination closing) make the session unusable for good.
     pub async fn is_clean(&mut self) -> bool {
-        if self.phase != Phase::Ready || self.replies.pending() > 0 {
+        if !self.is_ready() {
             return false;
         }
         let stream = &mut self.stream;

@@ -14,6 +14,9 @@ pub struct LocalStore {
     limiters: RwLock<HashMap<String, Limiter>>,
     leases: Mutex<HashMap<String, HashMap<String, Instant>>>,
     suspensions: Mutex<HashMap<String, (String, Instant, SystemTime)>>,
+    /// Entries in `suspensions` (ended ones included until noticed): lets the
+    /// common case — nothing suspended — skip the lock.
+    suspended: std::sync::atomic::AtomicUsize,
     next_id: AtomicU64,
 }
 
@@ -23,6 +26,7 @@ impl Default for LocalStore {
             limiters: RwLock::default(),
             leases: Mutex::default(),
             suspensions: Mutex::default(),
+            suspended: std::sync::atomic::AtomicUsize::new(0),
             next_id: AtomicU64::new(0),
         }
     }
@@ -72,11 +76,24 @@ impl LocalStore {
             .unwrap_or(0)
     }
 
+    /// True when a suspension may be in force (false: none is, without locking).
+    pub fn any_suspended(&self) -> bool {
+        self.suspended.load(Ordering::Relaxed) > 0
+    }
+
+    fn count_suspensions(&self, suspensions: &HashMap<String, (String, Instant, SystemTime)>) {
+        self.suspended.store(suspensions.len(), Ordering::Relaxed);
+    }
+
     fn current(&self, key: &str) -> Option<Suspension> {
+        if !self.any_suspended() {
+            return None;
+        }
         let mut suspensions = lock(&self.suspensions);
         match suspensions.get(key) {
             Some((_, ends, _)) if *ends <= Instant::now() => {
                 suspensions.remove(key);
+                self.count_suspensions(&suspensions);
                 None
             }
             Some((reason, _, until)) => Some(Suspension {
@@ -134,7 +151,8 @@ impl Store for LocalStore {
         reason: &'a str,
         duration: Duration,
     ) -> StoreFuture<'a, ()> {
-        lock(&self.suspensions).insert(
+        let mut suspensions = lock(&self.suspensions);
+        suspensions.insert(
             key.to_owned(),
             (
                 reason.to_owned(),
@@ -142,6 +160,7 @@ impl Store for LocalStore {
                 SystemTime::now() + duration,
             ),
         );
+        self.count_suspensions(&suspensions);
         Box::pin(async { Ok(()) })
     }
 
@@ -151,7 +170,9 @@ impl Store for LocalStore {
     }
 
     fn resume<'a>(&'a self, key: &'a str) -> StoreFuture<'a, ()> {
-        lock(&self.suspensions).remove(key);
+        let mut suspensions = lock(&self.suspensions);
+        suspensions.remove(key);
+        self.count_suspensions(&suspensions);
         Box::pin(async { Ok(()) })
     }
 
@@ -159,6 +180,7 @@ impl Store for LocalStore {
         let now = Instant::now();
         let mut suspensions = lock(&self.suspensions);
         suspensions.retain(|_, (_, ends, _)| *ends > now);
+        self.count_suspensions(&suspensions);
         let list = suspensions
             .iter()
             .map(|(key, (reason, _, until))| Suspension {

@@ -161,6 +161,12 @@ impl Throttles {
         }
     }
 
+    /// False when no suspension can be in force (none on this node, no Redis):
+    /// callers skip building keys to ask about.
+    pub fn may_have_suspensions(&self) -> bool {
+        self.redis.is_some() || self.local.any_suspended()
+    }
+
     /// The suspension in force for `key`: this node's, else the shared one.
     pub async fn suspension(&self, key: &str) -> Option<Suspension> {
         if let Ok(Some(s)) = self.local.suspension(key).await {

@@ -108,6 +108,10 @@ impl TxLog {
             size: self.size,
             took,
         });
+        // The line's pieces are built only when the line is written.
+        if !tracing::enabled!(target: "transaction", tracing::Level::INFO) {
+            return;
+        }
         let recipients: Vec<String> = self
             .recipients
             .iter()

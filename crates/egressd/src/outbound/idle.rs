@@ -42,12 +42,14 @@ pub struct IdleSessions {
 
 impl IdleSessions {
     /// Keeps a session whose transaction ended, if it is clean; closes it otherwise.
-    pub async fn release(&self, mut out: Outbound) {
+    pub async fn release(&self, out: Outbound) {
         if out.retired() {
             tokio::spawn(out.quit());
             return;
         }
-        if !out.smtp.is_clean().await {
+        // Cheap here; the socket itself is polled when the session is taken, which
+        // is what keeps a stale reply from reaching the next client.
+        if !out.smtp.is_ready() {
             tracing::debug!(destination = %out.key.addr, "not reusing a destination session with unread input or an open transaction");
             tokio::spawn(out.quit());
             return;

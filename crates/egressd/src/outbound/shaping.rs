@@ -112,7 +112,11 @@ impl Shaper {
         site: &str,
         path: &EgressPathConfig,
     ) -> Result<(), Ineligible> {
-        for key in [source.to_owned(), ready_queue(source, site)] {
+        let keys = match self.throttles.may_have_suspensions() {
+            true => vec![source.to_owned(), ready_queue(source, site)],
+            false => Vec::new(),
+        };
+        for key in keys {
             if let Some(s) = self.throttles.suspension(&key).await {
                 self.metrics.throttle_refusal(source, "suspended");
                 return Err(Ineligible {
