@@ -41,16 +41,26 @@ impl ScriptedDestination {
     /// Starts it; with `stale_after_first_message`, the first message on each
     /// connection is answered `250` followed by an unasked `550 5.1.1`.
     pub fn start(stale_after_first_message: bool) -> ScriptedDestination {
-        Self::start_with(stale_after_first_message, Duration::ZERO)
+        Self::start_with(stale_after_first_message, Duration::ZERO, false)
+    }
+
+    /// A well-behaved destination that offers PIPELINING (RFC 2920); it reads
+    /// commands a line at a time, so pipelined ones are answered in order.
+    pub fn pipelining() -> ScriptedDestination {
+        Self::start_with(false, Duration::ZERO, true)
     }
 
     /// A well-behaved destination that takes `delay` to answer the end of each
     /// message, so that concurrent transactions overlap.
     pub fn slow(delay: Duration) -> ScriptedDestination {
-        Self::start_with(false, delay)
+        Self::start_with(false, delay, false)
     }
 
-    fn start_with(stale_after_first_message: bool, delay: Duration) -> ScriptedDestination {
+    fn start_with(
+        stale_after_first_message: bool,
+        delay: Duration,
+        pipelining: bool,
+    ) -> ScriptedDestination {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind scripted destination");
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared::default());
@@ -66,7 +76,12 @@ impl ScriptedDestination {
                 accepting.max_active.fetch_max(now, Ordering::SeqCst);
                 let shared = accepting.clone();
                 std::thread::spawn(move || {
-                    let _ = serve(stream, n, stale_after_first_message, delay, &shared);
+                    let script = Script {
+                        stale: stale_after_first_message,
+                        delay,
+                        pipelining,
+                    };
+                    let _ = serve(stream, n, &script, &shared);
                     shared.active.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -101,13 +116,23 @@ impl Drop for ScriptedDestination {
     }
 }
 
+/// How a scripted destination behaves.
+struct Script {
+    /// The first message on a connection is followed by an unasked reply.
+    stale: bool,
+    /// The wait before answering the end of a message.
+    delay: Duration,
+    /// PIPELINING is offered.
+    pipelining: bool,
+}
+
 fn serve(
     stream: TcpStream,
     connection: usize,
-    stale: bool,
-    delay: Duration,
+    script: &Script,
     shared: &Shared,
 ) -> std::io::Result<()> {
+    let (stale, delay) = (script.stale, script.delay);
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
@@ -121,7 +146,10 @@ fn serve(
         }
         let upper = line.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
-            "250-scripted.test\r\n250 8BITMIME\r\n".into()
+            match script.pipelining {
+                true => "250-scripted.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into(),
+                false => "250-scripted.test\r\n250 8BITMIME\r\n".into(),
+            }
         } else if upper.starts_with("MAIL FROM:") {
             current = Some(Received {
                 connection,

@@ -477,3 +477,60 @@ fn postfix_hands_its_mail_to_egressd() {
     }
     assert!(log.contains(&sent) && log.contains("status=sent"), "{log}");
 }
+
+/// MAIL FROM and the first RCPT go to the destination in one write when it offers
+/// PIPELINING (issue: relay cost); every client RCPT still gets its own reply from
+/// the destination, in order — with and without PIPELINING, and whichever RCPT the
+/// destination refuses.
+#[test]
+fn each_client_rcpt_gets_its_own_reply_with_and_without_outbound_pipelining() {
+    use egress_e2e::ScriptedDestination;
+    for dest in [
+        ScriptedDestination::start(false),
+        ScriptedDestination::pipelining(),
+    ] {
+        let d = Egressd::start(&egress_e2e::relay_policy(
+            "",
+            &egress_e2e::mx_entry(dest.addr),
+            "",
+        ));
+        for (to, refused) in [
+            ("a@dest.test,refused@dest.test,c@dest.test", 1),
+            ("refused@dest.test,b@dest.test", 0),
+        ] {
+            let s = swaks(d.addr, to, &[]);
+            assert!(s.ok, "{}", s.transcript);
+            let rcpt_replies: Vec<&str> = s
+                .replies()
+                .into_iter()
+                .filter(|r| r.starts_with("250 2.1.5") || r.starts_with("550 5.1.1"))
+                .collect();
+            let expected: Vec<bool> = (0..to.split(',').count()).map(|i| i != refused).collect();
+            let got: Vec<bool> = rcpt_replies.iter().map(|r| r.starts_with("250")).collect();
+            assert_eq!(got, expected, "{}", s.transcript);
+        }
+        let received = dest.received();
+        assert_eq!(received.len(), 2, "{}", d.log());
+        let accepted: Vec<Vec<String>> = received
+            .iter()
+            .map(|m| {
+                m.recipients
+                    .iter()
+                    .filter(|(_, ok)| *ok)
+                    .map(|(to, _)| to.clone())
+                    .collect()
+            })
+            .collect();
+        assert!(
+            accepted.contains(&vec![
+                "<a@dest.test>".to_owned(),
+                "<c@dest.test>".to_owned()
+            ]),
+            "{accepted:?}"
+        );
+        assert!(
+            accepted.contains(&vec!["<b@dest.test>".to_owned()]),
+            "{accepted:?}"
+        );
+    }
+}

@@ -179,7 +179,8 @@ async fn open(
     log: &mut TxLog,
     outcome: &mut Outcome,
 ) -> Option<(Outbound, Vec<String>)> {
-    let mut out = match Outbound::open(ctx, domain, &env.sender, env.body_8bit, log).await {
+    let first = pending.first().map(String::as_str);
+    let mut out = match Outbound::open(ctx, domain, &env.sender, env.body_8bit, first, log).await {
         Ok(out) => out,
         Err(OpenError::Local(reply)) => {
             log.decided = Some((reply.code, Origin::Local));

@@ -171,7 +171,15 @@ impl Transaction {
                 Origin::Local,
             ));
         }
-        let opened = Outbound::open(ctx, &domain, &self.from, self.body_8bit, &mut self.log).await;
+        let opened = Outbound::open(
+            ctx,
+            &domain,
+            &self.from,
+            self.body_8bit,
+            Some(address),
+            &mut self.log,
+        )
+        .await;
         let outbound = match opened {
             Ok(out) => Some(out),
             // A second domain is spooled: what cannot go now is retried.

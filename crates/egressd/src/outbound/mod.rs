@@ -110,6 +110,11 @@ pub enum OpenError {
     Destination(Reply),
 }
 
+/// A recipient as RCPT TO writes it.
+fn rcpt_path(address: &str) -> String {
+    format!("<{}>", smtp_path(address))
+}
+
 /// The path config's timeouts, as the SMTP client takes them.
 pub fn timeouts(path: &EgressPathConfig) -> Timeouts {
     Timeouts {
@@ -136,25 +141,32 @@ pub struct Outbound {
     max_deliveries: Option<u64>,
     /// Its metric handles (none when metrics are off).
     metrics: Option<Arc<PathMetrics>>,
+    /// The reply to the first RCPT, when it went with MAIL FROM (pipelined).
+    first_rcpt: Option<Reply>,
 }
 
 impl Outbound {
     /// Opens a transaction for `domain` (the steps are in `outbound/route.rs`).
-    /// Fills `log`.
+    /// `first_rcpt`, when given, goes with MAIL FROM (pipelined where offered); its
+    /// reply is then [`rcpt`](Self::rcpt)'s first answer. Fills `log`.
     pub async fn open(
         ctx: &Context,
         domain: &str,
         from: &str,
         body_8bit: bool,
+        first_rcpt: Option<&str>,
         log: &mut TxLog,
     ) -> Result<Outbound, OpenError> {
-        route::open(ctx, domain, from, body_8bit, log).await
+        route::open(ctx, domain, from, body_8bit, first_rcpt, log).await
     }
 
-    /// Forwards one recipient; the destination's reply.
+    /// Forwards one recipient; the destination's reply (for the recipient given to
+    /// [`open`](Self::open), the reply it already got).
     pub async fn rcpt(&mut self, address: &str) -> io::Result<Reply> {
-        let path = format!("<{}>", smtp_path(address));
-        Ok(Reply::relayed(&self.smtp.rcpt(&path).await?))
+        if let Some(reply) = self.first_rcpt.take() {
+            return Ok(reply);
+        }
+        Ok(Reply::relayed(&self.smtp.rcpt(&rcpt_path(address)).await?))
     }
 
     /// Sends DATA; `Ok(None)` when the destination is ready (354), else its reply.

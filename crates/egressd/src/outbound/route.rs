@@ -31,9 +31,11 @@ pub async fn open(
     domain: &str,
     from: &str,
     body_8bit: bool,
+    first_rcpt: Option<&str>,
     log: &mut TxLog,
 ) -> Result<Outbound, OpenError> {
     let policy = &ctx.policy;
+    let first_rcpt = first_rcpt.map(super::rcpt_path);
     let queue = policy
         .queue_config(domain, log.tenant.as_deref(), None, None)
         .await
@@ -112,6 +114,7 @@ pub async fn open(
             site: &site,
             ehlo: effective_ehlo_domain(&path, &source, &ctx.hostname).to_owned(),
             mail_from: &mail_from,
+            first_rcpt: first_rcpt.as_deref(),
             body_8bit,
         };
         match route.through_hosts(&hosts, log).await {
@@ -199,6 +202,8 @@ struct Route<'a> {
     site: &'a str,
     ehlo: String,
     mail_from: &'a str,
+    /// Sent with MAIL FROM (pipelined where the destination offers it).
+    first_rcpt: Option<&'a str>,
     body_8bit: bool,
 }
 
@@ -281,6 +286,25 @@ impl Route<'_> {
         })
     }
 
+    /// MAIL FROM, with the first RCPT when there is one; MAIL's reply (the RCPT's
+    /// waits in the session for `Outbound::rcpt`).
+    async fn begin(&self, out: &mut Outbound) -> std::io::Result<Response<String>> {
+        match self.first_rcpt {
+            Some(rcpt) => {
+                let (mail, first) = out
+                    .smtp
+                    .mail_rcpt(self.mail_from, self.body_8bit, rcpt)
+                    .await?;
+                out.first_rcpt = first.map(|r| Reply::relayed(&r));
+                Ok(mail)
+            }
+            None => {
+                out.first_rcpt = None;
+                out.smtp.mail(self.mail_from, self.body_8bit).await
+            }
+        }
+    }
+
     /// An idle clean session for `key`, past MAIL FROM; None when there is none.
     async fn reuse(
         &self,
@@ -291,7 +315,7 @@ impl Route<'_> {
         while let Some(mut out) = ctx.idle.take(key).await {
             // An idle session the destination has since closed (or is closing,
             // 421) is dropped quietly; anything else is the destination's answer.
-            match out.smtp.mail(self.mail_from, self.body_8bit).await {
+            match self.begin(&mut out).await {
                 Ok(reply) if is_positive(&reply) => {
                     log.reused = true;
                     log.egress = Some(out.egress);
@@ -378,6 +402,7 @@ impl Route<'_> {
             deliveries: 1,
             max_deliveries: self.path.max_deliveries_per_connection,
             metrics,
+            first_rcpt: None,
         };
         let failed = |e: std::io::Error| HostFailure::Other {
             text: format!(
@@ -416,7 +441,7 @@ impl Route<'_> {
                 }
             }
         }
-        match out.smtp.mail(self.mail_from, self.body_8bit).await {
+        match self.begin(&mut out).await {
             Ok(reply) if is_positive(&reply) => Ok(out),
             Ok(reply) => {
                 // No transaction is open on it: the session can serve the next one.
