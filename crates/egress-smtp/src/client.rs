@@ -299,22 +299,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
     /// a refusal leaves the session ready for another MAIL.
     pub async fn mail(&mut self, path: &str, body_8bit: bool) -> io::Result<Response<String>> {
         self.expect(Phase::Ready, "MAIL FROM")?;
-        let body = if body_8bit && self.extensions.eight_bit_mime {
-            " BODY=8BITMIME"
-        } else {
-            ""
-        };
+        let line = self.mail_line(path, body_8bit);
         let reply = self
-            .command(
-                &format!("MAIL FROM:{path}{body}"),
-                self.timeouts.mail_from,
-                "MAIL FROM",
-            )
+            .command(&line, self.timeouts.mail_from, "MAIL FROM")
             .await?;
         if is_positive(&reply) {
             self.phase = Phase::Mail;
         }
         Ok(reply)
+    }
+
+    /// The MAIL FROM command line, with BODY=8BITMIME when the body is 8-bit and
+    /// the destination offers it.
+    fn mail_line(&self, path: &str, body_8bit: bool) -> String {
+        match body_8bit && self.extensions.eight_bit_mime {
+            true => format!("MAIL FROM:{path} BODY=8BITMIME"),
+            false => format!("MAIL FROM:{path}"),
+        }
     }
 
     /// `MAIL FROM` and the first `RCPT TO` (both paths with angle brackets): in one
@@ -337,12 +338,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
             return Ok((mail, Some(rcpt)));
         }
         self.expect(Phase::Ready, "MAIL FROM")?;
-        let body = if body_8bit && self.extensions.eight_bit_mime {
-            " BODY=8BITMIME"
-        } else {
-            ""
-        };
-        let wire = format!("MAIL FROM:{path}{body}\r\nRCPT TO:{rcpt}\r\n");
+        let wire = format!("{}\r\nRCPT TO:{rcpt}\r\n", self.mail_line(path, body_8bit));
         self.write(wire.as_bytes(), self.timeouts.mail_from, "MAIL FROM")
             .await?;
         let mail = self.read(self.timeouts.mail_from, "MAIL FROM").await?;
