@@ -168,15 +168,6 @@ impl Histogram {
             .sum_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
-
-    /// Observations so far.
-    pub fn count(&self) -> u64 {
-        self.inner
-            .counts
-            .iter()
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
-    }
 }
 
 impl TypedMetric for Histogram {

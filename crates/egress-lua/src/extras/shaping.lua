@@ -85,12 +85,14 @@ function mod:setup(files)
             target = by_site[site]
           end
         end
-        common.merge(target.own, path_keys(entry, where))
-        table.insert(checks, { where = where, params = path_keys(entry, where) })
+        local own = path_keys(entry, where)
+        common.merge(target.own, own)
+        table.insert(checks, { where = where, params = own })
         for _, source in ipairs(common.sorted_keys(entry.sources or {})) do
           local swhere = string.format('%s: [%q.sources.%q]', path, name, source)
-          target.sources[source] = common.merge(target.sources[source] or {}, path_keys(entry.sources[source], swhere))
-          table.insert(checks, { where = swhere, params = path_keys(entry.sources[source], swhere) })
+          local overrides = path_keys(entry.sources[source], swhere)
+          target.sources[source] = common.merge(target.sources[source] or {}, overrides)
+          table.insert(checks, { where = swhere, params = overrides })
         end
       end
     end

@@ -260,16 +260,8 @@ impl Delivery {
     }
 
     async fn persist(&self, env: &Envelope) -> Result<(), SpoolError> {
-        let env = env.clone();
-        let spool = self.spool_handle();
-        tokio::task::spawn_blocking(move || spool.update(&env))
-            .await
-            .unwrap_or_else(|e| {
-                Err(SpoolError::Io {
-                    path: "spool".into(),
-                    error: std::io::Error::other(e),
-                })
-            })
+        let (env, spool) = (env.clone(), self.spool.clone());
+        blocking(move || spool.update(&env)).await
     }
 
     /// Every recipient has an answer: bounce what failed, then let the message go.
@@ -290,19 +282,17 @@ impl Delivery {
             }
         }
         lock(&self.messages).remove(&env.id);
-        let spool = self.spool_handle();
-        let id = env.id.clone();
-        match tokio::task::spawn_blocking(move || spool.remove(&id)).await {
-            Ok(Ok(())) => tracing::info!(id = %env.id, "spool: done"),
-            Ok(Err(e)) => tracing::error!(id = %env.id, "spool: cannot remove: {e}"),
+        let (spool, id) = (self.spool.clone(), env.id.clone());
+        match blocking(move || spool.remove(&id)).await {
+            Ok(()) => tracing::info!(id = %env.id, "spool: done"),
             Err(e) => tracing::error!(id = %env.id, "spool: cannot remove: {e}"),
         }
     }
 
     /// Spools a message egressd writes itself (a DSN): wire-form body, envelope.
     async fn spool_message(&self, message: dsn::Message) -> Result<String, SpoolError> {
-        let spool = self.spool_handle();
-        let env = tokio::task::spawn_blocking(move || {
+        let spool = self.spool.clone();
+        let env = blocking(move || {
             let mut writer = spool.writer()?;
             writer.write(&message.wire)?;
             let env = Envelope::new(
@@ -312,23 +302,25 @@ impl Delivery {
                 [(message.domain, [message.recipient])],
             );
             writer.commit(&env)?;
-            Ok::<_, SpoolError>(env)
+            Ok(env)
         })
-        .await
-        .unwrap_or_else(|e| {
-            Err(SpoolError::Io {
-                path: "spool".into(),
-                error: std::io::Error::other(e),
-            })
-        })?;
+        .await?;
         let id = env.id.clone();
         lock(&self.messages).insert(id.clone(), env);
         self.wake.notify_one();
         Ok(id)
     }
+}
 
-    /// The spool, for blocking calls.
-    fn spool_handle(&self) -> Arc<Spool> {
-        self.spool.clone()
-    }
+/// Runs a spool operation (file writes and fsyncs) on a blocking thread, so it
+/// never stalls the runtime; a thread that died is an I/O error like any other.
+pub async fn blocking<T: Send + 'static>(
+    op: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolError> {
+    tokio::task::spawn_blocking(op).await.unwrap_or_else(|e| {
+        Err(SpoolError::Io {
+            path: "spool".into(),
+            error: std::io::Error::other(e),
+        })
+    })
 }

@@ -248,14 +248,7 @@ async fn spooled<S: AsyncRead + AsyncWrite + Unpin>(
     envelope.tenant = t.log.tenant.clone();
     let committed = {
         let envelope = envelope.clone();
-        tokio::task::spawn_blocking(move || writer.commit(&envelope))
-            .await
-            .unwrap_or_else(|e| {
-                Err(SpoolError::Io {
-                    path: id.clone(),
-                    error: std::io::Error::other(e),
-                })
-            })
+        crate::delivery::blocking(move || writer.commit(&envelope)).await
     };
     if let Err(e) = committed {
         return Ok(spool_failed(t, &e));
