@@ -56,23 +56,55 @@ impl Reply {
 
     /// The reply on the wire, CRLF-terminated.
     pub fn to_wire(&self) -> String {
-        let mut out = String::new();
+        let mut out = Vec::new();
+        self.write_wire(&mut out);
+        // Every part is ASCII digits or a line made of `char`s.
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    /// Appends the reply as it goes on the wire to `out` — what a session's output
+    /// buffer takes, with no string built in between (a reply goes out for every
+    /// command).
+    pub fn write_wire(&self, out: &mut Vec<u8>) {
+        let last = self.lines.len().saturating_sub(1);
+        let empty = [String::new()];
         let lines: &[String] = if self.lines.is_empty() {
-            &[String::new()]
+            &empty
         } else {
             &self.lines
         };
         for (i, line) in lines.iter().enumerate() {
-            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
-            match self.esc {
-                Some([a, b, c]) => {
-                    out.push_str(&format!("{}{sep}{a}.{b}.{c} {line}\r\n", self.code))
+            push_code(out, self.code);
+            out.push(if i == last { b' ' } else { b'-' });
+            if let Some(esc) = self.esc {
+                for (j, part) in esc.iter().enumerate() {
+                    if j > 0 {
+                        out.push(b'.');
+                    }
+                    push_code(out, u16::from(*part));
                 }
-                None => out.push_str(&format!("{}{sep}{line}\r\n", self.code)),
+                out.push(b' ');
             }
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
-        out
     }
+}
+
+/// Appends a number in decimal (a reply code or an enhanced status part).
+fn push_code(out: &mut Vec<u8>, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut at = digits.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 impl fmt::Display for Reply {
@@ -194,6 +226,21 @@ mod tests {
             lines: vec!["a".into(), "b".into()],
         };
         assert_eq!(multi.to_wire(), "250-a\r\n250 b\r\n");
+        let coded = Reply {
+            code: 538,
+            esc: Some([5, 7, 11]),
+            lines: vec!["one".into(), "two".into()],
+        };
+        assert_eq!(coded.to_wire(), "538-5.7.11 one\r\n538 5.7.11 two\r\n");
+        let bare = Reply {
+            code: 221,
+            esc: None,
+            lines: vec![],
+        };
+        assert_eq!(bare.to_wire(), "221 \r\n");
+        let mut out = b"kept".to_vec();
+        coded.write_wire(&mut out);
+        assert!(out.starts_with(b"kept538-5.7.11 one"));
     }
 
     #[tokio::test]

@@ -116,7 +116,8 @@ async fn prompt<S: AsyncRead + AsyncWrite + Unpin>(
         esc: None,
         lines: vec![challenge.to_owned()],
     });
-    let line = conn.next_line(false).await?;
+    let mut line = Vec::new();
+    conn.next_line(&mut line, false).await?;
     let answer = String::from_utf8_lossy(&line).trim().to_owned();
     if answer == "*" {
         return Ok(Err(Authenticated::No {

@@ -353,6 +353,8 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin, K: BodySink>(
                 return Err(ended);
             }
         }
+        // Room for what this input makes, so the buffer grows once, not per line.
+        pending.reserve(conn.inbox.len());
         let (used, done) = reader.feed(&conn.inbox, &mut pending);
         conn.inbox.drain(..used);
         if !discarded && (reader.refused() || reader.received() > max + END_MARKER) {

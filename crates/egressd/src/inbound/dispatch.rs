@@ -92,11 +92,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             esc: None,
             lines: vec![welcome],
         });
+        let mut line = Vec::with_capacity(128);
         loop {
-            let line = match self.conn.next_line(self.tx.is_some()).await {
-                Ok(line) => line,
-                Err(Ended) => break,
-            };
+            if let Err(Ended) = self.conn.next_line(&mut line, self.tx.is_some()).await {
+                break;
+            }
             match self.command(&line).await {
                 Next::Reply(reply) => self.conn.reply(&reply),
                 Next::Continue => {}

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 /// Longest command line (RFC 5321 allows 512; we are lenient up to a text line).
 pub const MAX_LINE: usize = 1000;
-/// How much is read at a time while a message streams through.
+/// The most read at a time while a message streams through.
 const DATA_READ: usize = 64 * 1024;
 /// What an idle session keeps for input between commands.
 const COMMAND_READ: usize = 4 * 1024;
@@ -56,6 +56,11 @@ pub struct Conn<S> {
     /// Received and not yet consumed.
     pub inbox: Vec<u8>,
     outbox: Vec<u8>,
+    /// What the next read of message text asks for: it doubles while reads fill
+    /// it, up to [`DATA_READ`], so a small message is read into the command
+    /// buffer (no large allocation made and freed per message) and a large one
+    /// soon streams through 64 KiB at a time.
+    data_read: usize,
     shutdown: Shutdown,
 }
 
@@ -68,6 +73,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             session_end: Instant::now() + limits.max_session_duration,
             inbox: Vec::new(),
             outbox: Vec::new(),
+            data_read: COMMAND_READ,
             shutdown,
         }
     }
@@ -112,7 +118,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Queues a reply; [`flush`](Self::flush) (or the next read) sends it.
     pub fn reply(&mut self, reply: &Reply) {
-        self.outbox.extend_from_slice(reply.to_wire().as_bytes());
+        reply.write_wire(&mut self.outbox);
     }
 
     /// Sends queued replies. A client that stops reading must not hold the session
@@ -145,11 +151,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.flush().await?;
         let want = match waiting {
             Waiting::Command => COMMAND_READ,
-            Waiting::Data => DATA_READ,
+            Waiting::Data => self.data_read,
         };
         if self.inbox.capacity() - self.inbox.len() < want / 4 {
             self.inbox.reserve(want);
         }
+        let room = self.inbox.capacity() - self.inbox.len();
         loop {
             let state = self.shutdown.state();
             if state == State::Force || (state == State::Draining && !in_transaction) {
@@ -165,7 +172,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 read = tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.inbox)) => {
                     return match read {
                         Ok(Ok(0)) | Ok(Err(_)) => Err(Ended),
-                        Ok(Ok(_)) => Ok(()),
+                        Ok(Ok(n)) => {
+                            if waiting == Waiting::Data && n >= room {
+                                self.data_read = (self.data_read * 2).min(DATA_READ);
+                            }
+                            Ok(())
+                        }
                         Err(_) => {
                             let reply = self.expired(waiting);
                             self.close(reply).await
@@ -180,21 +192,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     /// Lets go of input memory a burst of message text left behind, so an idle
     /// session costs little.
     pub fn shrink(&mut self) {
+        self.data_read = COMMAND_READ;
         if self.inbox.is_empty() && self.inbox.capacity() > COMMAND_READ {
             self.inbox = Vec::new();
         }
     }
 
-    /// The next command line (with its line ending). Lines over [`MAX_LINE`] are
-    /// answered with 500 5.5.2 and skipped.
-    pub async fn next_line(&mut self, in_transaction: bool) -> Result<Vec<u8>, Ended> {
+    /// The next command line (with its line ending), into `line` (a buffer the
+    /// session reuses, so a command costs no allocation). Lines over [`MAX_LINE`]
+    /// are answered with 500 5.5.2 and skipped.
+    pub async fn next_line(
+        &mut self,
+        line: &mut Vec<u8>,
+        in_transaction: bool,
+    ) -> Result<(), Ended> {
         let deadline = self.deadline(Waiting::Command);
         let mut skipping = false;
         let mut scanned = 0;
         loop {
             if let Some(pos) = memchr::memchr(b'\n', &self.inbox[scanned..]) {
                 let end = scanned + pos + 1;
-                let line: Vec<u8> = self.inbox.drain(..end).collect();
+                line.clear();
+                line.extend_from_slice(&self.inbox[..end]);
+                self.inbox.drain(..end);
                 scanned = 0;
                 if skipping || line.len() > MAX_LINE {
                     self.reply(&Reply::new(
@@ -205,7 +225,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     skipping = false;
                     continue;
                 }
-                return Ok(line);
+                return Ok(());
             }
             scanned = self.inbox.len();
             if self.inbox.len() > MAX_LINE {
