@@ -326,19 +326,19 @@ impl Policy {
     /// `get_egress_source(name)`. Without a handler, only `unspecified` resolves (to a
     /// source with a kernel-chosen address).
     pub async fn egress_source(&self, name: &str) -> Result<Arc<EgressSource>, PolicyError> {
-        let owned = name.to_owned();
-        let fallback = move || match owned.as_str() {
+        let fallback = || match name {
             DEFAULT_POOL => Ok(EgressSource::named(DEFAULT_POOL)),
             _ => Err(PolicyError::MissingHandler {
                 event: GET_EGRESS_SOURCE,
-                args: format!("source '{owned}'"),
+                args: format!("source '{name}'"),
             }),
         };
+        let args = || vec![Some(name.to_owned())];
         self.resolve(
             &self.sources,
             name.to_owned(),
             GET_EGRESS_SOURCE,
-            vec![Some(name.to_owned())],
+            args,
             fallback,
         )
         .await
@@ -347,19 +347,19 @@ impl Policy {
     /// `get_egress_pool(name)`. Without a handler, only `unspecified` resolves (one
     /// source, `unspecified`).
     pub async fn egress_pool(&self, name: &str) -> Result<Arc<EgressPool>, PolicyError> {
-        let owned = name.to_owned();
-        let fallback = move || match owned.as_str() {
+        let fallback = || match name {
             DEFAULT_POOL => Ok(EgressPool::unspecified()),
             _ => Err(PolicyError::MissingHandler {
                 event: GET_EGRESS_POOL,
-                args: format!("pool '{owned}'"),
+                args: format!("pool '{name}'"),
             }),
         };
+        let args = || vec![Some(name.to_owned())];
         self.resolve(
             &self.pools,
             name.to_owned(),
             GET_EGRESS_POOL,
-            vec![Some(name.to_owned())],
+            args,
             fallback,
         )
         .await
@@ -377,7 +377,13 @@ impl Policy {
             source.to_owned(),
             site.map(str::to_owned),
         );
-        let args = vec![Some(key.0.clone()), Some(key.1.clone()), key.2.clone()];
+        let args = || {
+            vec![
+                Some(domain.to_owned()),
+                Some(source.to_owned()),
+                site.map(str::to_owned),
+            ]
+        };
         self.resolve(&self.paths, key, GET_EGRESS_PATH_CONFIG, args, || {
             Ok(EgressPathConfig::default())
         })
@@ -400,12 +406,14 @@ impl Policy {
             own(campaign),
             own(routing_domain),
         );
-        let args = vec![
-            Some(key.0.clone()),
-            key.1.clone(),
-            key.2.clone(),
-            key.3.clone(),
-        ];
+        let args = || {
+            vec![
+                Some(domain.to_owned()),
+                own(tenant),
+                own(campaign),
+                own(routing_domain),
+            ]
+        };
         self.resolve(&self.queues, key, GET_QUEUE_CONFIG, args, || {
             Ok(QueueConfig::default())
         })
@@ -413,13 +421,14 @@ impl Policy {
     }
 
     /// One cached event call: the handler's definition, or `fallback()` when the
-    /// policy has no handler for `event`.
+    /// policy has no handler for `event`. `args` and `fallback` run only on a
+    /// miss: a hit — nearly every transaction — allocates nothing but the key.
     async fn resolve<K, T>(
         &self,
         cache: &TtlCache<Generational<K>, Arc<T>>,
         key: K,
         event: &'static str,
-        args: Vec<Option<String>>,
+        args: impl FnOnce() -> Vec<Option<String>> + Send,
         fallback: impl FnOnce() -> Result<T, PolicyError> + Send,
     ) -> Result<Arc<T>, PolicyError>
     where
@@ -429,7 +438,7 @@ impl Policy {
         let states = self.states();
         let loaded = cache
             .get_or_load((states.generation, key), || async move {
-                let made = match states.call::<T>(event, args).await? {
+                let made = match states.call::<T>(event, args()).await? {
                     Some(made) => made,
                     None => fallback()?,
                 };

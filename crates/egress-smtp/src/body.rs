@@ -133,9 +133,9 @@ impl BodyReader {
         let mut i = 0;
         while i < input.len() && self.state != State::Done {
             if self.state == State::Text {
-                // The common case: copy up to the next CR or LF in one go.
+                // The common case: whole lines that need no decision, in one copy.
                 let rest = &input[i..];
-                let n = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+                let n = plain_prefix(rest);
                 if n > 0 {
                     self.text(&rest[..n], out);
                     i += n;
@@ -198,7 +198,8 @@ impl BodyReader {
         };
     }
 
-    /// Text octets (no CR, no LF), stuffed when they start a line on the way out.
+    /// Text octets (no CR or LF but in CR LF pairs followed by an ordinary octet: see
+    /// [`plain_prefix`]), stuffed when they start a line on the way out.
     fn text(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         self.state = State::Text;
         if self.refused() {
@@ -223,6 +224,24 @@ impl BodyReader {
         if !self.refused() {
             out.extend_from_slice(bytes);
             self.out_line_start = true;
+        }
+    }
+}
+
+/// The length of the start of `text` (read mid-line) that passes through as it
+/// is: text octets, and CR LF line breaks each followed by an ordinary octet (not
+/// `.`, CR or LF — those need the state machine: unstuffing, the end marker, bare
+/// endings). A typical body is one such run per read.
+fn plain_prefix(text: &[u8]) -> usize {
+    let mut end = 0;
+    loop {
+        let rest = &text[end..];
+        let Some(n) = memchr::memchr2(b'\r', b'\n', rest) else {
+            return text.len();
+        };
+        match rest.get(n..n + 3) {
+            Some([b'\r', b'\n', next]) if !matches!(next, b'.' | b'\r' | b'\n') => end += n + 3,
+            _ => return end + n,
         }
     }
 }
@@ -258,6 +277,20 @@ mod tests {
             assert_eq!(&wire[used..], b"QUIT\r\n");
             assert!(reader.invalid().is_none());
         }
+    }
+
+    #[test]
+    fn plain_runs_stop_where_a_decision_is_due() {
+        assert_eq!(plain_prefix(b"abc"), 3);
+        assert_eq!(plain_prefix(b"ab\r\ncd\r\nef"), 10);
+        // Each of these needs the state machine at the line break.
+        assert_eq!(plain_prefix(b"ab\r\n.cd"), 2);
+        assert_eq!(plain_prefix(b"ab\r\n\r\n"), 2);
+        assert_eq!(plain_prefix(b"ab\nc"), 2);
+        assert_eq!(plain_prefix(b"ab\rc"), 2);
+        // A break at the end of the input: what follows is not known yet.
+        assert_eq!(plain_prefix(b"ab\r\n"), 2);
+        assert_eq!(plain_prefix(b"\r\nx"), 3);
     }
 
     #[test]

@@ -75,6 +75,8 @@ pub enum Phase {
     Ready,
     /// MAIL FROM accepted: RCPT, DATA or RSET may follow.
     Mail,
+    /// DATA written, its reply not read yet ([`ClientSession::send_data`]).
+    DataSent,
     /// DATA answered 354: the body is being written.
     Body,
     /// A step failed or a rule was broken: the session can only be closed.
@@ -361,11 +363,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
     /// `DATA`; after a 354 the body may be written, anything else is the
     /// destination's refusal (the transaction stays open until RSET).
     pub async fn data(&mut self) -> io::Result<Response<String>> {
+        self.send_data().await?;
+        self.data_reply().await
+    }
+
+    /// Writes `DATA` without waiting for its reply, so a relay can tell its own
+    /// client to go ahead at the same time and read the destination's answer
+    /// ([`data_reply`](Self::data_reply)) only when message text is ready to go —
+    /// one round trip off every message.
+    pub async fn send_data(&mut self) -> io::Result<()> {
         self.expect(Phase::Mail, "DATA")?;
-        let reply = self.command("DATA", self.timeouts.data, "DATA").await?;
-        if reply.code == 354 {
-            self.phase = Phase::Body;
-        }
+        self.write(b"DATA\r\n", self.timeouts.data, "DATA").await?;
+        self.phase = Phase::DataSent;
+        Ok(())
+    }
+
+    /// The reply to a [`send_data`](Self::send_data): after a 354 the body may be
+    /// written, anything else is the destination's refusal (the transaction stays
+    /// open until RSET).
+    pub async fn data_reply(&mut self) -> io::Result<Response<String>> {
+        self.expect(Phase::DataSent, "the reply to DATA")?;
+        let reply = self.read(self.timeouts.data, "DATA").await?;
+        self.phase = match reply.code {
+            354 => Phase::Body,
+            _ => Phase::Mail,
+        };
         Ok(reply)
     }
 
@@ -604,6 +626,37 @@ mod tests {
         assert_eq!(mail.code, 451);
         assert!(rcpt.is_none());
         assert!(smtp.is_ready());
+    }
+
+    #[tokio::test]
+    async fn data_can_be_sent_before_its_reply_is_read() {
+        let (mut smtp, mut dest) = greeted().await;
+        let mut sent = vec![0; 256];
+        let _ = dest.read(&mut sent).await.unwrap();
+        dest.write_all(b"250 ok\r\n250 ok\r\n").await.unwrap();
+        smtp.mail_rcpt("<a@b.test>", false, "<x@c.test>")
+            .await
+            .unwrap();
+        let _ = dest.read(&mut sent).await.unwrap();
+        smtp.send_data().await.unwrap();
+        assert_eq!(smtp.phase(), Phase::DataSent);
+        let n = dest.read(&mut sent).await.unwrap();
+        assert_eq!(&sent[..n], b"DATA\r\n");
+        // No body before the reply is read, and not a reusable session either.
+        assert!(smtp.write_body(b".\r\n").await.is_err());
+        let (mut smtp, mut dest) = greeted().await;
+        let _ = dest.read(&mut sent).await.unwrap();
+        dest.write_all(b"250 ok\r\n250 ok\r\n451 4.3.0 not now\r\n")
+            .await
+            .unwrap();
+        smtp.mail_rcpt("<a@b.test>", false, "<x@c.test>")
+            .await
+            .unwrap();
+        smtp.send_data().await.unwrap();
+        assert!(!smtp.is_ready());
+        // Refused: the transaction is still open, as after `data()`.
+        assert_eq!(smtp.data_reply().await.unwrap().code, 451);
+        assert_eq!(smtp.phase(), Phase::Mail);
     }
 
     #[tokio::test]

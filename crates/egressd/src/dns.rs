@@ -8,6 +8,7 @@ use hickory_resolver::error::ResolveErrorKind;
 use hickory_resolver::TokioAsyncResolver;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 /// A host to try, in order: its name (for logs and EHLO decisions), its address,
 /// and the mx_list entry it came from (which may carry a port).
@@ -22,6 +23,16 @@ pub struct Destination {
 }
 
 /// The resolver egressd uses for everything.
+/// Where mail for a domain goes, and until when the DNS answers behind that hold.
+#[derive(Debug, Clone)]
+pub struct Destinations {
+    /// The hosts, in the order they are tried.
+    pub hosts: Vec<Destination>,
+    /// When the first DNS answer used expires; none when no lookup was made (an
+    /// mx_list of addresses).
+    pub valid_until: Option<Instant>,
+}
+
 #[derive(Clone)]
 pub struct Dns {
     resolver: TokioAsyncResolver,
@@ -37,10 +48,19 @@ impl Dns {
 
     /// Addresses of `host` (A and AAAA), in the resolver's order.
     pub async fn addresses(&self, host: &str) -> io::Result<Vec<IpAddr>> {
+        self.addresses_until(host, &mut None).await
+    }
+
+    /// [`addresses`](Self::addresses), lowering `until` to when the answer expires.
+    async fn addresses_until(
+        &self,
+        host: &str,
+        until: &mut Option<Instant>,
+    ) -> io::Result<Vec<IpAddr>> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
-        self.lookup_ip(host)
+        self.lookup_ip(host, until)
             .await
             .map_err(|e| io::Error::other(describe(host, "address record", &e)))
     }
@@ -49,8 +69,11 @@ impl Dns {
     async fn lookup_ip(
         &self,
         host: &str,
+        until: &mut Option<Instant>,
     ) -> Result<Vec<IpAddr>, hickory_resolver::error::ResolveError> {
-        Ok(self.resolver.lookup_ip(fqdn(host)).await?.iter().collect())
+        let found = self.resolver.lookup_ip(fqdn(host)).await?;
+        expires(until, found.valid_until());
+        Ok(found.iter().collect())
     }
 
     /// Where mail for `domain` goes: the mx_list when given (in order), else its MX
@@ -59,14 +82,15 @@ impl Dns {
         &self,
         domain: &str,
         mx_list: &[MxListEntry],
-    ) -> io::Result<Vec<Destination>> {
+    ) -> io::Result<Destinations> {
         let mut out = Vec::new();
         let mut last_error = None;
+        let mut until = None;
         if !mx_list.is_empty() {
             for entry in mx_list {
                 let ips = match entry.ip() {
                     Some(ip) => vec![ip],
-                    None => match self.addresses(entry.name()).await {
+                    None => match self.addresses_until(entry.name(), &mut until).await {
                         Ok(ips) => ips,
                         Err(e) => {
                             last_error = Some(e);
@@ -83,6 +107,7 @@ impl Dns {
         } else {
             match self.resolver.mx_lookup(fqdn(domain)).await {
                 Ok(mx) => {
+                    expires(&mut until, mx.valid_until());
                     let mut records: Vec<(u16, String)> = mx
                         .iter()
                         .map(|r| {
@@ -94,7 +119,7 @@ impl Dns {
                         .collect();
                     records.sort();
                     for (_, host) in records {
-                        match self.addresses(&host).await {
+                        match self.addresses_until(&host, &mut until).await {
                             Ok(ips) => out.extend(ips.into_iter().map(|ip| Destination {
                                 host: host.clone(),
                                 ip,
@@ -107,12 +132,15 @@ impl Dns {
                 Err(e) if matches!(e.kind(), ResolveErrorKind::NoRecordsFound { .. }) => {
                     let ips = match domain.parse::<IpAddr>() {
                         Ok(ip) => vec![ip],
-                        Err(_) => self.lookup_ip(domain).await.map_err(|e| match e.kind() {
-                            ResolveErrorKind::NoRecordsFound { .. } => {
-                                io::Error::other(format!("{domain}: no MX and no address record"))
-                            }
-                            _ => io::Error::other(describe(domain, "address record", &e)),
-                        })?,
+                        Err(_) => self
+                            .lookup_ip(domain, &mut until)
+                            .await
+                            .map_err(|e| match e.kind() {
+                                ResolveErrorKind::NoRecordsFound { .. } => io::Error::other(
+                                    format!("{domain}: no MX and no address record"),
+                                ),
+                                _ => io::Error::other(describe(domain, "address record", &e)),
+                            })?,
                     };
                     out.extend(ips.into_iter().map(|ip| Destination {
                         host: domain.to_owned(),
@@ -128,8 +156,16 @@ impl Dns {
                 last_error.unwrap_or_else(|| io::Error::other(format!("no address for {domain}")))
             );
         }
-        Ok(out)
+        Ok(Destinations {
+            hosts: out,
+            valid_until: until,
+        })
     }
+}
+
+/// Lowers `until` to `at`.
+fn expires(until: &mut Option<Instant>, at: Instant) {
+    *until = Some(until.map_or(at, |u| u.min(at)));
 }
 
 /// A resolver failure in words (hickory's own text is a `Debug` dump of the query).

@@ -7,7 +7,6 @@
 //! heaviest first.
 
 use super::{Admin, Answer};
-use crate::outbound::route::site_of;
 use crate::outbound::shaping::{
     connection_limits, connection_rates, message_rates, ready_queue, selection_rates, Rate,
 };
@@ -48,11 +47,11 @@ pub(crate) async fn resolve(admin: &Admin, query: &str) -> Answer {
         Ok(p) => p,
         Err(e) => return failed(&format!("pool '{}'", queue.egress_pool), &e),
     };
-    let hosts = match ctx.dns.destinations(&domain, queue.mx_list()).await {
-        Ok(h) => h,
+    let routing = match ctx.routing.get(&ctx.dns, &domain, &queue).await {
+        Ok(r) => r,
         Err(e) => return failed(&format!("cannot route {domain}"), &e),
     };
-    let site = site_of(&hosts);
+    let (hosts, site) = (&routing.hosts, routing.site.clone());
 
     let names: Vec<String> = match params.get("source") {
         Some(source) => vec![source.trim().to_owned()],

@@ -3,7 +3,11 @@
 //! front, into one of two places:
 //!
 //! - **cut-through** (one destination domain): streamed to the destination, whose
-//!   354 comes before ours and whose reply to the final dot is the client's;
+//!   reply to the final dot is the client's. Our 354 goes out as DATA goes to the
+//!   destination, and the destination's answer to DATA is read when the first
+//!   message text is ready to pass on — one round trip less per message. A
+//!   destination that refuses DATA has its reply given to the client after the
+//!   message text, which is then discarded (the client still has the message);
 //! - **spooled** (several domains): written to egress-spool and made durable, then
 //!   `250` with the spool id; delivery goes on from the spool (`delivery/`).
 
@@ -45,16 +49,37 @@ trait BodySink {
 /// To the destination, while it is still taking the message.
 struct Forward {
     out: Option<Outbound>,
+    /// DATA was sent and its reply is still to be read: before any octet goes.
+    go_ahead_pending: bool,
+    /// The destination answered DATA with a refusal: its reply, for the client
+    /// once the message text has been read.
+    refused: Option<Reply>,
     broken: Option<String>,
 }
 
 impl BodySink for Forward {
     async fn put(&mut self, bytes: &[u8]) {
-        if let Some(out) = self.out.as_mut() {
-            if let Err(e) = out.write_body(bytes).await {
-                self.broken = Some(e.to_string());
-                self.discard();
+        let Some(out) = self.out.as_mut() else {
+            return;
+        };
+        if std::mem::take(&mut self.go_ahead_pending) {
+            match out.data_reply().await {
+                Ok(None) => {}
+                Ok(Some(refused)) => {
+                    self.refused = Some(refused);
+                    self.discard();
+                    return;
+                }
+                Err(e) => {
+                    self.broken = Some(e.to_string());
+                    self.discard();
+                    return;
+                }
             }
+        }
+        if let Err(e) = out.write_body(bytes).await {
+            self.broken = Some(e.to_string());
+            self.discard();
         }
     }
 
@@ -133,34 +158,33 @@ async fn cut_through<S: AsyncRead + AsyncWrite + Unpin>(
             "internal error: no destination session",
         ));
     };
-    match out.data().await {
-        Ok(None) => {}
-        Ok(Some(refused)) => {
-            t.log.decided = Some((refused.code, Origin::Destination));
-            tokio::spawn(out.quit());
-            t.end(&format!("DATA refused: {refused}"));
-            return Ok(refused);
-        }
-        Err(e) => {
-            t.log.note(&e.to_string());
-            t.log.decided = Some((451, Origin::Local));
-            t.end("lost the destination at DATA");
-            return Ok(Reply::new(
-                451,
-                [4, 4, 2],
-                format!("lost the destination session: {e}"),
-            ));
-        }
+    if let Err(e) = out.send_data().await {
+        t.log.note(&e.to_string());
+        t.log.decided = Some((451, Origin::Local));
+        tokio::spawn(out.quit());
+        t.end("lost the destination at DATA");
+        return Ok(Reply::new(
+            451,
+            [4, 4, 2],
+            format!("lost the destination session: {e}"),
+        ));
     }
     conn.reply(&go_ahead());
     let mut sink = Forward {
         out: Some(out),
+        go_ahead_pending: true,
+        refused: None,
         broken: None,
     };
     let mut t = match receive_whole(inbound, conn, t, &trace, &mut sink).await {
         Ok(t) => t,
         Err(answered) => return answered,
     };
+    if let Some(refused) = sink.refused {
+        t.log.decided = Some((refused.code, Origin::Destination));
+        t.end(&format!("DATA refused: {refused}"));
+        return Ok(refused);
+    }
     let (Some(mut out), None) = (sink.out, &sink.broken) else {
         let e = sink.broken.unwrap_or_default();
         t.log.note(&e);

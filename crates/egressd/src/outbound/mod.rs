@@ -2,6 +2,7 @@
 //! through the source, and open an SMTP session (egress-smtp's `ClientSession`)
 //! to the destination on the client's behalf.
 
+pub mod destinations;
 mod idle;
 pub(crate) mod route;
 pub mod shaping;
@@ -37,6 +38,8 @@ pub struct Context {
     selectors: Mutex<HashMap<String, PoolSelector>>,
     /// Destination sessions left open after a transaction.
     pub idle: IdleSessions,
+    /// Each domain's hosts and site, between transactions.
+    pub routing: destinations::RoutingCache,
     /// Rates, connection limits, suspensions.
     pub shaper: Arc<Shaper>,
     /// TLS client configurations, by mode and client certificate.
@@ -80,6 +83,7 @@ impl Context {
             hostname,
             selectors: Mutex::default(),
             idle: IdleSessions::default(),
+            routing: destinations::RoutingCache::default(),
             tls: tls::TlsClients::default(),
             shaper: Arc::new(Shaper::new(throttles, metrics.clone())),
             metrics,
@@ -171,7 +175,19 @@ impl Outbound {
 
     /// Sends DATA; `Ok(None)` when the destination is ready (354), else its reply.
     pub async fn data(&mut self) -> io::Result<Option<Reply>> {
-        let reply = self.smtp.data().await?;
+        self.send_data().await?;
+        self.data_reply().await
+    }
+
+    /// Writes DATA without reading the reply (see `ClientSession::send_data`).
+    pub async fn send_data(&mut self) -> io::Result<()> {
+        self.smtp.send_data().await
+    }
+
+    /// The reply to [`send_data`](Self::send_data): `Ok(None)` when the destination
+    /// is ready (354), else its reply.
+    pub async fn data_reply(&mut self) -> io::Result<Option<Reply>> {
+        let reply = self.smtp.data_reply().await?;
         Ok((reply.code != 354).then(|| Reply::relayed(&reply)))
     }
 

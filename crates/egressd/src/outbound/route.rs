@@ -14,7 +14,7 @@ use crate::dns::Destination;
 use crate::txlog::TxLog;
 use egress_smtp::{smtp_path, words, ClientSession, Reply, Response, StartTlsError};
 use egress_source::{
-    effective_ehlo_domain, effective_port, site_name, EgressPathConfig, EgressSource, Tls,
+    effective_ehlo_domain, effective_port, EgressPathConfig, EgressPool, EgressSource, Tls,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,9 +46,9 @@ pub async fn open(
         .await
         .map_err(|e| local([4, 3, 0], format!("pool '{}': {e}", queue.egress_pool), log))?;
     let selector = ctx.selector(&pool).map_err(|e| local([4, 3, 0], e, log))?;
-    let hosts = ctx
-        .dns
-        .destinations(domain, queue.mx_list())
+    let routing = ctx
+        .routing
+        .get(&ctx.dns, domain, &queue)
         .await
         .map_err(|e| {
             local(
@@ -57,52 +57,44 @@ pub async fn open(
                 log,
             )
         })?;
-    let site = site_of(&hosts);
+    let (hosts, site) = (&routing.hosts, &routing.site);
     log.site = Some(site.clone());
     let mail_from = format!("<{}>", smtp_path(from));
 
     // The rotation proposes; the rest of the pool (heaviest first) stands by in
     // case the proposed source is not eligible or fails.
-    let proposed = selector.pick().clone();
-    let mut candidates = vec![proposed.clone()];
-    let mut others: Vec<_> = pool
-        .entries
-        .iter()
-        .filter(|e| e.weight > 0 && e.name != proposed)
-        .collect();
-    others.sort_by_key(|e| std::cmp::Reverse(e.weight));
-    candidates.extend(others.into_iter().map(|e| e.name.clone()));
-    candidates.dedup();
+    let proposed = selector.pick().as_str();
+    let candidates = std::iter::once(proposed).chain(standby(&pool, proposed));
 
     let mut skipped: Vec<String> = Vec::new();
     let mut earliest: Option<Duration> = None;
     let mut failure: Option<(String, [u8; 3], String)> = None;
     for name in candidates {
-        let source = match policy.egress_source(&name).await {
+        let source = match policy.egress_source(name).await {
             Ok(source) => source,
             Err(e) => {
-                failure = Some((name.clone(), [4, 3, 0], e.to_string()));
+                failure = Some((name.to_owned(), [4, 3, 0], e.to_string()));
                 continue;
             }
         };
-        let path = match policy.egress_path_config(domain, &name, Some(&site)).await {
+        let path = match policy.egress_path_config(domain, name, Some(site)).await {
             Ok(path) => path,
             Err(e) => {
-                failure = Some((name.clone(), [4, 3, 0], e.to_string()));
+                failure = Some((name.to_owned(), [4, 3, 0], e.to_string()));
                 continue;
             }
         };
         if let Err(Ineligible {
             reason,
             retry_after,
-        }) = ctx.shaper.eligible(&name, &site, &path).await
+        }) = ctx.shaper.eligible(name, site, &path).await
         {
             earliest = Some(earliest.map_or(retry_after, |e| e.min(retry_after)));
             skipped.push(reason);
             continue;
         }
-        log.source = Some(name.clone());
-        if let Err(reply) = ctx.shaper.message(&name, &site, &path).await {
+        log.source = Some(name.to_owned());
+        if let Err(reply) = ctx.shaper.message(name, site, &path).await {
             log.note(&reply.to_string());
             return Err(OpenError::Local(reply));
         }
@@ -111,13 +103,13 @@ pub async fn open(
             pool: &pool.name,
             source: &source,
             path: &path,
-            site: &site,
+            site,
             ehlo: effective_ehlo_domain(&path, &source, &ctx.hostname).to_owned(),
             mail_from: &mail_from,
             first_rcpt: first_rcpt.as_deref(),
             body_8bit,
         };
-        match route.through_hosts(&hosts, log).await {
+        match route.through_hosts(hosts, log).await {
             Ok(out) => return Ok(out),
             Err(Tried::Destination(reply)) => return Err(OpenError::Destination(reply)),
             Err(Tried::Shaping(reply)) => {
@@ -125,7 +117,7 @@ pub async fn open(
                 return Err(OpenError::Local(reply));
             }
             Err(Tried::Failed { text, esc }) => {
-                failure = Some((name.clone(), esc, text));
+                failure = Some((name.to_owned(), esc, text));
             }
         }
     }
@@ -148,22 +140,18 @@ pub async fn open(
     })
 }
 
-/// The site of a destination: its hosts' names factored into one (and the port when
-/// an mx_list entry gives one that is not 25).
-pub(crate) fn site_of(hosts: &[Destination]) -> String {
-    // An address literal stays one, bracketed as in an mx_list.
-    let names: Vec<String> = hosts
+/// The pool's other sources with weight, heaviest first: those tried when the
+/// proposed one is not eligible or fails.
+fn standby<'a>(pool: &'a EgressPool, proposed: &str) -> Vec<&'a str> {
+    let mut others: Vec<_> = pool
+        .entries
         .iter()
-        .map(|h| match h.host.parse::<std::net::IpAddr>() {
-            Ok(ip) => format!("[{ip}]"),
-            Err(_) => h.host.clone(),
-        })
+        .filter(|e| e.weight > 0 && e.name != proposed)
         .collect();
-    let port = hosts
-        .iter()
-        .find_map(|h| h.entry.as_ref().and_then(|e| e.port()))
-        .unwrap_or(25);
-    site_name(&names, port)
+    others.sort_by_key(|e| std::cmp::Reverse(e.weight));
+    let mut names: Vec<&str> = others.into_iter().map(|e| e.name.as_str()).collect();
+    names.dedup();
+    names
 }
 
 /// How trying one source ended, when it did not give a session.
