@@ -460,6 +460,32 @@ fn received_header(trace: &Trace<'_>, id: &str) -> String {
         "Received: from {helo} ([{}])\r\n\tby {} (egressd) with {protocol} id {id}{tls};\r\n\t{}\r\n",
         trace.peer.ip().to_canonical(),
         trace.hostname,
-        httpdate::fmt_http_date(std::time::SystemTime::now())
+        DATE.with_borrow_mut(|date| date.now().to_owned())
     )
+}
+
+thread_local! {
+    /// The `Received:` date, made once a second per worker thread rather than for
+    /// every message.
+    static DATE: std::cell::RefCell<Date> = const { std::cell::RefCell::new(Date { second: 0, text: String::new() }) };
+}
+
+/// A formatted date and the second it is for.
+struct Date {
+    second: u64,
+    text: String,
+}
+
+impl Date {
+    fn now(&mut self) -> &str {
+        let now = std::time::SystemTime::now();
+        let second = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text = httpdate::fmt_http_date(now);
+        }
+        &self.text
+    }
 }

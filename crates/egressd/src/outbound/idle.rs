@@ -9,6 +9,7 @@
 use super::Outbound;
 use egress_source::{EgressSource, Tls};
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,9 +22,11 @@ const MAX_IDLE_PER_KEY: usize = 32;
 /// What makes an open destination session reusable: the same source definition
 /// (a changed definition, after a reload or ttl, never reuses an old route), the
 /// same destination address, the same EHLO name, the same TLS mode.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct SessionKey {
-    /// Compared and hashed by value (an `Arc` delegates both to the definition).
+    /// Compared by value (an `Arc` delegates to the definition); hashed by name
+    /// only, which equal definitions share — hashing every field of the
+    /// definition for each lookup bought nothing.
     pub source: Arc<EgressSource>,
     /// The destination's address and port.
     pub addr: SocketAddr,
@@ -32,6 +35,15 @@ pub struct SessionKey {
     /// The TLS mode the session was opened under: a session is reused only for the
     /// same mode (and keeps its TLS state).
     pub tls: Tls,
+}
+
+impl Hash for SessionKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.source.name.hash(state);
+        self.addr.hash(state);
+        self.ehlo.hash(state);
+        self.tls.hash(state);
+    }
 }
 
 /// The idle sessions, by key, most recently used last.

@@ -63,8 +63,12 @@ pub async fn open(
 
     // The rotation proposes; the rest of the pool (heaviest first) stands by in
     // case the proposed source is not eligible or fails.
-    let proposed = selector.pick().as_str();
-    let candidates = std::iter::once(proposed).chain(standby(&pool, proposed));
+    let candidates = Candidates {
+        pool: &pool,
+        proposed: selector.pick(),
+        started: false,
+        standby: None,
+    };
 
     let mut skipped: Vec<String> = Vec::new();
     let mut earliest: Option<Duration> = None;
@@ -138,6 +142,29 @@ pub async fn open(
             log,
         ),
     })
+}
+
+/// The sources to try, in order: the one the rotation proposed, then the rest of
+/// the pool — listed (and sorted) only when the proposed one will not do.
+struct Candidates<'a> {
+    pool: &'a EgressPool,
+    proposed: &'a str,
+    started: bool,
+    standby: Option<std::vec::IntoIter<&'a str>>,
+}
+
+impl<'a> Iterator for Candidates<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        if !std::mem::replace(&mut self.started, true) {
+            return Some(self.proposed);
+        }
+        let (pool, proposed) = (self.pool, self.proposed);
+        self.standby
+            .get_or_insert_with(|| standby(pool, proposed).into_iter())
+            .next()
+    }
 }
 
 /// The pool's other sources with weight, heaviest first: those tried when the
