@@ -171,8 +171,23 @@ impl SmtpSink {
         Self::start_on(SocketAddr::new(ip, free_port()), flags)
     }
 
+    /// A sink on `127.0.0.1:<free port>` that keeps nothing (no `-d`): for
+    /// measuring cost, where writing a file per message would be most of the
+    /// sink's work. [`messages`](Self::messages) is always empty.
+    pub fn start_discarding() -> SmtpSink {
+        Self::launch(
+            SocketAddr::new(IpAddr::from([127, 0, 0, 1]), free_port()),
+            &[],
+            false,
+        )
+    }
+
     /// A sink on a given address (to restart one where another stood).
     pub fn start_on(addr: SocketAddr, flags: &[&str]) -> SmtpSink {
+        Self::launch(addr, flags, true)
+    }
+
+    fn launch(addr: SocketAddr, flags: &[&str], dump: bool) -> SmtpSink {
         let bin = require("smtp-sink");
         require_root("smtp-sink (-u nobody)");
         let dir = temp_dir("egress-sink-");
@@ -184,9 +199,11 @@ impl SmtpSink {
         };
         let template = format!("{}/%M%S.", dir.path().display());
         let mut cmd = Command::new(bin);
-        cmd.args(["-u", "nobody", "-d", &template])
-            .args(flags)
-            .args([&listen, "100"]);
+        cmd.args(["-u", "nobody"]);
+        if dump {
+            cmd.args(["-d", &template]);
+        }
+        cmd.args(flags).args([&listen, "100"]);
         let mut peer = Peer::spawn("smtp-sink", &mut cmd);
         wait_listening("smtp-sink", addr, &mut peer);
         SmtpSink {
