@@ -5,7 +5,7 @@
 //! An entry is used only while the queue config that named the route is the very
 //! one the policy returns now (a reload, a ttl refresh or another tenant's config
 //! looks it up again) and while every DNS answer behind it is fresh; at most
-//! [`MAX_REUSE`] either way.
+//! a minute either way.
 
 use crate::dns::{Destination, Dns};
 use egress_source::{site_name, QueueConfig};
