@@ -232,14 +232,24 @@ impl SmtpSink {
     }
 
     /// Waits until at least `n` messages are dumped (up to 10 s) and returns them all.
+    /// smtp-sink creates a dump at MAIL FROM and writes it as the message arrives,
+    /// so the dumps are returned only once they have stopped changing: a message is
+    /// never seen half-written.
     pub fn wait_for(&self, n: usize) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last: Option<Vec<String>> = None;
         loop {
-            let messages = self.messages();
-            if messages.len() >= n || Instant::now() > deadline {
+            let mut messages = self.messages();
+            messages.sort();
+            if messages.len() >= n && last.as_ref() == Some(&messages) {
                 return messages;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if Instant::now() > deadline {
+                return messages;
+            }
+            let settling = messages.len() >= n;
+            last = Some(messages);
+            std::thread::sleep(Duration::from_millis(if settling { 50 } else { 20 }));
         }
     }
 }
