@@ -583,6 +583,26 @@ mod tests {
         (smtp, dest)
     }
 
+    /// A greeted session (the EHLO already read off the pipe) that has sent MAIL
+    /// FROM with the first RCPT, the destination answering with `replies`.
+    async fn after_mail_rcpt(
+        replies: &[u8],
+    ) -> (
+        ClientSession<DuplexStream>,
+        DuplexStream,
+        (Response<String>, Option<Response<String>>),
+    ) {
+        let (mut smtp, mut dest) = greeted().await;
+        let mut ehlo = vec![0; 64];
+        let _ = dest.read(&mut ehlo).await.unwrap();
+        dest.write_all(replies).await.unwrap();
+        let replied = smtp
+            .mail_rcpt("<a@b.test>", false, "<x@c.test>")
+            .await
+            .unwrap();
+        (smtp, dest, replied)
+    }
+
     #[tokio::test]
     async fn greeting_reads_extensions() {
         let (smtp, mut dest) = greeted().await;
@@ -596,16 +616,8 @@ mod tests {
 
     #[tokio::test]
     async fn mail_and_the_first_rcpt_go_in_one_write_when_pipelining_is_offered() {
-        let (mut smtp, mut dest) = greeted().await;
-        let mut ehlo = vec![0; 64];
-        let _ = dest.read(&mut ehlo).await.unwrap();
-        dest.write_all(b"250 2.1.0 ok\r\n550 5.1.1 no such user\r\n")
-            .await
-            .unwrap();
-        let (mail, rcpt) = smtp
-            .mail_rcpt("<a@b.test>", false, "<x@c.test>")
-            .await
-            .unwrap();
+        let (smtp, mut dest, (mail, rcpt)) =
+            after_mail_rcpt(b"250 2.1.0 ok\r\n550 5.1.1 no such user\r\n").await;
         assert_eq!((mail.code, rcpt.unwrap().code), (250, 550));
         let mut sent = vec![0; 128];
         let n = dest.read(&mut sent).await.unwrap();
@@ -615,14 +627,8 @@ mod tests {
         );
         assert_eq!(smtp.phase(), Phase::Mail);
         // A refused MAIL: the RCPT's answer is read and dropped, the session stays usable.
-        let (mut smtp, mut dest) = greeted().await;
-        dest.write_all(b"451 4.3.0 try later\r\n503 5.5.1 need MAIL\r\n")
-            .await
-            .unwrap();
-        let (mail, rcpt) = smtp
-            .mail_rcpt("<a@b.test>", false, "<x@c.test>")
-            .await
-            .unwrap();
+        let (smtp, _dest, (mail, rcpt)) =
+            after_mail_rcpt(b"451 4.3.0 try later\r\n503 5.5.1 need MAIL\r\n").await;
         assert_eq!(mail.code, 451);
         assert!(rcpt.is_none());
         assert!(smtp.is_ready());
@@ -630,13 +636,8 @@ mod tests {
 
     #[tokio::test]
     async fn data_can_be_sent_before_its_reply_is_read() {
-        let (mut smtp, mut dest) = greeted().await;
+        let (mut smtp, mut dest, _) = after_mail_rcpt(b"250 ok\r\n250 ok\r\n").await;
         let mut sent = vec![0; 256];
-        let _ = dest.read(&mut sent).await.unwrap();
-        dest.write_all(b"250 ok\r\n250 ok\r\n").await.unwrap();
-        smtp.mail_rcpt("<a@b.test>", false, "<x@c.test>")
-            .await
-            .unwrap();
         let _ = dest.read(&mut sent).await.unwrap();
         smtp.send_data().await.unwrap();
         assert_eq!(smtp.phase(), Phase::DataSent);
@@ -644,14 +645,8 @@ mod tests {
         assert_eq!(&sent[..n], b"DATA\r\n");
         // No body before the reply is read, and not a reusable session either.
         assert!(smtp.write_body(b".\r\n").await.is_err());
-        let (mut smtp, mut dest) = greeted().await;
-        let _ = dest.read(&mut sent).await.unwrap();
-        dest.write_all(b"250 ok\r\n250 ok\r\n451 4.3.0 not now\r\n")
-            .await
-            .unwrap();
-        smtp.mail_rcpt("<a@b.test>", false, "<x@c.test>")
-            .await
-            .unwrap();
+        let (mut smtp, _dest, _) =
+            after_mail_rcpt(b"250 ok\r\n250 ok\r\n451 4.3.0 not now\r\n").await;
         smtp.send_data().await.unwrap();
         assert!(!smtp.is_ready());
         // Refused: the transaction is still open, as after `data()`.

@@ -22,7 +22,6 @@ pub struct Destination {
     pub entry: Option<MxListEntry>,
 }
 
-/// The resolver egressd uses for everything.
 /// Where mail for a domain goes, and until when the DNS answers behind that hold.
 #[derive(Debug, Clone)]
 pub struct Destinations {
@@ -33,6 +32,7 @@ pub struct Destinations {
     pub valid_until: Option<Instant>,
 }
 
+/// The resolver egressd uses for everything.
 #[derive(Clone)]
 pub struct Dns {
     resolver: TokioAsyncResolver,

@@ -7,6 +7,7 @@
 //! heaviest first.
 
 use super::{Admin, Answer};
+use crate::outbound::route::heaviest_first;
 use crate::outbound::shaping::{
     connection_limits, connection_rates, message_rates, ready_queue, selection_rates, Rate,
 };
@@ -55,11 +56,10 @@ pub(crate) async fn resolve(admin: &Admin, query: &str) -> Answer {
 
     let names: Vec<String> = match params.get("source") {
         Some(source) => vec![source.trim().to_owned()],
-        None => {
-            let mut entries: Vec<_> = pool.entries.iter().filter(|e| e.weight > 0).collect();
-            entries.sort_by_key(|e| std::cmp::Reverse(e.weight));
-            entries.into_iter().map(|e| e.name.clone()).collect()
-        }
+        None => heaviest_first(&pool)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
     };
     let mut sources = Vec::new();
     for name in names {

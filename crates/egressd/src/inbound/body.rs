@@ -67,19 +67,13 @@ impl BodySink for Forward {
                 Ok(None) => {}
                 Ok(Some(refused)) => {
                     self.refused = Some(refused);
-                    self.discard();
-                    return;
+                    return self.discard();
                 }
-                Err(e) => {
-                    self.broken = Some(e.to_string());
-                    self.discard();
-                    return;
-                }
+                Err(e) => return self.lost(&e),
             }
         }
         if let Err(e) = out.write_body(bytes).await {
-            self.broken = Some(e.to_string());
-            self.discard();
+            self.lost(&e);
         }
     }
 
@@ -88,6 +82,14 @@ impl BodySink for Forward {
         if let Some(out) = self.out.take() {
             tokio::spawn(out.quit());
         }
+    }
+}
+
+impl Forward {
+    /// The destination session failed mid-message: remember why, and close it.
+    fn lost(&mut self, e: &std::io::Error) {
+        self.broken = Some(e.to_string());
+        self.discard();
     }
 }
 
@@ -456,12 +458,14 @@ fn received_header(trace: &Trace<'_>, id: &str) -> String {
         (None, true) => ("ESMTPA", String::new()),
         (None, false) => ("ESMTP", String::new()),
     };
-    format!(
-        "Received: from {helo} ([{}])\r\n\tby {} (egressd) with {protocol} id {id}{tls};\r\n\t{}\r\n",
-        trace.peer.ip().to_canonical(),
-        trace.hostname,
-        DATE.with_borrow_mut(|date| date.now().to_owned())
-    )
+    DATE.with_borrow_mut(|date| {
+        format!(
+            "Received: from {helo} ([{}])\r\n\tby {} (egressd) with {protocol} id {id}{tls};\r\n\t{}\r\n",
+            trace.peer.ip().to_canonical(),
+            trace.hostname,
+            date.now()
+        )
+    })
 }
 
 thread_local! {

@@ -2,9 +2,10 @@
 //! destination. The body is `body.rs`'s.
 //!
 //! One destination domain: cut-through — the client's RCPT replies and the reply
-//! to its message are the destination's (the 354 is ours: see `body.rs`). Several domains (only with a spool, `kumo.define_spool`): each
-//! domain gets its own destination session and RCPTs are still checked there, so a
-//! 5xx reaches the client at once; but a recipient the destination (or our route)
+//! to its message are the destination's (the 354 is ours: see `body.rs`). Several
+//! domains (only with a spool, `kumo.define_spool`): each domain gets its own
+//! destination session and RCPTs are still checked there, so a 5xx reaches the
+//! client at once; but a recipient the destination (or our route)
 //! defers is accepted, because the message will be spooled and retried — a client
 //! library told 4xx for one recipient of several usually drops it.
 

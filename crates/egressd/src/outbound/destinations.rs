@@ -24,7 +24,7 @@ const MAX_DOMAINS: usize = 10_000;
 pub struct Routing {
     /// Hosts in the order they are tried.
     pub hosts: Vec<Destination>,
-    /// Their site (see [`site_of`]).
+    /// Their site (see `site_of`).
     pub site: String,
 }
 
@@ -89,7 +89,7 @@ impl RoutingCache {
 
 /// The site of a destination: its hosts' names factored into one (and the port when
 /// an mx_list entry gives one that is not 25).
-pub fn site_of(hosts: &[Destination]) -> String {
+fn site_of(hosts: &[Destination]) -> String {
     // An address literal stays one, bracketed as in an mx_list.
     let names: Vec<String> = hosts
         .iter()

@@ -170,15 +170,19 @@ impl<'a> Iterator for Candidates<'a> {
 /// The pool's other sources with weight, heaviest first: those tried when the
 /// proposed one is not eligible or fails.
 fn standby<'a>(pool: &'a EgressPool, proposed: &str) -> Vec<&'a str> {
-    let mut others: Vec<_> = pool
-        .entries
-        .iter()
-        .filter(|e| e.weight > 0 && e.name != proposed)
+    let mut names: Vec<&str> = heaviest_first(pool)
+        .into_iter()
+        .filter(|name| *name != proposed)
         .collect();
-    others.sort_by_key(|e| std::cmp::Reverse(e.weight));
-    let mut names: Vec<&str> = others.into_iter().map(|e| e.name.as_str()).collect();
     names.dedup();
     names
+}
+
+/// The pool's sources with weight, heaviest first (equal weights in pool order).
+pub(crate) fn heaviest_first(pool: &EgressPool) -> Vec<&str> {
+    let mut weighted: Vec<_> = pool.entries.iter().filter(|e| e.weight > 0).collect();
+    weighted.sort_by_key(|e| std::cmp::Reverse(e.weight));
+    weighted.into_iter().map(|e| e.name.as_str()).collect()
 }
 
 /// How trying one source ended, when it did not give a session.
