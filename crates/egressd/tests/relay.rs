@@ -230,7 +230,14 @@ fn destination_replies_are_passed_back() {
         );
     }
     assert!(c.cmd("QUIT").starts_with("221"));
-    assert!(deferring.messages().is_empty());
+    // smtp-sink opens a dump at MAIL FROM and drops it when the transaction is
+    // abandoned, so an envelope-only dump may still be there: what must not be
+    // there is the message.
+    let kept = deferring.messages();
+    assert!(
+        kept.iter().all(|m| !m.contains("Subject: deferred")),
+        "{kept:?}"
+    );
 }
 
 #[test]
