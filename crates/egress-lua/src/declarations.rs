@@ -69,7 +69,7 @@ pub struct RedisThrottles {
 /// tls_certificate, tls_private_key }`
 /// (KumoMTA's names for the subset egressd implements), and egressd's own limits:
 /// `data_timeout`, `max_session_duration`, `max_connections_per_client`,
-/// `max_connection_rate_per_client`.
+/// `max_connection_rate_per_client`, `client_limit_exceptions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EsmtpListener {
@@ -137,6 +137,32 @@ pub struct EsmtpListener {
         deserialize_with = "optional_rate"
     )]
     pub max_connection_rate_per_client: Option<ThrottleSpec>,
+    /// Clients (CIDRs or addresses) exempt from `max_connections_per_client` and
+    /// `max_connection_rate_per_client` — the senders the relay is for, as Postfix's
+    /// `smtpd_client_event_limit_exceptions` (default `$mynetworks`). Default: the
+    /// listener's `relay_hosts`; `{}` limits every client. `max_connections` holds
+    /// for everyone. Filled in when the listener is declared, so `egressd check`
+    /// prints the list in force; read it through
+    /// [`client_limit_exceptions`](Self::client_limit_exceptions).
+    #[serde(default, deserialize_with = "optional_networks")]
+    pub client_limit_exceptions: Option<Vec<IpNet>>,
+}
+
+impl EsmtpListener {
+    /// The clients exempt from the per-client limits: `client_limit_exceptions`
+    /// as set, else `relay_hosts`.
+    pub fn client_limit_exceptions(&self) -> &[IpNet] {
+        self.client_limit_exceptions
+            .as_deref()
+            .unwrap_or(&self.relay_hosts)
+    }
+
+    /// Makes defaults that follow other fields explicit (what `check` prints).
+    pub fn settle_defaults(&mut self) {
+        if self.client_limit_exceptions.is_none() {
+            self.client_limit_exceptions = Some(self.relay_hosts.clone());
+        }
+    }
 }
 
 /// KumoMTA's `invalid_line_endings`: what a bare CR or LF in a message means.
@@ -170,6 +196,7 @@ impl Default for EsmtpListener {
             tls_private_key: None,
             max_connections_per_client: default_max_connections_per_client(),
             max_connection_rate_per_client: default_max_connection_rate_per_client(),
+            client_limit_exceptions: Some(default_relay_hosts()),
         }
     }
 }
@@ -231,6 +258,11 @@ fn default_max_recipients() -> usize {
 
 fn default_max_connections() -> usize {
     1000
+}
+
+/// [`networks`], present.
+fn optional_networks<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>, D::Error> {
+    networks(d).map(Some)
 }
 
 /// Accepts CIDRs (`10.0.0.0/8`) and bare addresses (`10.0.0.1`), as KumoMTA does.

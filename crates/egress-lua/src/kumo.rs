@@ -51,7 +51,8 @@ pub(crate) fn install(lua: &Lua, memo: std::sync::Arc<crate::utility::Memo>) -> 
     kumo.set(
         "start_esmtp_listener",
         lua.create_function(|lua, params: Value| {
-            let listener: EsmtpListener = from_lua(lua, params, "kumo.start_esmtp_listener")?;
+            let mut listener: EsmtpListener = from_lua(lua, params, "kumo.start_esmtp_listener")?;
+            listener.settle_defaults();
             declare(lua, |init| init.esmtp_listeners.push(listener))
         })?,
     )?;

@@ -333,13 +333,26 @@ async fn init_declares_listeners_and_resolver() {
         "kumo.on('init', function()
            kumo.start_esmtp_listener { listen = '127.0.0.1:2600', relay_hosts = { '127.0.0.1', '10.0.0.0/8' },
                                        max_message_size = 1024 }
+           kumo.start_esmtp_listener { listen = '127.0.0.1:2601', client_limit_exceptions = {} }
+           kumo.start_esmtp_listener { listen = '127.0.0.1:2602', client_limit_exceptions = { '192.0.2.7' } }
            kumo.start_http_listener { listen = '127.0.0.1:8001' }
            kumo.dns.configure_resolver { name_servers = { '127.0.0.1:5353' } }
            kumo.log_info('init done', 42)
          end)",
     );
     let init = p.init();
-    assert_eq!(init.esmtp_listeners.len(), 1);
+    assert_eq!(init.esmtp_listeners.len(), 3);
+    let exceptions = |i: usize| -> Vec<String> {
+        init.esmtp_listeners[i]
+            .client_limit_exceptions()
+            .iter()
+            .map(|n| n.to_string())
+            .collect()
+    };
+    // Default: the relay_hosts; `{}`: nobody; else as written.
+    assert_eq!(exceptions(0), ["127.0.0.1/32", "10.0.0.0/8"]);
+    assert!(exceptions(1).is_empty());
+    assert_eq!(exceptions(2), ["192.0.2.7/32"]);
     let l = &init.esmtp_listeners[0];
     assert_eq!(l.listen.to_string(), "127.0.0.1:2600");
     assert_eq!(

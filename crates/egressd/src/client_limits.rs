@@ -2,11 +2,16 @@
 //! (what Postfix's anvil does): concurrent sessions and new sessions per period.
 //!
 //! A client is an IPv4 address or an IPv6 /64 (one host usually owns a whole /64).
+//! The listener's `client_limit_exceptions` (by default its `relay_hosts`) are not
+//! counted at all: the limits keep outsiders from taking every slot, and must not
+//! throttle the very senders the relay is for (Postfix exempts `$mynetworks` from
+//! anvil the same way).
 //! The rate is GCRA: each client has a "theoretical arrival time" that moves one
 //! interval forward per admitted connection, and a connection is refused when that
 //! time is more than a burst ahead of now.
 
 use egress_source::ThrottleSpec;
+use ipnet::IpNet;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -49,36 +54,51 @@ pub enum Refused {
 pub struct ClientLimits {
     max_sessions: usize,
     rate: Option<ThrottleSpec>,
+    exceptions: Vec<IpNet>,
     clients: Mutex<HashMap<ClientKey, Entry>>,
 }
 
-/// An admitted session; dropping it gives the client's slot back.
-pub struct ClientSlot {
-    limits: Arc<ClientLimits>,
-    key: ClientKey,
-}
+/// An admitted session; dropping it gives the client's slot back (an exempt
+/// client holds none).
+pub struct ClientSlot(Option<(Arc<ClientLimits>, ClientKey)>);
 
 impl Drop for ClientSlot {
     fn drop(&mut self) {
-        let mut clients = self.limits.lock();
-        if let Some(entry) = clients.get_mut(&self.key) {
+        let Some((limits, key)) = self.0.take() else {
+            return;
+        };
+        let mut clients = limits.lock();
+        if let Some(entry) = clients.get_mut(&key) {
             entry.sessions = entry.sessions.saturating_sub(1);
             let now = Instant::now();
             if entry.sessions == 0 && entry.tat.is_none_or(|t| t <= now) {
-                clients.remove(&self.key);
+                clients.remove(&key);
             }
         }
     }
 }
 
 impl ClientLimits {
-    /// `max_sessions` of 0 means no concurrency limit; `rate` None no rate limit.
-    pub fn new(max_sessions: usize, rate: Option<ThrottleSpec>) -> Arc<ClientLimits> {
+    /// `max_sessions` of 0 means no concurrency limit; `rate` None no rate limit;
+    /// clients in `exceptions` are not limited.
+    pub fn new(
+        max_sessions: usize,
+        rate: Option<ThrottleSpec>,
+        exceptions: &[IpNet],
+    ) -> Arc<ClientLimits> {
         Arc::new(ClientLimits {
             max_sessions,
             rate,
+            exceptions: exceptions.to_vec(),
             clients: Mutex::default(),
         })
+    }
+
+    /// Whether `ip` is one of the `client_limit_exceptions` (a dual-stack
+    /// listener's `::ffff:a.b.c.d` is matched as IPv4).
+    pub fn is_exempt(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.exceptions.iter().any(|net| net.contains(&ip))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientKey, Entry>> {
@@ -91,6 +111,9 @@ impl ClientLimits {
     }
 
     fn admit_at(self: &Arc<Self>, ip: IpAddr, now: Instant) -> Result<ClientSlot, Refused> {
+        if self.is_exempt(ip) {
+            return Ok(ClientSlot(None));
+        }
         let key = ClientKey::of(ip);
         let mut clients = self.lock();
         if clients.len() > 4096 {
@@ -114,10 +137,7 @@ impl ClientLimits {
             entry.tat = Some(tat + interval);
         }
         entry.sessions += 1;
-        Ok(ClientSlot {
-            limits: self.clone(),
-            key,
-        })
+        Ok(ClientSlot(Some((self.clone(), key))))
     }
 }
 
@@ -126,10 +146,12 @@ impl Refused {
     pub fn explain(&self, ip: IpAddr) -> String {
         match self {
             Refused::Concurrent { limit } => format!(
-                "too many connections from {ip} (max_connections_per_client = {limit}); try again later"
+                "too many connections from {ip} (max_connections_per_client = {limit}; \
+                 a trusted sender belongs in the listener's client_limit_exceptions); try again later"
             ),
             Refused::Rate { spec } => format!(
-                "too many new connections from {ip} (max_connection_rate_per_client = {spec}); try again later"
+                "too many new connections from {ip} (max_connection_rate_per_client = {spec}; \
+                 a trusted sender belongs in the listener's client_limit_exceptions); try again later"
             ),
         }
     }
@@ -146,7 +168,7 @@ mod tests {
 
     #[test]
     fn concurrency_is_per_client_and_slots_come_back() {
-        let limits = ClientLimits::new(2, None);
+        let limits = ClientLimits::new(2, None, &[]);
         let a = limits.admit(ip("127.0.0.66")).unwrap();
         let _b = limits.admit(ip("127.0.0.66")).unwrap();
         assert_eq!(
@@ -160,7 +182,7 @@ mod tests {
 
     #[test]
     fn ipv6_counts_by_64_and_mapped_v4_is_v4() {
-        let limits = ClientLimits::new(1, None);
+        let limits = ClientLimits::new(1, None, &[]);
         let _a = limits.admit(ip("2001:db8:1:2::1")).unwrap();
         assert!(limits.admit(ip("2001:db8:1:2:ffff::9")).is_err());
         assert!(limits.admit(ip("2001:db8:1:3::1")).is_ok());
@@ -170,7 +192,7 @@ mod tests {
 
     #[test]
     fn rate_admits_the_burst_then_one_per_interval() {
-        let limits = ClientLimits::new(0, Some("5/s".parse().unwrap()));
+        let limits = ClientLimits::new(0, Some("5/s".parse().unwrap()), &[]);
         let t0 = Instant::now();
         let client = ip("127.0.0.7");
         let mut slots = Vec::new();
@@ -186,5 +208,26 @@ mod tests {
         assert!(limits.admit_at(client, t1).is_ok());
         assert!(limits.admit_at(client, t1).is_err());
         assert!(limits.admit_at(ip("127.0.0.8"), t1).is_ok());
+    }
+
+    #[test]
+    fn exempt_clients_are_never_counted_and_others_still_are() {
+        let nets: Vec<IpNet> = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        let limits = ClientLimits::new(1, Some("1/s".parse().unwrap()), &nets);
+        let mut held = Vec::new();
+        for _ in 0..100 {
+            held.push(limits.admit(ip("127.0.0.1")).unwrap());
+            held.push(limits.admit(ip("::ffff:127.0.0.1")).unwrap());
+            held.push(limits.admit(ip("2001:db8:5::1")).unwrap());
+        }
+        assert!(limits.lock().is_empty(), "exempt clients leave no entry");
+        let _one = limits.admit(ip("127.0.0.66")).unwrap();
+        assert_eq!(
+            limits.admit(ip("127.0.0.66")).err(),
+            Some(Refused::Concurrent { limit: 1 })
+        );
     }
 }

@@ -116,6 +116,7 @@ pub async fn serve(policy: Arc<Policy>, options: ServeOptions) -> Result<(), Str
             max_connections_per_client = config.max_connections_per_client,
             max_connection_rate_per_client = %config.max_connection_rate_per_client.map(|r| r.to_string()).unwrap_or_else(|| "unlimited".into()),
             relay_hosts = ?config.relay_hosts.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            client_limit_exceptions = ?config.client_limit_exceptions().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             "listening"
         );
         let limit = Arc::new(Semaphore::new(config.max_connections));
@@ -123,6 +124,7 @@ pub async fn serve(policy: Arc<Policy>, options: ServeOptions) -> Result<(), Str
         let per_client = ClientLimits::new(
             config.max_connections_per_client,
             config.max_connection_rate_per_client,
+            config.client_limit_exceptions(),
         );
         let listener = Arc::new(inbound::Listener::new(config, &ctx)?);
         inbound_listeners.push(listener.clone());

@@ -374,6 +374,11 @@ fn the_embedded_default_listens_on_loopback_and_relays_for_loopback_only() {
         listener["relay_hosts"],
         serde_json::json!(["127.0.0.0/8", "::1/128"])
     );
+    // The senders the relay is for are not flood-limited: check shows who is exempt.
+    assert_eq!(
+        listener["client_limit_exceptions"],
+        serde_json::json!(["127.0.0.0/8", "::1/128"])
+    );
     assert_eq!(
         json["pools"]["unspecified"]["entries"][0]["name"],
         "unspecified"

@@ -115,7 +115,13 @@ fn a_destination_session_with_an_unasked_reply_is_never_reused() {
 #[test]
 fn one_address_cannot_take_every_connection() {
     let sink = SmtpSink::start();
-    let d = Egressd::start(&policy("max_connections = 300", &mx(sink.addr), ""));
+    // The attacker is an outsider: 127.0.0.66 is not among the listener's
+    // relay_hosts, so not among its client_limit_exceptions either.
+    let d = Egressd::start(&policy(
+        "max_connections = 300, relay_hosts = { '127.0.0.1/32' }",
+        &mx(sink.addr),
+        "",
+    ));
     let attacker: IpAddr = "127.0.0.66".parse().unwrap();
     let mut held = Vec::new();
     let (mut served, mut refused) = (0, 0);

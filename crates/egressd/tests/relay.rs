@@ -494,6 +494,89 @@ fn postfix_hands_its_mail_to_egressd() {
     assert!(log.contains(&sent) && log.contains("status=sent"), "{log}");
 }
 
+/// `smtp-source` into `server`: `messages` messages, one per connection, 20
+/// connections at a time.
+fn smtp_source(server: SocketAddr, messages: usize) {
+    let out = std::process::Command::new(egress_e2e::require("smtp-source"))
+        .args([
+            "-s",
+            "20",
+            "-m",
+            &messages.to_string(),
+            "-f",
+            "sender@client.test",
+        ])
+        .args(["-t", "someone@dest.test", &server.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtp-source into {server}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits up to 30 s for `n` messages at `sink`; how many arrived.
+fn arrivals_within_30s(sink: &SmtpSink, n: usize) -> usize {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while sink.messages().len() < n && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    sink.messages().len()
+}
+
+/// Distinct client connections in egressd's transaction log.
+fn client_connections(log: &str) -> usize {
+    log.split(" client=")
+        .skip(1)
+        .filter_map(|rest| rest.split(' ').next())
+        .collect::<std::collections::HashSet<_>>()
+        .len()
+}
+
+/// A trusted sender is not flood-limited (issue: trusted senders): a Postfix whose
+/// relayhost is egressd opens a connection per message when it does not cache them
+/// (here `smtp_connection_cache_on_demand = no`; a stock Postfix does the same
+/// whenever mail trickles in rather than queues up), well past the per-client
+/// default of 100 new connections a second. With default listener settings every
+/// message arrives and none is deferred: the listener's `relay_hosts` are its
+/// `client_limit_exceptions`. (Before the exemption, this run deferred 310 of 500.)
+#[test]
+fn postfix_relaying_a_burst_is_never_deferred_by_the_per_client_limits() {
+    const MESSAGES: usize = 500;
+    let sink = SmtpSink::start();
+    let d = Egressd::start(&default_source_policy(&sink));
+    let postfix = Postfix::start_with(d.addr, "smtp_connection_cache_on_demand = no\n");
+    smtp_source(postfix.addr, MESSAGES);
+    let arrived = arrivals_within_30s(&sink, MESSAGES);
+    let log = postfix.maillog();
+    assert_eq!(
+        arrived,
+        MESSAGES,
+        "postfix deferred {} (log tail:\n{})",
+        log.matches("status=deferred").count(),
+        log.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+    );
+    assert!(!log.contains("status=deferred"));
+    let connections = client_connections(&d.log());
+    assert!(
+        connections > 200,
+        "the burst came over {connections} connections: not past the per-client rate"
+    );
+}
+
+/// The same for an application on the relay host that opens a connection per
+/// message, 20 at a time, far above 100 a second.
+#[test]
+fn an_application_opening_a_connection_per_message_is_not_flood_limited() {
+    const MESSAGES: usize = 500;
+    let sink = SmtpSink::start();
+    let d = Egressd::start(&default_source_policy(&sink));
+    smtp_source(d.addr, MESSAGES);
+    assert_eq!(arrivals_within_30s(&sink, MESSAGES), MESSAGES);
+    assert_eq!(client_connections(&d.log()), MESSAGES);
+}
+
 /// MAIL FROM and the first RCPT go to the destination in one write when it offers
 /// PIPELINING (issue: relay cost); every client RCPT still gets its own reply from
 /// the destination, in order — with and without PIPELINING, and whichever RCPT the
