@@ -1,6 +1,6 @@
 //! The inbound session, end to end, fed arbitrary client octets over an in-memory
-//! stream: egressd's real dispatch, transaction and DATA code relaying to an
-//! in-process destination on loopback.
+//! stream: egress-relay's real dispatch, transaction and DATA code (through the
+//! public `Relay::serve`) relaying to an in-process destination on loopback.
 //!
 //! Invariants: no panic; every message the destination receives is a valid CR LF,
 //! dot-stuffed stream (the destination ends lines at a bare LF, as pre-fix Postfix
@@ -10,9 +10,7 @@
 #![no_main]
 
 use egress_lua::{EsmtpListener, InvalidLineEndings, Policy, PolicyOptions};
-use egressd::dns::Dns;
-use egressd::inbound::Listener;
-use egressd::outbound::Context;
+use egress_relay::{Listener, Relay};
 use libfuzzer_sys::fuzz_target;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +20,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 struct World {
     rt: tokio::runtime::Runtime,
-    ctx: Arc<Context>,
+    relay: Arc<Relay>,
     listeners: [Arc<Listener>; 2],
     issued: Arc<Mutex<Vec<u64>>>,
     violations: Arc<Mutex<Vec<String>>>,
@@ -53,15 +51,19 @@ fn world() -> &'static World {
         );
         let policy = Policy::from_source("fuzz.lua", &policy, PolicyOptions::default())
             .expect("policy");
-        let dns = Dns::new(None).expect("dns");
-        let ctx = Arc::new(Context::new(Arc::new(policy), dns, "fuzz.egressd.test".into()));
+        let relay = rt.block_on(async {
+            Relay::builder(Arc::new(policy))
+                .hostname("fuzz.egressd.test")
+                .build()
+                .expect("relay")
+        });
         let listener = |mode| {
             let config = EsmtpListener {
                 invalid_line_endings: mode,
                 max_message_size: 64 * 1024,
                 ..EsmtpListener::default()
             };
-            Arc::new(Listener::new(config, &ctx).expect("listener"))
+            relay.listener(config).expect("listener")
         };
         let listeners = [
             listener(InvalidLineEndings::Deny),
@@ -69,7 +71,7 @@ fn world() -> &'static World {
         ];
         World {
             rt,
-            ctx,
+            relay,
             listeners,
             issued,
             violations,
@@ -175,15 +177,9 @@ fuzz_target!(|data: &[u8]| {
     let before = w.issued.lock().unwrap().len();
     let replies = w.rt.block_on(async {
         let (mut client, server) = tokio::io::duplex(16 * 1024);
-        let (_trigger, shutdown) = egressd::shutdown::channel();
         let peer: SocketAddr = "127.0.0.1:4321".parse().unwrap();
-        let session = tokio::spawn(egressd::inbound::serve(
-            w.ctx.clone(),
-            listener,
-            server,
-            peer,
-            shutdown,
-        ));
+        let relay = w.relay.clone();
+        let session = tokio::spawn(async move { relay.serve(server, peer, &listener).await });
         let (mut read, mut write) = tokio::io::split(&mut client);
         let writer = async {
             let _ = write.write_all(input).await;

@@ -1,26 +1,20 @@
-//! egressd as a library: the server the `egressd` binary runs, exposed so that
-//! fuzzing and benchmarks drive the real session code over in-memory streams.
-//! The binary (`main.rs`) is the CLI over these modules.
+//! egressd: the thin server over egress-relay. The binary (`main.rs`) is the CLI;
+//! this library is what it is made of, exposed for its tests and benchmarks.
 //!
-//! - [`inbound`]: one client's ESMTP session (transport, command dispatch,
-//!   transaction).
-//! - [`outbound`]: routing, the destination session, the idle pool.
-//! - [`server`]: listeners, limits, signals. [`listen`] makes the sockets,
-//!   [`client_limits`] keeps one address from taking them all.
-//! - [`admin`]: the HTTP API and `/metrics`; [`metrics`] keeps the numbers;
+//! - [`server`]: process wiring — listeners bound, the relay built, signals,
+//!   reload, shutdown. [`listen`] makes the sockets (backlog, descriptor limit).
+//! - [`admin`]: the HTTP API and `/metrics`; [`metrics`] is the Prometheus
+//!   registry the relay reports into (it implements `egress_relay::report::Report`);
 //!   [`ctl`] is the CLI's client for the API.
+//! - [`probe`]: `egressd probe`, one connection through a source.
+//!
+//! The relay itself — sessions, routing, shaping, spool delivery — is
+//! `egress_relay`.
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod client_limits;
 pub mod ctl;
-pub mod delivery;
-pub mod dns;
-pub mod inbound;
 pub mod listen;
 pub mod metrics;
-pub mod outbound;
 pub mod probe;
 pub mod server;
-pub mod shutdown;
-pub mod txlog;

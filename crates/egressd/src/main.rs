@@ -203,7 +203,7 @@ async fn run(cli: Cli, log_filter: LogFilter) -> Result<(), String> {
     match command {
         Command::Serve => {
             let options = server::ServeOptions {
-                host_name: host_name(),
+                host_name: egress_relay::host_name(),
                 metrics,
                 log_filter: Some(log_filter),
             };
@@ -226,7 +226,7 @@ async fn run(cli: Cli, log_filter: LogFilter) -> Result<(), String> {
             source,
             target,
             tls,
-        } => probe::probe(policy, &source, &target, host_name(), tls).await,
+        } => probe::probe(policy, &source, &target, egress_relay::host_name(), tls).await,
         _ => Err("internal error: an API command reached the policy".into()),
     }
 }
@@ -368,14 +368,6 @@ async fn check(policy: &Policy, sources: &[String], pools: &[String]) -> Result<
         serde_json::to_string_pretty(&serde_json::Value::Object(out)).map_err(|e| e.to_string())?;
     println!("{text}");
     Ok(())
-}
-
-fn host_name() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Logs go to standard error (journald keeps them under systemd; nothing to

@@ -1,22 +1,13 @@
 //! `egressd serve`: the listeners, the connection limit, signals.
 
 use crate::admin::{Admin, HttpServer, LogFilter};
-use crate::client_limits::ClientLimits;
-use crate::delivery::Delivery;
-use crate::dns::Dns;
-use crate::inbound;
 use crate::listen;
-use crate::metrics::{Metrics, Refusal};
-use crate::outbound::Context;
-use crate::shutdown::{self, Shutdown, State};
-use egress_lua::{EsmtpListener, Policy};
-use egress_smtp::Reply;
+use crate::metrics::Metrics;
+use egress_relay::{EsmtpListener, Listener, Policy, Relay};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::Semaphore;
 
 /// How long transactions in flight may take to finish after SIGTERM.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
@@ -50,47 +41,10 @@ pub async fn serve(policy: Arc<Policy>, options: ServeOptions) -> Result<(), Str
     } else {
         init.esmtp_listeners.clone()
     };
-    let dns = Dns::new(init.resolver.as_ref()).map_err(|e| format!("DNS: {e}"))?;
-    let throttles = match &init.redis_throttles {
-        Some(redis) => {
-            let t = egress_throttle::Throttles::with_redis(&redis.node)
-                .map_err(|e| format!("kumo.configure_redis_throttles: {e}"))?;
-            tracing::info!(node = %redis.node, "throttles, connection limits and suspensions are shared through Redis");
-            t
-        }
-        None => egress_throttle::Throttles::local(),
-    };
-    let mut ctx = Context::with_throttles(
-        policy.clone(),
-        dns,
-        host_name.clone(),
-        Arc::new(throttles),
-        metrics,
-    );
-    if let Some(def) = &init.spool {
-        let (spool, found) =
-            egress_spool::Spool::open(std::path::Path::new(&def.path), def.max_spool_bytes)
-                .map_err(|e| format!("kumo.define_spool: {e}"))?;
-        tracing::info!(
-            path = %def.path,
-            max_spool_bytes = def.max_spool_bytes,
-            messages = found.len(),
-            "spool ready: transactions for several domains are accepted and delivered from it"
-        );
-        ctx.delivery = Some(Arc::new(Delivery::new(spool, found)));
-    }
-    let ctx = Arc::new(ctx);
-    ctx.shaper.spawn_renewal();
-    let (trigger, shutdown) = shutdown::channel();
-    let deliveries = Delivery::spawn(ctx.clone(), shutdown.clone());
-    let reaper = ctx.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tick.tick().await;
-            reaper.idle.reap();
-        }
-    });
+    let relay = Relay::builder(policy.clone())
+        .hostname(host_name.clone())
+        .report(metrics.clone())
+        .build()?;
 
     // Every listener is bound before any serves: a port in use fails the start.
     let mut http = Vec::new();
@@ -105,8 +59,7 @@ pub async fn serve(policy: Arc<Policy>, options: ServeOptions) -> Result<(), Str
         http.push(server);
     }
 
-    let mut limits = Vec::new();
-    let mut inbound_listeners = Vec::new();
+    let (stop_accepting, accepting) = tokio::sync::watch::channel(true);
     for config in listeners {
         let (socket, backlog) = listen::bind(config.listen, config.max_connections)?;
         tracing::info!(
@@ -119,28 +72,18 @@ pub async fn serve(policy: Arc<Policy>, options: ServeOptions) -> Result<(), Str
             client_limit_exceptions = ?config.client_limit_exceptions().iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             "listening"
         );
-        let limit = Arc::new(Semaphore::new(config.max_connections));
-        limits.push((limit.clone(), config.max_connections));
-        let per_client = ClientLimits::new(
-            config.max_connections_per_client,
-            config.max_connection_rate_per_client,
-            config.client_limit_exceptions(),
-        );
-        let listener = Arc::new(inbound::Listener::new(config, &ctx)?);
-        inbound_listeners.push(listener.clone());
+        let listener = relay.listener(config)?;
         tokio::spawn(accept_loop(
             socket,
             listener,
-            ctx.clone(),
-            (limit, per_client),
-            shutdown.clone(),
+            relay.clone(),
+            accepting.clone(),
         ));
     }
 
     let admin = Arc::new(Admin {
-        ctx: ctx.clone(),
-        listeners: inbound_listeners,
-        shutdown: shutdown.clone(),
+        relay: relay.clone(),
+        metrics,
         log_filter,
         started: std::time::SystemTime::now(),
     });
@@ -171,23 +114,8 @@ pub async fn serve(policy: Arc<Policy>, options: ServeOptions) -> Result<(), Str
     }
 
     tracing::info!("shutting down: no new connections; waiting up to {DRAIN_DEADLINE:?} for transactions in flight");
-    trigger.set(State::Draining);
-    let drained = tokio::time::timeout(DRAIN_DEADLINE, async {
-        for (limit, max) in &limits {
-            let _ = limit.acquire_many(*max as u32).await;
-        }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!("drain deadline passed; ending the remaining sessions with 421");
-        trigger.set(State::Force);
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-    if let Some(deliveries) = deliveries {
-        let _ =
-            tokio::time::timeout(crate::delivery::DRAIN + Duration::from_secs(1), deliveries).await;
-    }
-    ctx.idle.close_all().await;
+    let _ = stop_accepting.send(false);
+    relay.shutdown(DRAIN_DEADLINE).await;
     Ok(())
 }
 
@@ -264,20 +192,19 @@ fn watch_config(
 
 async fn accept_loop(
     socket: TcpListener,
-    listener: Arc<inbound::Listener>,
-    ctx: Arc<Context>,
-    (limit, per_client): (Arc<Semaphore>, Arc<ClientLimits>),
-    mut shutdown: Shutdown,
+    listener: Arc<Listener>,
+    relay: Arc<Relay>,
+    mut accepting: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        if shutdown.state() != State::Running {
+        if !*accepting.borrow() {
             return;
         }
         let accepted = tokio::select! {
             accepted = socket.accept() => accepted,
-            _ = shutdown.changed() => continue,
+            _ = accepting.changed() => continue,
         };
-        let (mut stream, peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
                 // Out of file descriptors and the like: wait a moment rather than spin.
@@ -287,42 +214,9 @@ async fn accept_loop(
             }
         };
         let _ = stream.set_nodelay(true);
-        let admitted = match per_client.admit(peer.ip()) {
-            Ok(slot) => limit
-                .clone()
-                .try_acquire_owned()
-                .map(|permit| (permit, slot))
-                .map_err(|_| {
-                    listener.refused(Refusal::MaxConnections);
-                    format!(
-                        "too many connections (max_connections = {}); please try again later",
-                        listener.config.max_connections
-                    )
-                }),
-            Err(refused) => {
-                listener.refused(Refusal::PerClientLimit);
-                Err(refused.explain(peer.ip().to_canonical()))
-            }
-        };
-        match admitted {
-            Ok((permit, slot)) => {
-                let (ctx, listener, shutdown) = (ctx.clone(), listener.clone(), shutdown.clone());
-                tokio::spawn(async move {
-                    inbound::serve(ctx, listener, stream, peer, shutdown).await;
-                    drop((permit, slot));
-                });
-            }
-            Err(text) => {
-                tracing::debug!(client = %peer, "refused: {text}");
-                tokio::spawn(async move {
-                    let reply = Reply::new(421, [4, 7, 0], text);
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(5),
-                        stream.write_all(reply.to_wire().as_bytes()),
-                    )
-                    .await;
-                });
-            }
-        }
+        let (relay, listener) = (relay.clone(), listener.clone());
+        // The relay admits the session within the listener's limits, or answers
+        // 421 and closes.
+        tokio::spawn(async move { relay.serve(stream, peer, &listener).await });
     }
 }

@@ -1,9 +1,9 @@
 //! The routes: `/metrics`, `/metrics.json`, liveness, status, and the admin
 //! endpoints.
 
-use super::{resolve, suspend, Admin, Answer};
+use super::{parse_body, resolve, suspend, Admin, Answer};
 use crate::metrics::{classic_text, Snapshot};
-use crate::shutdown::State;
+use egress_relay::shutdown::State;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -60,24 +60,8 @@ pub(crate) async fn route(admin: &Admin, call: Call<'_>) -> Answer {
     }
 }
 
-/// Parses a JSON body into `T`, or a 400 naming what is wrong.
-pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
-    body: &[u8],
-    shape: &str,
-) -> Result<T, Answer> {
-    serde_json::from_slice(body).map_err(|e| {
-        let field = e
-            .to_string()
-            .split('`')
-            .nth(1)
-            .map(str::to_owned)
-            .unwrap_or_else(|| "body".into());
-        Answer::bad(&field, format!("expected a JSON object {shape}: {e}"))
-    })
-}
-
 async fn snapshot(admin: &Admin) -> Snapshot {
-    let ctx = &admin.ctx;
+    let ctx = admin.relay.context();
     let suspended = ctx
         .shaper
         .throttles
@@ -95,15 +79,15 @@ async fn snapshot(admin: &Admin) -> Snapshot {
         throttle_fallbacks: ctx.shaper.throttles.fallbacks(),
         suspended,
         health_suspended: ctx.shaper.health_suspended(),
-        spool: ctx
-            .delivery
-            .as_ref()
+        spool: admin
+            .relay
+            .delivery()
             .map(|d| (d.len(), d.spool().used(), d.spool().fsyncs())),
     }
 }
 
 async fn metrics(admin: &Admin, accept: &str) -> Answer {
-    let text = admin.ctx.metrics.encode(snapshot(admin).await);
+    let text = admin.metrics.encode(snapshot(admin).await);
     // Prometheus asks for OpenMetrics; promtool, curl and older scrapers get the
     // classic text format.
     if accept.contains("application/openmetrics-text") {
@@ -115,7 +99,7 @@ async fn metrics(admin: &Admin, accept: &str) -> Answer {
 
 /// The same samples as JSON: `{name: {type, help, samples: [{labels, value}]}}`.
 async fn metrics_json(admin: &Admin) -> Answer {
-    let text = classic_text(&admin.ctx.metrics.encode(snapshot(admin).await));
+    let text = classic_text(&admin.metrics.encode(snapshot(admin).await));
     let mut families = serde_json::Map::new();
     let mut current: Option<String> = None;
     for line in text.lines() {
@@ -183,7 +167,7 @@ fn parse_sample(line: &str) -> Option<(String, serde_json::Map<String, Value>, f
 }
 
 fn liveness(admin: &Admin) -> Answer {
-    match admin.shutdown.state() {
+    match admin.relay.state() {
         State::Running => Answer::text(StatusCode::OK, "text/plain; charset=utf-8", "OK\n".into()),
         _ => Answer::text(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -195,14 +179,11 @@ fn liveness(admin: &Admin) -> Answer {
 
 async fn status(admin: &Admin) -> Answer {
     let listeners: Vec<Value> = admin
-        .listeners
+        .relay
+        .listeners()
         .iter()
         .map(|l| {
-            let (active, accepted) = l
-                .metrics
-                .as_ref()
-                .map(|m| (m.active(), m.sessions()))
-                .unwrap_or_default();
+            let (active, accepted) = admin.metrics.listener_sessions(&l.config.listen.to_string());
             json!({
                 "listen": l.config.listen.to_string(),
                 "hostname": l.hostname,
@@ -220,23 +201,23 @@ async fn status(admin: &Admin) -> Answer {
         .unwrap_or_default();
     Answer::ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "state": match admin.shutdown.state() {
+        "state": match admin.relay.state() {
             State::Running => "serving",
             State::Draining => "draining",
             State::Force => "closing",
         },
         "uptime_seconds": uptime,
         "listeners": listeners,
-        "idle_destination_sessions": admin.ctx.idle.len(),
-        "sources": admin.ctx.metrics.source_counts(),
+        "idle_destination_sessions": admin.relay.context().idle.len(),
+        "sources": admin.metrics.source_counts(),
         "suspensions": suspensions,
-        "throttle_store_fallbacks": admin.ctx.shaper.throttles.fallbacks(),
+        "throttle_store_fallbacks": admin.relay.context().shaper.throttles.fallbacks(),
     }))
 }
 
 /// The spooled messages, oldest first, with each domain's next attempt.
 fn spool(admin: &Admin) -> Answer {
-    let Some(delivery) = &admin.ctx.delivery else {
+    let Some(delivery) = admin.relay.delivery() else {
         return Answer::ok(json!({ "defined": false, "messages": [] }));
     };
     let at = |secs: u64| {
@@ -286,7 +267,7 @@ fn log_filter(admin: &Admin, body: &[u8]) -> Answer {
     struct Request {
         filter: String,
     }
-    let request: Request = match parse_body(body, "{\"filter\": \"info,egressd=debug\"}") {
+    let request: Request = match parse_body(body, "{\"filter\": \"info,egress_relay=debug\"}") {
         Ok(r) => r,
         Err(answer) => return answer,
     };
@@ -305,7 +286,7 @@ fn log_filter(admin: &Admin, body: &[u8]) -> Answer {
         Err(e) => Answer::bad(
             "filter",
             format!(
-                "not a tracing filter ({e}); expected e.g. \"info\" or \"info,transaction=off,egressd=debug\""
+                "not a tracing filter ({e}); expected e.g. \"info\" or \"info,transaction=off,egress_relay=debug\""
             ),
         ),
     }

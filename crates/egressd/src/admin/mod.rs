@@ -8,17 +8,17 @@
 //! and [`MAX_BODY`] octets; at most [`MAX_CONNECTIONS`] clients at once.
 //!
 //! - `api.rs`: the routes and their JSON.
-//! - `resolve.rs`: `resolve-egress-path`, what the relay would do for a domain.
+//! - `resolve.rs`: `resolve-egress-path`, what the relay would do for a domain
+//!   (egress-relay's `Relay::resolve`, behind query parsing).
 //! - `suspend.rs`: `suspend-ready-q`, operator suspensions.
 
 mod api;
 mod resolve;
 mod suspend;
 
-use crate::inbound;
-use crate::outbound::Context;
-use crate::shutdown::Shutdown;
+use crate::metrics::Metrics;
 use base64::Engine;
+use egress_relay::{inbound, Relay};
 use egress_lua::HttpListener;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
@@ -46,12 +46,10 @@ pub type LogFilter = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
 
 /// What the API reads and acts on.
 pub struct Admin {
-    /// The relay's shared state.
-    pub ctx: Arc<Context>,
-    /// The SMTP listeners, for `status`.
-    pub listeners: Vec<Arc<inbound::Listener>>,
-    /// Draining or not, for liveness.
-    pub shutdown: Shutdown,
+    /// The relay: its shared state, listeners, spool and shutdown state.
+    pub relay: Arc<Relay>,
+    /// What the relay reported.
+    pub metrics: Arc<Metrics>,
     /// Live log filter changes (none when logging was set up elsewhere).
     pub log_filter: Option<LogFilter>,
     /// When this process started serving.
@@ -152,6 +150,22 @@ impl HttpServer {
             });
         }
     }
+}
+
+/// Parses a JSON body into `T`, or a 400 naming what is wrong.
+pub(crate) fn parse_body<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    shape: &str,
+) -> Result<T, Answer> {
+    serde_json::from_slice(body).map_err(|e| {
+        let field = e
+            .to_string()
+            .split('`')
+            .nth(1)
+            .map(str::to_owned)
+            .unwrap_or_else(|| "body".into());
+        Answer::bad(&field, format!("expected a JSON object {shape}: {e}"))
+    })
 }
 
 /// A response: status, content type, body.
@@ -290,7 +304,7 @@ async fn authorize(
             "the Authorization header is not HTTP Basic (base64 of user:password)",
         ));
     };
-    match admin.ctx.policy.http_auth_basic(&user, &password).await {
+    match admin.relay.context().policy.http_auth_basic(&user, &password).await {
         Ok(Some(true)) => Ok(()),
         Ok(Some(false)) => Err(unauthorized("the credentials were refused")),
         Ok(None) => Err(unauthorized(

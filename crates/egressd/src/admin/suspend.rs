@@ -10,9 +10,8 @@
 //! (`egressd resume ip-2`), and every node agrees on it without storing more.
 //! Suspending the same name again replaces the earlier suspension.
 
-use super::api::parse_body;
-use super::{Admin, Answer};
-use crate::outbound::shaping::ready_queue;
+use super::{parse_body, Admin, Answer};
+use egress_relay::outbound::shaping::ready_queue;
 use hyper::StatusCode;
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
@@ -82,7 +81,7 @@ fn rfc3339(at: SystemTime) -> String {
 
 /// Every suspension in force, as the list endpoint shows them.
 pub(crate) async fn entries(admin: &Admin) -> Vec<Value> {
-    let mut list = admin.ctx.shaper.throttles.suspensions().await;
+    let mut list = admin.relay.context().shaper.throttles.suspensions().await;
     list.sort_by(|a, b| a.key.cmp(&b.key));
     let now = SystemTime::now();
     list.into_iter()
@@ -158,14 +157,14 @@ pub(crate) async fn create(admin: &Admin, body: &[u8]) -> Answer {
         }
     };
     // A typo must not look like a suspension that worked.
-    if let Err(e) = admin.ctx.policy.egress_source(&source).await {
+    if let Err(e) = admin.relay.context().policy.egress_source(&source).await {
         return Answer::bad("name", format!("no egress source {source:?}: {e}"));
     }
     let key = match &site {
         Some(site) => ready_queue(&source, site),
         None => source.clone(),
     };
-    let throttles = &admin.ctx.shaper.throttles;
+    let throttles = &admin.relay.context().shaper.throttles;
     throttles
         .suspend(&key, request.reason.trim(), duration)
         .await;
@@ -184,7 +183,7 @@ pub(crate) async fn cancel(admin: &Admin, body: &[u8]) -> Answer {
         Ok(r) => r,
         Err(answer) => return answer,
     };
-    let throttles = &admin.ctx.shaper.throttles;
+    let throttles = &admin.relay.context().shaper.throttles;
     let known = throttles
         .suspensions()
         .await

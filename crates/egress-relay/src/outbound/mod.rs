@@ -9,7 +9,7 @@ pub mod shaping;
 pub mod tls;
 
 use crate::dns::Dns;
-use crate::metrics::{Metrics, PathMetrics};
+use crate::report::{NoReport, PathHandle, Report};
 use crate::txlog::TxLog;
 use egress_connect::{Connector, EgressAddress};
 use egress_lua::Policy;
@@ -44,36 +44,33 @@ pub struct Context {
     pub shaper: Arc<Shaper>,
     /// TLS client configurations, by mode and client certificate.
     pub tls: tls::TlsClients,
-    /// What every source, pool and site is doing.
-    pub metrics: Arc<Metrics>,
-    /// Delivery from the spool, when the policy defines one (`kumo.define_spool`):
-    /// without it, a transaction takes one destination domain.
-    pub delivery: Option<Arc<crate::delivery::Delivery>>,
+    /// Where what happens is reported.
+    pub report: Arc<dyn Report>,
 }
 
 /// A pool definition and the rotation built from its entries.
 type PoolSelector = (Arc<EgressPool>, Arc<WeightedRoundRobin<String>>);
 
 impl Context {
-    /// A context over a loaded policy, shaping on this node only, no metrics.
+    /// A context over a loaded policy, shaping on this node only, reporting nothing.
     pub fn new(policy: Arc<Policy>, dns: Dns, hostname: String) -> Context {
         Self::with_throttles(
             policy,
             dns,
             hostname,
             Arc::new(Throttles::local()),
-            Arc::new(Metrics::disabled()),
+            Arc::new(NoReport),
         )
     }
 
     /// A context whose shaping uses `throttles` (shared through Redis or not) and
-    /// that records into `metrics`.
+    /// that reports to `report`.
     pub fn with_throttles(
         policy: Arc<Policy>,
         dns: Dns,
         hostname: String,
         throttles: Arc<Throttles>,
-        metrics: Arc<Metrics>,
+        report: Arc<dyn Report>,
     ) -> Context {
         let connector = Connector::new(Arc::new(dns.clone()));
         Context {
@@ -85,9 +82,8 @@ impl Context {
             idle: IdleSessions::default(),
             routing: destinations::RoutingCache::default(),
             tls: tls::TlsClients::default(),
-            shaper: Arc::new(Shaper::new(throttles, metrics.clone())),
-            metrics,
-            delivery: None,
+            shaper: Arc::new(Shaper::new(throttles, report.clone())),
+            report,
         }
     }
 
@@ -143,8 +139,8 @@ pub struct Outbound {
     deliveries: u64,
     /// `max_deliveries_per_connection` of the path that opened it.
     max_deliveries: Option<u64>,
-    /// Its metric handles (none when metrics are off).
-    metrics: Option<Arc<PathMetrics>>,
+    /// Its report handle (none when the embedder records nothing for it).
+    report: Option<Arc<PathHandle>>,
     /// The reply to the first RCPT, when it went with MAIL FROM (pipelined).
     first_rcpt: Option<Reply>,
 }
@@ -216,10 +212,10 @@ impl Outbound {
         log.egress = Some(self.egress);
         log.destination = Some(self.key.addr.to_string());
         log.tls = self.smtp.tls().cloned();
-        log.path = self.metrics.clone();
-        if let Some(m) = &self.metrics {
-            log.pool = Some(m.pool.clone());
-            log.site = Some(m.site().to_owned());
+        log.path = self.report.clone();
+        if let Some(path) = &self.report {
+            log.pool = Some(path.pool.clone());
+            log.site = Some(path.site.clone());
         }
     }
 

@@ -15,7 +15,7 @@ use super::transaction::Transaction;
 use super::transport::{Conn, Ended, Waiting};
 use super::Listener;
 use crate::delivery::OpenSession;
-use crate::metrics::{Origin, Refusal};
+use crate::report::{Origin, Refusal};
 use crate::outbound::{Context, Outbound};
 use egress_lua::InvalidLineEndings;
 use egress_smtp::{BodyReader, LineEndings, Reply, TlsInfo};
@@ -230,7 +230,7 @@ async fn spooled<S: AsyncRead + AsyncWrite + Unpin>(
     mut t: Transaction,
     trace: Trace<'_>,
 ) -> Result<Reply, Ended> {
-    let Some(delivery) = ctx.delivery.clone() else {
+    let Some(delivery) = inbound.spool.clone() else {
         t.log.decided = Some((451, Origin::Local));
         t.end("no spool");
         return Ok(Reply::new(451, [4, 3, 0], "internal error: no spool"));

@@ -11,7 +11,7 @@
 //!
 //! The first attempt uses the sessions the client's RCPTs opened (they are past
 //! RCPT already); later attempts open their own. Every attempt is one transaction
-//! log line (`id` = `SPOOLID/DOMAIN#ATTEMPT`) and counts in the metrics.
+//! log line (`id` = `SPOOLID/DOMAIN#ATTEMPT`) and is reported (`Report`).
 //!
 //! Invariants: a message's envelope is rewritten (durably) after every attempt
 //! before the next is scheduled, so a recipient recorded delivered is never sent
@@ -99,9 +99,13 @@ impl Delivery {
 
     /// Runs the schedule until SIGTERM, then waits up to [`DRAIN`] for attempts in
     /// flight (the rest stay in the spool for the next start).
-    pub fn spawn(ctx: Arc<Context>, mut shutdown: Shutdown) -> Option<tokio::task::JoinHandle<()>> {
-        let delivery = ctx.delivery.clone()?;
-        Some(tokio::spawn(async move {
+    pub fn spawn(
+        self: &Arc<Self>,
+        ctx: Arc<Context>,
+        mut shutdown: Shutdown,
+    ) -> tokio::task::JoinHandle<()> {
+        let delivery = self.clone();
+        tokio::spawn(async move {
             loop {
                 if shutdown.state() != State::Running {
                     break;
@@ -129,7 +133,7 @@ impl Delivery {
             {
                 tracing::warn!("spool: attempts still running after {DRAIN:?}; they are retried at the next start");
             }
-        }))
+        })
     }
 
     /// (id, domain) pairs due now and not running.

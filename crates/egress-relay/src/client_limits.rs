@@ -45,9 +45,15 @@ struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
     /// Too many sessions open from the client.
-    Concurrent { limit: usize },
+    Concurrent {
+        /// `max_connections_per_client`.
+        limit: usize,
+    },
     /// Too many new sessions in a short time.
-    Rate { spec: ThrottleSpec },
+    Rate {
+        /// `max_connection_rate_per_client`.
+        spec: ThrottleSpec,
+    },
 }
 
 /// The limits of one listener and what each client currently uses.

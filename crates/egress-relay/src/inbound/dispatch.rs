@@ -7,7 +7,7 @@ use super::body::{self, Trace};
 use super::transaction::Transaction;
 use super::transport::{Conn, Ended, Limits};
 use super::Listener;
-use crate::metrics::Refusal;
+use crate::report::Refusal;
 use crate::outbound::Context;
 use crate::shutdown::Shutdown;
 use egress_smtp::{words, Reply, TlsInfo};
@@ -303,8 +303,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             )
         } else {
             let body_8bit = from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0;
-            let mut t =
-                Transaction::new(self.peer, from.address, body_8bit, self.ctx.metrics.clone());
+            let mut t = Transaction::new(
+                self.peer,
+                from.address,
+                body_8bit,
+                self.ctx.report.clone(),
+                self.listener.spool.is_some(),
+            );
             // What egressd knows of the tenant at routing time: who authenticated.
             t.log.tenant = self.authenticated.clone();
             self.tx = Some(t);

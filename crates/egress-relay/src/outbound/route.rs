@@ -11,6 +11,7 @@ use super::shaping::Ineligible;
 use super::tls::server_name;
 use super::{idle::SessionKey, timeouts, Context, OpenError, Outbound};
 use crate::dns::Destination;
+use crate::report::path_handle;
 use crate::txlog::TxLog;
 use egress_smtp::{smtp_path, words, ClientSession, Reply, Response, StartTlsError};
 use egress_source::{
@@ -255,14 +256,14 @@ impl Route<'_> {
                 }
                 match self.connect(dest, key, started.elapsed(), log).await {
                     Err(HostFailure::Busy(reply)) => {
-                        let metrics = &self.ctx.metrics;
+                        let report = &self.ctx.report;
                         if started.elapsed() >= self.path.connect_timeout {
-                            metrics.throttle_refusal(&self.source.name, "connection_limit");
+                            report.throttle_refusal(&self.source.name, "connection_limit");
                             break Err(HostFailure::Shaping(reply));
                         }
                         if !waited {
                             waited = true;
-                            metrics.throttle_wait(&self.source.name, "connection_limit");
+                            report.throttle_wait(&self.source.name, "connection_limit");
                         }
                         // A session may come back idle, or a slot free up.
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -342,13 +343,14 @@ impl Route<'_> {
                     out.deliveries += 1;
                     // A session serves every pool its source is in: the handles
                     // follow the pool of this transaction.
-                    if out.metrics.as_ref().is_some_and(|m| m.pool != self.pool) {
-                        out.metrics = ctx.metrics.path(&self.source.name, self.pool, self.site);
+                    if out.report.as_ref().is_some_and(|p| p.pool != self.pool) {
+                        out.report =
+                            path_handle(&*ctx.report, &self.source.name, self.pool, self.site);
                     }
-                    if let Some(m) = &out.metrics {
-                        m.connection_reused();
+                    if let Some(path) = &out.report {
+                        path.report.connection_reused();
                     }
-                    log.path = out.metrics.clone();
+                    log.path = out.report.clone();
                     return Some(Ok(out));
                 }
                 Ok(reply) if reply.code != 421 => {
@@ -406,11 +408,11 @@ impl Route<'_> {
         let took = started.elapsed();
         log.connect_ms = Some(took.as_millis());
         log.egress = Some(conn.egress);
-        let metrics = ctx.metrics.path(name, self.pool, self.site);
-        if let Some(m) = &metrics {
-            m.connection_opened(took);
+        let report = path_handle(&*ctx.report, name, self.pool, self.site);
+        if let Some(path) = &report {
+            path.report.connection_opened(took);
         }
-        log.path = metrics.clone();
+        log.path = report.clone();
         let egress = conn.egress;
         let mut out = Outbound {
             smtp: ClientSession::new(conn.stream, timeouts(self.path)),
@@ -420,7 +422,7 @@ impl Route<'_> {
             shaper: ctx.shaper.clone(),
             deliveries: 1,
             max_deliveries: self.path.max_deliveries_per_connection,
-            metrics,
+            report,
             first_rcpt: None,
         };
         let failed = |e: std::io::Error| HostFailure::Other {

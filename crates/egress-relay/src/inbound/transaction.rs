@@ -9,7 +9,7 @@
 //! defers is accepted, because the message will be spooled and retried — a client
 //! library told 4xx for one recipient of several usually drops it.
 
-use crate::metrics::{Metrics, Origin};
+use crate::report::{Origin, Report};
 use crate::outbound::{Context, OpenError, Outbound};
 use crate::txlog::TxLog;
 use egress_smtp::Reply;
@@ -36,6 +36,8 @@ pub struct Transaction {
     pub legs: Vec<Leg>,
     pub accepted: usize,
     pub log: TxLog,
+    /// Several domains may be taken (the listener has a spool).
+    pub spooling: bool,
 }
 
 impl Transaction {
@@ -44,10 +46,12 @@ impl Transaction {
         peer: SocketAddr,
         from: String,
         body_8bit: bool,
-        metrics: Arc<Metrics>,
+        report: Arc<dyn Report>,
+        spooling: bool,
     ) -> Transaction {
         Transaction {
-            log: TxLog::new(peer, &from, metrics),
+            log: TxLog::new(peer, &from, report),
+            spooling,
             from,
             body_8bit,
             legs: Vec::new(),
@@ -161,7 +165,7 @@ impl Transaction {
         address: &str,
     ) -> Result<usize, (Reply, Origin)> {
         let first = self.legs.is_empty();
-        if !first && ctx.delivery.is_none() {
+        if !first && !self.spooling {
             let fixed = &self.legs[0].domain;
             return Err((
                 Reply::new(

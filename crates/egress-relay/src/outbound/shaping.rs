@@ -9,7 +9,7 @@
 //! shared by every path that uses them); suspensions are keyed by source name (all
 //! sites) or `SOURCE->SITE`.
 
-use crate::metrics::Metrics;
+use crate::report::Report;
 use egress_connect::{ConnectError, Phase};
 use egress_smtp::{words, Reply};
 use egress_source::{
@@ -31,12 +31,15 @@ pub const LEASE_RENEWAL: Duration = Duration::from_secs(5);
 
 /// Why a source cannot be chosen now, and when it may be.
 pub struct Ineligible {
+    /// In words, naming the source and the setting.
     pub reason: String,
+    /// When trying again could succeed.
     pub retry_after: Duration,
 }
 
 /// The shaping state of this node (and, through Redis, of all).
 pub struct Shaper {
+    /// The store: rates, leases, suspensions (this node's, or shared by Redis).
     pub throttles: Arc<Throttles>,
     /// Recent failures per (source, rule), for `Threshold` triggers.
     failures: Mutex<HashMap<(String, &'static str), VecDeque<Instant>>>,
@@ -45,7 +48,7 @@ pub struct Shaper {
     /// Health suspensions this node raised: (source, kind) → until.
     raised: Mutex<HashMap<(String, &'static str), SystemTime>>,
     /// Waits, refusals, connection failures, suspensions.
-    pub metrics: Arc<Metrics>,
+    pub report: Arc<dyn Report>,
 }
 
 /// The suspension key for a source at a site.
@@ -60,13 +63,15 @@ fn until_now(until: SystemTime) -> Duration {
 }
 
 impl Shaper {
-    pub fn new(throttles: Arc<Throttles>, metrics: Arc<Metrics>) -> Shaper {
+    /// Shaping over `throttles`, reporting waits, refusals and health
+    /// suspensions to `report`.
+    pub fn new(throttles: Arc<Throttles>, report: Arc<dyn Report>) -> Shaper {
         Shaper {
             throttles,
             failures: Mutex::default(),
             live: Mutex::default(),
             raised: Mutex::default(),
-            metrics,
+            report,
         }
     }
 
@@ -118,7 +123,7 @@ impl Shaper {
         };
         for key in keys {
             if let Some(s) = self.throttles.suspension(&key).await {
-                self.metrics.throttle_refusal(source, "suspended");
+                self.report.throttle_refusal(source, "suspended");
                 return Err(Ineligible {
                     reason: format!("source '{source}' is suspended ({})", s.reason),
                     retry_after: until_now(s.until),
@@ -129,7 +134,7 @@ impl Shaper {
         for Rate { key, spec, .. } in rates {
             let d = self.throttles.throttle(&key, spec, true).await;
             if !d.allowed {
-                self.metrics
+                self.report
                     .throttle_refusal(source, "source_selection_rate");
                 return Err(Ineligible {
                     reason: format!("source '{source}' reached its source_selection_rate {spec}"),
@@ -183,7 +188,7 @@ impl Shaper {
                 return Ok(());
             }
             if started.elapsed() + d.retry_after > MAX_WAIT {
-                self.metrics.throttle_refusal(source, what);
+                self.report.throttle_refusal(source, what);
                 return Err(Reply::new(
                     451,
                     [4, 7, 1],
@@ -193,7 +198,7 @@ impl Shaper {
                     ),
                 ));
             }
-            self.metrics.throttle_wait(source, what);
+            self.report.throttle_wait(source, what);
             tokio::time::sleep(d.retry_after).await;
         }
     }
@@ -254,7 +259,7 @@ impl Shaper {
         source: &EgressSource,
         error: &ConnectError,
     ) -> Option<String> {
-        self.metrics.connection_failed(&source.name, error.kind());
+        self.report.connection_failed(&source.name, error.kind());
         let (rule, kind) = if error.is_unplumbed() {
             (source.suspend_when_unplumbed.as_ref()?, "unplumbed")
         } else if proxy_unhealthy(error) {
@@ -277,7 +282,7 @@ impl Shaper {
         self.throttles
             .suspend(&source.name, &reason, rule.duration)
             .await;
-        self.metrics.health_suspension(&source.name, kind);
+        self.report.health_suspension(&source.name, kind);
         self.raised
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -314,15 +319,21 @@ impl Shaper {
 /// A rate as shaping applies it: the throttle key, the spec, and the setting it
 /// comes from (for messages).
 pub struct Rate<'a> {
+    /// The throttle store's key.
     pub key: String,
+    /// The rate.
     pub spec: &'a ThrottleSpec,
+    /// The setting it comes from, as an operator wrote it.
     pub what: String,
 }
 
 /// A connection limit as shaping applies it.
 pub struct Limit {
+    /// The throttle store's key for its leases.
     pub key: String,
+    /// The limit.
     pub limit: ConnectionLimit,
+    /// The setting it comes from, as an operator wrote it.
     pub what: String,
 }
 

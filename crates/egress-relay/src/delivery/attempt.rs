@@ -2,7 +2,7 @@
 //! route, every pending recipient in one transaction.
 
 use super::OpenSession;
-use crate::metrics::Origin;
+use crate::report::Origin;
 use crate::outbound::{Context, OpenError, Outbound};
 use crate::txlog::TxLog;
 use egress_smtp::Reply;
@@ -113,7 +113,7 @@ pub async fn run(
         return outcome;
     };
     let pending: Vec<String> = queue.pending().map(|r| r.address.clone()).collect();
-    let mut log = TxLog::new(FROM_SPOOL, &env.sender, ctx.metrics.clone());
+    let mut log = TxLog::new(FROM_SPOOL, &env.sender, ctx.report.clone());
     log.id = format!("{}/{domain}#{}", env.id, queue.attempts + 1);
     log.tenant = env.tenant.clone();
     let (mut out, confirmed) = match session {

@@ -1,6 +1,6 @@
 //! One log line per transaction, with everything an operator asks afterwards.
 
-use crate::metrics::{Metrics, Origin, PathMetrics, TransactionRecord};
+use crate::report::{Origin, PathHandle, Report, Unrouted};
 use egress_connect::EgressAddress;
 use egress_smtp::{Reply, TlsInfo};
 use std::net::SocketAddr;
@@ -44,15 +44,15 @@ pub struct TxLog {
     /// The reply that decided the transaction (the final dot's, else the last
     /// refusal) and who gave it; `None`: the client ended it.
     pub decided: Option<(u16, Origin)>,
-    /// The source's metric handles, once one was picked.
-    pub path: Option<Arc<PathMetrics>>,
-    metrics: Arc<Metrics>,
+    /// The path's report handle, once a source was picked.
+    pub path: Option<Arc<PathHandle>>,
+    report: Arc<dyn Report>,
     started: Instant,
 }
 
 impl TxLog {
     /// A transaction that began with MAIL FROM.
-    pub fn new(client: SocketAddr, sender: &str, metrics: Arc<Metrics>) -> TxLog {
+    pub fn new(client: SocketAddr, sender: &str, report: Arc<dyn Report>) -> TxLog {
         TxLog {
             id: transaction_id(),
             client,
@@ -72,7 +72,7 @@ impl TxLog {
             size: 0,
             decided: None,
             path: None,
-            metrics,
+            report,
             started: Instant::now(),
         }
     }
@@ -92,22 +92,23 @@ impl TxLog {
             .push((address.to_owned(), reply.to_string()));
     }
 
-    /// Emits the line, and counts the transaction in the metrics.
+    /// Emits the line, and reports the transaction.
     pub fn emit(self, outcome: &str) {
         let took = self.started.elapsed();
         let (code, origin) = match self.decided {
             Some((code, origin)) => (Some(code), origin),
             None => (None, Origin::Client),
         };
-        self.metrics.transaction(TransactionRecord {
-            path: self.path.as_deref(),
-            pool: self.pool.as_deref(),
-            site: self.site.as_deref(),
-            code,
-            origin,
-            size: self.size,
-            took,
-        });
+        match &self.path {
+            Some(path) => path.report.transaction(code, origin, self.size, took),
+            None => self.report.unrouted(Unrouted {
+                pool: self.pool.as_deref(),
+                site: self.site.as_deref(),
+                code,
+                origin,
+                took,
+            }),
+        }
         // The line's pieces are built only when the line is written.
         if !tracing::enabled!(target: "transaction", tracing::Level::INFO) {
             return;

@@ -1,0 +1,295 @@
+//! The relay engine: an ESMTP session that relays each transaction through an
+//! egress source picked from a weighted pool, as a KumoMTA-style Lua policy
+//! defines them — with the routing, destination sessions, shaping, DNS, limits per
+//! client, spooled delivery (for several-domain mail) and the transaction log that
+//! takes. egressd is a thin server over it; any Rust MTA can embed it.
+//!
+//! [`Relay`] is the face: built from a [`Policy`], it reads what the policy's
+//! `init` declares (resolver, Redis throttles, spool), and serves one inbound
+//! connection at a time on [`Listener`]s made from the policy's
+//! `kumo.start_esmtp_listener` declarations (or your own [`EsmtpListener`]).
+//! What happens is reported through [`report::Report`]; the relay itself has no
+//! HTTP, no metrics library and no CLI.
+//!
+//! ```no_run
+//! use egress_lua::{EsmtpListener, Policy, PolicyOptions};
+//! use egress_relay::Relay;
+//! use std::sync::Arc;
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let policy = Policy::from_source("policy.lua", r#"
+//!     kumo.on('get_queue_config', function(domain)
+//!       return kumo.make_queue_config { egress_pool = 'main' }
+//!     end)
+//!     kumo.on('get_egress_pool', function(name)
+//!       return kumo.make_egress_pool { name = name, entries = { { name = 'ip-2' } } }
+//!     end)
+//!     kumo.on('get_egress_source', function(name)
+//!       return kumo.make_egress_source { name = name, source_address = '127.0.0.2' }
+//!     end)"#, PolicyOptions::default())?;
+//! let relay = Relay::builder(Arc::new(policy)).build()?;
+//! let listener = relay.listener(EsmtpListener::default())?;
+//! let socket = tokio::net::TcpListener::bind(listener.config.listen).await?;
+//! loop {
+//!     let (stream, peer) = socket.accept().await?;
+//!     let (relay, listener) = (relay.clone(), listener.clone());
+//!     tokio::spawn(async move { relay.serve(stream, peer, &listener).await });
+//! }
+//! # }
+//! ```
+//!
+//! Invariants: nothing is acknowledged before it is relayed (one domain: the
+//! client's `250` is the destination's) or durable (several domains: spooled and
+//! fsynced first); every local failure is a `4xx` naming pool and source; a `5xx`
+//! is only ever the destination's own (or, for spooled mail, a DSN).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod client_limits;
+pub mod delivery;
+pub mod dns;
+pub mod inbound;
+pub mod outbound;
+pub mod report;
+mod resolve;
+pub mod shutdown;
+pub mod txlog;
+
+pub use delivery::Delivery;
+pub use dns::Dns;
+pub use egress_lua::{EsmtpListener, Policy};
+pub use inbound::Listener;
+pub use outbound::Context;
+pub use resolve::ResolveError;
+
+use egress_throttle::Throttles;
+use report::{NoReport, Report};
+use shutdown::{Shutdown, State, Trigger};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// A running relay: the shared state every session uses, the spool's delivery
+/// when the policy defines one, and the listeners made from it.
+pub struct Relay {
+    ctx: Arc<Context>,
+    delivery: Option<Arc<Delivery>>,
+    deliveries: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    listeners: Mutex<Vec<Arc<Listener>>>,
+    trigger: Trigger,
+    shutdown: Shutdown,
+}
+
+/// Builds a [`Relay`]; see [`Relay::builder`].
+pub struct RelayBuilder {
+    policy: Arc<Policy>,
+    hostname: Option<String>,
+    report: Arc<dyn Report>,
+    throttles: Option<Arc<Throttles>>,
+}
+
+impl RelayBuilder {
+    /// Our name in banners, `Received:` and EHLO when nothing else says; default
+    /// the host's name.
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.hostname = Some(name.into());
+        self
+    }
+
+    /// Where the relay reports what happens; default [`NoReport`].
+    pub fn report(mut self, report: Arc<dyn Report>) -> Self {
+        self.report = report;
+        self
+    }
+
+    /// The throttle store; default: Redis when the policy calls
+    /// `kumo.configure_redis_throttles`, else this process only.
+    pub fn throttles(mut self, throttles: Arc<Throttles>) -> Self {
+        self.throttles = Some(throttles);
+        self
+    }
+
+    /// Builds the relay from what the policy's `init` declares (resolver, Redis
+    /// throttles, spool) and starts its background work: suspension renewal, the
+    /// spool's schedule, and closing idle destination sessions. Call it within a
+    /// Tokio runtime. Errors name the declaration at fault.
+    pub fn build(self) -> Result<Arc<Relay>, String> {
+        let init = self.policy.init();
+        let dns = Dns::new(init.resolver.as_ref()).map_err(|e| format!("DNS: {e}"))?;
+        let throttles = match (self.throttles, &init.redis_throttles) {
+            (Some(t), _) => t,
+            (None, Some(redis)) => {
+                let t = Throttles::with_redis(&redis.node)
+                    .map_err(|e| format!("kumo.configure_redis_throttles: {e}"))?;
+                tracing::info!(node = %redis.node, "throttles, connection limits and suspensions are shared through Redis");
+                Arc::new(t)
+            }
+            (None, None) => Arc::new(Throttles::local()),
+        };
+        let delivery = match &init.spool {
+            Some(def) => {
+                let (spool, found) =
+                    egress_spool::Spool::open(std::path::Path::new(&def.path), def.max_spool_bytes)
+                        .map_err(|e| format!("kumo.define_spool: {e}"))?;
+                tracing::info!(
+                    path = %def.path,
+                    max_spool_bytes = def.max_spool_bytes,
+                    messages = found.len(),
+                    "spool ready: transactions for several domains are accepted and delivered from it"
+                );
+                Some(Arc::new(Delivery::new(spool, found)))
+            }
+            None => None,
+        };
+        let hostname = self.hostname.unwrap_or_else(host_name);
+        let ctx = Arc::new(Context::with_throttles(
+            self.policy,
+            dns,
+            hostname,
+            throttles,
+            self.report,
+        ));
+        ctx.shaper.spawn_renewal();
+        let (trigger, shutdown) = shutdown::channel();
+        let deliveries = delivery
+            .as_ref()
+            .map(|d| d.spawn(ctx.clone(), shutdown.clone()));
+        let reaper = Arc::downgrade(&ctx);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                match reaper.upgrade() {
+                    Some(ctx) => ctx.idle.reap(),
+                    None => return,
+                }
+            }
+        });
+        Ok(Arc::new(Relay {
+            ctx,
+            delivery,
+            deliveries: Mutex::new(deliveries),
+            listeners: Mutex::default(),
+            trigger,
+            shutdown,
+        }))
+    }
+}
+
+impl Relay {
+    /// A builder over a loaded policy.
+    pub fn builder(policy: Arc<Policy>) -> RelayBuilder {
+        RelayBuilder {
+            policy,
+            hostname: None,
+            report: Arc::new(NoReport),
+            throttles: None,
+        }
+    }
+
+    /// Makes a listener from `config` (its TLS certificate, its limits); the relay
+    /// keeps it for [`listeners`](Self::listeners) and [`shutdown`](Self::shutdown).
+    /// Binding its socket is the caller's.
+    pub fn listener(&self, config: EsmtpListener) -> Result<Arc<Listener>, String> {
+        let listener = Arc::new(Listener::new(config, &self.ctx, self.delivery.clone())?);
+        lock(&self.listeners).push(listener.clone());
+        Ok(listener)
+    }
+
+    /// The listeners made so far.
+    pub fn listeners(&self) -> Vec<Arc<Listener>> {
+        lock(&self.listeners).clone()
+    }
+
+    /// Serves one inbound connection on `listener` until the client quits, goes
+    /// away or times out. A client over the listener's limits gets a `421` and is
+    /// closed. Any stream will do (a TCP connection, an in-memory pipe).
+    pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        listener: &Arc<Listener>,
+    ) {
+        inbound::serve(
+            self.ctx.clone(),
+            listener.clone(),
+            stream,
+            peer,
+            self.shutdown.clone(),
+        )
+        .await
+    }
+
+    /// What routing would do for a message to `domain` (for `source`, or every
+    /// source its pool can pick), as JSON; nothing is connected or counted.
+    pub async fn resolve(
+        &self,
+        domain: &str,
+        source: Option<&str>,
+    ) -> Result<serde_json::Value, ResolveError> {
+        let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+        if domain.is_empty() {
+            return Err(ResolveError::Asked {
+                field: "domain",
+                message: "expected a domain, e.g. example.com".into(),
+            });
+        }
+        resolve::resolve(&self.ctx, &domain, source.map(str::trim)).await
+    }
+
+    /// The shared state: policy, DNS, shaping, idle sessions (what an operations
+    /// surface reads and where operator suspensions are written).
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// The spool's delivery, when the policy defines a spool.
+    pub fn delivery(&self) -> Option<&Arc<Delivery>> {
+        self.delivery.as_ref()
+    }
+
+    /// Where shutdown stands.
+    pub fn state(&self) -> State {
+        self.shutdown.state()
+    }
+
+    /// Stops gracefully: sessions end at their next transaction boundary with
+    /// `421`; after `deadline`, at their next read. Then the spool's attempts in
+    /// flight get [`delivery::DRAIN`] to finish, and idle destination sessions
+    /// are closed. Stop accepting connections before calling it.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.trigger.set(State::Draining);
+        let listeners = self.listeners();
+        let drained = tokio::time::timeout(deadline, async {
+            for listener in &listeners {
+                listener.drained().await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("drain deadline passed; ending the remaining sessions with 421");
+            self.trigger.set(State::Force);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let deliveries = lock(&self.deliveries).take();
+        if let Some(deliveries) = deliveries {
+            let _ = tokio::time::timeout(delivery::DRAIN + Duration::from_secs(1), deliveries)
+                .await;
+        }
+        self.ctx.idle.close_all().await;
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The host's name, for banners and EHLO when nothing else says.
+pub fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

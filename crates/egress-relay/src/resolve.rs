@@ -1,0 +1,162 @@
+//! What the relay would do for a message to a domain, resolved exactly as a
+//! transaction resolves it (same policy calls, same DNS, same precedence and
+//! shaping keys) but without connecting, counting a throttle, or moving the pool's
+//! rotation. egressd serves it as `GET /api/admin/resolve-egress-path/v1`.
+//!
+//! Without a source, every source the pool can pick (weight above zero) is shown,
+//! heaviest first.
+
+use crate::outbound::route::heaviest_first;
+use crate::outbound::shaping::{
+    connection_limits, connection_rates, message_rates, ready_queue, selection_rates, Rate,
+};
+use crate::outbound::Context;
+use egress_source::{effective_ehlo_domain, effective_port, EgressPathConfig};
+use serde_json::{json, Value};
+
+/// Why a resolution could not be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveError {
+    /// What was asked is wrong (`field` names it): no such source, no domain.
+    Asked {
+        /// The parameter at fault.
+        field: &'static str,
+        /// What is wrong and what to give instead.
+        message: String,
+    },
+    /// The policy or DNS failed to answer.
+    Failed(String),
+}
+
+impl std::fmt::Display for ResolveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResolveError::Asked { field, message } => write!(f, "{field}: {message}"),
+            ResolveError::Failed(message) => f.write_str(message),
+        }
+    }
+}
+
+impl std::error::Error for ResolveError {}
+
+/// Resolves `domain` (lowercase, no trailing dot) for `source`, or for every
+/// source of its pool: the queue config, pool, site, destinations, and per source
+/// its definition, path config, effective EHLO name and ports, suspensions, and
+/// every rate and limit with what is left of it — as JSON.
+pub async fn resolve(
+    ctx: &Context,
+    domain: &str,
+    source: Option<&str>,
+) -> Result<Value, ResolveError> {
+    let policy = &ctx.policy;
+    let failed = |what: &str, e: &dyn std::fmt::Display| ResolveError::Failed(format!("{what}: {e}"));
+    let queue = policy
+        .queue_config(domain, None, None, None)
+        .await
+        .map_err(|e| failed("get_queue_config", &e))?;
+    let pool = policy
+        .egress_pool(&queue.egress_pool)
+        .await
+        .map_err(|e| failed(&format!("pool '{}'", queue.egress_pool), &e))?;
+    let routing = ctx
+        .routing
+        .get(&ctx.dns, domain, &queue)
+        .await
+        .map_err(|e| failed(&format!("cannot route {domain}"), &e))?;
+    let (hosts, site) = (&routing.hosts, routing.site.clone());
+
+    let names: Vec<String> = match source {
+        Some(source) => vec![source.to_owned()],
+        None => heaviest_first(&pool)
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    };
+    let mut sources = Vec::new();
+    for name in names {
+        let source = policy
+            .egress_source(&name)
+            .await
+            .map_err(|e| ResolveError::Asked {
+                field: "source",
+                message: format!("no egress source {name:?}: {e}"),
+            })?;
+        let path = policy
+            .egress_path_config(domain, &name, Some(&site))
+            .await
+            .map_err(|e| failed("get_egress_path_config", &e))?;
+        let destinations: Vec<Value> = hosts
+            .iter()
+            .map(|h| {
+                json!({
+                    "host": h.host,
+                    "address": h.ip.to_string(),
+                    "port": effective_port(&source, h.entry.as_ref(), &path),
+                    "mx_list_entry": h.entry.as_ref().map(|e| e.to_string()),
+                })
+            })
+            .collect();
+        let mut suspensions = Vec::new();
+        for key in [name.clone(), ready_queue(&name, &site)] {
+            if let Some(s) = ctx.shaper.throttles.suspension(&key).await {
+                suspensions.push(json!({
+                    "id": s.key,
+                    "reason": s.reason,
+                    "expires": humantime::format_rfc3339_seconds(s.until).to_string(),
+                }));
+            }
+        }
+        sources.push(json!({
+            "name": name,
+            "in_pool": pool.entries.iter().any(|e| e.name == name),
+            "weight": pool.entries.iter().find(|e| e.name == name).map(|e| e.weight),
+            "ehlo_domain": effective_ehlo_domain(&path, &source, &ctx.hostname),
+            "destinations": destinations,
+            "suspensions": suspensions,
+            "throttles": throttles(ctx, &name, &site, &path).await,
+            "source": source.as_ref(),
+            "path_config": path.as_ref(),
+        }));
+    }
+    Ok(json!({
+        "domain": domain,
+        "queue_config": queue.as_ref(),
+        "pool": pool.as_ref(),
+        "site_name": site,
+        "destinations": hosts.iter().map(|h| json!({"host": h.host, "address": h.ip.to_string()})).collect::<Vec<_>>(),
+        "sources": sources,
+    }))
+}
+
+/// Every rate and limit that applies to `source` at `site`, with what is left.
+async fn throttles(ctx: &Context, source: &str, site: &str, path: &EgressPathConfig) -> Vec<Value> {
+    let store = &ctx.shaper.throttles;
+    let mut out = Vec::new();
+    let rates = selection_rates(source, site, path)
+        .into_iter()
+        .chain(message_rates(source, site, path))
+        .chain(connection_rates(source, site, path));
+    for Rate { key, spec, what } in rates {
+        let c = store.capacity(&key, spec, true).await;
+        out.push(json!({
+            "setting": what,
+            "spec": spec.to_string(),
+            "key": key,
+            "available": c.available,
+            "burst": c.burst,
+            "next_in_ms": c.next_in.as_millis() as u64,
+        }));
+    }
+    for limit in connection_limits(source, site, path) {
+        let in_use = store.in_use(&limit.key, limit.limit).await;
+        out.push(json!({
+            "setting": limit.what,
+            "spec": limit.limit.to_string(),
+            "key": limit.key,
+            "limit": limit.limit.limit,
+            "in_use": in_use,
+            "available": limit.limit.limit.saturating_sub(in_use),
+        }));
+    }
+    out
+}
