@@ -25,6 +25,9 @@ fn crates() -> Vec<String> {
         "egress-connect",
         "egress-smtp",
         "egress-lua",
+        "egress-throttle",
+        "egress-spool",
+        "egress-relay",
         "egressd",
     ];
     let mut names: Vec<String> = std::fs::read_dir(root().join("crates"))
@@ -186,6 +189,11 @@ fn ci() -> Result {
         let step = format!("test -p {name}");
         steps.push((step, Box::new(move || cargo(&["test", "-p", &name]))));
     }
+    // The embedding example the egress-relay README shows, run as a user would.
+    steps.push((
+        "example: egress-relay embed".into(),
+        Box::new(|| cargo(&["run", "-p", "egress-relay", "--example", "embed"])),
+    ));
     if root().join("tests/Cargo.toml").is_file() {
         steps.push((
             format!("end-to-end ({E2E})"),

@@ -83,7 +83,9 @@ async fn print_what_arrives(socket: TcpListener) -> std::io::Result<()> {
     let (stream, peer) = socket.accept().await?;
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
-    write.write_all(b"220 destination.example.net ESMTP\r\n").await?;
+    write
+        .write_all(b"220 destination.example.net ESMTP\r\n")
+        .await?;
     let mut in_data = false;
     while let Some(line) = lines.next_line().await? {
         if in_data {

@@ -274,8 +274,8 @@ impl Relay {
         }
         let deliveries = lock(&self.deliveries).take();
         if let Some(deliveries) = deliveries {
-            let _ = tokio::time::timeout(delivery::DRAIN + Duration::from_secs(1), deliveries)
-                .await;
+            let _ =
+                tokio::time::timeout(delivery::DRAIN + Duration::from_secs(1), deliveries).await;
         }
         self.ctx.idle.close_all().await;
     }

@@ -49,7 +49,8 @@ pub async fn resolve(
     source: Option<&str>,
 ) -> Result<Value, ResolveError> {
     let policy = &ctx.policy;
-    let failed = |what: &str, e: &dyn std::fmt::Display| ResolveError::Failed(format!("{what}: {e}"));
+    let failed =
+        |what: &str, e: &dyn std::fmt::Display| ResolveError::Failed(format!("{what}: {e}"));
     let queue = policy
         .queue_config(domain, None, None, None)
         .await

@@ -119,7 +119,7 @@ fn main() {
         .replace("{listen}", &listen.to_string()),
     )
     .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_egressd"));
+    let mut cmd = Command::new(egressd_bin());
     cmd.arg("--policy").arg(&policy).env("EGRESSD_LOG", "warn");
     let mut egressd = Peer::spawn("egressd", &mut cmd);
     wait_listening("egressd", listen, &mut egressd);
@@ -164,4 +164,12 @@ fn main() {
             total / pair_cpu
         );
     }
+}
+
+/// The egressd under test: this build's, or `EGRESSD_BIN` (another build's, for a
+/// before/after comparison on the same machine and load).
+fn egressd_bin() -> std::path::PathBuf {
+    std::env::var_os("EGRESSD_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_egressd").into())
 }

@@ -43,7 +43,7 @@ fn main() {
         ),
     )
     .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_egressd"));
+    let mut cmd = Command::new(egressd_bin());
     cmd.arg("--policy").arg(&policy).env("EGRESSD_LOG", "warn");
     let mut egressd = Peer::spawn("egressd", &mut cmd);
     wait_listening("egressd", listen, &mut egressd);
@@ -123,7 +123,7 @@ fn compare(
         let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let policy = dir.join(format!("{name}.lua"));
         std::fs::write(&policy, text.replace("{listen}", &listen.to_string())).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_egressd"));
+        let mut cmd = Command::new(egressd_bin());
         cmd.arg("--policy").arg(&policy).env("EGRESSD_LOG", "warn");
         let mut peer = Peer::spawn("egressd", &mut cmd);
         wait_listening("egressd", listen, &mut peer);
@@ -199,7 +199,7 @@ fn spooled_rows(dir: &std::path::Path) {
         ),
     )
     .unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_egressd"));
+    let mut cmd = Command::new(egressd_bin());
     cmd.arg("--policy").arg(&policy).env("EGRESSD_LOG", "warn");
     let mut egressd = Peer::spawn("egressd", &mut cmd);
     wait_listening("egressd", listen, &mut egressd);
@@ -307,7 +307,7 @@ fn tls_rows(sink: &SmtpSink, dir: &std::path::Path) {
     .unwrap();
     let mut peers = Vec::new();
     for (policy, addr) in [(&policy_b, next_hop), (&policy_a, first)] {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_egressd"));
+        let mut cmd = Command::new(egressd_bin());
         cmd.arg("--policy").arg(policy).env("EGRESSD_LOG", "warn");
         let mut peer = Peer::spawn("egressd", &mut cmd);
         wait_listening("egressd", addr, &mut peer);
@@ -424,4 +424,12 @@ fn run_to(server: SocketAddr, sessions: usize, messages: usize, to: &str) -> Dur
         "smtp-source against {server} failed: {status}"
     );
     started.elapsed()
+}
+
+/// The egressd under test: this build's, or `EGRESSD_BIN` (another build's, for a
+/// before/after comparison on the same machine and load).
+fn egressd_bin() -> std::path::PathBuf {
+    std::env::var_os("EGRESSD_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_egressd").into())
 }

@@ -1,9 +1,9 @@
 //! `egressd probe`: one connection through a source, to see what a destination sees.
 
+use egress_lua::Policy;
 use egress_relay::outbound::tls::server_name;
 use egress_relay::outbound::{timeouts, Context};
 use egress_relay::Dns;
-use egress_lua::Policy;
 use egress_smtp::{ClientSession, Reply, StartTlsError, TlsInfo};
 use egress_source::{effective_ehlo_domain, effective_port, MxListEntry};
 use std::net::SocketAddr;

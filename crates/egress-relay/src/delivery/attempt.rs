@@ -2,8 +2,8 @@
 //! route, every pending recipient in one transaction.
 
 use super::OpenSession;
-use crate::report::Origin;
 use crate::outbound::{Context, OpenError, Outbound};
+use crate::report::Origin;
 use crate::txlog::TxLog;
 use egress_smtp::Reply;
 use egress_spool::{DomainQueue, Envelope, RecipientState};

@@ -9,8 +9,8 @@
 //! defers is accepted, because the message will be spooled and retried — a client
 //! library told 4xx for one recipient of several usually drops it.
 
-use crate::report::{Origin, Report};
 use crate::outbound::{Context, OpenError, Outbound};
+use crate::report::{Origin, Report};
 use crate::txlog::TxLog;
 use egress_smtp::Reply;
 use std::net::SocketAddr;

@@ -183,7 +183,9 @@ async fn status(admin: &Admin) -> Answer {
         .listeners()
         .iter()
         .map(|l| {
-            let (active, accepted) = admin.metrics.listener_sessions(&l.config.listen.to_string());
+            let (active, accepted) = admin
+                .metrics
+                .listener_sessions(&l.config.listen.to_string());
             json!({
                 "listen": l.config.listen.to_string(),
                 "hostname": l.hostname,

@@ -18,8 +18,8 @@ mod suspend;
 
 use crate::metrics::Metrics;
 use base64::Engine;
-use egress_relay::{inbound, Relay};
 use egress_lua::HttpListener;
+use egress_relay::{inbound, Relay};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};

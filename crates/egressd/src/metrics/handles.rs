@@ -4,8 +4,8 @@
 //! message takes no lock and no label lookup.
 
 use super::{
-    class, source_limit, EventLabels, Histogram, ListenerReason, Metrics,
-    PathLabels, SourceKind, SourceReason, TransactionLabels,
+    class, source_limit, EventLabels, Histogram, ListenerReason, Metrics, PathLabels, SourceKind,
+    SourceReason, TransactionLabels,
 };
 use egress_relay::report::{ListenerReport, Origin, PathReport, Refusal, Report, Unrouted};
 use prometheus_client::metrics::counter::Counter;

@@ -9,8 +9,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::sync::RwLock;
 use std::sync::Mutex;
+use std::sync::RwLock;
 
 impl Inner {
     pub(super) fn new() -> Box<Inner> {
@@ -228,4 +228,3 @@ impl Inner {
         }
     }
 }
-
