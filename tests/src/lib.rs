@@ -7,11 +7,17 @@
 //! skip.
 #![forbid(unsafe_code)]
 
+mod clients;
 mod pki;
+mod policies;
 mod prometheus;
 mod scripted;
 mod source_socks;
+pub use clients::{by_client_addr, smtplib_send, spool_files, swaks, wait_until, Raw, Swaks};
 pub use pki::TestCa;
+pub use policies::{
+    mx_entry, relay_policy, shaping_policy, spool_policy, three_connections, IP2_POOL,
+};
 pub use prometheus::{http_get, http_request, query_escape, HttpAnswer, Prometheus};
 pub use scripted::{Received, ScriptedDestination};
 pub use source_socks::SourceBindingSocks;
@@ -609,34 +615,6 @@ pub fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> 
     socket.bind(&SocketAddr::new(from, 0).into())?;
     socket.connect_timeout(&to.into(), Duration::from_secs(10))?;
     Ok(socket.into())
-}
-
-/// The policy most relay tests need: a listener on `{listen}` (left for the caller
-/// to fill) with the extra Lua fields `listener`, every domain routed to `mx` through
-/// pool `main` = one source, `ip-2` (127.0.0.2), plus `extra` Lua.
-pub fn relay_policy(listener: &str, mx: &str, extra: &str) -> String {
-    format!(
-        "kumo.on('init', function() kumo.start_esmtp_listener {{ listen = '{{listen}}', {listener} }} end)
-         kumo.on('get_queue_config', function(domain)
-           return kumo.make_queue_config {{ egress_pool = 'main', protocol = {{ smtp = {{ mx_list = {{ '{mx}' }} }} }} }}
-         end)
-         {IP2_POOL}
-         {extra}"
-    )
-}
-
-/// Pool `main` (any name) = one source, `ip-2`, leaving from 127.0.0.2.
-pub const IP2_POOL: &str = "
-kumo.on('get_egress_pool', function(name)
-  return kumo.make_egress_pool { name = name, entries = { { name = 'ip-2' } } }
-end)
-kumo.on('get_egress_source', function(name)
-  return kumo.make_egress_source { name = name, source_address = '127.0.0.2' }
-end)";
-
-/// `[ip]:port`, the mx_list form of an address.
-pub fn mx_entry(addr: SocketAddr) -> String {
-    format!("[{}]:{}", addr.ip(), addr.port())
 }
 
 /// `redis-server` on `127.0.0.1:<free port>`, nothing persisted, stopped on drop

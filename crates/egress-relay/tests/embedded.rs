@@ -2,11 +2,12 @@
 //! interface only, relaying to a real smtp-sink on loopback: what the destination
 //! records, what the client hears, and what the relay reports.
 
-use egress_e2e::{connect_from, header, send_mail, SmtpSink};
-use egress_lua::{EsmtpListener, Policy, PolicyOptions};
+mod common;
+
+use common::Embedded;
+use egress_e2e::{connect_from, header, mx_entry, send_mail, SmtpSink};
 use egress_relay::report::{Origin, PathReport, Report};
-use egress_relay::{Listener, Relay};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::{IpAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,74 +46,36 @@ impl Report for Reporting {
     }
 }
 
-/// A relay serving `listener` settings on a free loopback port, on a runtime of
-/// its own; every domain goes to `sink` through pool `main` = source `ip-2`
-/// (127.0.0.2, EHLO mta2.example.test).
-struct Embedded {
-    addr: SocketAddr,
-    tally: Arc<Tally>,
-    _runtime: tokio::runtime::Runtime,
-}
-
-impl Embedded {
-    fn start(sink: &SmtpSink, listener: EsmtpListener) -> Embedded {
-        let policy = Policy::from_source(
-            "embedded.lua",
-            &format!(
-                "kumo.on('get_queue_config', function(domain)
-                   return kumo.make_queue_config {{ egress_pool = 'main',
-                     protocol = {{ smtp = {{ mx_list = {{ '[{}]:{}' }} }} }} }}
-                 end)
-                 kumo.on('get_egress_pool', function(name)
-                   return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'ip-2' }} }} }}
-                 end)
-                 kumo.on('get_egress_source', function(name)
-                   return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2',
-                                                     ehlo_domain = 'mta2.example.test' }}
-                 end)",
-                sink.addr.ip(),
-                sink.addr.port()
-            ),
-            PolicyOptions::default(),
-        )
-        .expect("policy");
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        let tally = Arc::new(Tally::default());
-        let report = Arc::new(Reporting(tally.clone()));
-        let addr = runtime.block_on(async {
-            let relay = Relay::builder(Arc::new(policy))
-                .hostname("relay.example.test")
-                .report(report)
-                .build()
-                .expect("relay");
-            let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = socket.local_addr().unwrap();
-            let listener: Arc<Listener> = relay
-                .listener(EsmtpListener {
-                    listen: addr,
-                    ..listener
-                })
-                .expect("listener");
-            tokio::spawn(async move {
-                while let Ok((stream, peer)) = socket.accept().await {
-                    let (relay, listener) = (relay.clone(), listener.clone());
-                    tokio::spawn(async move { relay.serve(stream, peer, &listener).await });
-                }
-            });
-            addr
-        });
-        Embedded {
-            addr,
-            tally,
-            _runtime: runtime,
-        }
-    }
+/// A relay on `{listen}` with the listener fields `listener` (Lua); every domain goes
+/// to `sink` through pool `main` = source `ip-2` (127.0.0.2, EHLO mta2.example.test).
+/// What it reports is counted in the returned tally.
+fn start(sink: &SmtpSink, listener: &str) -> (Embedded, Arc<Tally>) {
+    let policy = format!(
+        "kumo.on('init', function()
+           kumo.start_esmtp_listener {{ listen = '{{listen}}', hostname = 'relay.example.test', {listener} }}
+         end)
+         kumo.on('get_queue_config', function(domain)
+           return kumo.make_queue_config {{ egress_pool = 'main',
+             protocol = {{ smtp = {{ mx_list = {{ '{}' }} }} }} }}
+         end)
+         kumo.on('get_egress_pool', function(name)
+           return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'ip-2' }} }} }}
+         end)
+         kumo.on('get_egress_source', function(name)
+           return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2',
+                                             ehlo_domain = 'mta2.example.test' }}
+         end)",
+        mx_entry(sink.addr)
+    );
+    let tally = Arc::new(Tally::default());
+    let relay = Embedded::start_reporting(&policy, Arc::new(Reporting(tally.clone())));
+    (relay, tally)
 }
 
 #[test]
 fn a_message_leaves_from_the_pools_source_and_the_reply_is_the_destinations() {
     let sink = SmtpSink::start();
-    let relay = Embedded::start(&sink, EsmtpListener::default());
+    let (relay, tally) = start(&sink, "");
     let stream = TcpStream::connect(relay.addr).unwrap();
     let reply = send_mail(stream, "app.test", "app@client.test", "someone@dest.test").unwrap();
     assert!(reply.starts_with("250"), "{reply}");
@@ -122,15 +85,13 @@ fn a_message_leaves_from_the_pools_source_and_the_reply_is_the_destinations() {
     assert_eq!(header(&m[0], "X-Helo-Args"), Some("mta2.example.test"));
     assert!(m[0].contains("by relay.example.test"), "{}", m[0]);
     // Reported: one connection through ip-2, one transaction the destination accepted.
-    assert_eq!(relay.tally.opened.load(Ordering::Relaxed), 1);
+    assert_eq!(tally.opened.load(Ordering::Relaxed), 1);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while relay.tally.transactions.lock().unwrap().is_empty()
-        && std::time::Instant::now() < deadline
-    {
+    while tally.transactions.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(
-        *relay.tally.transactions.lock().unwrap(),
+        *tally.transactions.lock().unwrap(),
         [("ip-2/main".to_owned(), Some(250), Origin::Destination)]
     );
 }
@@ -138,7 +99,7 @@ fn a_message_leaves_from_the_pools_source_and_the_reply_is_the_destinations() {
 #[test]
 fn a_recipient_the_destination_refuses_gets_the_destinations_own_reply() {
     let sink = SmtpSink::start_with(IpAddr::from([127, 0, 0, 1]), &["-f", "rcpt"]);
-    let relay = Embedded::start(&sink, EsmtpListener::default());
+    let (relay, _) = start(&sink, "");
     let stream = TcpStream::connect(relay.addr).unwrap();
     let err = send_mail(stream, "app.test", "app@client.test", "someone@dest.test").unwrap_err();
     assert!(err.to_string().contains("got 5"), "{err}");
@@ -149,14 +110,10 @@ fn a_recipient_the_destination_refuses_gets_the_destinations_own_reply() {
 #[test]
 fn an_outsider_is_limited_per_client_and_a_relay_host_is_not() {
     let sink = SmtpSink::start();
-    let relay = Embedded::start(
+    let (relay, _) = start(
         &sink,
-        EsmtpListener {
-            relay_hosts: vec!["127.0.0.1/32".parse().unwrap()],
-            client_limit_exceptions: Some(vec!["127.0.0.1/32".parse().unwrap()]),
-            max_connections_per_client: 2,
-            ..EsmtpListener::default()
-        },
+        "relay_hosts = { '127.0.0.1/32' }, client_limit_exceptions = { '127.0.0.1/32' },
+         max_connections_per_client = 2",
     );
     let banner = |from: &str| -> (TcpStream, String) {
         use std::io::{BufRead, BufReader};

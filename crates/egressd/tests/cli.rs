@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{swaks, Egressd};
+use common::Egressd;
+use egress_e2e::swaks;
 use egress_e2e::{header, SmtpSink};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -388,5 +389,34 @@ fn the_embedded_default_listens_on_loopback_and_relays_for_loopback_only() {
             .get("source_address")
             .is_none(),
         "kernel-chosen address"
+    );
+}
+
+/// `--log-format json`: the transaction line is one JSON record with its fields.
+#[test]
+fn json_log_has_one_record_per_transaction() {
+    let sink = SmtpSink::start();
+    let policy = egress_e2e::relay_policy("", &egress_e2e::mx_entry(sink.addr), "");
+    let d = Egressd::start_with_args(&policy, &["--log-format", "json"]);
+    assert!(swaks(d.addr, "rcpt@dest.test", &[]).ok);
+    sink.wait_for(1);
+    let records: Vec<serde_json::Value> = d
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|r: &serde_json::Value| r["target"] == "transaction")
+        .collect();
+    assert_eq!(records.len(), 1, "{records:?}");
+    let fields = &records[0]["fields"];
+    assert_eq!(fields["source"], "ip-2");
+    assert_eq!(fields["pool"], "main");
+    assert_eq!(fields["egress"], "127.0.0.2");
+    assert_eq!(fields["sender"], "<sender@client.test>");
+    assert!(
+        fields["outcome"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("250"),
+        "{fields}"
     );
 }

@@ -4,8 +4,9 @@
 
 mod common;
 
-use common::{swaks, Egressd, Raw};
+use common::Egressd;
 use egress_e2e::{connect_from, Dnsmasq, ScriptedDestination, SmtpSink, IP2_POOL};
+use egress_e2e::{swaks, Raw};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 

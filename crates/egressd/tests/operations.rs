@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{by_client_addr, swaks, Egressd, Raw};
+use common::Egressd;
+use egress_e2e::{by_client_addr, swaks, Raw};
 use egress_e2e::{
     header, http_get, http_request, mx_entry, require, Dnsmasq, Prometheus, SmtpSink,
 };

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{by_client_addr, swaks, Egressd};
+use common::Egressd;
+use egress_e2e::{by_client_addr, swaks};
 use egress_e2e::{header, mx_entry, Dnsmasq, SmtpSink};
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{swaks, Egressd, Raw};
+use common::Egressd;
+use egress_e2e::{swaks, Raw};
 use egress_e2e::{Postfix, SmtpSink, TestCa, IP2_POOL};
 use std::net::SocketAddr;
 use std::process::Command;

@@ -1,9 +1,12 @@
-//! swaks → egressd → smtp-sink, asserting what the sink recorded (SPEC §7, §8).
+//! swaks → a relay → smtp-sink, asserting what the sink recorded (SPEC §7, §8).
+//! The relay is egress-relay embedded in this process (`common::Embedded`), served
+//! exactly as egressd serves it.
 
 mod common;
 
-use common::{swaks, Egressd, Raw};
+use common::Embedded;
 use egress_e2e::{header, Dnsmasq, HaProxy, MicroSocks, Postfix, SmtpSink};
+use egress_e2e::{swaks, Raw};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
@@ -43,7 +46,7 @@ fn default_source_policy(sink: &SmtpSink) -> String {
 #[test]
 fn direct_source_address_and_ehlo_name_reach_the_destination() {
     let sink = SmtpSink::start();
-    let d = Egressd::start(&default_source_policy(&sink));
+    let d = Embedded::start(&default_source_policy(&sink));
     let s = swaks(d.addr, "rcpt@dest.test", &[]);
     assert!(s.ok, "{}", s.transcript);
     let m = sink.wait_for(1);
@@ -64,7 +67,7 @@ fn direct_source_address_and_ehlo_name_reach_the_destination() {
 #[test]
 fn weighted_pool_splits_thirty_transactions_twenty_ten() {
     let sink = SmtpSink::start();
-    let d = Egressd::start(&routed(
+    let d = Embedded::start(&routed(
         &to_sink(&sink),
         "kumo.on('get_egress_pool', function(name)
            return kumo.make_egress_pool { name = name, entries = { { name = 'ip-2', weight = 2 }, { name = 'ip-3', weight = 1 } } }
@@ -92,7 +95,7 @@ fn path_ehlo_wins_and_source_remote_port_wins() {
     let sink = SmtpSink::start();
     // The mx_list names a port nobody listens on; the source's remote_port is the sink's.
     let dead = egress_e2e::free_port();
-    let d = Egressd::start(&routed(
+    let d = Embedded::start(&routed(
         &format!("[127.0.0.1]:{dead}"),
         &format!(
             "{ONE_SOURCE_POOL}
@@ -119,7 +122,7 @@ fn mx_routing_through_dnsmasq() {
         "--mx-host=example.test,mx1.example.test,10",
         "--host-record=mx1.example.test,127.0.0.1",
     ]);
-    let d = Egressd::start(&format!(
+    let d = Embedded::start(&format!(
         "kumo.on('init', function()
            kumo.start_esmtp_listener {{ listen = '{{listen}}' }}
            kumo.dns.configure_resolver {{ name_servers = {{ '{}' }} }}
@@ -146,7 +149,7 @@ fn haproxy_and_socks5_sources() {
     let sink = SmtpSink::start();
     let haproxy = HaProxy::start();
     let socks = MicroSocks::start(Some("127.0.0.9".parse().unwrap()), None);
-    let d = Egressd::start(&routed(
+    let d = Embedded::start(&routed(
         &to_sink(&sink),
         &format!(
             "kumo.on('get_egress_pool', function(name)
@@ -188,7 +191,7 @@ fn haproxy_and_socks5_sources() {
 #[test]
 fn destination_replies_are_passed_back() {
     let rejecting = SmtpSink::start_with("127.0.0.1".parse().unwrap(), &["-f", "rcpt"]);
-    let d = Egressd::start(&default_source_policy(&rejecting));
+    let d = Embedded::start(&default_source_policy(&rejecting));
     let s = swaks(d.addr, "rcpt@dest.test", &[]);
     assert!(!s.ok);
     assert!(
@@ -200,7 +203,7 @@ fn destination_replies_are_passed_back() {
     // The destination refuses the sender: its reply comes back at the first RCPT
     // (the client's MAIL was answered before any destination was known).
     let refusing = SmtpSink::start_with("127.0.0.1".parse().unwrap(), &["-f", "mail"]);
-    let d = Egressd::start(&default_source_policy(&refusing));
+    let d = Embedded::start(&default_source_policy(&refusing));
     let s = swaks(d.addr, "rcpt@dest.test", &[]);
     assert!(!s.ok);
     let rcpt_reply = s.first_reply("5");
@@ -215,7 +218,7 @@ fn destination_replies_are_passed_back() {
     // less per message), so its 4xx reaches the client as the answer to the
     // message text, which is discarded; the session carries on.
     let deferring = SmtpSink::start_with("127.0.0.1".parse().unwrap(), &["-r", "data"]);
-    let d = Egressd::start(&default_source_policy(&deferring));
+    let d = Embedded::start(&default_source_policy(&deferring));
     let (mut c, _) = Raw::connect(d.addr);
     assert!(c.cmd("EHLO client.test").starts_with("250"));
     for round in 0..2 {
@@ -243,7 +246,7 @@ fn destination_replies_are_passed_back() {
 #[test]
 fn local_failures_are_4xx_naming_the_source_and_the_server_keeps_serving() {
     let sink = SmtpSink::start();
-    let d = Egressd::start(&routed(
+    let d = Embedded::start(&routed(
         &to_sink(&sink),
         "kumo.on('get_egress_pool', function(name)
            return kumo.make_egress_pool { name = name, entries = { { name = 'unplumbed' } } }
@@ -259,7 +262,7 @@ fn local_failures_are_4xx_naming_the_source_and_the_server_keeps_serving() {
     assert!(reply.contains("'unplumbed'"), "{reply}");
 
     // A handler that raises: 4xx, and the next transaction works.
-    let d = Egressd::start(&routed(
+    let d = Embedded::start(&routed(
         &to_sink(&sink),
         "kumo.on('get_egress_pool', function(name)
            return kumo.make_egress_pool { name = name, entries = { { name = 'ip-2' } } }
@@ -286,7 +289,7 @@ fn local_failures_are_4xx_naming_the_source_and_the_server_keeps_serving() {
 #[test]
 fn relay_permission_and_one_domain_per_transaction() {
     let sink = SmtpSink::start();
-    let d = Egressd::start(&default_source_policy(&sink).replace(
+    let d = Embedded::start(&default_source_policy(&sink).replace(
         "kumo.start_esmtp_listener { listen = '{listen}' }",
         "kumo.start_esmtp_listener { listen = '{listen}', relay_hosts = { '127.0.0.1/32' } }",
     ));
@@ -311,7 +314,7 @@ fn relay_permission_and_one_domain_per_transaction() {
 #[test]
 fn fifty_concurrent_clients_each_delivered_exactly_once() {
     let sink = SmtpSink::start();
-    let d = Egressd::start(&default_source_policy(&sink));
+    let d = Embedded::start(&default_source_policy(&sink));
     let addr: SocketAddr = d.addr;
     let handles: Vec<_> = (0..50)
         .map(|i| {
@@ -342,7 +345,7 @@ fn fifty_concurrent_clients_each_delivered_exactly_once() {
 #[test]
 fn destination_sessions_are_reused_and_stale_ones_replaced() {
     let sink = SmtpSink::start();
-    let d = Egressd::start(&default_source_policy(&sink));
+    let d = Embedded::start(&default_source_policy(&sink));
     assert!(swaks(d.addr, "a@dest.test", &[]).ok);
     assert!(swaks(d.addr, "b@dest.test", &[]).ok);
     let lines: Vec<String> = d
@@ -385,36 +388,9 @@ fn destination_sessions_are_reused_and_stale_ones_replaced() {
 }
 
 #[test]
-fn json_log_has_one_record_per_transaction() {
-    let sink = SmtpSink::start();
-    let d = Egressd::start_with_args(&default_source_policy(&sink), &["--log-format", "json"]);
-    assert!(swaks(d.addr, "rcpt@dest.test", &[]).ok);
-    sink.wait_for(1);
-    let records: Vec<serde_json::Value> = d
-        .log()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-        .filter(|r: &serde_json::Value| r["target"] == "transaction")
-        .collect();
-    assert_eq!(records.len(), 1, "{records:?}");
-    let fields = &records[0]["fields"];
-    assert_eq!(fields["source"], "ip-2");
-    assert_eq!(fields["pool"], "main");
-    assert_eq!(fields["egress"], "127.0.0.2");
-    assert_eq!(fields["sender"], "<sender@client.test>");
-    assert!(
-        fields["outcome"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("250"),
-        "{fields}"
-    );
-}
-
-#[test]
 fn quoted_local_parts_reach_the_destination_quoted() {
     let sink = SmtpSink::start();
-    let d = Egressd::start(&default_source_policy(&sink));
+    let d = Embedded::start(&default_source_policy(&sink));
     let s = swaks(d.addr, "\"john doe\"@dest.test", &[]);
     assert!(s.ok, "{}", s.transcript);
     let m = sink.wait_for(1);
@@ -434,7 +410,7 @@ fn a_silent_haproxy_route_is_explained() {
         std::thread::sleep(std::time::Duration::from_secs(3));
         drop(held);
     });
-    let d = Egressd::start(&routed(
+    let d = Embedded::start(&routed(
         "[127.0.0.1]:25",
         &format!(
             "kumo.on('get_egress_pool', function(name)
@@ -468,7 +444,7 @@ fn a_silent_haproxy_route_is_explained() {
 #[test]
 fn postfix_hands_its_mail_to_egressd() {
     let sink = SmtpSink::start();
-    let d = Egressd::start(&default_source_policy(&sink));
+    let d = Embedded::start(&default_source_policy(&sink));
     let postfix = Postfix::start(d.addr);
     let s = swaks(postfix.addr, "someone@dest.test", &[]);
     assert!(s.ok, "{}", s.transcript);
@@ -545,7 +521,7 @@ fn client_connections(log: &str) -> usize {
 fn postfix_relaying_a_burst_is_never_deferred_by_the_per_client_limits() {
     const MESSAGES: usize = 500;
     let sink = SmtpSink::start();
-    let d = Egressd::start(&default_source_policy(&sink));
+    let d = Embedded::start(&default_source_policy(&sink));
     let postfix = Postfix::start_with(d.addr, "smtp_connection_cache_on_demand = no\n");
     smtp_source(postfix.addr, MESSAGES);
     let arrived = arrivals_within_30s(&sink, MESSAGES);
@@ -571,7 +547,7 @@ fn postfix_relaying_a_burst_is_never_deferred_by_the_per_client_limits() {
 fn an_application_opening_a_connection_per_message_is_not_flood_limited() {
     const MESSAGES: usize = 500;
     let sink = SmtpSink::start();
-    let d = Egressd::start(&default_source_policy(&sink));
+    let d = Embedded::start(&default_source_policy(&sink));
     smtp_source(d.addr, MESSAGES);
     assert_eq!(arrivals_within_30s(&sink, MESSAGES), MESSAGES);
     assert_eq!(client_connections(&d.log()), MESSAGES);
@@ -588,7 +564,7 @@ fn each_client_rcpt_gets_its_own_reply_with_and_without_outbound_pipelining() {
         ScriptedDestination::start(false),
         ScriptedDestination::pipelining(),
     ] {
-        let d = Egressd::start(&egress_e2e::relay_policy(
+        let d = Embedded::start(&egress_e2e::relay_policy(
             "",
             &egress_e2e::mx_entry(dest.addr),
             "",
