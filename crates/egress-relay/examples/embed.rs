@@ -45,19 +45,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
         .hostname("relay.example.test")
         .build()?;
 
-    // The relay serves connections; accepting them is ours.
+    // Binding is ours; the relay accepts and serves until it shuts down.
     let socket = TcpListener::bind("127.0.0.1:0").await?;
     let listener = relay.listener(EsmtpListener {
         listen: socket.local_addr()?,
         ..EsmtpListener::default()
     })?;
-    let serving = relay.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = socket.accept().await {
-            let (relay, listener) = (serving.clone(), listener.clone());
-            tokio::spawn(async move { relay.serve(stream, peer, &listener).await });
-        }
-    });
+    tokio::spawn(relay.clone().accept(socket, listener));
 
     // An application hands the relay one message.
     let relay_addr = relay.listeners()[0].config.listen;

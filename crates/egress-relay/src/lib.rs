@@ -30,11 +30,8 @@
 //! let relay = Relay::builder(Arc::new(policy)).build()?;
 //! let listener = relay.listener(EsmtpListener::default())?;
 //! let socket = tokio::net::TcpListener::bind(listener.config.listen).await?;
-//! loop {
-//!     let (stream, peer) = socket.accept().await?;
-//!     let (relay, listener) = (relay.clone(), listener.clone());
-//!     tokio::spawn(async move { relay.serve(stream, peer, &listener).await });
-//! }
+//! relay.accept(socket, listener).await; // until relay.shutdown(…) begins
+//! # Ok(())
 //! # }
 //! ```
 //!
@@ -69,6 +66,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 
 /// A running relay: the shared state every session uses, the spool's delivery
 /// when the policy defines one, and the listeners made from it.
@@ -200,6 +198,37 @@ impl Relay {
     /// The listeners made so far.
     pub fn listeners(&self) -> Vec<Arc<Listener>> {
         lock(&self.listeners).clone()
+    }
+
+    /// Accepts connections on `socket` and serves each on `listener` (a task per
+    /// connection, as [`serve`](Self::serve)) until [`shutdown`](Self::shutdown)
+    /// begins; then the socket is closed. An accept error (out of descriptors, say)
+    /// is logged and retried after 100 ms rather than spun on.
+    ///
+    /// The TCP case lives here, not only in the embedder, so the whole session is
+    /// compiled and optimised within this crate.
+    pub async fn accept(self: Arc<Self>, socket: TcpListener, listener: Arc<Listener>) {
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            if shutdown.state() != State::Running {
+                return;
+            }
+            let accepted = tokio::select! {
+                accepted = socket.accept() => accepted,
+                _ = shutdown.changed() => continue,
+            };
+            let (stream, peer) = match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!("accept on {}: {e}", listener.config.listen);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let (relay, listener) = (self.clone(), listener.clone());
+            tokio::spawn(async move { relay.serve(stream, peer, &listener).await });
+        }
     }
 
     /// Serves one inbound connection on `listener` until the client quits, goes

@@ -3,10 +3,9 @@
 use crate::admin::{Admin, HttpServer, LogFilter};
 use crate::listen;
 use crate::metrics::Metrics;
-use egress_relay::{EsmtpListener, Listener, Policy, Relay};
+use egress_relay::{EsmtpListener, Policy, Relay};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// How long transactions in flight may take to finish after SIGTERM.
@@ -59,7 +58,6 @@ pub async fn serve(policy: Arc<Policy>, options: ServeOptions) -> Result<(), Str
         http.push(server);
     }
 
-    let (stop_accepting, accepting) = tokio::sync::watch::channel(true);
     for config in listeners {
         let (socket, backlog) = listen::bind(config.listen, config.max_connections)?;
         tracing::info!(
@@ -73,12 +71,9 @@ pub async fn serve(policy: Arc<Policy>, options: ServeOptions) -> Result<(), Str
             "listening"
         );
         let listener = relay.listener(config)?;
-        tokio::spawn(accept_loop(
-            socket,
-            listener,
-            relay.clone(),
-            accepting.clone(),
-        ));
+        // Until the drain begins; the relay admits each session within the
+        // listener's limits, or answers 421 and closes.
+        tokio::spawn(relay.clone().accept(socket, listener));
     }
 
     let admin = Arc::new(Admin {
@@ -114,7 +109,6 @@ pub async fn serve(policy: Arc<Policy>, options: ServeOptions) -> Result<(), Str
     }
 
     tracing::info!("shutting down: no new connections; waiting up to {DRAIN_DEADLINE:?} for transactions in flight");
-    let _ = stop_accepting.send(false);
     relay.shutdown(DRAIN_DEADLINE).await;
     Ok(())
 }
@@ -188,35 +182,4 @@ fn watch_config(
         tracing::info!(directory = %root.display(), "watching configuration files; a change reloads the policy");
     }
     Ok(watcher)
-}
-
-async fn accept_loop(
-    socket: TcpListener,
-    listener: Arc<Listener>,
-    relay: Arc<Relay>,
-    mut accepting: tokio::sync::watch::Receiver<bool>,
-) {
-    loop {
-        if !*accepting.borrow() {
-            return;
-        }
-        let accepted = tokio::select! {
-            accepted = socket.accept() => accepted,
-            _ = accepting.changed() => continue,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Out of file descriptors and the like: wait a moment rather than spin.
-                tracing::warn!("accept on {}: {e}", listener.config.listen);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let (relay, listener) = (relay.clone(), listener.clone());
-        // The relay admits the session within the listener's limits, or answers
-        // 421 and closes.
-        tokio::spawn(async move { relay.serve(stream, peer, &listener).await });
-    }
 }

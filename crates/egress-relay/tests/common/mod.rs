@@ -103,14 +103,7 @@ impl Embedded {
                         .await
                         .expect("bind the listener");
                     let listener = relay.listener(config).expect("listener");
-                    let relay = relay.clone();
-                    tokio::spawn(async move {
-                        while let Ok((stream, peer)) = socket.accept().await {
-                            let _ = stream.set_nodelay(true);
-                            let (relay, listener) = (relay.clone(), listener.clone());
-                            tokio::spawn(async move { relay.serve(stream, peer, &listener).await });
-                        }
-                    });
+                    tokio::spawn(relay.clone().accept(socket, listener));
                 }
                 relay
             })
