@@ -1,6 +1,7 @@
 //! One inbound SMTP session: commands parsed by smtp-proto, each transaction
-//! relayed through an egress source as it happens. egressd never holds a message:
-//! the client's 250 is the destination's 250.
+//! relayed through an egress source as it happens. A single-domain message is
+//! never held: the client's 250 is the destination's 250 (several domains go
+//! through the spool, made durable before the 250).
 //!
 //! `transport` reads and writes against deadlines (and runs STARTTLS); `dispatch`
 //! answers commands; `auth` runs AUTH; `transaction` forwards RCPTs and streams DATA.
