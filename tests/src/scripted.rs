@@ -1,10 +1,12 @@
 //! A small SMTP destination that misbehaves on purpose, where no packaged peer can
 //! misbehave precisely enough: it answers the end of a message and then sends one
 //! more reply nobody asked for — what a destination does when a client's commands
-//! were smuggled inside a message, or when it is simply broken.
+//! were smuggled inside a message, or when it is simply broken — or, as a large
+//! mailbox provider does, answers MAIL from some client addresses with a 421 and
+//! closes.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,6 +25,8 @@ pub struct Received {
 #[derive(Default)]
 struct Shared {
     connections: AtomicUsize,
+    /// The client address of each connection, in order.
+    peers: Mutex<Vec<IpAddr>>,
     active: AtomicUsize,
     max_active: AtomicUsize,
     received: Mutex<Vec<Received>>,
@@ -56,11 +60,33 @@ impl ScriptedDestination {
         Self::start_with(false, delay, false)
     }
 
+    /// A destination offering PIPELINING that answers MAIL FROM on connections
+    /// from `clients` with `reply` (e.g. Yahoo's `421 4.7.0 [TSS04] …`) and then
+    /// closes the connection without reading further; other clients are served.
+    pub fn refusing_mail_from(clients: &[IpAddr], reply: &str) -> ScriptedDestination {
+        Self::launch(Script {
+            stale: false,
+            delay: Duration::ZERO,
+            pipelining: true,
+            refuse_mail: Some((clients.to_vec(), reply.to_owned())),
+        })
+    }
+
     fn start_with(
         stale_after_first_message: bool,
         delay: Duration,
         pipelining: bool,
     ) -> ScriptedDestination {
+        Self::launch(Script {
+            stale: stale_after_first_message,
+            delay,
+            pipelining,
+            refuse_mail: None,
+        })
+    }
+
+    fn launch(script: Script) -> ScriptedDestination {
+        let script = Arc::new(script);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind scripted destination");
         let addr = listener.local_addr().expect("local addr");
         let shared = Arc::new(Shared::default());
@@ -71,16 +97,14 @@ impl ScriptedDestination {
                     return;
                 }
                 let Ok(stream) = stream else { continue };
+                if let Ok(peer) = stream.peer_addr() {
+                    lock(&accepting.peers).push(peer.ip());
+                }
                 let n = accepting.connections.fetch_add(1, Ordering::SeqCst);
                 let now = accepting.active.fetch_add(1, Ordering::SeqCst) + 1;
                 accepting.max_active.fetch_max(now, Ordering::SeqCst);
-                let shared = accepting.clone();
+                let (shared, script) = (accepting.clone(), script.clone());
                 std::thread::spawn(move || {
-                    let script = Script {
-                        stale: stale_after_first_message,
-                        delay,
-                        pipelining,
-                    };
                     let _ = serve(stream, n, &script, &shared);
                     shared.active.fetch_sub(1, Ordering::SeqCst);
                 });
@@ -92,6 +116,14 @@ impl ScriptedDestination {
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.shared.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far from `client`.
+    pub fn connections_from(&self, client: IpAddr) -> usize {
+        lock(&self.shared.peers)
+            .iter()
+            .filter(|ip| **ip == client)
+            .count()
     }
 
     /// The most connections that were open at once.
@@ -124,6 +156,12 @@ struct Script {
     delay: Duration,
     /// PIPELINING is offered.
     pipelining: bool,
+    /// Clients whose MAIL FROM gets this reply, after which the connection closes.
+    refuse_mail: Option<(Vec<IpAddr>, String)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn serve(
@@ -134,6 +172,10 @@ fn serve(
 ) -> std::io::Result<()> {
     let (stale, delay) = (script.stale, script.delay);
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let refuse_mail = match (&script.refuse_mail, stream.peer_addr()) {
+        (Some((clients, reply)), Ok(peer)) if clients.contains(&peer.ip()) => Some(reply.clone()),
+        _ => None,
+    };
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     out.write_all(b"220 scripted.test ESMTP\r\n")?;
@@ -150,6 +192,15 @@ fn serve(
                 true => "250-scripted.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into(),
                 false => "250-scripted.test\r\n250 8BITMIME\r\n".into(),
             }
+        } else if upper.starts_with("MAIL FROM:") && refuse_mail.is_some() {
+            let reply = refuse_mail.unwrap_or_default();
+            out.write_all(format!("{reply}\r\n").as_bytes())?;
+            // Closed for writing at once, whatever was pipelined after MAIL (a FIN;
+            // what the client still sends is read and dropped, so no RST can
+            // overtake the reply).
+            out.shutdown(std::net::Shutdown::Write)?;
+            while reader.read_line(&mut String::new())? > 0 {}
+            return Ok(());
         } else if upper.starts_with("MAIL FROM:") {
             current = Some(Received {
                 connection,

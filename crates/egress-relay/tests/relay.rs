@@ -188,6 +188,34 @@ fn haproxy_and_socks5_sources() {
     );
 }
 
+/// A destination that answers MAIL with 421 and closes (Yahoo's TSS04 deferral):
+/// the client gets the destination's own reply, code and text — not our account of
+/// the RCPT that was pipelined after MAIL and never answered (issue: provider
+/// blocks, "a bug this depends on").
+#[test]
+fn a_421_to_mail_that_closes_reaches_the_client_as_the_destinations_words() {
+    let tss04 = "421 4.7.0 [TSS04] Messages from 127.0.0.2 temporarily deferred due to unexpected volume or user complaints";
+    let dest =
+        egress_e2e::ScriptedDestination::refusing_mail_from(&["127.0.0.2".parse().unwrap()], tss04);
+    let d = Embedded::start(&egress_e2e::relay_policy(
+        "",
+        &egress_e2e::mx_entry(dest.addr),
+        "",
+    ));
+    for _ in 0..2 {
+        let s = swaks(d.addr, "someone@yahoo.test", &[]);
+        assert!(!s.ok);
+        let reply = s.first_reply("4");
+        assert!(reply.starts_with("421 4.7.0 [TSS04]"), "{}", s.transcript);
+        assert!(
+            reply.contains("temporarily deferred due to unexpected volume"),
+            "{reply}"
+        );
+    }
+    assert!(dest.received().is_empty());
+    assert_eq!(dest.connections_from("127.0.0.2".parse().unwrap()), 2);
+}
+
 #[test]
 fn destination_replies_are_passed_back() {
     let rejecting = SmtpSink::start_with("127.0.0.1".parse().unwrap(), &["-f", "rcpt"]);

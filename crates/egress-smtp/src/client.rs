@@ -344,13 +344,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
         self.write(wire.as_bytes(), self.timeouts.mail_from, "MAIL FROM")
             .await?;
         let mail = self.read(self.timeouts.mail_from, "MAIL FROM").await?;
-        let rcpt = self.read(self.timeouts.rcpt_to, "RCPT TO").await?;
-        if is_positive(&mail) {
-            self.phase = Phase::Mail;
-            Ok((mail, Some(rcpt)))
-        } else {
-            Ok((mail, None))
+        if !is_positive(&mail) {
+            // The RCPT's answer to a command without a transaction is read and
+            // dropped to keep the dialogue in step. A destination that refuses MAIL
+            // and closes (Yahoo's `421 4.7.0 [TSS04]`) sends none: its reply to MAIL
+            // is the answer either way, and the failed read leaves the session
+            // broken, so it is only closed.
+            let _ = self.read(self.timeouts.rcpt_to, "RCPT TO").await;
+            return Ok((mail, None));
         }
+        let rcpt = self.read(self.timeouts.rcpt_to, "RCPT TO").await?;
+        self.phase = Phase::Mail;
+        Ok((mail, Some(rcpt)))
     }
 
     /// `RCPT TO:{path}`; the destination's reply.
@@ -632,6 +637,27 @@ mod tests {
         assert_eq!(mail.code, 451);
         assert!(rcpt.is_none());
         assert!(smtp.is_ready());
+    }
+
+    #[tokio::test]
+    async fn a_mail_refusal_then_close_is_the_answer_and_the_session_is_broken() {
+        // Yahoo's TSS04: 421 to MAIL, then the connection closes; the pipelined
+        // RCPT is never answered.
+        let (mut smtp, mut dest) = greeted().await;
+        let mut ehlo = vec![0; 64];
+        let _ = dest.read(&mut ehlo).await.unwrap();
+        dest.write_all(b"421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred\r\n")
+            .await
+            .unwrap();
+        dest.shutdown().await.unwrap();
+        let (mail, rcpt) = smtp
+            .mail_rcpt("<a@b.test>", false, "<x@c.test>")
+            .await
+            .expect("the reply to MAIL, not the RCPT's missing one");
+        assert_eq!(mail.code, 421);
+        assert!(mail.message.contains("[TSS04]"), "{}", mail.message);
+        assert!(rcpt.is_none());
+        assert_eq!(smtp.phase(), Phase::Broken);
     }
 
     #[tokio::test]
