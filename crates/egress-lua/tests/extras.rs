@@ -264,6 +264,89 @@ max_deliveries_per_connection = 5
     assert!(err.contains("connection_limit"), "nearest key: {err}");
 }
 
+#[tokio::test]
+async fn shaping_provider_blocks_merge_in_order_and_replace_base_resets() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "shaping.toml",
+        r#"
+["default"]
+connection_limit = 10
+max_message_rate = "100/s"
+additional_connection_limits = { "everyone" = 50 }
+
+[provider."hosted"]
+match = [ {DomainSuffix = ".hosted.test"} ]
+max_deliveries_per_connection = 20
+additional_connection_limits = { "hosted" = 5 }
+
+[provider."hosted".sources."ip-9"]
+replace_base = true
+connection_limit = 2
+
+["shop.hosted.test"]
+mx_rollup = false
+max_deliveries_per_connection = 7
+"#,
+    );
+    let p = policy_in(
+        dir.path(),
+        &format!("kumo.on('get_egress_path_config', require('policy-extras.shaping'):setup {{ '{file}' }})"),
+    )
+    .unwrap();
+    let path = p
+        .egress_path_config("a.hosted.test", "ip-1", None)
+        .await
+        .unwrap();
+    assert_eq!(path.max_deliveries_per_connection, Some(20));
+    assert_eq!(path.connection_limit.unwrap().limit, 10);
+    // The additional_* maps merge entry by entry.
+    let names: Vec<&str> = path
+        .additional_connection_limits
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(names, ["everyone", "hosted"]);
+    // replace_base drops everything merged before the block.
+    let replaced = p
+        .egress_path_config("a.hosted.test", "ip-9", None)
+        .await
+        .unwrap();
+    assert_eq!(replaced.connection_limit.unwrap().limit, 2);
+    assert_eq!(replaced.max_deliveries_per_connection, None);
+    assert!(replaced.max_message_rate.is_none());
+    assert!(replaced.additional_connection_limits.is_empty());
+    // The domain's own block comes after the provider's.
+    let own = p
+        .egress_path_config("shop.hosted.test", "ip-1", None)
+        .await
+        .unwrap();
+    assert_eq!(own.max_deliveries_per_connection, Some(7));
+
+    for (bad, expect) in [
+        (
+            "[\"default\"]\nprovider_connection_limit = 3\n",
+            "provider_connection_limit belongs in a [provider.\"NAME\"] block",
+        ),
+        (
+            "[provider.\"x\"]\nmatch = [ {MXSufix = \".x.test\"} ]\n",
+            "match[1]: expected one of {MXSuffix",
+        ),
+        (
+            "[provider.\"x\"]\nconnection_limit = 3\n",
+            "[provider.\"x\"]: no match list",
+        ),
+    ] {
+        let file = write(dir.path(), "bad.toml", bad);
+        let err = load_error(
+            dir.path(),
+            &format!("kumo.on('get_egress_path_config', require('policy-extras.shaping'):setup {{ '{file}' }})"),
+        );
+        assert!(err.contains(expect), "{bad}: {err}");
+    }
+}
+
 #[test]
 fn a_helper_egressd_does_not_have_says_so() {
     let dir = tempfile::tempdir().unwrap();

@@ -117,6 +117,14 @@ impl Embedded {
         }
     }
 
+    /// What routing would do for `domain` (`Relay::resolve`), as JSON.
+    pub fn resolve(&self, domain: &str, source: Option<&str>) -> serde_json::Value {
+        let runtime = self.runtime.as_ref().expect("running");
+        runtime
+            .block_on(self.relay.resolve(domain, source))
+            .unwrap_or_else(|e| panic!("resolve {domain}: {e}"))
+    }
+
     /// Everything the relay logged so far.
     pub fn log(&self) -> String {
         String::from_utf8_lossy(&self.log.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
