@@ -65,7 +65,7 @@ mx_rollup = false
 max_deliveries_per_connection = 7
 "#;
 
-fn path_config<'a>(resolved: &'a serde_json::Value) -> &'a serde_json::Value {
+fn path_config(resolved: &serde_json::Value) -> &serde_json::Value {
     &resolved["sources"][0]["path_config"]
 }
 
