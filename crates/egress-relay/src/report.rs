@@ -148,6 +148,12 @@ pub trait Report: Send + Sync + 'static {
         let _ = (source, limit);
     }
 
+    /// An automation rule fired and `action` (KumoMTA's name: `Suspend`, …) was
+    /// taken.
+    fn automation_action(&self, action: &'static str) {
+        let _ = action;
+    }
+
     /// The handle for an inbound listener named `name` (its address); asked once,
     /// when the listener is made.
     fn listener(&self, name: &str) -> Option<Arc<dyn ListenerReport>> {

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod automation;
 mod error;
 mod fields;
 mod keys;
@@ -33,6 +34,9 @@ mod suspend;
 mod throttle;
 mod wrr;
 
+pub use automation::{
+    AutomationAction, AutomationRule, AutomationTrigger, ConfigOverride, ConfigValue, Pattern,
+};
 pub use error::ValidationError;
 pub use fields::duration as serde_duration;
 pub use fields::{parse_duration, HostPort};

@@ -1,5 +1,6 @@
 //! `EgressPathConfig`: how to talk to a destination site (subset of `kumo.make_egress_path`).
 
+use crate::automation::AutomationRule;
 use crate::error::{check_ehlo_domain, ValidationError};
 use crate::fields::{duration, port};
 use crate::keys::strict_table;
@@ -107,6 +108,10 @@ pub struct EgressPathConfig {
     /// More selection rates, by shared name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub additional_source_selection_rates: BTreeMap<String, ThrottleSpec>,
+    /// Rules acting on this path's replies (an egressd key: policy-extras.shaping
+    /// fills it from shaping.toml's `automation` tables).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub automation: Vec<AutomationRule>,
 }
 
 fn default_smtp_port() -> u16 {
@@ -142,6 +147,7 @@ impl Default for EgressPathConfig {
             additional_connection_limits: BTreeMap::new(),
             additional_message_rate_throttles: BTreeMap::new(),
             additional_source_selection_rates: BTreeMap::new(),
+            automation: Vec::new(),
         }
     }
 }
@@ -172,6 +178,7 @@ strict_table!(
         "additional_connection_limits",
         "additional_message_rate_throttles",
         "additional_source_selection_rates",
+        "automation",
     ]
 );
 

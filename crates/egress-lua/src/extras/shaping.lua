@@ -28,10 +28,12 @@
 --
 -- `shaping:setup { files }` returns the get_egress_path_config handler (register
 -- it with kumo.on); `shaping:setup_with_automation { extra_files = { ... } }`
--- returns `{ get_egress_path_config = ... }` as KumoMTA's does. egressd has no
--- Traffic Shaping Automation service: `publish`/`subscribe` are accepted and
--- unused, and `automation` rules are ignored with a warning, as are KumoMTA path
--- keys egressd does not have.
+-- returns `{ get_egress_path_config = ... }` as KumoMTA's does. `automation`
+-- rules (default, domain/site and provider blocks) travel in the path config's
+-- `automation` key, each with its origin (file, block, index); the relay matches
+-- them against the destination's replies itself, so `publish`/`subscribe` are
+-- accepted and unused. KumoMTA path keys egressd does not have are ignored with a
+-- warning.
 local common = require 'policy-extras.common'
 
 local mod = {}
@@ -39,7 +41,6 @@ local mod = {}
 local IGNORED = {
   idle_timeout = true,
   consecutive_connection_failures_before_delay = true,
-  automation = true,
   prohibited_hosts = true,
   skip_hosts = true,
   max_ready = true,
@@ -52,7 +53,7 @@ local IGNORED = {
 }
 
 -- Keys of a block that are not path keys.
-local STRUCTURE = { mx_rollup = true, sources = true, replace_base = true, match = true }
+local STRUCTURE = { mx_rollup = true, sources = true, replace_base = true, match = true, automation = true }
 local PROVIDER_KEYS = { provider_connection_limit = true, provider_max_message_rate = true }
 -- Path keys whose values are maps merged entry by entry.
 local MAPS = {
@@ -66,8 +67,21 @@ local ignore = common.ignored
 
 -- One block of settings: its path keys, its provider limits (provider blocks
 -- only), whether it replaces what came before, and where it was written.
-local function block(t, where, is_provider)
-  local b = { params = {}, provider = {}, replace = t.replace_base == true, where = where }
+local function block(t, where, is_provider, is_source)
+  local b = { params = {}, provider = {}, automation = {}, replace = t.replace_base == true, where = where }
+  if t.automation ~= nil then
+    if is_source then
+      error(string.format('%s: automation rules belong to the domain, site or provider block, not to one of its sources', where), 0)
+    end
+    if type(t.automation) ~= 'table' then
+      error(string.format('%s: automation: expected a list of rules ([[...automation]] tables), got %s', where, type(t.automation)), 0)
+    end
+    for i, rule in ipairs(t.automation) do
+      local r = common.merge({}, rule)
+      r.origin = string.format('%s.automation[%d]', where, i)
+      table.insert(b.automation, r)
+    end
+  end
   for _, k in ipairs(common.sorted_keys(t)) do
     if IGNORED[k] then
       ignore(where, k)
@@ -179,7 +193,7 @@ end
 local function add_sources(target, entry, path, label, is_provider, checks)
   for _, source in ipairs(common.sorted_keys(entry.sources or {})) do
     local swhere = string.format('%s: [%s.sources.%q]', path, label, source)
-    local b = block(entry.sources[source], swhere, is_provider)
+    local b = block(entry.sources[source], swhere, is_provider, true)
     target.sources[source] = target.sources[source] or {}
     table.insert(target.sources[source], b)
     table.insert(checks, b)
@@ -259,6 +273,9 @@ function mod:setup(files)
   for _, b in ipairs(checks) do
     local params = common.merge({}, b.params)
     apply_provider_limits(params, 'check', 'check', b.provider)
+    if #b.automation > 0 then
+      params.automation = b.automation
+    end
     common.make(kumo.make_egress_path, 'kumo.make_egress_path', b.where, params)
   end
 
@@ -285,16 +302,25 @@ function mod:setup(files)
     return out
   end
 
+  -- Rules accumulate (replace_base does not drop them): default, providers, site, domain.
+  local function add_rules(rules, b)
+    for _, r in ipairs(b.automation) do
+      table.insert(rules, r)
+    end
+  end
+
   return function(domain, source, site_name)
-    local params = {}
+    local params, rules = {}, {}
     for _, b in ipairs(default.own) do
       apply(params, b)
+      add_rules(rules, b)
     end
     local matched = matching(domain)
     for _, p in ipairs(matched) do
       for _, b in ipairs(p.own) do
         apply(params, b)
         apply_provider_limits(params, p.name, source, b.provider)
+        add_rules(rules, b)
       end
     end
     for _, p in ipairs(matched) do
@@ -307,12 +333,16 @@ function mod:setup(files)
     for _, target in ipairs({ site or false, own or false }) do
       for _, b in ipairs(target and target.own or {}) do
         apply(params, b)
+        add_rules(rules, b)
       end
     end
     for _, target in ipairs({ default, site or false, own or false }) do
       for _, b in ipairs(target and target.sources[source] or {}) do
         apply(params, b)
       end
+    end
+    if #rules > 0 then
+      params.automation = rules
     end
     return kumo.make_egress_path(params)
   end

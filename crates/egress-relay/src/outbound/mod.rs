@@ -2,6 +2,7 @@
 //! through the source, and open an SMTP session (egress-smtp's `ClientSession`)
 //! to the destination on the client's behalf.
 
+pub mod automation;
 pub mod destinations;
 mod idle;
 pub(crate) mod route;
@@ -143,6 +144,8 @@ pub struct Outbound {
     report: Option<Arc<PathHandle>>,
     /// The reply to the first RCPT, when it went with MAIL FROM (pipelined).
     first_rcpt: Option<Reply>,
+    /// The transaction's automation rules (none when its path has none).
+    watch: Option<Arc<automation::Watch>>,
 }
 
 impl Outbound {
@@ -163,10 +166,21 @@ impl Outbound {
     /// Forwards one recipient; the destination's reply (for the recipient given to
     /// [`open`](Self::open), the reply it already got).
     pub async fn rcpt(&mut self, address: &str) -> io::Result<Reply> {
-        if let Some(reply) = self.first_rcpt.take() {
-            return Ok(reply);
+        let reply = match self.first_rcpt.take() {
+            Some(reply) => reply,
+            None => Reply::relayed(&self.smtp.rcpt(&rcpt_path(address)).await?),
+        };
+        if !reply.is_positive() {
+            self.observe(&reply).await;
         }
-        Ok(Reply::relayed(&self.smtp.rcpt(&rcpt_path(address)).await?))
+        Ok(reply)
+    }
+
+    /// Matches a destination reply that ends an attempt against the path's rules.
+    async fn observe(&self, reply: &Reply) {
+        if let Some(watch) = &self.watch {
+            watch.observe(&self.shaper, reply, false).await;
+        }
     }
 
     /// Sends DATA; `Ok(None)` when the destination is ready (354), else its reply.
@@ -184,7 +198,12 @@ impl Outbound {
     /// is ready (354), else its reply.
     pub async fn data_reply(&mut self) -> io::Result<Option<Reply>> {
         let reply = self.smtp.data_reply().await?;
-        Ok((reply.code != 354).then(|| Reply::relayed(&reply)))
+        if reply.code == 354 {
+            return Ok(None);
+        }
+        let reply = Reply::relayed(&reply);
+        self.observe(&reply).await;
+        Ok(Some(reply))
     }
 
     /// Passes framed body octets on.
@@ -194,7 +213,9 @@ impl Outbound {
 
     /// Reads the reply to the end of the message (which the caller has written).
     pub async fn final_reply(&mut self) -> io::Result<Reply> {
-        Ok(Reply::relayed(&self.smtp.end_of_data_reply().await?))
+        let reply = Reply::relayed(&self.smtp.end_of_data_reply().await?);
+        self.observe(&reply).await;
+        Ok(reply)
     }
 
     /// Ends the session: QUIT where that is a command, else just closing; its

@@ -7,6 +7,7 @@
 //! the client the message: the next eligible source in the pool is tried, once
 //! each, before the client gets a 4xx.
 
+use super::automation::Watch;
 use super::shaping::Ineligible;
 use super::tls::server_name;
 use super::{idle::SessionKey, timeouts, Context, OpenError, Outbound};
@@ -114,14 +115,31 @@ pub async fn open(
             first_rcpt: first_rcpt.as_deref(),
             body_8bit,
         };
+        let watch = Watch::over(&path, name, site, domain);
+        let observe = |reply: Reply, internal: bool| {
+            let (watch, shaper) = (watch.clone(), ctx.shaper.clone());
+            async move {
+                if let Some(watch) = watch {
+                    watch.observe(&shaper, &reply, internal).await;
+                }
+            }
+        };
         match route.through_hosts(hosts, log).await {
-            Ok(out) => return Ok(out),
-            Err(Tried::Destination(reply)) => return Err(OpenError::Destination(reply)),
+            Ok(mut out) => {
+                out.watch = watch;
+                return Ok(out);
+            }
+            Err(Tried::Destination(reply)) => {
+                observe(reply.clone(), false).await;
+                return Err(OpenError::Destination(reply));
+            }
             Err(Tried::Shaping(reply)) => {
                 log.note(&reply.to_string());
+                observe(reply.clone(), true).await;
                 return Err(OpenError::Local(reply));
             }
             Err(Tried::Failed { text, esc }) => {
+                observe(Reply::new(451, esc, &text), true).await;
                 failure = Some((name.to_owned(), esc, text));
             }
         }
@@ -424,6 +442,7 @@ impl Route<'_> {
             max_deliveries: self.path.max_deliveries_per_connection,
             report,
             first_rcpt: None,
+            watch: None,
         };
         let failed = |e: std::io::Error| HostFailure::Other {
             text: format!(

@@ -125,6 +125,11 @@ impl Embedded {
             .unwrap_or_else(|e| panic!("resolve {domain}: {e}"))
     }
 
+    /// Runs `future` on the relay's runtime (to ask its state directly).
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.as_ref().expect("running").block_on(future)
+    }
+
     /// Everything the relay logged so far.
     pub fn log(&self) -> String {
         String::from_utf8_lossy(&self.log.lock().unwrap_or_else(|e| e.into_inner())).into_owned()

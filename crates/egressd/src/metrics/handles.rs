@@ -4,8 +4,8 @@
 //! message takes no lock and no label lookup.
 
 use super::{
-    class, source_limit, EventLabels, Histogram, ListenerReason, Metrics, PathLabels, SourceKind,
-    SourceReason, TransactionLabels,
+    class, source_limit, ActionLabels, EventLabels, Histogram, ListenerReason, Metrics, PathLabels,
+    SourceKind, SourceReason, TransactionLabels,
 };
 use egress_relay::report::{ListenerReport, Origin, PathReport, Refusal, Report, Unrouted};
 use prometheus_client::metrics::counter::Counter;
@@ -152,6 +152,15 @@ impl Report for Metrics {
             inner
                 .throttle_refusals
                 .get_or_create(&source_limit(source, limit))
+                .inc();
+        }
+    }
+
+    fn automation_action(&self, action: &'static str) {
+        if let Some(inner) = self.inner.get() {
+            inner
+                .automation_actions
+                .get_or_create(&ActionLabels { action })
                 .inc();
         }
     }

@@ -109,6 +109,11 @@ struct ListenerReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ActionLabels {
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheLabels {
     kind: &'static str,
 }
@@ -179,6 +184,7 @@ struct Inner {
     cache_misses: Family<CacheLabels, Counter>,
     cache_loads: Family<CacheLabels, Counter>,
     throttle_fallbacks: Counter,
+    automation_actions: Family<ActionLabels, Counter>,
     spool_messages: Gauge,
     spool_bytes: Gauge,
     spool_fsyncs: Counter,

@@ -40,6 +40,7 @@ impl Inner {
             cache_misses: Family::default(),
             cache_loads: Family::default(),
             throttle_fallbacks: Counter::default(),
+            automation_actions: Family::default(),
             spool_messages: Gauge::default(),
             spool_bytes: Gauge::default(),
             spool_fsyncs: Counter::default(),
@@ -116,6 +117,11 @@ impl Inner {
             "egressd_throttle_refusals",
             "Times a limit or rate turned a transaction or a source away",
             inner.throttle_refusals.clone(),
+        );
+        r.register(
+            "egressd_automation_actions",
+            "Actions automation rules took (Suspend, …), by action",
+            inner.automation_actions.clone(),
         );
         r.register(
             "egressd_throttle_store_fallbacks",

@@ -1,0 +1,141 @@
+//! Automation: a path's rules (shaping.toml's `automation` tables, carried in the
+//! path config) matched against the destination's replies for the (source, site,
+//! domain, tenant) of the attempt that got them — the feedback loop KumoMTA runs in
+//! its separate TSA daemon, done here as each reply arrives.
+//!
+//! Every reply that ends an attempt is matched as one line, `CODE ENHANCED text`:
+//! the reply to MAIL, to each RCPT, to DATA and to the final dot (a destination's
+//! 421 at the banner or EHLO reaches routing as a connection failure and is not
+//! matched yet). Replies egressd makes itself match only rules with
+//! `match_internal = true`.
+//!
+//! What a rule does is kept in egress-throttle's store, so with
+//! `kumo.configure_redis_throttles` it is in force on every node at once: `Suspend`
+//! is a suspension of the source at the site (`SOURCE->SITE`, the key selection
+//! reads, listed by `suspend-ready-q` with the rule as its reason); a `Threshold`
+//! trigger counts matches with the store's GCRA (`N/period`: the Nth match in a
+//! burst within the period fires it). The other actions are recognised and not yet
+//! applied: each says so once, in a WARN line, rather than seem to work.
+
+use super::shaping::{ready_queue, Shaper};
+use egress_smtp::Reply;
+use egress_source::{
+    AutomationAction, AutomationRule, AutomationTrigger, EgressPathConfig, ThrottleSpec,
+};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::SystemTime;
+
+/// What an attempt's replies are matched for: its path's rules and who it was.
+pub struct Watch {
+    path: Arc<EgressPathConfig>,
+    source: String,
+    site: String,
+    domain: String,
+}
+
+impl Watch {
+    /// A watch over `path`'s rules; `None` when it has none (the common case
+    /// costs nothing per reply).
+    pub fn over(
+        path: &Arc<EgressPathConfig>,
+        source: &str,
+        site: &str,
+        domain: &str,
+    ) -> Option<Arc<Watch>> {
+        (!path.automation.is_empty()).then(|| {
+            Arc::new(Watch {
+                path: path.clone(),
+                source: source.to_owned(),
+                site: site.to_owned(),
+                domain: domain.to_owned(),
+            })
+        })
+    }
+
+    /// Matches `reply` (the destination's, or egressd's own when `internal`) and
+    /// acts on every rule that fires.
+    pub async fn observe(&self, shaper: &Shaper, reply: &Reply, internal: bool) {
+        let line = reply.to_string();
+        for (index, rule) in self.path.automation.iter().enumerate() {
+            if (internal && !rule.match_internal) || !rule.matches(&line) {
+                continue;
+            }
+            if !self.triggered(shaper, index, rule).await {
+                continue;
+            }
+            for action in &rule.action {
+                self.act(shaper, rule, action, &line).await;
+            }
+        }
+    }
+
+    /// Whether a matching rule fires now.
+    async fn triggered(&self, shaper: &Shaper, index: usize, rule: &AutomationRule) -> bool {
+        let AutomationTrigger::Threshold(spec) = rule.trigger else {
+            return true;
+        };
+        if spec.limit <= 1 {
+            return true;
+        }
+        // N matches within the period: N − 1 pass the throttle, the Nth is refused.
+        let below = ThrottleSpec {
+            limit: spec.limit - 1,
+            period: spec.period,
+            max_burst: None,
+        };
+        let key = format!(
+            "automation:{}#{index}:{}",
+            rule.label(),
+            ready_queue(&self.source, &self.site)
+        );
+        !shaper.throttles.throttle(&key, &below, true).await.allowed
+    }
+
+    async fn act(
+        &self,
+        shaper: &Shaper,
+        rule: &AutomationRule,
+        action: &AutomationAction,
+        line: &str,
+    ) {
+        let until = humantime::format_rfc3339_seconds(SystemTime::now() + rule.duration);
+        match action {
+            AutomationAction::Suspend => {
+                let key = ready_queue(&self.source, &self.site);
+                let reason = format!("automation: {}: {line}", rule.label());
+                shaper.throttles.suspend(&key, &reason, rule.duration).await;
+                tracing::warn!(
+                    rule = %rule.label(),
+                    source = %self.source,
+                    site = %self.site,
+                    domain = %self.domain,
+                    reply = %line,
+                    action = "Suspend",
+                    until = %until,
+                    "automation: source suspended at the site"
+                );
+                shaper.report.automation_action(action.name());
+            }
+            other => not_applied(rule, other),
+        }
+    }
+}
+
+/// Says once per (rule, action) that the action is not applied yet.
+fn not_applied(rule: &AutomationRule, action: &AutomationAction) {
+    static SAID: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    let key = format!("{} {}", rule.label(), action.name());
+    let first = SAID
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key);
+    if first {
+        tracing::warn!(
+            rule = %rule.label(),
+            action = action.name(),
+            "automation: the rule matched; egressd does not apply this action yet (Suspend is applied)"
+        );
+    }
+}

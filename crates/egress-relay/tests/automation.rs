@@ -1,0 +1,220 @@
+//! Automation rules from shaping.toml (issue: provider blocks + automation): a
+//! mailbox provider's reply steers the sources. Yahoo's `421 4.7.0 [TSS04]` to one
+//! source suspends that source at Yahoo's site — on this relay and on a second one
+//! sharing redis-server — while other sites still get mail from it; a Threshold
+//! rule fires on the Nth match; egressd's own replies match only with
+//! `match_internal`. MX records from a real dnsmasq; the destination is a scripted
+//! one that answers MAIL from 127.0.0.2 as Yahoo does.
+
+mod common;
+
+use common::Embedded;
+use egress_e2e::{by_client_addr, swaks, Dnsmasq, RedisServer, ScriptedDestination, SmtpSink};
+use std::net::IpAddr;
+
+const TSS04: &str = "421 4.7.0 [TSS04] Messages from 127.0.0.2 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.example/421-ts04";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn dns() -> Dnsmasq {
+    Dnsmasq::start(&[
+        "--mx-host=yahoo.test,mta5.am0.yahoodns.net,10",
+        "--host-record=mta5.am0.yahoodns.net,127.0.0.1",
+        "--mx-host=other.test,mx.other.test,10",
+        "--mx-host=down.test,mx.other.test,10",
+        "--mx-host=down2.test,mx.other.test,10",
+        "--host-record=mx.other.test,127.0.0.1",
+    ])
+}
+
+/// A relay over `shaping` (TOML, `PORT` replaced by `yahoo`'s port and `SINK` by
+/// `other`'s), pool `main` = ip-2 (127.0.0.2) and ip-3 (127.0.0.3) in turn, DNS
+/// from `dns`, and `init` more init calls (Redis).
+fn relay(dns: &Dnsmasq, shaping: &str, init: &str) -> (Embedded, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("shaping.toml");
+    std::fs::write(&file, shaping).unwrap();
+    let relay = Embedded::start(&format!(
+        "kumo.on('init', function()
+           kumo.start_esmtp_listener {{ listen = '{{listen}}' }}
+           {init}
+         end)
+         kumo.dns.configure_resolver {{ name_servers = {{ '{}' }} }}
+         kumo.on('get_queue_config', function(domain)
+           return kumo.make_queue_config {{ egress_pool = 'main' }}
+         end)
+         kumo.on('get_egress_pool', function(name)
+           return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'ip-2' }}, {{ name = 'ip-3' }} }} }}
+         end)
+         kumo.on('get_egress_source', function(name)
+           local addr = {{ ['ip-2'] = '127.0.0.2', ['ip-3'] = '127.0.0.3' }}
+           return kumo.make_egress_source {{ name = name, source_address = addr[name] }}
+         end)
+         kumo.on('get_egress_path_config', require('policy-extras.shaping'):setup {{ '{}' }})",
+        dns.addr,
+        file.display()
+    ));
+    (relay, dir)
+}
+
+fn shaping(yahoo: &ScriptedDestination, other: &SmtpSink, rule: &str) -> String {
+    format!(
+        r#"
+["default"]
+smtp_port = {}
+
+["other.test"]
+mx_rollup = false
+smtp_port = {}
+
+[provider."yahoo"]
+match = [ {{MXSuffix = ".yahoodns.net"}} ]
+
+{rule}
+"#,
+        yahoo.addr.port(),
+        other.addr.port()
+    )
+}
+
+const SUSPEND_ON_TSS04: &str = r#"
+[[provider."yahoo".automation]]
+regex = [ "\\[TS01\\]", "\\[TSS04\\]" ]
+action = "Suspend"
+duration = "2 hours"
+"#;
+
+/// Sends `n` messages to `domain`; the replies that were not accepted.
+fn send(d: &Embedded, domain: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .filter_map(|i| {
+            let s = swaks(d.addr, &format!("u{i}@{domain}"), &[]);
+            (!s.ok).then(|| s.first_reply("4"))
+        })
+        .collect()
+}
+
+#[test]
+fn tss04_suspends_the_source_at_the_site_on_every_node_sharing_redis() {
+    let (dns, redis) = (dns(), RedisServer::start());
+    let yahoo = ScriptedDestination::refusing_mail_from(&[ip("127.0.0.2")], TSS04);
+    let other = SmtpSink::start();
+    let text = shaping(&yahoo, &other, SUSPEND_ON_TSS04);
+    let init = format!(
+        "kumo.configure_redis_throttles {{ node = '{}' }}",
+        redis.url()
+    );
+    let (a, _da) = relay(&dns, &text, &init);
+    let (b, _db) = relay(&dns, &text, &init);
+
+    // Node A: ip-2's one attempt gets Yahoo's words; everything else leaves from ip-3.
+    let refused = send(&a, "yahoo.test", 6);
+    assert_eq!(refused.len(), 1, "{refused:?}\n{}", a.log());
+    assert!(refused[0].starts_with("421 4.7.0 [TSS04]"), "{refused:?}");
+    assert_eq!(yahoo.connections_from(ip("127.0.0.2")), 1);
+    assert_eq!(yahoo.received().len(), 5);
+    let log = a.log();
+    assert!(
+        log.contains("automation: source suspended at the site")
+            && log.contains("[provider.\"yahoo\"].automation[1]")
+            && log.contains("action=\"Suspend\""),
+        "{log}"
+    );
+
+    // The suspension is in the shared store, with the rule as its reason.
+    let suspensions = a.block_on(a.relay.context().shaper.throttles.suspensions());
+    let s = suspensions
+        .iter()
+        .find(|s| s.key == "ip-2->mta5.am0.yahoodns.net")
+        .unwrap_or_else(|| panic!("{suspensions:?}"));
+    assert!(
+        s.reason.contains("automation") && s.reason.contains("[TSS04]"),
+        "{s:?}"
+    );
+    let left = s
+        .until
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        left > std::time::Duration::from_secs(7000),
+        "about two hours: {left:?}"
+    );
+
+    // Node B never tries ip-2 at Yahoo's site.
+    assert!(send(&b, "yahoo.test", 4).is_empty());
+    assert_eq!(yahoo.connections_from(ip("127.0.0.2")), 1);
+    assert_eq!(yahoo.received().len(), 9);
+
+    // Another site still gets mail from ip-2.
+    assert!(send(&a, "other.test", 4).is_empty());
+    let counts = by_client_addr(&other.wait_for(4));
+    assert_eq!(counts.get("127.0.0.2"), Some(&2), "{counts:?}");
+}
+
+#[test]
+fn a_threshold_rule_fires_on_the_nth_match_not_before() {
+    let dns = dns();
+    let yahoo = ScriptedDestination::refusing_mail_from(
+        &[ip("127.0.0.2")],
+        "421 4.7.0 [TS01] Messages from 127.0.0.2 temporarily deferred",
+    );
+    let other = SmtpSink::start();
+    let rule = r#"
+[[provider."yahoo".automation]]
+regex = "\\[TS01\\]"
+action = "Suspend"
+trigger = { Threshold = "3/hr" }
+duration = "1 hour"
+"#;
+    let (d, _dir) = relay(&dns, &shaping(&yahoo, &other, rule), "");
+    let refused = send(&d, "yahoo.test", 10);
+    // ip-2 is proposed every other time until its third TS01; then never again.
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert_eq!(yahoo.connections_from(ip("127.0.0.2")), 3);
+    assert_eq!(yahoo.received().len(), 7);
+}
+
+#[test]
+fn replies_egressd_makes_match_only_rules_that_ask_for_them() {
+    let dns = dns();
+    let yahoo = ScriptedDestination::start(false);
+    let other = SmtpSink::start();
+    // down.test and down2.test route to a port nothing listens on: egressd's own
+    // failure text names it.
+    let rules = r#"
+["down.test"]
+mx_rollup = false
+smtp_port = 9
+[["down.test".automation]]
+regex = "127\\.0\\.0\\.1:9\\b"
+action = "Suspend"
+duration = "1 hour"
+
+["down2.test"]
+mx_rollup = false
+smtp_port = 9
+[["down2.test".automation]]
+regex = "127\\.0\\.0\\.1:9\\b"
+action = "Suspend"
+duration = "1 hour"
+match_internal = true
+"#;
+    let (d, _dir) = relay(&dns, &shaping(&yahoo, &other, rules), "");
+    let suspended = || -> Vec<String> {
+        d.block_on(d.relay.context().shaper.throttles.suspensions())
+            .into_iter()
+            .map(|s| s.key)
+            .collect()
+    };
+    assert_eq!(send(&d, "down.test", 1).len(), 1);
+    assert!(suspended().is_empty(), "{:?}", suspended());
+    assert_eq!(send(&d, "down2.test", 1).len(), 1);
+    let keys = suspended();
+    assert!(
+        keys.iter().any(|k| k.ends_with("->mx.other.test")),
+        "{keys:?}\n{}",
+        d.log()
+    );
+}
