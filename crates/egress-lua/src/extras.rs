@@ -11,16 +11,38 @@ const MODULES: &[(&str, &str)] = &[
     ("policy-extras.shaping", include_str!("extras/shaping.lua")),
 ];
 
+/// Logs `text` at WARN the first time this process sees it. Every Lua state loads
+/// the policy (one per CPU), so a helper's warning about a setting it ignores would
+/// otherwise be printed once per state.
+fn warn_once(_: &Lua, text: String) -> mlua::Result<()> {
+    static SAID: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+        std::sync::OnceLock::new();
+    let first = SAID
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(text.clone());
+    if first {
+        tracing::warn!(target: "policy", "{text}");
+    }
+    Ok(())
+}
+
 /// Registers the helpers in `package.preload`, and a searcher that explains a
 /// `policy-extras` module egressd does not have.
 pub(crate) fn install(lua: &Lua, package: &Table) -> mlua::Result<()> {
     let preload: Table = package.get("preload")?;
     for (name, code) in MODULES {
         let chunk = format!("@{}.lua", name.replace('.', "/"));
+        let is_common = *name == "policy-extras.common";
         preload.set(
             *name,
             lua.create_function(move |lua, _: Value| {
-                lua.load(*code).set_name(chunk.as_str()).eval::<Value>()
+                let module = lua.load(*code).set_name(chunk.as_str()).eval::<Value>()?;
+                if let (true, Value::Table(common)) = (is_common, &module) {
+                    common.set("warn_once", lua.create_function(warn_once)?)?;
+                }
+                Ok(module)
             })?,
         )?;
     }

@@ -43,7 +43,7 @@ pub use declarations::{
     SpoolDefinition,
 };
 pub use error::PolicyError;
-pub use lookup::{fqdn, resolver};
+pub use lookup::{describe_resolve_error, fqdn, resolver};
 
 use egress_cache::{CacheStats, TtlCache};
 use egress_source::{EgressPathConfig, EgressPool, EgressSource, QueueConfig, DEFAULT_POOL};

@@ -82,15 +82,50 @@ fn declared_resolver(lua: &Lua) -> Option<ResolverConfig> {
         .and_then(|i| i.resolver.clone())
 }
 
+/// A resolver failure in words, naming `name` and the record (`what`) — hickory's
+/// own text is a `Debug` dump of the query. Shared with the relay's routing.
+pub fn describe_resolve_error(
+    name: &str,
+    what: &str,
+    e: &hickory_resolver::error::ResolveError,
+) -> String {
+    use hickory_resolver::error::ResolveErrorKind;
+    use hickory_resolver::proto::op::ResponseCode;
+    match e.kind() {
+        ResolveErrorKind::NoRecordsFound { response_code, .. } => {
+            if *response_code == ResponseCode::NXDomain {
+                format!("{name}: no such domain (no {what})")
+            } else {
+                format!("{name}: no {what}")
+            }
+        }
+        ResolveErrorKind::Timeout => format!("{name}: DNS lookup for its {what} timed out"),
+        ResolveErrorKind::NoConnections => {
+            format!("{name}: no DNS server could be reached for its {what}")
+        }
+        ResolveErrorKind::Io(io) => format!("{name}: DNS lookup for its {what} failed: {io}"),
+        ResolveErrorKind::Proto(p) => {
+            format!("{name}: DNS lookup for its {what} failed: {p}")
+        }
+        ResolveErrorKind::Message(m) => format!("{name}: DNS lookup for its {what} failed: {m}"),
+        ResolveErrorKind::Msg(m) => format!("{name}: DNS lookup for its {what} failed: {m}"),
+        _ => format!("{name}: DNS lookup for its {what} failed"),
+    }
+}
+
 /// Installs the lookups into `kumo.dns`.
 pub(crate) fn install(lua: &Lua, dns: &Table) -> mlua::Result<()> {
     dns.set(
         "lookup_mx",
         lua.create_function(|lua, domain: String| {
             let name = fqdn(domain.trim());
+            let domain_name = domain.trim().to_owned();
             let records = on_own_thread(declared_resolver(lua), move |r| {
                 Box::pin(async move {
-                    let mx = r.mx_lookup(name).await.map_err(|e| e.to_string())?;
+                    let mx = r
+                        .mx_lookup(name)
+                        .await
+                        .map_err(|e| describe_resolve_error(&domain_name, "MX record", &e))?;
                     Ok(mx
                         .iter()
                         .map(|m| (m.preference(), m.exchange().to_utf8()))
@@ -105,9 +140,13 @@ pub(crate) fn install(lua: &Lua, dns: &Table) -> mlua::Result<()> {
         "lookup_addr",
         lua.create_function(|lua, host: String| {
             let name = fqdn(host.trim());
+            let host_name = host.trim().to_owned();
             let ips = on_own_thread(declared_resolver(lua), move |r| {
                 Box::pin(async move {
-                    let found = r.lookup_ip(name).await.map_err(|e| e.to_string())?;
+                    let found = r
+                        .lookup_ip(name)
+                        .await
+                        .map_err(|e| describe_resolve_error(&host_name, "address record", &e))?;
                     Ok(found.iter().map(|ip| ip.to_string()).collect::<Vec<_>>())
                 })
             })
@@ -126,7 +165,10 @@ pub(crate) fn install(lua: &Lua, dns: &Table) -> mlua::Result<()> {
             })?;
             let names = on_own_thread(declared_resolver(lua), move |r| {
                 Box::pin(async move {
-                    let found = r.reverse_lookup(addr).await.map_err(|e| e.to_string())?;
+                    let found = r
+                        .reverse_lookup(addr)
+                        .await
+                        .map_err(|e| describe_resolve_error(&addr.to_string(), "PTR record", &e))?;
                     Ok(found.iter().map(|n| n.to_utf8()).collect::<Vec<_>>())
                 })
             })

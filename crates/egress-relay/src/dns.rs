@@ -2,7 +2,7 @@
 //! honouring `kumo.dns.configure_resolver`.
 
 use egress_connect::{Resolve, ResolveFuture};
-use egress_lua::{fqdn, ResolverConfig};
+use egress_lua::{describe_resolve_error, fqdn, ResolverConfig};
 use egress_source::MxListEntry;
 use hickory_resolver::error::ResolveErrorKind;
 use hickory_resolver::TokioAsyncResolver;
@@ -62,7 +62,7 @@ impl Dns {
         }
         self.lookup_ip(host, until)
             .await
-            .map_err(|e| io::Error::other(describe(host, "address record", &e)))
+            .map_err(|e| io::Error::other(describe_resolve_error(host, "address record", &e)))
     }
 
     /// A and AAAA records of `host`, with the resolver's own error.
@@ -139,7 +139,11 @@ impl Dns {
                                 ResolveErrorKind::NoRecordsFound { .. } => io::Error::other(
                                     format!("{domain}: no MX and no address record"),
                                 ),
-                                _ => io::Error::other(describe(domain, "address record", &e)),
+                                _ => io::Error::other(describe_resolve_error(
+                                    domain,
+                                    "address record",
+                                    &e,
+                                )),
                             })?,
                     };
                     out.extend(ips.into_iter().map(|ip| Destination {
@@ -148,7 +152,13 @@ impl Dns {
                         entry: None,
                     }));
                 }
-                Err(e) => return Err(io::Error::other(describe(domain, "MX record", &e))),
+                Err(e) => {
+                    return Err(io::Error::other(describe_resolve_error(
+                        domain,
+                        "MX record",
+                        &e,
+                    )))
+                }
             }
         }
         if out.is_empty() {
@@ -166,31 +176,6 @@ impl Dns {
 /// Lowers `until` to `at`.
 fn expires(until: &mut Option<Instant>, at: Instant) {
     *until = Some(until.map_or(at, |u| u.min(at)));
-}
-
-/// A resolver failure in words (hickory's own text is a `Debug` dump of the query).
-fn describe(name: &str, what: &str, e: &hickory_resolver::error::ResolveError) -> String {
-    use hickory_resolver::proto::op::ResponseCode;
-    match e.kind() {
-        ResolveErrorKind::NoRecordsFound { response_code, .. } => {
-            if *response_code == ResponseCode::NXDomain {
-                format!("{name}: no such domain (no {what})")
-            } else {
-                format!("{name}: no {what}")
-            }
-        }
-        ResolveErrorKind::Timeout => format!("{name}: DNS lookup for its {what} timed out"),
-        ResolveErrorKind::NoConnections => {
-            format!("{name}: no DNS server could be reached for its {what}")
-        }
-        ResolveErrorKind::Io(io) => format!("{name}: DNS lookup for its {what} failed: {io}"),
-        ResolveErrorKind::Proto(p) => {
-            format!("{name}: DNS lookup for its {what} failed: {p}")
-        }
-        ResolveErrorKind::Message(m) => format!("{name}: DNS lookup for its {what} failed: {m}"),
-        ResolveErrorKind::Msg(m) => format!("{name}: DNS lookup for its {what} failed: {m}"),
-        _ => format!("{name}: DNS lookup for its {what} failed"),
-    }
 }
 
 impl Resolve for Dns {

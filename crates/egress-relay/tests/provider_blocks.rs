@@ -142,3 +142,41 @@ fn provider_connection_limit_holds_across_the_providers_sites() {
         "provider_connection_limit = 3 across mta5 and mta7 (each site alone allows 10)"
     );
 }
+
+/// What the shaping helper says at load is said in words, on one line, once —
+/// not a resolver's debug dump with a stack traceback, not once per Lua state.
+#[test]
+fn shaping_setup_warnings_are_words_said_once() {
+    let dns = yahoo_dns();
+    let (d, _dir) = start(
+        &dns,
+        r#"
+["default"]
+idle_timeout = "60s"
+
+["nomx.test"]
+max_deliveries_per_connection = 3
+"#,
+    );
+    let log = d.log();
+    let site = log
+        .lines()
+        .filter(|l| l.contains("cannot find the site of nomx.test"))
+        .collect::<Vec<_>>();
+    assert_eq!(site.len(), 1, "{log}");
+    assert!(
+        site[0].contains("nomx.test: no such domain (no MX record)")
+            || site[0].contains("nomx.test: no MX record"),
+        "{}",
+        site[0]
+    );
+    assert!(
+        !log.contains("Query {") && !log.contains("stack traceback"),
+        "{log}"
+    );
+    let ignored = log
+        .lines()
+        .filter(|l| l.contains("idle_timeout is a KumoMTA setting egressd does not have"))
+        .count();
+    assert_eq!(ignored, 1, "{log}");
+}

@@ -35,13 +35,19 @@ function common.merge(into, from, skip)
   return into
 end
 
--- Logs, once per key, that a KumoMTA setting egressd does not have is ignored.
+-- Logs, once per key (in this process, whichever Lua state loads the policy),
+-- that a KumoMTA setting egressd does not have is ignored.
 local warned = {}
 function common.ignored(where, key, what)
   if not warned[key] then
     warned[key] = true
-    kumo.log_warn(string.format('%s: %s is a KumoMTA %s egressd does not have; ignored', where, key, what or 'setting'))
+    common.warn_once(string.format('%s is a KumoMTA %s egressd does not have; ignored (first seen in %s)', key, what or 'setting', where))
   end
+end
+
+-- An error value as one line of words: its first line (no traceback).
+function common.words(err)
+  return (tostring(err):match('^[^\n]*'):gsub('^runtime error: ', ''))
 end
 
 -- Calls a kumo.make_* function; its error is prefixed with where the data came from.

@@ -246,7 +246,7 @@ function mod:setup(files)
           local ok, mx = pcall(kumo.dns.lookup_mx, name)
           local site = ok and mx.site_name or nil
           if not site or site == '' then
-            kumo.log_warn(string.format('%s: cannot find the site of %s (%s); its settings apply to the domain alone', where, name, tostring(mx)))
+            common.warn_once(string.format('%s: cannot find the site of %s (%s); its settings apply to the domain alone', where, name, ok and 'no site name' or common.words(mx)))
             by_domain[name] = by_domain[name] or new_target()
             target = by_domain[name]
           else
@@ -290,7 +290,7 @@ function mod:setup(files)
       if ok and type(mx) == 'table' then
         hosts = mx.hosts
       else
-        kumo.log_warn(string.format('policy-extras.shaping: cannot look up the MX of %s (%s); only DomainSuffix provider matches apply to it', domain, tostring(mx)))
+        common.warn_once(string.format('policy-extras.shaping: cannot look up the MX of %s (%s); only DomainSuffix provider matches apply to it', domain, common.words(mx)))
       end
     end
     local out = {}
