@@ -1,11 +1,14 @@
 //! What the relay would do for a message to a domain, resolved exactly as a
 //! transaction resolves it (same policy calls, same DNS, same precedence and
 //! shaping keys) but without connecting, counting a throttle, or moving the pool's
-//! rotation. egressd serves it as `GET /api/admin/resolve-egress-path/v1`.
+//! rotation. egressd serves it as `GET /api/admin/resolve-egress-path/v1`. The path
+//! config shown is the one in force: automation's overrides applied, and listed
+//! with their expiry.
 //!
 //! Without a source, every source the pool can pick (weight above zero) is shown,
 //! heaviest first.
 
+use crate::outbound::overrides::{domain_scope, site_scope};
 use crate::outbound::route::heaviest_first;
 use crate::outbound::shaping::{
     connection_limits, connection_rates, message_rates, ready_queue, selection_rates, Rate,
@@ -86,6 +89,27 @@ pub async fn resolve(
             .egress_path_config(domain, &name, Some(&site))
             .await
             .map_err(|e| failed("get_egress_path_config", &e))?;
+        let shaper = &ctx.shaper;
+        let path = shaper
+            .overrides
+            .apply(&shaper.throttles, path, &name, &site, domain)
+            .await;
+        let scopes = [site_scope(&name, &site), domain_scope(&name, domain)];
+        let overrides: Vec<Value> = shaper
+            .overrides
+            .current(&shaper.throttles)
+            .await
+            .iter()
+            .filter(|o| scopes.contains(&o.scope))
+            .map(|o| {
+                json!({
+                    "scope": o.scope,
+                    "name": o.name,
+                    "value": serde_json::from_str::<Value>(&o.value).unwrap_or(Value::Null),
+                    "expires": humantime::format_rfc3339_seconds(o.until).to_string(),
+                })
+            })
+            .collect();
         let destinations: Vec<Value> = hosts
             .iter()
             .map(|h| {
@@ -114,6 +138,7 @@ pub async fn resolve(
             "ehlo_domain": effective_ehlo_domain(&path, &source, &ctx.hostname),
             "destinations": destinations,
             "suspensions": suspensions,
+            "overrides": overrides,
             "throttles": throttles(ctx, &name, &site, &path).await,
             "source": source.as_ref(),
             "path_config": path.as_ref(),

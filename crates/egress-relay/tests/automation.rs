@@ -33,6 +33,16 @@ fn dns() -> Dnsmasq {
 /// `other`'s), pool `main` = ip-2 (127.0.0.2) and ip-3 (127.0.0.3) in turn, DNS
 /// from `dns`, and `init` more init calls (Redis).
 fn relay(dns: &Dnsmasq, shaping: &str, init: &str) -> (Embedded, tempfile::TempDir) {
+    relay_with_pool(dns, shaping, init, "{ name = 'ip-2' }, { name = 'ip-3' }")
+}
+
+/// As [`relay`], with the pool's entries (Lua).
+fn relay_with_pool(
+    dns: &Dnsmasq,
+    shaping: &str,
+    init: &str,
+    entries: &str,
+) -> (Embedded, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("shaping.toml");
     std::fs::write(&file, shaping).unwrap();
@@ -46,7 +56,7 @@ fn relay(dns: &Dnsmasq, shaping: &str, init: &str) -> (Embedded, tempfile::TempD
            return kumo.make_queue_config {{ egress_pool = 'main' }}
          end)
          kumo.on('get_egress_pool', function(name)
-           return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'ip-2' }}, {{ name = 'ip-3' }} }} }}
+           return kumo.make_egress_pool {{ name = name, entries = {{ {entries} }} }}
          end)
          kumo.on('get_egress_source', function(name)
            local addr = {{ ['ip-2'] = '127.0.0.2', ['ip-3'] = '127.0.0.3' }}
@@ -217,4 +227,50 @@ match_internal = true
         "{keys:?}\n{}",
         d.log()
     );
+}
+
+#[test]
+fn set_config_overrides_a_limit_at_once_and_resolve_shows_it() {
+    let dns = dns();
+    // Recipients containing "refused" get `550 5.1.1 no such user here`.
+    let yahoo = ScriptedDestination::start(false);
+    let other = SmtpSink::start();
+    let rule = r#"
+[[provider."yahoo".automation]]
+regex = "no such user here"
+action = { SetConfig = { name = "max_message_rate", value = "2/h" } }
+duration = "1 hour"
+"#;
+    let (d, _dir) = relay_with_pool(
+        &dns,
+        &shaping(&yahoo, &other, rule),
+        "",
+        "{ name = 'ip-2' }",
+    );
+    // Before the rule fires there is no rate: a burst all goes.
+    assert!(send(&d, "yahoo.test", 3).is_empty());
+    let s = swaks(d.addr, "refused@yahoo.test", &[]);
+    assert!(s.has_reply("550 5.1.1"), "{}", s.transcript);
+    // Now two per hour: a burst of five gets two through, the rest a 451 naming it.
+    let refused = send(&d, "yahoo.test", 5);
+    assert_eq!(refused.len(), 3, "{refused:?}\n{}", d.log());
+    assert!(
+        refused
+            .iter()
+            .all(|r| r.starts_with("451 4.7.1") && r.contains("max_message_rate")),
+        "{refused:?}"
+    );
+    assert_eq!(yahoo.received().len(), 5, "3 before, 2 after");
+    let resolved = d.resolve("yahoo.test", Some("ip-2"));
+    let source = &resolved["sources"][0];
+    assert_eq!(source["path_config"]["max_message_rate"], "2/h", "{source}");
+    assert_eq!(
+        source["overrides"][0]["name"], "max_message_rate",
+        "{source}"
+    );
+    assert_eq!(
+        source["overrides"][0]["scope"],
+        "ip-2->mta5.am0.yahoodns.net"
+    );
+    assert!(d.log().contains("automation: path setting overridden"));
 }

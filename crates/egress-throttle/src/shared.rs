@@ -13,6 +13,27 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// Overrides live beside suspensions in the stores, as expiring entries under keys
+/// with this prefix (`override:SCOPE|NAME`, the value as the entry's text): the
+/// same expiry, the same sharing through Redis, no second mechanism to keep right.
+/// Suspension listings leave them out.
+const OVERRIDE: &str = "override:";
+
+/// A path key overridden for a while (an automation rule's `SetConfig`): for
+/// `scope` (`SOURCE->SITE`, or `SOURCE->domain:DOMAIN`), `name` takes `value` (JSON
+/// text) until `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    /// Whose path it changes.
+    pub scope: String,
+    /// The path key.
+    pub name: String,
+    /// Its value, as JSON text.
+    pub value: String,
+    /// When it ends on its own.
+    pub until: std::time::SystemTime,
+}
+
 /// How often a Redis failure is logged at WARN (each one is counted).
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -195,6 +216,13 @@ impl Throttles {
     /// Every suspension in force: the shared list when Redis answers (it holds
     /// every node's, this one's included), else this node's.
     pub async fn suspensions(&self) -> Vec<Suspension> {
+        let mut list = self.entries().await;
+        list.retain(|s| !s.key.starts_with(OVERRIDE));
+        list
+    }
+
+    /// Every expiring entry, suspensions and overrides.
+    async fn entries(&self) -> Vec<Suspension> {
         if let Some(redis) = self.redis(true) {
             match redis.suspensions().await {
                 Ok(list) => return list,
@@ -202,6 +230,36 @@ impl Throttles {
             }
         }
         self.local.suspensions().await.unwrap_or_default()
+    }
+
+    /// Overrides `name` with `value` (JSON text) for `scope` for `duration`: on this
+    /// node, and on every node when Redis is configured.
+    pub async fn set_override(&self, scope: &str, name: &str, value: &str, duration: Duration) {
+        self.suspend(&format!("{OVERRIDE}{scope}|{name}"), value, duration)
+            .await;
+    }
+
+    /// Every override in force (the shared list when Redis answers).
+    pub async fn overrides(&self) -> Vec<Override> {
+        self.entries()
+            .await
+            .into_iter()
+            .filter_map(|e| {
+                let rest = e.key.strip_prefix(OVERRIDE)?;
+                let (scope, name) = rest.rsplit_once('|')?;
+                Some(Override {
+                    scope: scope.to_owned(),
+                    name: name.to_owned(),
+                    value: e.reason,
+                    until: e.until,
+                })
+            })
+            .collect()
+    }
+
+    /// Ends an override early.
+    pub async fn end_override(&self, scope: &str, name: &str) {
+        self.resume(&format!("{OVERRIDE}{scope}|{name}")).await;
     }
 
     /// What `spec` would admit under `key` now, counting nothing (the shared

@@ -142,3 +142,33 @@ async fn when_redis_goes_away_each_node_falls_back_to_its_own_numbers() {
     let lease = a.acquire("c", limit, Duration::from_secs(5)).await.unwrap();
     assert!(!lease.shared);
 }
+
+#[tokio::test]
+async fn an_override_set_on_one_node_is_listed_by_every_node_and_not_as_a_suspension() {
+    let redis = RedisServer::start();
+    let (a, b) = two_nodes(&redis);
+    a.set_override(
+        "ip-2->mx.example",
+        "max_message_rate",
+        "\"10/minute\"",
+        Duration::from_secs(600),
+    )
+    .await;
+    for node in [&a, &b] {
+        let found = node.overrides().await;
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].scope, "ip-2->mx.example");
+        assert_eq!(found[0].name, "max_message_rate");
+        assert_eq!(found[0].value, "\"10/minute\"");
+        assert!(node.suspensions().await.is_empty());
+    }
+    b.end_override("ip-2->mx.example", "max_message_rate").await;
+    assert!(a.overrides().await.is_empty());
+    // Without Redis, the same on one node.
+    let local = Throttles::local();
+    local
+        .set_override("s->d", "connection_limit", "1", Duration::from_secs(60))
+        .await;
+    assert_eq!(local.overrides().await[0].value, "1");
+    assert!(local.suspensions().await.is_empty());
+}

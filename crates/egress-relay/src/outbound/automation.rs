@@ -12,15 +12,20 @@
 //! What a rule does is kept in egress-throttle's store, so with
 //! `kumo.configure_redis_throttles` it is in force on every node at once: `Suspend`
 //! is a suspension of the source at the site (`SOURCE->SITE`, the key selection
-//! reads, listed by `suspend-ready-q` with the rule as its reason); a `Threshold`
+//! reads, listed by `suspend-ready-q` with the rule as its reason); `SetConfig` and
+//! `SetDomainConfig` override a path key for (source, site) or (source, domain)
+//! (`overrides.rs` applies them over the policy's path config); a `Threshold`
 //! trigger counts matches with the store's GCRA (`N/period`: the Nth match in a
-//! burst within the period fires it). The other actions are recognised and not yet
-//! applied: each says so once, in a WARN line, rather than seem to work.
+//! burst within the period fires it). The tenant, campaign and bounce actions are
+//! recognised and not yet applied: each says so once, in a WARN line, rather than
+//! seem to work.
 
+use super::overrides::{domain_scope, site_scope};
 use super::shaping::{ready_queue, Shaper};
 use egress_smtp::Reply;
 use egress_source::{
-    AutomationAction, AutomationRule, AutomationTrigger, EgressPathConfig, ThrottleSpec,
+    AutomationAction, AutomationRule, AutomationTrigger, ConfigOverride, EgressPathConfig,
+    ThrottleSpec,
 };
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -117,8 +122,50 @@ impl Watch {
                 );
                 shaper.report.automation_action(action.name());
             }
+            AutomationAction::SetConfig(o) => {
+                let scope = site_scope(&self.source, &self.site);
+                self.set(shaper, rule, action, o, &scope, line, &until)
+                    .await;
+            }
+            AutomationAction::SetDomainConfig(o) => {
+                let scope = domain_scope(&self.source, &self.domain);
+                self.set(shaper, rule, action, o, &scope, line, &until)
+                    .await;
+            }
             other => not_applied(rule, other),
         }
+    }
+
+    /// Overrides a path key for `scope` for the rule's duration.
+    #[allow(clippy::too_many_arguments)]
+    async fn set(
+        &self,
+        shaper: &Shaper,
+        rule: &AutomationRule,
+        action: &AutomationAction,
+        o: &ConfigOverride,
+        scope: &str,
+        line: &str,
+        until: &impl std::fmt::Display,
+    ) {
+        let value = serde_json::to_string(&o.value).unwrap_or_default();
+        shaper
+            .throttles
+            .set_override(scope, &o.name, &value, rule.duration)
+            .await;
+        shaper.overrides.invalidate();
+        tracing::warn!(
+            rule = %rule.label(),
+            source = %self.source,
+            site = %self.site,
+            domain = %self.domain,
+            reply = %line,
+            action = action.name(),
+            setting = %format!("{} = {value}", o.name),
+            until = %until,
+            "automation: path setting overridden"
+        );
+        shaper.report.automation_action(action.name());
     }
 }
 
@@ -135,7 +182,7 @@ fn not_applied(rule: &AutomationRule, action: &AutomationAction) {
         tracing::warn!(
             rule = %rule.label(),
             action = action.name(),
-            "automation: the rule matched; egressd does not apply this action yet (Suspend is applied)"
+            "automation: the rule matched; egressd does not apply this action yet (Suspend, SetConfig and SetDomainConfig are applied)"
         );
     }
 }

@@ -5,6 +5,7 @@
 pub mod automation;
 pub mod destinations;
 mod idle;
+pub mod overrides;
 pub(crate) mod route;
 pub mod shaping;
 pub mod tls;

@@ -84,7 +84,12 @@ pub async fn open(
             }
         };
         let path = match policy.egress_path_config(domain, name, Some(site)).await {
-            Ok(path) => path,
+            Ok(path) => {
+                ctx.shaper
+                    .overrides
+                    .apply(&ctx.shaper.throttles, path, name, site, domain)
+                    .await
+            }
             Err(e) => {
                 failure = Some((name.to_owned(), [4, 3, 0], e.to_string()));
                 continue;

@@ -41,6 +41,8 @@ pub struct Ineligible {
 pub struct Shaper {
     /// The store: rates, leases, suspensions (this node's, or shared by Redis).
     pub throttles: Arc<Throttles>,
+    /// Path keys automation overrides for a while.
+    pub overrides: super::overrides::Overrides,
     /// Recent failures per (source, rule), for `Threshold` triggers.
     failures: Mutex<HashMap<(String, &'static str), VecDeque<Instant>>>,
     /// Leases held by live connections, renewed in the background.
@@ -68,6 +70,7 @@ impl Shaper {
     pub fn new(throttles: Arc<Throttles>, report: Arc<dyn Report>) -> Shaper {
         Shaper {
             throttles,
+            overrides: Default::default(),
             failures: Mutex::default(),
             live: Mutex::default(),
             raised: Mutex::default(),
