@@ -1,7 +1,8 @@
 //! Automation rules from shaping.toml (issue: provider blocks + automation): a
 //! mailbox provider's reply steers the sources. Yahoo's `421 4.7.0 [TSS04]` to one
-//! source suspends that source at Yahoo's site — on this relay and on a second one
-//! sharing redis-server — while other sites still get mail from it; a Threshold
+//! source suspends that source at Yahoo's sites (a provider rule) — on this relay
+//! and on a second one sharing redis-server — while other sites still get mail
+//! from it; a Threshold
 //! rule fires on the Nth match; egressd's own replies match only with
 //! `match_internal`. MX records from a real dnsmasq; the destination is a scripted
 //! one that answers MAIL from 127.0.0.2 as Yahoo does.
@@ -22,6 +23,8 @@ fn dns() -> Dnsmasq {
     Dnsmasq::start(&[
         "--mx-host=yahoo.test,mta5.am0.yahoodns.net,10",
         "--host-record=mta5.am0.yahoodns.net,127.0.0.1",
+        "--mx-host=ymail.test,mta7.am0.yahoodns.net,10",
+        "--host-record=mta7.am0.yahoodns.net,127.0.0.1",
         "--mx-host=other.test,mx.other.test,10",
         "--mx-host=down.test,mx.other.test,10",
         "--mx-host=down2.test,mx.other.test,10",
@@ -107,7 +110,7 @@ fn send(d: &Embedded, domain: &str, n: usize) -> Vec<String> {
 }
 
 #[test]
-fn tss04_suspends_the_source_at_the_site_on_every_node_sharing_redis() {
+fn tss04_suspends_the_source_at_the_providers_sites_on_every_node_sharing_redis() {
     let (dns, redis) = (dns(), RedisServer::start());
     let yahoo = ScriptedDestination::refusing_mail_from(&[ip("127.0.0.2")], TSS04);
     let other = SmtpSink::start();
@@ -127,7 +130,7 @@ fn tss04_suspends_the_source_at_the_site_on_every_node_sharing_redis() {
     assert_eq!(yahoo.received().len(), 5);
     let log = a.log();
     assert!(
-        log.contains("automation: source suspended at the site")
+        log.contains("automation: source suspended")
             && log.contains("[provider.\"yahoo\"].automation[1]")
             && log.contains("action=\"Suspend\""),
         "{log}"
@@ -137,7 +140,7 @@ fn tss04_suspends_the_source_at_the_site_on_every_node_sharing_redis() {
     let suspensions = a.block_on(a.relay.context().shaper.throttles.suspensions());
     let s = suspensions
         .iter()
-        .find(|s| s.key == "ip-2->mta5.am0.yahoodns.net")
+        .find(|s| s.key == "ip-2->provider:yahoo")
         .unwrap_or_else(|| panic!("{suspensions:?}"));
     assert!(
         s.reason.contains("automation") && s.reason.contains("[TSS04]"),
@@ -152,10 +155,13 @@ fn tss04_suspends_the_source_at_the_site_on_every_node_sharing_redis() {
         "about two hours: {left:?}"
     );
 
-    // Node B never tries ip-2 at Yahoo's site.
+    // Node B never tries ip-2 at Yahoo's sites: neither this one nor another
+    // (mta7) where nothing was refused — it is the provider's rule.
     assert!(send(&b, "yahoo.test", 4).is_empty());
+    assert!(send(&b, "ymail.test", 2).is_empty());
+    assert!(send(&a, "ymail.test", 2).is_empty());
     assert_eq!(yahoo.connections_from(ip("127.0.0.2")), 1);
-    assert_eq!(yahoo.received().len(), 9);
+    assert_eq!(yahoo.received().len(), 13);
 
     // Another site still gets mail from ip-2.
     assert!(send(&a, "other.test", 4).is_empty());

@@ -47,6 +47,10 @@ pub struct AutomationRule {
     /// log lines and suspension reasons; filled in by policy-extras.shaping.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub origin: Option<String>,
+    /// The provider block the rule belongs to: its `Suspend` covers all of the
+    /// provider's sites. Filled in by policy-extras.shaping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 strict_table!(
@@ -58,7 +62,8 @@ strict_table!(
         "trigger",
         "duration",
         "match_internal",
-        "origin"
+        "origin",
+        "provider"
     ]
 );
 

@@ -30,7 +30,8 @@
 -- it with kumo.on); `shaping:setup_with_automation { extra_files = { ... } }`
 -- returns `{ get_egress_path_config = ... }` as KumoMTA's does. `automation`
 -- rules (default, domain/site and provider blocks) travel in the path config's
--- `automation` key, each with its origin (file, block, index); the relay matches
+-- `automation` key, each with its origin (file, block, index) and, for a
+-- provider's rules, the provider (a Suspend then covers all its sites); the relay matches
 -- them against the destination's replies itself, so `publish`/`subscribe` are
 -- accepted and unused. KumoMTA path keys egressd does not have are ignored with a
 -- warning.
@@ -231,6 +232,9 @@ function mod:setup(files)
             p.match = matchers(pentry.match, pwhere)
           end
           local b = block(pentry, pwhere, true)
+          for _, r in ipairs(b.automation) do
+            r.provider = pname
+          end
           table.insert(p.own, b)
           table.insert(checks, b)
           add_sources(p, pentry, path, label, true, checks)

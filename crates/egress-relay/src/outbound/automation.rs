@@ -11,8 +11,10 @@
 //!
 //! What a rule does is kept in egress-throttle's store, so with
 //! `kumo.configure_redis_throttles` it is in force on every node at once: `Suspend`
-//! is a suspension of the source at the site (`SOURCE->SITE`, the key selection
-//! reads, listed by `suspend-ready-q` with the rule as its reason); `SetConfig` and
+//! is a suspension of the source at the site (`SOURCE->SITE`), or at every site of
+//! the provider for a provider's rule (`SOURCE->provider:NAME`, which selection
+//! reads for each path the provider's rules apply to) — listed by
+//! `suspend-ready-q` with the rule as its reason; `SetConfig` and
 //! `SetDomainConfig` override a path key for (source, site) or (source, domain)
 //! (`overrides.rs` applies them over the policy's path config); a `Threshold`
 //! trigger counts matches with the store's GCRA (`N/period`: the Nth match in a
@@ -21,7 +23,7 @@
 //! seem to work.
 
 use super::overrides::{domain_scope, site_scope};
-use super::shaping::{ready_queue, Shaper};
+use super::shaping::{provider_queue, ready_queue, Shaper};
 use egress_smtp::Reply;
 use egress_source::{
     AutomationAction, AutomationRule, AutomationTrigger, ConfigOverride, EgressPathConfig,
@@ -107,7 +109,10 @@ impl Watch {
         let until = humantime::format_rfc3339_seconds(SystemTime::now() + rule.duration);
         match action {
             AutomationAction::Suspend => {
-                let key = ready_queue(&self.source, &self.site);
+                let key = match &rule.provider {
+                    Some(provider) => provider_queue(&self.source, provider),
+                    None => ready_queue(&self.source, &self.site),
+                };
                 let reason = format!("automation: {}: {line}", rule.label());
                 shaper.throttles.suspend(&key, &reason, rule.duration).await;
                 tracing::warn!(
@@ -118,7 +123,8 @@ impl Watch {
                     reply = %line,
                     action = "Suspend",
                     until = %until,
-                    "automation: source suspended at the site"
+                    scope = %key,
+                    "automation: source suspended"
                 );
                 shaper.report.automation_action(action.name());
             }

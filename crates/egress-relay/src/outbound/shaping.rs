@@ -58,6 +58,12 @@ pub fn ready_queue(source: &str, site: &str) -> String {
     format!("{source}->{site}")
 }
 
+/// The suspension key of `source` at every site of `provider` (a provider's
+/// automation rule suspends there).
+pub fn provider_queue(source: &str, provider: &str) -> String {
+    format!("{source}->provider:{provider}")
+}
+
 fn until_now(until: SystemTime) -> Duration {
     until
         .duration_since(SystemTime::now())
@@ -121,7 +127,17 @@ impl Shaper {
         path: &EgressPathConfig,
     ) -> Result<(), Ineligible> {
         let keys = match self.throttles.may_have_suspensions() {
-            true => vec![source.to_owned(), ready_queue(source, site)],
+            true => {
+                let mut keys = vec![source.to_owned(), ready_queue(source, site)];
+                // The providers whose rules apply here: a provider-wide suspension.
+                for provider in path.automation.iter().filter_map(|r| r.provider.as_deref()) {
+                    let key = provider_queue(source, provider);
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+                keys
+            }
             false => Vec::new(),
         };
         for key in keys {
