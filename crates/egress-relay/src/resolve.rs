@@ -8,7 +8,7 @@
 //! Without a source, every source the pool can pick (weight above zero) is shown,
 //! heaviest first.
 
-use crate::outbound::overrides::{domain_scope, site_scope};
+use crate::outbound::in_force::{domain_scope, site_scope};
 use crate::outbound::route::heaviest_first;
 use crate::outbound::shaping::{
     connection_limits, connection_rates, message_rates, ready_queue, selection_rates, Rate,
@@ -91,14 +91,15 @@ pub async fn resolve(
             .map_err(|e| failed("get_egress_path_config", &e))?;
         let shaper = &ctx.shaper;
         let path = shaper
-            .overrides
+            .automated
             .apply(&shaper.throttles, path, &name, &site, domain)
             .await;
         let scopes = [site_scope(&name, &site), domain_scope(&name, domain)];
         let overrides: Vec<Value> = shaper
-            .overrides
+            .automated
             .current(&shaper.throttles)
             .await
+            .overrides
             .iter()
             .filter(|o| scopes.contains(&o.scope))
             .map(|o| {

@@ -28,6 +28,7 @@ fn dns() -> Dnsmasq {
         "--mx-host=other.test,mx.other.test,10",
         "--mx-host=down.test,mx.other.test,10",
         "--mx-host=down2.test,mx.other.test,10",
+        "--mx-host=bounce.test,mx.other.test,10",
         "--host-record=mx.other.test,127.0.0.1",
     ])
 }
@@ -45,6 +46,17 @@ fn relay_with_pool(
     shaping: &str,
     init: &str,
     entries: &str,
+) -> (Embedded, tempfile::TempDir) {
+    relay_with(dns, shaping, init, entries, "")
+}
+
+/// As [`relay_with_pool`], with more Lua (`extra`) in the policy.
+fn relay_with(
+    dns: &Dnsmasq,
+    shaping: &str,
+    init: &str,
+    entries: &str,
+    extra: &str,
 ) -> (Embedded, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("shaping.toml");
@@ -65,7 +77,8 @@ fn relay_with_pool(
            local addr = {{ ['ip-2'] = '127.0.0.2', ['ip-3'] = '127.0.0.3' }}
            return kumo.make_egress_source {{ name = name, source_address = addr[name] }}
          end)
-         kumo.on('get_egress_path_config', require('policy-extras.shaping'):setup {{ '{}' }})",
+         kumo.on('get_egress_path_config', require('policy-extras.shaping'):setup {{ '{}' }})
+         {extra}",
         dns.addr,
         file.display()
     ));
@@ -279,4 +292,79 @@ duration = "1 hour"
         "ip-2->mta5.am0.yahoodns.net"
     );
     assert!(d.log().contains("automation: path setting overridden"));
+}
+
+#[test]
+fn bounce_refuses_the_domain_and_suspend_tenant_defers_only_that_tenant() {
+    let dns = dns();
+    // Recipients containing "refused" get `550 5.1.1 no such user here`.
+    let yahoo = ScriptedDestination::start(false);
+    let other = SmtpSink::start();
+    let rules = r#"
+[[provider."yahoo".automation]]
+regex = "no such user here"
+action = "SuspendTenant"
+duration = "1 hour"
+
+["bounce.test"]
+mx_rollup = false
+[["bounce.test".automation]]
+regex = "no such user here"
+action = "Bounce"
+duration = "1 hour"
+"#;
+    // The tenant is the AUTH identity (AUTH is offered over STARTTLS).
+    let (d, _dir) = relay_with(
+        &dns,
+        &shaping(&yahoo, &other, rules),
+        "",
+        "{ name = 'ip-2' }",
+        "kumo.on('smtp_server_auth_plain', function(authz, authc, password)
+           return password == 'secret'
+         end)",
+    );
+    let as_acme = [
+        "--tls",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "acme",
+        "--auth-password",
+        "secret",
+    ];
+    // Without a tenant, a tenant rule does nothing.
+    let s = swaks(d.addr, "refused@yahoo.test", &[]);
+    assert!(s.has_reply("550 5.1.1"), "{}", s.transcript);
+    assert!(send(&d, "yahoo.test", 1).is_empty(), "{}", d.log());
+    // Tenant acme's refusal defers acme's mail to yahoo.test, and only acme's.
+    let s = swaks(d.addr, "refused@yahoo.test", &as_acme);
+    assert!(s.has_reply("550 5.1.1"), "{}", s.transcript);
+    let s = swaks(d.addr, "someone@yahoo.test", &as_acme);
+    let reply = s.first_reply("4");
+    assert!(
+        reply.starts_with("451 4.7.1") && reply.contains("from tenant 'acme' is suspended"),
+        "{}",
+        s.transcript
+    );
+    assert!(
+        send(&d, "yahoo.test", 1).is_empty(),
+        "no tenant: still delivered"
+    );
+    assert_eq!(yahoo.received().len(), 2);
+
+    // Bounce: once the destination refused someone at bounce.test, every RCPT for
+    // bounce.test is refused here, naming the rule; nothing more reaches it.
+    let s = swaks(d.addr, "refused@bounce.test", &[]);
+    assert!(s.has_reply("550 5.1.1"), "{}", s.transcript);
+    let s = swaks(d.addr, "someone@bounce.test", &[]);
+    let reply = s.first_reply("5");
+    assert!(reply.starts_with("550 5.7.1"), "{}", s.transcript);
+    assert!(
+        reply.contains("mail for bounce.test is refused")
+            && reply.contains("[\"bounce.test\"].automation[1]"),
+        "{reply}"
+    );
+    assert_eq!(yahoo.received().len(), 2);
+    // Other domains are untouched.
+    assert!(send(&d, "other.test", 1).is_empty());
 }

@@ -38,7 +38,7 @@ pub use egress_source::{ConnectionLimit, ThrottleSpec};
 pub use gcra::{Capacity, Decision};
 pub use local::LocalStore;
 pub use redis_store::RedisStore;
-pub use shared::{Lease, Override, Throttles};
+pub use shared::{Block, BlockKind, InForce, Lease, Override, Throttles};
 
 use std::future::Future;
 use std::pin::Pin;

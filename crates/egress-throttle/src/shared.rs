@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 /// Overrides live beside suspensions in the stores, as expiring entries under keys
 /// with this prefix (`override:SCOPE|NAME`, the value as the entry's text): the
 /// same expiry, the same sharing through Redis, no second mechanism to keep right.
-/// Suspension listings leave them out.
+/// Suspension listings leave them (and blocks, below) out.
 const OVERRIDE: &str = "override:";
 
 /// A path key overridden for a while (an automation rule's `SetConfig`): for
@@ -32,6 +32,45 @@ pub struct Override {
     pub value: String,
     /// When it ends on its own.
     pub until: std::time::SystemTime,
+}
+
+/// Automation's blocks on a destination domain live beside them too, under
+/// `block:KIND|DOMAIN|TENANT` (`*` for every tenant), the reason as the text.
+const BLOCK: &str = "block:";
+
+/// What an automation block does to RCPTs for its domain (and tenant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockKind {
+    /// Deferred (`SuspendTenant`).
+    Defer,
+    /// Refused (`Bounce`, `BounceTenant`).
+    Refuse,
+}
+
+/// Mail for `domain` (from `tenant`, or every tenant) deferred or refused at RCPT
+/// until `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    /// Deferred or refused.
+    pub kind: BlockKind,
+    /// The destination domain.
+    pub domain: String,
+    /// The tenant, or every tenant.
+    pub tenant: Option<String>,
+    /// Why (the rule and the reply).
+    pub reason: String,
+    /// When it ends on its own.
+    pub until: std::time::SystemTime,
+}
+
+/// Everything automation put in force: overrides and blocks (one read of the
+/// store).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InForce {
+    /// Path keys overridden.
+    pub overrides: Vec<Override>,
+    /// Domains (and tenants) deferred or refused.
+    pub blocks: Vec<Block>,
 }
 
 /// How often a Redis failure is logged at WARN (each one is counted).
@@ -217,7 +256,7 @@ impl Throttles {
     /// every node's, this one's included), else this node's.
     pub async fn suspensions(&self) -> Vec<Suspension> {
         let mut list = self.entries().await;
-        list.retain(|s| !s.key.starts_with(OVERRIDE));
+        list.retain(|s| !s.key.starts_with(OVERRIDE) && !s.key.starts_with(BLOCK));
         list
     }
 
@@ -241,20 +280,61 @@ impl Throttles {
 
     /// Every override in force (the shared list when Redis answers).
     pub async fn overrides(&self) -> Vec<Override> {
-        self.entries()
-            .await
-            .into_iter()
-            .filter_map(|e| {
-                let rest = e.key.strip_prefix(OVERRIDE)?;
-                let (scope, name) = rest.rsplit_once('|')?;
-                Some(Override {
-                    scope: scope.to_owned(),
-                    name: name.to_owned(),
-                    value: e.reason,
+        self.in_force().await.overrides
+    }
+
+    /// Defers or refuses mail for `domain` (from `tenant`, or every tenant) at RCPT
+    /// for `duration`: on this node, and on every node when Redis is configured.
+    pub async fn set_block(
+        &self,
+        kind: BlockKind,
+        domain: &str,
+        tenant: Option<&str>,
+        reason: &str,
+        duration: Duration,
+    ) {
+        let kind = match kind {
+            BlockKind::Defer => "defer",
+            BlockKind::Refuse => "refuse",
+        };
+        let key = format!("{BLOCK}{kind}|{domain}|{}", tenant.unwrap_or("*"));
+        self.suspend(&key, reason, duration).await;
+    }
+
+    /// Every override and block in force (the shared lists when Redis answers).
+    pub async fn in_force(&self) -> InForce {
+        let mut found = InForce::default();
+        for e in self.entries().await {
+            if let Some(rest) = e.key.strip_prefix(OVERRIDE) {
+                if let Some((scope, name)) = rest.rsplit_once('|') {
+                    found.overrides.push(Override {
+                        scope: scope.to_owned(),
+                        name: name.to_owned(),
+                        value: e.reason,
+                        until: e.until,
+                    });
+                }
+            } else if let Some(rest) = e.key.strip_prefix(BLOCK) {
+                let mut parts = rest.splitn(3, '|');
+                let (Some(kind), Some(domain), Some(tenant)) =
+                    (parts.next(), parts.next(), parts.next())
+                else {
+                    continue;
+                };
+                found.blocks.push(Block {
+                    kind: if kind == "refuse" {
+                        BlockKind::Refuse
+                    } else {
+                        BlockKind::Defer
+                    },
+                    domain: domain.to_owned(),
+                    tenant: (tenant != "*").then(|| tenant.to_owned()),
+                    reason: e.reason,
                     until: e.until,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        found
     }
 
     /// Ends an override early.

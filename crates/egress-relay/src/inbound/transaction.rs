@@ -102,6 +102,16 @@ impl Transaction {
                 "recipient must be of the form user@domain",
             ));
         };
+        // An automation rule's block on this domain (for this tenant) answers first.
+        let shaper = &ctx.shaper;
+        let tenant = self.log.tenant.as_deref();
+        if let Some(reply) = shaper
+            .automated
+            .blocked(&shaper.throttles, &domain, tenant)
+            .await
+        {
+            return local(reply);
+        }
         let index = match self.legs.iter().position(|l| l.domain == domain) {
             Some(i) => i,
             None => match self.open_leg(ctx, domain.clone(), address).await {

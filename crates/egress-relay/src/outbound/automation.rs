@@ -16,19 +16,22 @@
 //! reads for each path the provider's rules apply to) — listed by
 //! `suspend-ready-q` with the rule as its reason; `SetConfig` and
 //! `SetDomainConfig` override a path key for (source, site) or (source, domain)
-//! (`overrides.rs` applies them over the policy's path config); a `Threshold`
+//! (`in_force.rs` applies them over the policy's path config); a `Threshold`
 //! trigger counts matches with the store's GCRA (`N/period`: the Nth match in a
-//! burst within the period fires it). The tenant, campaign and bounce actions are
-//! recognised and not yet applied: each says so once, in a WARN line, rather than
-//! seem to work.
+//! burst within the period fires it). `SuspendTenant` defers (451) and `Bounce` /
+//! `BounceTenant` refuse (550) RCPTs for the domain (and tenant — the AUTH identity;
+//! without one, the tenant actions do nothing, as in KumoMTA) for the duration.
+//! egressd has no campaigns, so `SuspendCampaign` and `BounceCampaign` do nothing
+//! and say so once, in a WARN line, rather than seem to work.
 
-use super::overrides::{domain_scope, site_scope};
+use super::in_force::{domain_scope, site_scope};
 use super::shaping::{provider_queue, ready_queue, Shaper};
 use egress_smtp::Reply;
 use egress_source::{
     AutomationAction, AutomationRule, AutomationTrigger, ConfigOverride, EgressPathConfig,
     ThrottleSpec,
 };
+use egress_throttle::BlockKind;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
@@ -39,6 +42,7 @@ pub struct Watch {
     source: String,
     site: String,
     domain: String,
+    tenant: Option<String>,
 }
 
 impl Watch {
@@ -49,6 +53,7 @@ impl Watch {
         source: &str,
         site: &str,
         domain: &str,
+        tenant: Option<&str>,
     ) -> Option<Arc<Watch>> {
         (!path.automation.is_empty()).then(|| {
             Arc::new(Watch {
@@ -56,6 +61,7 @@ impl Watch {
                 source: source.to_owned(),
                 site: site.to_owned(),
                 domain: domain.to_owned(),
+                tenant: tenant.map(str::to_owned),
             })
         })
     }
@@ -138,8 +144,54 @@ impl Watch {
                 self.set(shaper, rule, action, o, &scope, line, &until)
                     .await;
             }
-            other => not_applied(rule, other),
+            AutomationAction::Bounce => {
+                self.block(shaper, rule, action, BlockKind::Refuse, None, line, &until)
+                    .await;
+            }
+            AutomationAction::SuspendTenant | AutomationAction::BounceTenant => {
+                let Some(tenant) = self.tenant.clone() else {
+                    return;
+                };
+                let kind = match action {
+                    AutomationAction::SuspendTenant => BlockKind::Defer,
+                    _ => BlockKind::Refuse,
+                };
+                self.block(shaper, rule, action, kind, Some(&tenant), line, &until)
+                    .await;
+            }
+            other => no_campaigns(rule, other),
         }
+    }
+
+    /// Defers or refuses RCPTs for the domain (and tenant) for the rule's duration.
+    #[allow(clippy::too_many_arguments)]
+    async fn block(
+        &self,
+        shaper: &Shaper,
+        rule: &AutomationRule,
+        action: &AutomationAction,
+        kind: BlockKind,
+        tenant: Option<&str>,
+        line: &str,
+        until: &impl std::fmt::Display,
+    ) {
+        let reason = format!("automation: {}: {line}", rule.label());
+        shaper
+            .throttles
+            .set_block(kind, &self.domain, tenant, &reason, rule.duration)
+            .await;
+        shaper.automated.invalidate();
+        tracing::warn!(
+            rule = %rule.label(),
+            source = %self.source,
+            domain = %self.domain,
+            tenant = tenant.unwrap_or("-"),
+            reply = %line,
+            action = action.name(),
+            until = %until,
+            "automation: mail for the domain deferred or refused at RCPT"
+        );
+        shaper.report.automation_action(action.name());
     }
 
     /// Overrides a path key for `scope` for the rule's duration.
@@ -159,7 +211,7 @@ impl Watch {
             .throttles
             .set_override(scope, &o.name, &value, rule.duration)
             .await;
-        shaper.overrides.invalidate();
+        shaper.automated.invalidate();
         tracing::warn!(
             rule = %rule.label(),
             source = %self.source,
@@ -175,8 +227,8 @@ impl Watch {
     }
 }
 
-/// Says once per (rule, action) that the action is not applied yet.
-fn not_applied(rule: &AutomationRule, action: &AutomationAction) {
+/// Says once per (rule, action) that a campaign action does nothing here.
+fn no_campaigns(rule: &AutomationRule, action: &AutomationAction) {
     static SAID: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
     let key = format!("{} {}", rule.label(), action.name());
     let first = SAID
@@ -188,7 +240,7 @@ fn not_applied(rule: &AutomationRule, action: &AutomationAction) {
         tracing::warn!(
             rule = %rule.label(),
             action = action.name(),
-            "automation: the rule matched; egressd does not apply this action yet (Suspend, SetConfig and SetDomainConfig are applied)"
+            "automation: the rule matched; egressd has no campaigns, so this action does nothing"
         );
     }
 }

@@ -5,7 +5,7 @@
 pub mod automation;
 pub mod destinations;
 mod idle;
-pub mod overrides;
+pub mod in_force;
 pub(crate) mod route;
 pub mod shaping;
 pub mod tls;

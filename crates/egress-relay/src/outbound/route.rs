@@ -86,7 +86,7 @@ pub async fn open(
         let path = match policy.egress_path_config(domain, name, Some(site)).await {
             Ok(path) => {
                 ctx.shaper
-                    .overrides
+                    .automated
                     .apply(&ctx.shaper.throttles, path, name, site, domain)
                     .await
             }
@@ -120,7 +120,7 @@ pub async fn open(
             first_rcpt: first_rcpt.as_deref(),
             body_8bit,
         };
-        let watch = Watch::over(&path, name, site, domain);
+        let watch = Watch::over(&path, name, site, domain, log.tenant.as_deref());
         let observe = |reply: Reply, internal: bool| {
             let (watch, shaper) = (watch.clone(), ctx.shaper.clone());
             async move {

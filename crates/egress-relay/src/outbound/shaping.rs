@@ -41,8 +41,8 @@ pub struct Ineligible {
 pub struct Shaper {
     /// The store: rates, leases, suspensions (this node's, or shared by Redis).
     pub throttles: Arc<Throttles>,
-    /// Path keys automation overrides for a while.
-    pub overrides: super::overrides::Overrides,
+    /// What automation put in force: path overrides, blocked domains.
+    pub automated: super::in_force::Automated,
     /// Recent failures per (source, rule), for `Threshold` triggers.
     failures: Mutex<HashMap<(String, &'static str), VecDeque<Instant>>>,
     /// Leases held by live connections, renewed in the background.
@@ -76,7 +76,7 @@ impl Shaper {
     pub fn new(throttles: Arc<Throttles>, report: Arc<dyn Report>) -> Shaper {
         Shaper {
             throttles,
-            overrides: Default::default(),
+            automated: Default::default(),
             failures: Mutex::default(),
             live: Mutex::default(),
             raised: Mutex::default(),

@@ -1,15 +1,18 @@
-//! Path keys overridden for a while by automation (`SetConfig` for a source at a
-//! site, `SetDomainConfig` for a source and a domain), applied over what
-//! `get_egress_path_config` returns — so `max_message_rate = "10/minute"` or
-//! `connection_limit = 1` holds from the next transaction on.
+//! What automation put in force for a while, applied where the relay decides:
+//! path keys overridden (`SetConfig` for a source at a site, `SetDomainConfig` for
+//! a source and a domain) over what `get_egress_path_config` returns — so
+//! `max_message_rate = "10/minute"` holds from the next transaction on — and
+//! domains (for a tenant, or everyone) deferred or refused at RCPT
+//! (`SuspendTenant`, `Bounce`, `BounceTenant`).
 //!
-//! The overrides live in egress-throttle's store (shared by Redis when configured).
-//! Reading them for every transaction would be a Redis round trip each, so each
-//! node keeps a snapshot at most [`FRESH`] old: an override raised elsewhere is in
-//! force here within a second; one raised here, at once (the snapshot is dropped).
+//! Both live in egress-throttle's store (shared by Redis when configured). Reading
+//! them for every transaction would be a Redis round trip each, so each node keeps
+//! a snapshot at most [`FRESH`] old: what was raised elsewhere is in force here
+//! within a second; what was raised here, at once (the snapshot is dropped).
 
+use egress_smtp::Reply;
 use egress_source::EgressPathConfig;
-use egress_throttle::{Override, Throttles};
+use egress_throttle::{BlockKind, InForce, Override, Throttles};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -26,29 +29,67 @@ pub fn domain_scope(source: &str, domain: &str) -> String {
     format!("{source}->domain:{domain}")
 }
 
-/// This node's view of the overrides in force.
+/// This node's view of what automation put in force.
 #[derive(Default)]
-pub struct Overrides {
-    snapshot: Mutex<Option<(Instant, Arc<Vec<Override>>)>>,
+pub struct Automated {
+    snapshot: Mutex<Option<(Instant, Arc<InForce>)>>,
 }
 
-impl Overrides {
-    /// Drops the snapshot (this node just raised an override).
+impl Automated {
+    /// Drops the snapshot (this node just raised something).
     pub fn invalidate(&self) {
         *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// The overrides in force, from a snapshot at most [`FRESH`] old.
-    pub async fn current(&self, throttles: &Throttles) -> Arc<Vec<Override>> {
-        if let Some((taken, list)) = &*self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) {
+    /// What is in force, from a snapshot at most [`FRESH`] old.
+    pub async fn current(&self, throttles: &Throttles) -> Arc<InForce> {
+        if let Some((taken, found)) = &*self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) {
             if taken.elapsed() < FRESH {
-                return list.clone();
+                return found.clone();
             }
         }
-        let list = Arc::new(throttles.overrides().await);
+        let found = Arc::new(throttles.in_force().await);
         *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((Instant::now(), list.clone()));
-        list
+            Some((Instant::now(), found.clone()));
+        found
+    }
+
+    /// The reply for a RCPT to `domain` from `tenant` while a block is in force for
+    /// it (the domain for everyone, or for that tenant): `451 4.7.1` when deferred,
+    /// `550 5.7.1` when refused, naming the rule and when it ends.
+    pub async fn blocked(
+        &self,
+        throttles: &Throttles,
+        domain: &str,
+        tenant: Option<&str>,
+    ) -> Option<Reply> {
+        if !throttles.may_have_suspensions() {
+            return None;
+        }
+        let found = self.current(throttles).await;
+        let now = SystemTime::now();
+        let block = found.blocks.iter().find(|b| {
+            b.until > now
+                && b.domain.eq_ignore_ascii_case(domain)
+                && (b.tenant.is_none() || b.tenant.as_deref() == tenant)
+        })?;
+        let whom = match &block.tenant {
+            Some(t) => format!("mail for {domain} from tenant '{t}'"),
+            None => format!("mail for {domain}"),
+        };
+        let until = humantime::format_rfc3339_seconds(block.until);
+        Some(match block.kind {
+            BlockKind::Defer => Reply::new(
+                451,
+                [4, 7, 1],
+                format!("{whom} is suspended until {until} ({})", block.reason),
+            ),
+            BlockKind::Refuse => Reply::new(
+                550,
+                [5, 7, 1],
+                format!("{whom} is refused until {until} ({})", block.reason),
+            ),
+        })
     }
 
     /// `path` with the overrides in force for (source, site) and (source, domain)
@@ -65,7 +106,8 @@ impl Overrides {
         if !throttles.may_have_suspensions() {
             return path;
         }
-        let list = self.current(throttles).await;
+        let found = self.current(throttles).await;
+        let list = &found.overrides;
         if list.is_empty() {
             return path;
         }
@@ -119,7 +161,7 @@ mod tests {
     #[tokio::test]
     async fn overrides_apply_to_their_scope_only_and_bad_ones_change_nothing() {
         let throttles = Throttles::local();
-        let overrides = Overrides::default();
+        let overrides = Automated::default();
         let path = Arc::new(EgressPathConfig::default());
         let hour = std::time::Duration::from_secs(3600);
         throttles
