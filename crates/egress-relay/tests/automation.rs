@@ -68,7 +68,7 @@ fn relay_with(
          end)
          kumo.dns.configure_resolver {{ name_servers = {{ '{}' }} }}
          kumo.on('get_queue_config', function(domain)
-           return kumo.make_queue_config {{ egress_pool = 'main' }}
+           return kumo.make_queue_config {{ egress_pool = 'main', retry_interval = '1s', max_retry_interval = '2s' }}
          end)
          kumo.on('get_egress_pool', function(name)
            return kumo.make_egress_pool {{ name = name, entries = {{ {entries} }} }}
@@ -367,4 +367,51 @@ duration = "1 hour"
     assert_eq!(yahoo.received().len(), 2);
     // Other domains are untouched.
     assert!(send(&d, "other.test", 1).is_empty());
+}
+
+#[test]
+fn a_bounced_domain_fails_its_spooled_recipients_with_a_dsn() {
+    let dns = dns();
+    let yahoo = ScriptedDestination::start(false);
+    let other = SmtpSink::start();
+    let spool = tempfile::tempdir().unwrap();
+    // bounce.test's host is down (port 9): egressd's own failure, matched because
+    // the rule asks for internal replies, bounces the domain.
+    let rules = r#"
+["bounce.test"]
+mx_rollup = false
+smtp_port = 9
+[["bounce.test".automation]]
+regex = "127\\.0\\.0\\.1:9\\b"
+action = "Bounce"
+duration = "1 hour"
+match_internal = true
+"#;
+    let (d, _dir) = relay_with(
+        &dns,
+        &shaping(&yahoo, &other, rules),
+        &format!(
+            "kumo.define_spool {{ name = 'data', path = '{}', max_spool_bytes = 10000000 }}",
+            spool.path().display()
+        ),
+        "{ name = 'ip-2' }",
+        "",
+    );
+    // One message for two domains: spooled; yahoo.test gets it, bounce.test's
+    // recipient waits for a retry, which the bounce now answers with a DSN.
+    let s = swaks(d.addr, "a@yahoo.test,b@bounce.test", &[]);
+    assert!(s.ok, "{}", s.transcript);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !d.log().contains("delivery status notification spooled")
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = d.log();
+    assert!(
+        log.contains("delivery status notification spooled"),
+        "{log}"
+    );
+    assert!(log.contains("mail for bounce.test is refused"), "{log}");
+    assert_eq!(yahoo.received().len(), 1);
 }

@@ -179,6 +179,20 @@ async fn open(
     log: &mut TxLog,
     outcome: &mut Outcome,
 ) -> Option<(Outbound, Vec<String>)> {
+    // An automation rule's block on the domain (for the message's tenant): a
+    // bounce fails the recipients (a DSN follows), a suspension defers them.
+    let shaper = &ctx.shaper;
+    let tenant = env.tenant.as_deref();
+    if let Some(reply) = shaper
+        .automated
+        .blocked(&shaper.throttles, domain, tenant)
+        .await
+    {
+        log.note(&reply.to_string());
+        log.decided = Some((reply.code, Origin::Local));
+        outcome.all(pending, &Answer::of(&reply));
+        return None;
+    }
     let first = pending.first().map(String::as_str);
     let mut out = match Outbound::open(ctx, domain, &env.sender, env.body_8bit, first, log).await {
         Ok(out) => out,
