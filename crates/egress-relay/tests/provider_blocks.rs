@@ -94,6 +94,34 @@ fn a_providers_keys_apply_where_every_mx_host_matches_in_the_documented_order() 
     // The provider's limits are shared entries, per source, across its sites.
     let yahoo = d.resolve("yahoo.test", Some("ip-2"));
     let path = path_config(&yahoo);
+    // resolve says which provider matched, and where each value came from.
+    assert_eq!(path["providers"], serde_json::json!(["yahoo"]), "{path}");
+    let from = |key: &str| {
+        path["provenance"][key]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        from("max_deliveries_per_connection").ends_with("[provider.\"yahoo\"]"),
+        "{path}"
+    );
+    assert!(
+        from("connection_limit").ends_with("[\"default\"]"),
+        "{path}"
+    );
+    assert!(
+        from("provider_connection_limit").ends_with("[provider.\"yahoo\"]"),
+        "{path}"
+    );
+    let ip3 = d.resolve("yahoo.test", Some("ip-3"));
+    assert!(
+        path_config(&ip3)["provenance"]["max_deliveries_per_connection"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("[provider.\"yahoo\".sources.\"ip-3\"]"),
+        "{ip3}"
+    );
     assert_eq!(
         path["additional_connection_limits"]["shaping-provider-yahoo-ip-2-limit"], 3,
         "{path}"

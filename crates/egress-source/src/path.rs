@@ -112,6 +112,14 @@ pub struct EgressPathConfig {
     /// fills it from shaping.toml's `automation` tables).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub automation: Vec<AutomationRule>,
+    /// The shaping providers whose blocks apply here (an egressd key, filled in by
+    /// policy-extras.shaping; `egressd resolve` shows it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub providers: Vec<String>,
+    /// Where each key's value came from (`FILE: [BLOCK]`; an egressd key, filled in
+    /// by policy-extras.shaping) — "why is this limit 20?".
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub provenance: BTreeMap<String, String>,
 }
 
 fn default_smtp_port() -> u16 {
@@ -148,6 +156,8 @@ impl Default for EgressPathConfig {
             additional_message_rate_throttles: BTreeMap::new(),
             additional_source_selection_rates: BTreeMap::new(),
             automation: Vec::new(),
+            providers: Vec::new(),
+            provenance: BTreeMap::new(),
         }
     }
 }
@@ -179,6 +189,8 @@ strict_table!(
         "additional_message_rate_throttles",
         "additional_source_selection_rates",
         "automation",
+        "providers",
+        "provenance",
     ]
 );
 

@@ -98,14 +98,17 @@ local function block(t, where, is_provider, is_source)
   return b
 end
 
--- Merges a block's settings over `params` (after dropping them for replace_base).
-local function apply(params, b)
+-- Merges a block's settings over `params` (after dropping them for replace_base),
+-- noting in `origin` which block each value came from.
+local function apply(params, b, origin)
   if b.replace then
     for k in pairs(params) do
       params[k] = nil
+      origin[k] = nil
     end
   end
   for _, k in ipairs(common.sorted_keys(b.params)) do
+    origin[k] = b.where
     local v = b.params[k]
     if MAPS[k] and type(v) == 'table' and type(params[k]) == 'table' then
       params[k] = common.merge(common.merge({}, params[k]), v)
@@ -117,7 +120,12 @@ local function apply(params, b)
 end
 
 -- A provider block's limits for `source`, as the shared additional_* entries.
-local function apply_provider_limits(params, name, source, limits)
+local function apply_provider_limits(params, name, source, limits, origin, where)
+  if origin and (limits.provider_connection_limit ~= nil or limits.provider_max_message_rate ~= nil) then
+    for k in pairs(limits) do
+      origin[k] = where
+    end
+  end
   if limits.provider_connection_limit ~= nil then
     params.additional_connection_limits = common.merge({}, params.additional_connection_limits or {})
     params.additional_connection_limits[string.format('shaping-provider-%s-%s-limit', name, source)] =
@@ -314,39 +322,47 @@ function mod:setup(files)
   end
 
   return function(domain, source, site_name)
-    local params, rules = {}, {}
+    local params, rules, origin = {}, {}, {}
     for _, b in ipairs(default.own) do
-      apply(params, b)
+      apply(params, b, origin)
       add_rules(rules, b)
     end
     local matched = matching(domain)
+    local names = {}
     for _, p in ipairs(matched) do
+      table.insert(names, p.name)
       for _, b in ipairs(p.own) do
-        apply(params, b)
-        apply_provider_limits(params, p.name, source, b.provider)
+        apply(params, b, origin)
+        apply_provider_limits(params, p.name, source, b.provider, origin, b.where)
         add_rules(rules, b)
       end
     end
     for _, p in ipairs(matched) do
       for _, b in ipairs(p.sources[source] or {}) do
-        apply(params, b)
-        apply_provider_limits(params, p.name, source, b.provider)
+        apply(params, b, origin)
+        apply_provider_limits(params, p.name, source, b.provider, origin, b.where)
       end
     end
     local site, own = site_name and by_site[site_name], by_domain[domain]
     for _, target in ipairs({ site or false, own or false }) do
       for _, b in ipairs(target and target.own or {}) do
-        apply(params, b)
+        apply(params, b, origin)
         add_rules(rules, b)
       end
     end
     for _, target in ipairs({ default, site or false, own or false }) do
       for _, b in ipairs(target and target.sources[source] or {}) do
-        apply(params, b)
+        apply(params, b, origin)
       end
     end
     if #rules > 0 then
       params.automation = rules
+    end
+    if #names > 0 then
+      params.providers = names
+    end
+    if next(origin) ~= nil then
+      params.provenance = origin
     end
     return kumo.make_egress_path(params)
   end
