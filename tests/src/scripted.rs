@@ -69,6 +69,20 @@ impl ScriptedDestination {
             delay: Duration::ZERO,
             pipelining: true,
             refuse_mail: Some((clients.to_vec(), reply.to_owned())),
+            refuse_banner: None,
+        })
+    }
+
+    /// A destination that greets connections from `clients` with `reply` (e.g.
+    /// `421 4.7.0 [TSS04] …`) instead of its 220 banner, then closes; other
+    /// clients are served.
+    pub fn refusing_banner_to(clients: &[IpAddr], reply: &str) -> ScriptedDestination {
+        Self::launch(Script {
+            stale: false,
+            delay: Duration::ZERO,
+            pipelining: true,
+            refuse_mail: None,
+            refuse_banner: Some((clients.to_vec(), reply.to_owned())),
         })
     }
 
@@ -82,6 +96,7 @@ impl ScriptedDestination {
             delay,
             pipelining,
             refuse_mail: None,
+            refuse_banner: None,
         })
     }
 
@@ -158,6 +173,8 @@ struct Script {
     pipelining: bool,
     /// Clients whose MAIL FROM gets this reply, after which the connection closes.
     refuse_mail: Option<(Vec<IpAddr>, String)>,
+    /// Clients greeted with this reply instead of the banner, then closed.
+    refuse_banner: Option<(Vec<IpAddr>, String)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -176,8 +193,18 @@ fn serve(
         (Some((clients, reply)), Ok(peer)) if clients.contains(&peer.ip()) => Some(reply.clone()),
         _ => None,
     };
+    let refuse_banner = match (&script.refuse_banner, stream.peer_addr()) {
+        (Some((clients, reply)), Ok(peer)) if clients.contains(&peer.ip()) => Some(reply.clone()),
+        _ => None,
+    };
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
+    if let Some(reply) = refuse_banner {
+        out.write_all(format!("{reply}\r\n").as_bytes())?;
+        out.shutdown(std::net::Shutdown::Write)?;
+        while reader.read_line(&mut String::new())? > 0 {}
+        return Ok(());
+    }
     out.write_all(b"220 scripted.test ESMTP\r\n")?;
     let mut current: Option<Received> = None;
     let mut messages_here = 0;

@@ -415,3 +415,22 @@ match_internal = true
     assert!(log.contains("mail for bounce.test is refused"), "{log}");
     assert_eq!(yahoo.received().len(), 1);
 }
+
+#[test]
+fn a_refused_banner_is_matched_like_any_reply() {
+    let dns = dns();
+    let yahoo = ScriptedDestination::refusing_banner_to(&[ip("127.0.0.2")], TSS04);
+    let other = SmtpSink::start();
+    let (d, _dir) = relay(&dns, &shaping(&yahoo, &other, SUSPEND_ON_TSS04), "");
+    // A refused greeting is a failure of the source at this host, so the
+    // transaction moves on to ip-3 at once; the rule suspends ip-2 at Yahoo's sites,
+    // and it is not tried again.
+    assert!(send(&d, "yahoo.test", 6).is_empty(), "{}", d.log());
+    assert_eq!(yahoo.connections_from(ip("127.0.0.2")), 1);
+    assert_eq!(yahoo.received().len(), 6);
+    let log = d.log();
+    assert!(
+        log.contains("automation: source suspended") && log.contains("reply=421 4.7.0 [TSS04]"),
+        "{log}"
+    );
+}

@@ -266,11 +266,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
             .await?;
         if banner.code != 220 {
             self.phase = Phase::Broken;
-            return Err(io::Error::other(format!(
-                "banner: {} {}",
-                banner.code,
-                one_line(&banner.message)
-            )));
+            return Err(io::Error::other(RefusedGreeting {
+                step: "banner",
+                reply: banner,
+            }));
         }
         self.banner = Some(banner);
         let ehlo = self
@@ -286,11 +285,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
             .await?;
         if !is_positive(&helo) {
             self.phase = Phase::Broken;
-            return Err(io::Error::other(format!(
-                "EHLO and HELO refused: {} {}",
-                helo.code,
-                one_line(&helo.message)
-            )));
+            return Err(io::Error::other(RefusedGreeting {
+                step: "EHLO and HELO refused",
+                reply: helo,
+            }));
         }
         self.phase = Phase::Ready;
         Ok(helo)
@@ -538,6 +536,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
     }
 }
 
+/// The destination refused the greeting (a banner other than 220, or EHLO and
+/// HELO both refused): its reply, inside the `io::Error` that
+/// [`ClientSession::greet`] returns, for a caller that acts on replies.
+#[derive(Debug)]
+pub struct RefusedGreeting {
+    /// `banner` or `EHLO and HELO refused`.
+    pub step: &'static str,
+    /// The destination's reply.
+    pub reply: Response<String>,
+}
+
+impl RefusedGreeting {
+    /// The refusal inside an error from [`ClientSession::greet`], if that is what
+    /// it was.
+    pub fn of(e: &io::Error) -> Option<&RefusedGreeting> {
+        e.get_ref()?.downcast_ref::<RefusedGreeting>()
+    }
+}
+
+impl std::fmt::Display for RefusedGreeting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} {}",
+            self.step,
+            self.reply.code,
+            one_line(&self.reply.message)
+        )
+    }
+}
+
+impl std::error::Error for RefusedGreeting {}
+
 fn is_positive(reply: &Response<String>) -> bool {
     (200..300).contains(&reply.code)
 }
@@ -657,6 +688,20 @@ mod tests {
         assert_eq!(mail.code, 421);
         assert!(mail.message.contains("[TSS04]"), "{}", mail.message);
         assert!(rcpt.is_none());
+        assert_eq!(smtp.phase(), Phase::Broken);
+    }
+
+    #[tokio::test]
+    async fn a_refused_banner_is_an_error_that_carries_the_reply() {
+        let (mut smtp, mut dest) = pair();
+        dest.write_all(b"421 4.7.0 [TSS04] deferred\r\n")
+            .await
+            .unwrap();
+        let e = smtp.greet("me.test").await.unwrap_err();
+        assert_eq!(e.to_string(), "banner: 421 [TSS04] deferred");
+        let refused = RefusedGreeting::of(&e).expect("the reply travels with the error");
+        assert_eq!(refused.reply.code, 421);
+        assert_eq!(refused.reply.esc, [4, 7, 0]);
         assert_eq!(smtp.phase(), Phase::Broken);
     }
 

@@ -4,9 +4,8 @@
 //! its separate TSA daemon, done here as each reply arrives.
 //!
 //! Every reply that ends an attempt is matched as one line, `CODE ENHANCED text`:
-//! the reply to MAIL, to each RCPT, to DATA and to the final dot (a destination's
-//! 421 at the banner or EHLO reaches routing as a connection failure and is not
-//! matched yet). Replies egressd makes itself match only rules with
+//! a refused banner or EHLO, the reply to MAIL, to each RCPT, to DATA and to the
+//! final dot. Replies egressd makes itself match only rules with
 //! `match_internal = true`.
 //!
 //! What a rule does is kept in egress-throttle's store, so with

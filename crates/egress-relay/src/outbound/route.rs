@@ -14,7 +14,9 @@ use super::{idle::SessionKey, timeouts, Context, OpenError, Outbound};
 use crate::dns::Destination;
 use crate::report::path_handle;
 use crate::txlog::TxLog;
-use egress_smtp::{smtp_path, words, ClientSession, Reply, Response, StartTlsError};
+use egress_smtp::{
+    smtp_path, words, ClientSession, RefusedGreeting, Reply, Response, StartTlsError,
+};
 use egress_source::{
     effective_ehlo_domain, effective_port, EgressPathConfig, EgressPool, EgressSource, Tls,
 };
@@ -109,6 +111,7 @@ pub async fn open(
             log.note(&reply.to_string());
             return Err(OpenError::Local(reply));
         }
+        let watch = Watch::over(&path, name, site, domain, log.tenant.as_deref());
         let route = Route {
             ctx,
             pool: &pool.name,
@@ -119,8 +122,8 @@ pub async fn open(
             mail_from: &mail_from,
             first_rcpt: first_rcpt.as_deref(),
             body_8bit,
+            watch: watch.clone(),
         };
-        let watch = Watch::over(&path, name, site, domain, log.tenant.as_deref());
         let observe = |reply: Reply, internal: bool| {
             let (watch, shaper) = (watch.clone(), ctx.shaper.clone());
             async move {
@@ -248,6 +251,8 @@ struct Route<'a> {
     /// Sent with MAIL FROM (pipelined where the destination offers it).
     first_rcpt: Option<&'a str>,
     body_8bit: bool,
+    /// The path's automation rules, for a greeting the destination refuses.
+    watch: Option<Arc<Watch>>,
 }
 
 impl Route<'_> {
@@ -457,6 +462,12 @@ impl Route<'_> {
             esc: [4, 4, 1],
         };
         if let Err(e) = out.smtp.greet(&self.ehlo).await {
+            // A refused banner or EHLO is the destination's word: the rules hear it
+            // (the next host is still tried).
+            if let (Some(watch), Some(refused)) = (&self.watch, RefusedGreeting::of(&e)) {
+                let reply = Reply::relayed(&refused.reply);
+                watch.observe(&ctx.shaper, &reply, false).await;
+            }
             tokio::spawn(out.quit());
             return Err(failed(e));
         }
