@@ -83,6 +83,10 @@ async fn snapshot(admin: &Admin) -> Snapshot {
             .relay
             .delivery()
             .map(|d| (d.len(), d.spool().used(), d.spool().fsyncs())),
+        automation_in_force: {
+            let found = ctx.shaper.throttles.in_force().await;
+            (found.overrides.len(), found.blocks.len())
+        },
     }
 }
 

@@ -147,6 +147,8 @@ pub struct Snapshot {
     pub health_suspended: Vec<(String, &'static str)>,
     /// The spool, when one is defined: (messages held, bytes held, fsyncs so far).
     pub spool: Option<(usize, u64, u64)>,
+    /// Automation's path overrides and domain blocks in force.
+    pub automation_in_force: (usize, usize),
 }
 
 /// Every metric egressd keeps (or none, until enabled).
@@ -180,6 +182,8 @@ struct Inner {
     sessions_active: Family<ListenerLabels, Gauge>,
     refusals: Family<ListenerReason, Counter>,
     idle_sessions: Gauge,
+    automation_overrides: Gauge,
+    automation_blocks: Gauge,
     cache_hits: Family<CacheLabels, Counter>,
     cache_misses: Family<CacheLabels, Counter>,
     cache_loads: Family<CacheLabels, Counter>,
@@ -404,6 +408,7 @@ mod tests {
             suspended: vec![("ip-1".into(), "all".into())],
             health_suspended: Vec::new(),
             spool: None,
+            automation_in_force: (1, 0),
         }
     }
 
@@ -456,6 +461,7 @@ mod tests {
             text.contains("egressd_idle_destination_sessions 2"),
             "{text}"
         );
+        assert!(text.contains("egressd_automation_overrides 1"), "{text}");
         assert!(
             text.contains(r#"egressd_source_suspended{source="ip-1",site="all"} 1"#),
             "{text}"

@@ -36,6 +36,8 @@ impl Inner {
             sessions_active: Family::default(),
             refusals: Family::default(),
             idle_sessions: Gauge::default(),
+            automation_overrides: Gauge::default(),
+            automation_blocks: Gauge::default(),
             cache_hits: Family::default(),
             cache_misses: Family::default(),
             cache_loads: Family::default(),
@@ -124,6 +126,16 @@ impl Inner {
             inner.automation_actions.clone(),
         );
         r.register(
+            "egressd_automation_overrides",
+            "Path settings overridden by automation rules (SetConfig, SetDomainConfig) in force now",
+            inner.automation_overrides.clone(),
+        );
+        r.register(
+            "egressd_automation_blocks",
+            "Domains (or a tenant's mail to them) deferred or refused by automation rules now",
+            inner.automation_blocks.clone(),
+        );
+        r.register(
             "egressd_throttle_store_fallbacks",
             "Times Redis could not answer and this node's own numbers were used",
             inner.throttle_fallbacks.clone(),
@@ -197,6 +209,9 @@ impl Inner {
 
     pub(super) fn refresh(&self, s: Snapshot) {
         self.idle_sessions.set(s.idle_sessions as i64);
+        self.automation_overrides
+            .set(s.automation_in_force.0 as i64);
+        self.automation_blocks.set(s.automation_in_force.1 as i64);
         if let Some((messages, bytes, fsyncs)) = s.spool {
             self.spool_messages.set(messages as i64);
             self.spool_bytes.set(bytes as i64);
