@@ -434,3 +434,27 @@ fn a_refused_banner_is_matched_like_any_reply() {
         "{log}"
     );
 }
+
+#[test]
+fn a_suspension_ends_after_its_duration_and_says_so() {
+    let dns = dns();
+    let yahoo = ScriptedDestination::refusing_mail_from(&[ip("127.0.0.2")], TSS04);
+    let other = SmtpSink::start();
+    let rule = SUSPEND_ON_TSS04.replace("2 hours", "1s");
+    let (d, _dir) = relay(&dns, &shaping(&yahoo, &other, &rule), "");
+    assert_eq!(send(&d, "yahoo.test", 4).len(), 1);
+    assert_eq!(yahoo.connections_from(ip("127.0.0.2")), 1);
+    // Said at INFO within a renewal tick (5 s) of the end; then ip-2 is chosen again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !d.log().contains("has ended") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = d.log();
+    assert!(
+        log.contains("automation: the suspension of ip-2->provider:yahoo by")
+            && log.contains("has ended"),
+        "{log}"
+    );
+    assert_eq!(send(&d, "yahoo.test", 2).len(), 1, "ip-2 is tried again");
+    assert_eq!(yahoo.connections_from(ip("127.0.0.2")), 2);
+}

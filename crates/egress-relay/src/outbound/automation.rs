@@ -120,6 +120,10 @@ impl Watch {
                 };
                 let reason = format!("automation: {}: {line}", rule.label());
                 shaper.throttles.suspend(&key, &reason, rule.duration).await;
+                shaper.automated.raised(
+                    format!("the suspension of {key} by {}", rule.label()),
+                    SystemTime::now() + rule.duration,
+                );
                 tracing::warn!(
                     rule = %rule.label(),
                     source = %self.source,
@@ -180,6 +184,15 @@ impl Watch {
             .set_block(kind, &self.domain, tenant, &reason, rule.duration)
             .await;
         shaper.automated.invalidate();
+        shaper.automated.raised(
+            format!(
+                "the {} of {} by {}",
+                action.name(),
+                self.domain,
+                rule.label()
+            ),
+            SystemTime::now() + rule.duration,
+        );
         tracing::warn!(
             rule = %rule.label(),
             source = %self.source,
@@ -211,6 +224,14 @@ impl Watch {
             .set_override(scope, &o.name, &value, rule.duration)
             .await;
         shaper.automated.invalidate();
+        shaper.automated.raised(
+            format!(
+                "the override {} = {value} for {scope} by {}",
+                o.name,
+                rule.label()
+            ),
+            SystemTime::now() + rule.duration,
+        );
         tracing::warn!(
             rule = %rule.label(),
             source = %self.source,

@@ -33,9 +33,33 @@ pub fn domain_scope(source: &str, domain: &str) -> String {
 #[derive(Default)]
 pub struct Automated {
     snapshot: Mutex<Option<(Instant, Arc<InForce>)>>,
+    /// What this node's rules raised, until when: said at INFO when it ends.
+    raised: Mutex<Vec<(String, SystemTime)>>,
 }
 
 impl Automated {
+    /// Notes that a rule of this node put `what` in force until `until`.
+    pub fn raised(&self, what: String, until: SystemTime) {
+        self.raised
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((what, until));
+    }
+
+    /// Says at INFO what this node's rules raised and has now ended (called every
+    /// few seconds by the shaper's background task).
+    pub fn log_ended(&self) {
+        let now = SystemTime::now();
+        let mut raised = self.raised.lock().unwrap_or_else(|e| e.into_inner());
+        raised.retain(|(what, until)| {
+            let ended = *until <= now;
+            if ended {
+                tracing::info!("automation: {what} has ended");
+            }
+            !ended
+        });
+    }
+
     /// Drops the snapshot (this node just raised something).
     pub fn invalidate(&self) {
         *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = None;

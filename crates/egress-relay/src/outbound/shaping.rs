@@ -113,6 +113,7 @@ impl Shaper {
                 for lease in &held {
                     shaper.throttles.renew(lease, LEASE_TTL).await;
                 }
+                shaper.automated.log_ended();
             }
         });
     }
