@@ -146,6 +146,13 @@ impl LuaStates {
                     .app_data_ref::<InitConfig>()
                     .map(|i| i.clone())
                     .unwrap_or_default();
+            } else if let Some(resolver) = &init.resolver {
+                // `init` runs in the first state only, but every state's
+                // `kumo.dns.lookup_*` must use the resolver it configured (KumoMTA's
+                // docs say to call configure_resolver there).
+                if let Some(mut own) = state.lua.app_data_mut::<InitConfig>() {
+                    own.resolver.get_or_insert_with(|| resolver.clone());
+                }
             }
             states.push(state);
         }
