@@ -16,6 +16,10 @@ pub(crate) const HANDLERS: &str = "egress.handlers";
 /// registered many times: helper modules each add theirs).
 pub(crate) const PRE_INIT: &str = "egress.pre_init";
 
+/// Registry key of the list of `validate_config` handlers: KumoMTA's sources,
+/// queue and shaping helpers each register one, and every one must run.
+const VALIDATE_CONFIG: &str = "egress.validate_config";
+
 /// Installs `kumo` as a global and as `require 'kumo'`, and egressd's built-in
 /// `policy-extras` helpers. `memo` holds `kumo.memoize` caches shared by every
 /// state of this policy load.
@@ -23,6 +27,7 @@ pub(crate) fn install(lua: &Lua, memo: std::sync::Arc<crate::utility::Memo>) -> 
     lua.set_app_data(InitConfig::default());
     lua.set_named_registry_value(HANDLERS, lua.create_table()?)?;
     lua.set_named_registry_value(PRE_INIT, lua.create_table()?)?;
+    lua.set_named_registry_value(VALIDATE_CONFIG, lua.create_table()?)?;
 
     let kumo = lua.create_table()?;
     kumo.set(
@@ -34,6 +39,19 @@ pub(crate) fn install(lua: &Lua, memo: std::sync::Arc<crate::utility::Memo>) -> 
                 return list.push(handler);
             }
             let handlers: Table = lua.named_registry_value(HANDLERS)?;
+            if event == crate::events::VALIDATE_CONFIG {
+                // One handler that runs every registered one, in order.
+                let list: Table = lua.named_registry_value(VALIDATE_CONFIG)?;
+                list.push(handler)?;
+                let all = lua.create_function(|lua, args: Variadic<Value>| {
+                    let list: Table = lua.named_registry_value(VALIDATE_CONFIG)?;
+                    for handler in list.sequence_values::<Function>() {
+                        handler?.call::<()>(args.clone())?;
+                    }
+                    Ok(())
+                })?;
+                return handlers.set(event, all);
+            }
             handlers.set(event, handler)
         })?,
     )?;

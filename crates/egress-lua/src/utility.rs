@@ -111,20 +111,48 @@ pub(crate) fn unprovided(lua: &Lua, table: &Table, prefix: &'static str) -> mlua
     meta.set(
         "__index",
         lua.create_function(move |lua, (_, key): (Table, Value)| {
-            let name = match &key {
-                Value::String(s) => s.to_string_lossy(),
-                other => format!("{other:?}"),
-            };
-            let message = format!(
-                "{prefix}.{name} is not provided by egressd (it implements the subset of KumoMTA's API documented in its README)"
-            );
-            lua.create_function(move |lua, _: MultiValue| -> mlua::Result<()> {
-                Err(located(lua, message.clone()))
-            })
+            missing(lua, format!("{prefix}.{}", key_name(&key)))
         })?,
     )?;
     table.set_metatable(Some(meta));
     Ok(())
+}
+
+fn key_name(key: &Value) -> String {
+    match key {
+        Value::String(s) => s.to_string_lossy(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// What `name` (`kumo.dkim`, `kumo.dkim.rsa_sha256_signer`, …) stands for when
+/// egressd lacks it: calling it, or anything under it, raises an error that names
+/// the missing function — a whole namespace (`kumo.dkim`) included, so
+/// `kumo.dkim.rsa_sha256_signer(…)` says what is missing instead of "attempt to
+/// index a function value".
+fn missing(lua: &Lua, name: String) -> mlua::Result<Table> {
+    let stand_in = lua.create_table()?;
+    let meta = lua.create_table()?;
+    let called = name.clone();
+    meta.set(
+        "__call",
+        lua.create_function(move |lua, _: MultiValue| -> mlua::Result<()> {
+            Err(located(
+                lua,
+                format!(
+                    "{called} is not provided by egressd (it implements the subset of KumoMTA's API documented in its README)"
+                ),
+            ))
+        })?,
+    )?;
+    meta.set(
+        "__index",
+        lua.create_function(move |lua, (_, key): (Table, Value)| {
+            missing(lua, format!("{name}.{}", key_name(&key)))
+        })?,
+    )?;
+    stand_in.set_metatable(Some(meta));
+    Ok(stand_in)
 }
 
 fn read(lua: &Lua, function: &str, path: &str) -> mlua::Result<String> {
@@ -443,13 +471,31 @@ fn traceback(lua: &Lua, level: Option<usize>) -> mlua::Result<Table> {
     let mut level = level.unwrap_or(1);
     let mut i = 1;
     while let Some(debug) = lua.inspect_stack(level) {
+        // KumoMTA's frame fields (and `line`, which egressd gave before).
         let frame = lua.create_table()?;
+        frame.set(
+            "event",
+            match debug.event() {
+                mlua::DebugEvent::Call => "Call",
+                mlua::DebugEvent::Ret => "Ret",
+                mlua::DebugEvent::TailCall => "TailCall",
+                mlua::DebugEvent::Line => "Line",
+                mlua::DebugEvent::Count => "Count",
+                _ => "Unknown",
+            },
+        )?;
         let names = debug.names();
         frame.set("name", names.name.map(|n| n.into_owned()))?;
+        frame.set("name_what", names.name_what)?;
         let source = debug.source();
-        frame.set("source", source.short_src.map(|s| s.into_owned()))?;
+        frame.set("source", source.source.map(|s| s.into_owned()))?;
+        frame.set("short_src", source.short_src.map(|s| s.into_owned()))?;
+        frame.set("line_defined", source.line_defined)?;
+        frame.set("last_line_defined", source.last_line_defined)?;
         frame.set("what", source.what)?;
+        frame.set("curr_line", debug.curr_line())?;
         frame.set("line", debug.curr_line())?;
+        frame.set("is_tail_call", debug.is_tail_call())?;
         frames.set(i, frame)?;
         i += 1;
         level += 1;

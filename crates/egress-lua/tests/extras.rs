@@ -391,6 +391,8 @@ assert(kumo.regex.escape('a.b*c') == 'a\\.b\\*c')
 
 local frames = kumo.traceback(1)
 assert(frames[1].source and frames[1].line > 0, 'traceback has frames')
+assert(frames[1].short_src and frames[1].curr_line == frames[1].line, 'KumoMTA frame fields')
+assert(frames[1].what and frames[1].line_defined ~= nil and frames[1].is_tail_call ~= nil, 'KumoMTA frame fields')
 
 local started = os.clock()
 kumo.sleep(0.01)
@@ -439,6 +441,11 @@ fn anything_else_a_policy_calls_is_named_in_the_error() {
         ),
         ("kumo.dns.rbl_lookup('x')", "kumo.dns.rbl_lookup"),
         ("kumo.serde.xml_parse('x')", "kumo.serde.xml_parse"),
+        // A whole namespace egressd lacks names the function called under it.
+        (
+            "kumo.dkim.rsa_sha256_signer { domain = 'x' }",
+            "kumo.dkim.rsa_sha256_signer",
+        ),
     ] {
         let err = load_error(dir.path(), code);
         assert!(
@@ -461,4 +468,13 @@ async fn validate_config_reports_what_the_policy_found_wrong() {
     assert!(!bad.validate().await.unwrap());
     let top = policy_in(dir.path(), "kumo.validation_failed()").unwrap();
     assert!(!top.validate().await.unwrap());
+    // Every registered handler runs (KumoMTA's helpers each register one), not
+    // only the last: the first one's failure counts.
+    let many = policy_in(
+        dir.path(),
+        "kumo.on('validate_config', function() kumo.validation_failed() end)
+         kumo.on('validate_config', function() end)",
+    )
+    .unwrap();
+    assert!(!many.validate().await.unwrap());
 }
