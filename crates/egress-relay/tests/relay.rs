@@ -637,3 +637,26 @@ fn each_client_rcpt_gets_its_own_reply_with_and_without_outbound_pipelining() {
         );
     }
 }
+
+/// `idle_timeout` (issue: egress-path keys): a destination session is reused
+/// within it and closed after it — counted as connections at the destination.
+#[test]
+fn idle_timeout_bounds_how_long_a_session_waits_for_reuse() {
+    for (idle, connections) in [("30s", 1), ("1s", 2)] {
+        let dest = egress_e2e::ScriptedDestination::start(false);
+        let d = Embedded::start(&egress_e2e::relay_policy(
+            "",
+            &egress_e2e::mx_entry(dest.addr),
+            &format!(
+                "kumo.on('get_egress_path_config', function(domain, source, site)
+                   return kumo.make_egress_path {{ idle_timeout = '{idle}' }}
+                 end)"
+            ),
+        ));
+        assert!(swaks(d.addr, "a@dest.test", &[]).ok);
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        assert!(swaks(d.addr, "b@dest.test", &[]).ok);
+        assert_eq!(dest.received().len(), 2);
+        assert_eq!(dest.connections(), connections, "idle_timeout = {idle}");
+    }
+}

@@ -73,6 +73,10 @@ pub struct EgressPathConfig {
     /// Deadline for the STARTTLS command and the TLS handshake; default 5 s.
     #[serde(default = "secs::<5>", with = "duration")]
     pub starttls_timeout: Duration,
+    /// How long a destination session waits, idle, for the next transaction
+    /// through the same source to the same host; default 60 s (KumoMTA's).
+    #[serde(default = "secs::<60>", with = "duration")]
+    pub idle_timeout: Duration,
     /// With an `Opportunistic*` mode, a failed handshake reconnects once through
     /// the same source and sends in clear instead of failing; default false.
     #[serde(default)]
@@ -144,6 +148,7 @@ impl Default for EgressPathConfig {
             data_dot_timeout: secs::<300>(),
             enable_tls: Tls::default(),
             starttls_timeout: secs::<5>(),
+            idle_timeout: secs::<60>(),
             opportunistic_tls_reconnect_on_failed_handshake: false,
             tls_certificate: None,
             tls_private_key: None,
@@ -177,6 +182,7 @@ strict_table!(
         "data_dot_timeout",
         "enable_tls",
         "starttls_timeout",
+        "idle_timeout",
         "opportunistic_tls_reconnect_on_failed_handshake",
         "tls_certificate",
         "tls_private_key",

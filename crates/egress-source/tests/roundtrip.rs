@@ -184,6 +184,10 @@ fn accepted_keys_match_serialized_keys() {
         ..Default::default()
     })
     .unwrap();
-    assert_eq!(keys(path.clone()).len(), 12);
+    assert_eq!(
+        keys(path.clone()).len(),
+        13,
+        "idle_timeout joined the always-written keys"
+    );
     serde_json::from_value::<EgressPathConfig>(path).unwrap();
 }

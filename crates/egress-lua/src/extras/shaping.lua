@@ -40,7 +40,6 @@ local common = require 'policy-extras.common'
 local mod = {}
 
 local IGNORED = {
-  idle_timeout = true,
   consecutive_connection_failures_before_delay = true,
   prohibited_hosts = true,
   skip_hosts = true,

@@ -12,10 +12,8 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-/// How long an idle destination session is kept for reuse.
-const IDLE_REUSE: Duration = Duration::from_secs(10);
 /// At most this many idle sessions per key.
 const MAX_IDLE_PER_KEY: usize = 32;
 
@@ -46,7 +44,8 @@ impl Hash for SessionKey {
     }
 }
 
-/// The idle sessions, by key, most recently used last.
+/// The idle sessions, by key, most recently used last, each with the instant its
+/// path's `idle_timeout` runs out.
 #[derive(Default)]
 pub struct IdleSessions {
     slots: Mutex<HashMap<SessionKey, Vec<(Instant, Outbound)>>>,
@@ -69,7 +68,7 @@ impl IdleSessions {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let slot = slots.entry(out.key.clone()).or_default();
         if slot.len() < MAX_IDLE_PER_KEY {
-            slot.push((Instant::now(), out));
+            slot.push((Instant::now() + out.idle_timeout, out));
         } else {
             tokio::spawn(out.quit());
         }
@@ -78,11 +77,11 @@ impl IdleSessions {
     /// The most recently used idle session for `key` that is fresh and clean now.
     pub async fn take(&self, key: &SessionKey) -> Option<Outbound> {
         loop {
-            let (since, mut out) = {
+            let (until, mut out) = {
                 let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
                 slots.get_mut(key)?.pop()?
             };
-            if since.elapsed() < IDLE_REUSE && out.smtp.is_clean().await {
+            if Instant::now() < until && out.smtp.is_clean().await {
                 return Some(out);
             }
             tokio::spawn(out.quit());
@@ -103,7 +102,8 @@ impl IdleSessions {
     /// Closes idle sessions that have waited too long; the server calls this
     /// periodically so quiet periods do not hold connections open.
     pub fn reap(&self) {
-        for out in self.drain(|since| since.elapsed() >= IDLE_REUSE) {
+        let now = Instant::now();
+        for out in self.drain(|until| until <= now) {
             tokio::spawn(out.quit());
         }
     }
@@ -121,7 +121,7 @@ impl IdleSessions {
         }
     }
 
-    /// Removes and returns the idle sessions whose idle-since instant matches.
+    /// Removes and returns the idle sessions whose run-out instant matches.
     fn drain(&self, matches: impl Fn(Instant) -> bool) -> Vec<Outbound> {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let mut drained = Vec::new();

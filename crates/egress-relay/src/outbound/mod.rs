@@ -147,6 +147,9 @@ pub struct Outbound {
     first_rcpt: Option<Reply>,
     /// The transaction's automation rules (none when its path has none).
     watch: Option<Arc<automation::Watch>>,
+    /// How long it may wait idle for the next transaction (its path's
+    /// `idle_timeout`).
+    idle_timeout: std::time::Duration,
 }
 
 impl Outbound {

@@ -135,6 +135,7 @@ pub async fn open(
         match route.through_hosts(hosts, log).await {
             Ok(mut out) => {
                 out.watch = watch;
+                out.idle_timeout = path.idle_timeout;
                 return Ok(out);
             }
             Err(Tried::Destination(reply)) => {
@@ -453,6 +454,7 @@ impl Route<'_> {
             report,
             first_rcpt: None,
             watch: None,
+            idle_timeout: self.path.idle_timeout,
         };
         let failed = |e: std::io::Error| HostFailure::Other {
             text: format!(
