@@ -120,10 +120,6 @@ impl Watch {
                 };
                 let reason = format!("automation: {}: {line}", rule.label());
                 shaper.throttles.suspend(&key, &reason, rule.duration).await;
-                shaper.automated.raised(
-                    format!("the suspension of {key} by {}", rule.label()),
-                    SystemTime::now() + rule.duration,
-                );
                 tracing::warn!(
                     rule = %rule.label(),
                     source = %self.source,
@@ -135,7 +131,7 @@ impl Watch {
                     scope = %key,
                     "automation: source suspended"
                 );
-                shaper.report.automation_action(action.name());
+                took_effect(shaper, rule, action, format!("the suspension of {key}"));
             }
             AutomationAction::SetConfig(o) => {
                 let scope = site_scope(&self.source, &self.site);
@@ -183,16 +179,6 @@ impl Watch {
             .throttles
             .set_block(kind, &self.domain, tenant, &reason, rule.duration)
             .await;
-        shaper.automated.invalidate();
-        shaper.automated.raised(
-            format!(
-                "the {} of {} by {}",
-                action.name(),
-                self.domain,
-                rule.label()
-            ),
-            SystemTime::now() + rule.duration,
-        );
         tracing::warn!(
             rule = %rule.label(),
             source = %self.source,
@@ -203,7 +189,8 @@ impl Watch {
             until = %until,
             "automation: mail for the domain deferred or refused at RCPT"
         );
-        shaper.report.automation_action(action.name());
+        let what = format!("the {} of {}", action.name(), self.domain);
+        took_effect(shaper, rule, action, what);
     }
 
     /// Overrides a path key for `scope` for the rule's duration.
@@ -223,15 +210,6 @@ impl Watch {
             .throttles
             .set_override(scope, &o.name, &value, rule.duration)
             .await;
-        shaper.automated.invalidate();
-        shaper.automated.raised(
-            format!(
-                "the override {} = {value} for {scope} by {}",
-                o.name,
-                rule.label()
-            ),
-            SystemTime::now() + rule.duration,
-        );
         tracing::warn!(
             rule = %rule.label(),
             source = %self.source,
@@ -243,8 +221,21 @@ impl Watch {
             until = %until,
             "automation: path setting overridden"
         );
-        shaper.report.automation_action(action.name());
+        let what = format!("the override {} = {value} for {scope}", o.name);
+        took_effect(shaper, rule, action, what);
     }
+}
+
+/// What every action does once it is in force: this node's snapshot is dropped
+/// (so it applies here at once), its end is noted for the INFO line, and it is
+/// counted.
+fn took_effect(shaper: &Shaper, rule: &AutomationRule, action: &AutomationAction, what: String) {
+    shaper.automated.invalidate();
+    shaper.automated.raised(
+        format!("{what} by {}", rule.label()),
+        SystemTime::now() + rule.duration,
+    );
+    shaper.report.automation_action(action.name());
 }
 
 /// Says once per (rule, action) that a campaign action does nothing here.
