@@ -61,13 +61,15 @@ pub fn shaping_policy(mx: &str, pool: &str, sources: &str, path: &str, init: &st
 }
 
 /// The policy of the two-node connection-limit tests: three connections at once to
-/// `dest`, shared through `redis`.
+/// `dest`, shared through `redis`. An idle session keeps its slot for its
+/// `idle_timeout`, so with so few slots shared by two nodes it is short: the other
+/// node's transactions get the slots within seconds, not a minute.
 pub fn three_connections(dest: &ScriptedDestination, redis: &RedisServer) -> String {
     shaping_policy(
         &mx_entry(dest.addr),
         "{ name = 'ip-2' }",
         "['ip-2'] = { source_address = '127.0.0.2' }",
-        "return kumo.make_egress_path { connection_limit = 3 }",
+        "return kumo.make_egress_path { connection_limit = 3, idle_timeout = '3s' }",
         &format!(
             "kumo.configure_redis_throttles {{ node = '{}' }}",
             redis.url()
