@@ -20,6 +20,9 @@ pub(crate) trait Definition: DeserializeOwned + Clone + Send + 'static {
     fn example(first_arg: Option<&str>) -> String;
     /// Rules between fields.
     fn check(&self) -> Result<(), String>;
+    /// Says what the table sets that is accepted but has no effect (once per
+    /// process), before it is converted.
+    fn notice(_table: &mlua::Table) {}
 }
 
 impl Definition for EgressSource {
@@ -56,6 +59,16 @@ impl Definition for EgressPathConfig {
     fn check(&self) -> Result<(), String> {
         self.validate().map_err(|e| e.to_string())
     }
+    fn notice(table: &mlua::Table) {
+        for (key, why) in egress_source::INERT_PATH_KEYS {
+            if table.contains_key(*key).unwrap_or(false) {
+                crate::extras::warn_once(&format!(
+                    "{}: `{key}` is accepted and has no effect in egressd: {why}",
+                    Self::MAKER
+                ));
+            }
+        }
+    }
 }
 
 impl Definition for QueueConfig {
@@ -90,6 +103,7 @@ pub(crate) fn from_return<T: Definition>(
             Err(_) => Err(wrong("a userdata of another kind".into(), format!("did the handler return the result of a different kumo.make_* function than {}?", T::MAKER))),
         },
         Value::Table(t) => {
+            T::notice(&t);
             let made: T = lua
                 .from_value(Value::Table(t))
                 .map_err(|e| wrong("a table".into(), crate::error::serde_message(&e)))?;

@@ -14,18 +14,17 @@ const MODULES: &[(&str, &str)] = &[
 /// Logs `text` at WARN the first time this process sees it. Every Lua state loads
 /// the policy (one per CPU), so a helper's warning about a setting it ignores would
 /// otherwise be printed once per state.
-fn warn_once(_: &Lua, text: String) -> mlua::Result<()> {
+pub(crate) fn warn_once(text: &str) {
     static SAID: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> =
         std::sync::OnceLock::new();
     let first = SAID
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(text.clone());
+        .insert(text.to_owned());
     if first {
         tracing::warn!(target: "policy", "{text}");
     }
-    Ok(())
 }
 
 /// Registers the helpers in `package.preload`, and a searcher that explains a
@@ -40,7 +39,13 @@ pub(crate) fn install(lua: &Lua, package: &Table) -> mlua::Result<()> {
             lua.create_function(move |lua, _: Value| {
                 let module = lua.load(*code).set_name(chunk.as_str()).eval::<Value>()?;
                 if let (true, Value::Table(common)) = (is_common, &module) {
-                    common.set("warn_once", lua.create_function(warn_once)?)?;
+                    common.set(
+                        "warn_once",
+                        lua.create_function(|_, text: String| {
+                            warn_once(&text);
+                            Ok(())
+                        })?,
+                    )?;
                 }
                 Ok(module)
             })?,

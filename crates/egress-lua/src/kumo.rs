@@ -154,6 +154,9 @@ fn warn_if_misspelt(event: &str) {
 /// `kumo.make_*`: a table in, a validated definition (userdata) out.
 fn maker<T: Definition>(lua: &Lua) -> mlua::Result<Function> {
     lua.create_function(|lua, params: Value| {
+        if let Value::Table(t) = &params {
+            T::notice(t);
+        }
         let made: T = from_lua(lua, params, T::MAKER)?;
         made.check()
             .map_err(|e| located(lua, format!("{}: {e}", T::MAKER)))?;

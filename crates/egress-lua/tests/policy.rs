@@ -901,3 +901,74 @@ async fn define_spool_takes_kumomtas_shape_and_refuses_what_egressd_lacks() {
         assert!(err.contains(expected), "{expected}: {err}");
     }
 }
+
+/// Every key of KumoMTA's make_egress_path reference, with a value of the form its
+/// page documents: a KumoMTA path config loads unchanged (no "unknown key"), the
+/// keys egressd honours take effect, and the secret is never shown.
+#[tokio::test]
+async fn every_kumomta_make_egress_path_key_is_accepted() {
+    let p = policy(
+        r#"kumo.on('get_egress_path_config', function(domain, source, site)
+          return kumo.make_egress_path {
+            additional_connection_limits = { ['shared'] = 10 },
+            additional_message_rate_throttles = { ['shared'] = '100/s' },
+            additional_source_selection_rates = { ['shared'] = '50/s' },
+            allow_smtp_auth_plain_without_tls = false,
+            allow_smtp_auth_plain_without_valid_certificate = false,
+            banner_timeout = '60s', connect_timeout = '60s', connection_limit = 32,
+            consecutive_connection_failures_before_delay = 100,
+            data_dot_timeout = '300s', data_timeout = '300s',
+            dispatcher_progress_watchdog_timeout = '5m',
+            dispatcher_wakeup_strategy = 'Aggressive',
+            ehlo_domain = 'mta1.example.com', ehlo_timeout = '300s',
+            enable_dane = false, enable_mta_sts = true, enable_pipelining = true,
+            enable_rset = true, enable_tls = 'Opportunistic', idle_timeout = '60s',
+            ignore_8bit_checks = false, ip_lookup_strategy = 'Ipv4Only',
+            low_memory_reduction_policy = 'ShrinkDataAndMeta',
+            mail_from_timeout = '300s', maintainer_wakeup_strategy = 'Aggressive',
+            max_connection_rate = '100/min', max_deliveries_per_connection = 1024,
+            max_message_rate = '100/s', max_ready = 1024, max_recipients_per_batch = 50,
+            no_memory_reduction_policy = 'ShrinkDataAndMeta',
+            openssl_cipher_list = 'HIGH', openssl_cipher_suites = 'TLS_AES_256_GCM_SHA384',
+            openssl_options = 'NO_TLSV1',
+            opportunistic_tls_reconnect_on_failed_handshake = true,
+            prohibited_hosts = { '127.0.0.0/8', '::1' }, rcpt_to_timeout = '300s',
+            reconnect_strategy = 'ConnectNextHost', refresh_interval = '60s',
+            refresh_strategy = 'Ttl', remember_broken_tls = '3 days', rset_timeout = '5s',
+            rustls_cipher_suites = { 'TLS13_AES_256_GCM_SHA384' },
+            skip_hosts = { '::/0' }, smtp_auth_plain_username = 'daniel',
+            smtp_auth_plain_password = { key_data = 'not-for-logs' }, smtp_port = 587,
+            source_selection_rate = '10/s', starttls_timeout = '5s',
+            system_shutdown_timeout = '2m', tls_certificate = '/etc/tls/cert.pem',
+            tls_prefer_openssl = false, tls_private_key = '/etc/tls/key.pem',
+            try_next_host_on_transport_error = true, use_lmtp = false,
+          }
+        end)"#,
+    );
+    let path = p
+        .egress_path_config("example.com", "ip-1", Some("mx.example.com"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(path.smtp_port, 587);
+    assert_eq!(path.max_recipients_per_batch, 50);
+    assert_eq!(path.skip_hosts[0].to_string(), "::/0");
+    assert_eq!(
+        path.ip_lookup_strategy,
+        egress_source::IpLookupStrategy::Ipv4Only
+    );
+    assert_eq!(
+        path.remember_broken_tls,
+        Some(Duration::from_secs(3 * 86400))
+    );
+    assert!(path.try_next_host_on_transport_error);
+    assert_eq!(
+        path.smtp_auth_plain_password
+            .as_ref()
+            .unwrap()
+            .load()
+            .unwrap(),
+        "not-for-logs"
+    );
+    let shown = serde_json::to_string(&*path).unwrap();
+    assert!(!shown.contains("not-for-logs"), "{shown}");
+}

@@ -83,6 +83,15 @@ pub enum ValidationError {
         /// The second field and its value.
         second: (&'static str, IpAddr),
     },
+    /// A field's value is out of range or unknown.
+    Invalid {
+        /// The source or path config.
+        owner: String,
+        /// The field.
+        field: &'static str,
+        /// What is wrong and what would do.
+        problem: String,
+    },
     /// A pool lists an entry with an empty name.
     EmptyPoolEntry {
         /// The pool.
@@ -142,6 +151,7 @@ impl fmt::Display for ValidationError {
                 "egress source '{source}': `{}` ({}) and `{}` ({}) are of different address families; use two IPv4 or two IPv6 addresses",
                 first.0, first.1, second.0, second.1
             ),
+            Invalid { owner, field, problem } => write!(f, "{owner}: `{field}`: {problem}"),
             EmptyPoolEntry { pool } => write!(
                 f,
                 "egress pool '{pool}': an entry has an empty `name`; each entry is `{{ name = 'source-name', weight = N }}`"

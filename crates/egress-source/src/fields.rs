@@ -3,6 +3,7 @@
 //! Each reads any scalar first, so a wrong type can be reported as
 //! "expected an IP address string, got number 10" rather than serde's generic text.
 
+use ipnet::IpNet;
 use serde::de::{Deserializer, Error, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 use std::fmt;
@@ -220,6 +221,64 @@ pub mod optional_duration {
     pub fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(v) => duration::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// A CIDR (`10.0.0.0/8`) or a bare address (`10.0.0.1`, a /32 or /128), as KumoMTA
+/// accepts them in host and network lists.
+///
+/// ```
+/// let net = egress_source::parse_network("127.0.0.0/8").unwrap();
+/// assert!(net.contains(&"127.0.0.9".parse::<std::net::IpAddr>().unwrap()));
+/// assert_eq!(egress_source::parse_network("::1").unwrap().prefix_len(), 128);
+/// assert!(egress_source::parse_network("localhost").unwrap_err().contains("CIDR"));
+/// ```
+pub fn parse_network(s: &str) -> Result<IpNet, String> {
+    s.trim()
+        .parse::<IpNet>()
+        .or_else(|_| s.trim().parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("expected a CIDR such as \"10.0.0.0/8\" or an IP address, got {s:?}"))
+}
+
+/// Serde helpers for a list of networks ([`parse_network`]'s forms); written back
+/// as CIDR strings.
+pub mod networks {
+    use super::*;
+
+    /// Reads a list of CIDR or address strings.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+        let items = Vec::<String>::deserialize(d).map_err(|_| {
+            D::Error::custom(
+                "expected a list of CIDRs or IP addresses, such as { '10.0.0.0/8', '::1' }",
+            )
+        })?;
+        items
+            .iter()
+            .map(|s| parse_network(s).map_err(D::Error::custom))
+            .collect()
+    }
+
+    /// Writes CIDR strings.
+    pub fn serialize<S: Serializer>(v: &[IpNet], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|n| n.to_string()))
+    }
+}
+
+/// As [`networks`], for an optional list (absent: none).
+pub mod optional_networks {
+    use super::*;
+
+    /// Reads what [`networks::deserialize`] reads.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>, D::Error> {
+        networks::deserialize(d).map(Some)
+    }
+
+    /// Writes CIDR strings, or nothing.
+    pub fn serialize<S: Serializer>(v: &Option<Vec<IpNet>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => networks::serialize(v, s),
             None => s.serialize_none(),
         }
     }

@@ -18,6 +18,10 @@ pub(crate) trait StrictTable: Sized {
     const WHAT: &'static str;
     /// Every key the table accepts.
     const FIELDS: &'static [&'static str];
+    /// Keys accepted for compatibility that have no effect, with why; their
+    /// values are skipped (the policy layer says so once, see
+    /// [`INERT_PATH_KEYS`](crate::INERT_PATH_KEYS)).
+    const INERT: &'static [(&'static str, &'static str)] = &[];
     /// The derived (field-by-field) deserializer.
     fn deserialize_fields<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error>;
 }
@@ -72,15 +76,20 @@ impl<'de, A: MapAccess<'de>, T: StrictTable> MapAccess<'de> for StrictMap<A, T> 
                 T::FIELDS[0]
             ))
         })?;
-        let Some(key) = key else {
+        let Some(mut key) = key else {
             return Ok(None);
         };
+        while T::INERT.iter().any(|(inert, _)| *inert == key) {
+            self.inner.next_value::<serde::de::IgnoredAny>()?;
+            match self.inner.next_key::<String>()? {
+                Some(next) => key = next,
+                None => return Ok(None),
+            }
+        }
         if !T::FIELDS.contains(&key.as_str()) {
-            return Err(A::Error::custom(unknown_key_message(
-                T::WHAT,
-                &key,
-                T::FIELDS,
-            )));
+            let mut known: Vec<&str> = T::FIELDS.to_vec();
+            known.extend(T::INERT.iter().map(|(k, _)| *k));
+            return Err(A::Error::custom(unknown_key_message(T::WHAT, &key, &known)));
         }
         let deserializer: StrDeserializer<'_, A::Error> = key.as_str().into_deserializer();
         let value = seed.deserialize(deserializer)?;
@@ -153,9 +162,13 @@ fn edit_distance(a: &str, b: &str) -> usize {
 /// `Deserialize` that refuses unknown keys with a suggestion.
 macro_rules! strict_table {
     ($ty:ty, $what:literal, [$($field:literal),* $(,)?]) => {
+        $crate::keys::strict_table!($ty, $what, [$($field),*], inert = &[]);
+    };
+    ($ty:ty, $what:literal, [$($field:literal),* $(,)?], inert = $inert:expr) => {
         impl $crate::keys::StrictTable for $ty {
             const WHAT: &'static str = $what;
             const FIELDS: &'static [&'static str] = &[$($field),*];
+            const INERT: &'static [(&'static str, &'static str)] = $inert;
             fn deserialize_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                 Self::deserialize(d)
             }

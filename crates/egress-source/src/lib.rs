@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 mod automation;
+mod credential;
 mod error;
 mod fields;
 mod keys;
@@ -37,11 +38,13 @@ mod wrr;
 pub use automation::{
     AutomationAction, AutomationRule, AutomationTrigger, ConfigOverride, ConfigValue, Pattern,
 };
+pub use credential::KeySource;
 pub use error::ValidationError;
 pub use fields::duration as serde_duration;
-pub use fields::{parse_duration, HostPort};
+pub use fields::{networks as serde_networks, optional_networks as serde_optional_networks};
+pub use fields::{parse_duration, parse_network, HostPort};
 pub use keys::nearest;
-pub use path::{EgressPathConfig, Tls};
+pub use path::{EgressPathConfig, IpLookupStrategy, Tls, INERT_PATH_KEYS, RUSTLS_CIPHER_SUITES};
 pub use pool::{EgressPool, EgressPoolEntry};
 pub use precedence::{effective_ehlo_domain, effective_port};
 pub use queue::{DeliveryProtocol, MxListEntry, QueueConfig, SmtpProtocol, DEFAULT_POOL};

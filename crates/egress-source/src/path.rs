@@ -1,10 +1,12 @@
 //! `EgressPathConfig`: how to talk to a destination site (subset of `kumo.make_egress_path`).
 
 use crate::automation::AutomationRule;
+use crate::credential::KeySource;
 use crate::error::{check_ehlo_domain, ValidationError};
-use crate::fields::{duration, port};
+use crate::fields::{duration, networks, optional_duration, optional_networks, port};
 use crate::keys::strict_table;
 use crate::throttle::{ConnectionLimit, ThrottleSpec};
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,6 +26,83 @@ pub enum Tls {
     /// STARTTLS required, certificate not verified.
     RequiredInsecure,
 }
+
+/// How a destination host's name becomes addresses (KumoMTA's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum IpLookupStrategy {
+    /// A and AAAA, both used (IPv4 addresses first).
+    #[default]
+    Ipv4AndIpv6,
+    /// A only.
+    Ipv4Only,
+    /// AAAA only.
+    Ipv6Only,
+    /// A; AAAA only when there is no A.
+    Ipv4ThenIpv6,
+    /// AAAA; A only when there is no AAAA.
+    Ipv6ThenIpv4,
+}
+
+/// The rustls cipher suite names `rustls_cipher_suites` accepts (KumoMTA's list;
+/// `tls-probe list-rustls-cipher-suites` there prints the same).
+pub const RUSTLS_CIPHER_SUITES: &[&str] = &[
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_AES_128_GCM_SHA256",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
+
+/// `make_egress_path` keys KumoMTA documents that mean nothing in egressd, with
+/// why: accepted (so KumoMTA policies load unchanged) and skipped. egress-lua
+/// says so once per key when a policy sets one.
+pub const INERT_PATH_KEYS: &[(&str, &str)] = &[
+    ("max_ready", NO_READY_QUEUE),
+    ("dispatcher_progress_watchdog_timeout", NO_READY_QUEUE),
+    ("dispatcher_wakeup_strategy", NO_READY_QUEUE),
+    ("maintainer_wakeup_strategy", NO_READY_QUEUE),
+    ("low_memory_reduction_policy", NO_READY_QUEUE),
+    ("no_memory_reduction_policy", NO_READY_QUEUE),
+    ("aggressive_connection_opening", NO_READY_QUEUE),
+    (
+        "refresh_interval",
+        "egressd asks the policy for the path config for each transaction (the \
+         policy's own caching applies), not on a timer",
+    ),
+    (
+        "refresh_strategy",
+        "egressd asks the policy for the path config for each transaction, not on a timer",
+    ),
+    (
+        "reconnect_strategy",
+        "a destination session lost mid-transaction is not reopened: the client (or the \
+         spool's next attempt) sends the transaction again",
+    ),
+    (
+        "system_shutdown_timeout",
+        "egressd's drain on SIGTERM has its own deadline (egressd --help)",
+    ),
+    ("tls_prefer_openssl", RUSTLS_ONLY),
+    ("openssl_cipher_list", RUSTLS_ONLY),
+    ("openssl_cipher_suites", RUSTLS_ONLY),
+    ("openssl_options", RUSTLS_ONLY),
+    (
+        "enable_mta_sts",
+        "MTA-STS is not honoured yet (planned): the destination's policy is not fetched",
+    ),
+    (
+        "enable_dane",
+        "DANE is not honoured yet (planned): TLSA records are not looked up",
+    ),
+];
+
+const NO_READY_QUEUE: &str = "egressd has no scheduled or ready queue: a message goes to its \
+     destination while the client waits, or from the spool one attempt at a time";
+const RUSTLS_ONLY: &str = "egressd's TLS is rustls only; rustls_cipher_suites sets its suites";
 
 /// Per-site settings for the outbound SMTP session.
 ///
@@ -112,6 +191,76 @@ pub struct EgressPathConfig {
     /// More selection rates, by shared name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub additional_source_selection_rates: BTreeMap<String, ThrottleSpec>,
+    /// Username for AUTH PLAIN to the destination (a smarthost that wants a
+    /// password); with `smtp_auth_plain_password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_auth_plain_username: Option<String>,
+    /// The password: a file path, or `{ key_data = '…' }` ([`KeySource`]); never
+    /// printed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smtp_auth_plain_password: Option<KeySource>,
+    /// Send the credential over a session without TLS; default false (refused
+    /// with a 4xx before anything is sent).
+    #[serde(default)]
+    pub allow_smtp_auth_plain_without_tls: bool,
+    /// Send the credential over TLS whose certificate was not verified (the
+    /// `*Insecure` modes); default false.
+    #[serde(default)]
+    pub allow_smtp_auth_plain_without_valid_certificate: bool,
+    /// Speak LMTP (RFC 2033: LHLO, one reply per recipient after the dot);
+    /// default false.
+    #[serde(default)]
+    pub use_lmtp: bool,
+    /// Use PIPELINING when the destination offers it; default true.
+    #[serde(default = "yes")]
+    pub enable_pipelining: bool,
+    /// RSET before each transaction on a reused session; default true.
+    #[serde(default = "yes")]
+    pub enable_rset: bool,
+    /// Wait for the reply to RSET; default 5 s.
+    #[serde(default = "secs::<5>", with = "duration")]
+    pub rset_timeout: Duration,
+    /// RCPTs in one destination transaction; default 100.
+    #[serde(default = "default_batch")]
+    pub max_recipients_per_batch: usize,
+    /// Destination addresses never connected to (`550 5.4.4`). Unset: egressd
+    /// refuses only its own listening addresses (see the README for why this
+    /// differs from KumoMTA's loopback default).
+    #[serde(
+        default,
+        with = "optional_networks",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub prohibited_hosts: Option<Vec<IpNet>>,
+    /// Destination addresses removed from the host list.
+    #[serde(default, with = "networks", skip_serializing_if = "Vec::is_empty")]
+    pub skip_hosts: Vec<IpNet>,
+    /// Which address records a host name's addresses come from.
+    #[serde(default)]
+    pub ip_lookup_strategy: IpLookupStrategy,
+    /// After a timeout, a connection or protocol failure before MAIL FROM, go on
+    /// to the next host (and source) within the same attempt; default false.
+    #[serde(default)]
+    pub try_next_host_on_transport_error: bool,
+    /// Hosts that may fail to connect in a row before the site is delayed;
+    /// default 100.
+    #[serde(default = "default_failures")]
+    pub consecutive_connection_failures_before_delay: u64,
+    /// Remember, for this long, a destination whose TLS handshake failed.
+    #[serde(
+        default,
+        with = "optional_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub remember_broken_tls: Option<Duration>,
+    /// The rustls cipher suites offered (names from [`RUSTLS_CIPHER_SUITES`]);
+    /// empty: rustls's defaults.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rustls_cipher_suites: Vec<String>,
+    /// Send an 8-bit message to a destination that does not offer 8BITMIME;
+    /// default false (refused before the text is sent).
+    #[serde(default)]
+    pub ignore_8bit_checks: bool,
     /// Rules acting on this path's replies (an egressd key: policy-extras.shaping
     /// fills it from shaping.toml's `automation` tables).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -124,6 +273,18 @@ pub struct EgressPathConfig {
     /// by policy-extras.shaping) — "why is this limit 20?".
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub provenance: BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_batch() -> usize {
+    100
+}
+
+fn default_failures() -> u64 {
+    100
 }
 
 fn default_smtp_port() -> u16 {
@@ -160,6 +321,23 @@ impl Default for EgressPathConfig {
             additional_connection_limits: BTreeMap::new(),
             additional_message_rate_throttles: BTreeMap::new(),
             additional_source_selection_rates: BTreeMap::new(),
+            smtp_auth_plain_username: None,
+            smtp_auth_plain_password: None,
+            allow_smtp_auth_plain_without_tls: false,
+            allow_smtp_auth_plain_without_valid_certificate: false,
+            use_lmtp: false,
+            enable_pipelining: true,
+            enable_rset: true,
+            rset_timeout: secs::<5>(),
+            max_recipients_per_batch: default_batch(),
+            prohibited_hosts: None,
+            skip_hosts: Vec::new(),
+            ip_lookup_strategy: IpLookupStrategy::default(),
+            try_next_host_on_transport_error: false,
+            consecutive_connection_failures_before_delay: default_failures(),
+            remember_broken_tls: None,
+            rustls_cipher_suites: Vec::new(),
+            ignore_8bit_checks: false,
             automation: Vec::new(),
             providers: Vec::new(),
             provenance: BTreeMap::new(),
@@ -194,10 +372,28 @@ strict_table!(
         "additional_connection_limits",
         "additional_message_rate_throttles",
         "additional_source_selection_rates",
+        "smtp_auth_plain_username",
+        "smtp_auth_plain_password",
+        "allow_smtp_auth_plain_without_tls",
+        "allow_smtp_auth_plain_without_valid_certificate",
+        "use_lmtp",
+        "enable_pipelining",
+        "enable_rset",
+        "rset_timeout",
+        "max_recipients_per_batch",
+        "prohibited_hosts",
+        "skip_hosts",
+        "ip_lookup_strategy",
+        "try_next_host_on_transport_error",
+        "consecutive_connection_failures_before_delay",
+        "remember_broken_tls",
+        "rustls_cipher_suites",
+        "ignore_8bit_checks",
         "automation",
         "providers",
         "provenance",
-    ]
+    ],
+    inert = INERT_PATH_KEYS
 );
 
 impl Tls {
@@ -231,6 +427,39 @@ impl EgressPathConfig {
                 missing,
             });
         }
+        if self.smtp_auth_plain_username.is_some() != self.smtp_auth_plain_password.is_some() {
+            let (given, missing) = if self.smtp_auth_plain_username.is_some() {
+                ("smtp_auth_plain_username", "smtp_auth_plain_password")
+            } else {
+                ("smtp_auth_plain_password", "smtp_auth_plain_username")
+            };
+            return Err(ValidationError::MissingPair {
+                owner: "egress path config".into(),
+                present: given,
+                missing,
+            });
+        }
+        if self.max_recipients_per_batch == 0 {
+            return Err(ValidationError::Invalid {
+                owner: "egress path config".into(),
+                field: "max_recipients_per_batch",
+                problem: "must be at least 1".into(),
+            });
+        }
+        for suite in &self.rustls_cipher_suites {
+            if !RUSTLS_CIPHER_SUITES.contains(&suite.as_str()) {
+                return Err(ValidationError::Invalid {
+                    owner: "egress path config".into(),
+                    field: "rustls_cipher_suites",
+                    problem: crate::keys::unknown_key_message(
+                        "the rustls cipher suites",
+                        suite,
+                        RUSTLS_CIPHER_SUITES,
+                    )
+                    .replace("unknown key", "unknown suite"),
+                });
+            }
+        }
         if self.smtp_port == 0 {
             return Err(ValidationError::ZeroPort {
                 owner: "egress path config".into(),
@@ -238,5 +467,83 @@ impl EgressPathConfig {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(json: &str) -> Result<EgressPathConfig, String> {
+        let path: EgressPathConfig = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        path.validate().map_err(|e| e.to_string())?;
+        Ok(path)
+    }
+
+    #[test]
+    fn every_kumomta_key_without_an_effect_is_accepted_and_skipped() {
+        for (key, reason) in INERT_PATH_KEYS {
+            let p = path(&format!(r#"{{ "{key}": 5, "smtp_port": 2525 }}"#)).unwrap();
+            assert_eq!(p.smtp_port, 2525, "{key}");
+            assert!(!reason.is_empty());
+        }
+        assert!(path(r#"{ "max_redy": 5 }"#)
+            .unwrap_err()
+            .contains("did you mean `max_ready`?"));
+    }
+
+    #[test]
+    fn defaults_are_kumomtas() {
+        let p = EgressPathConfig::default();
+        assert!(p.enable_pipelining && p.enable_rset && !p.use_lmtp);
+        assert_eq!(p.rset_timeout, Duration::from_secs(5));
+        assert_eq!(p.max_recipients_per_batch, 100);
+        assert_eq!(p.consecutive_connection_failures_before_delay, 100);
+        assert_eq!(p.ip_lookup_strategy, IpLookupStrategy::Ipv4AndIpv6);
+        assert_eq!(path("{}").unwrap(), p);
+    }
+
+    #[test]
+    fn credentials_come_in_pairs_and_are_never_shown() {
+        let err = path(r#"{ "smtp_auth_plain_username": "relay" }"#).unwrap_err();
+        assert!(err.contains("`smtp_auth_plain_password`"), "{err}");
+        let p = path(
+            r#"{ "smtp_auth_plain_username": "relay", "smtp_auth_plain_password": { "key_data": "pw-9f2" } }"#,
+        )
+        .unwrap();
+        let shown = serde_json::to_string(&p).unwrap();
+        assert!(
+            !shown.contains("pw-9f2") && shown.contains("(redacted)"),
+            "{shown}"
+        );
+        assert!(!format!("{p:?}").contains("pw-9f2"));
+        let vault = path(
+            r#"{ "smtp_auth_plain_username": "u", "smtp_auth_plain_password": { "vault_mount": "secret", "vault_path": "x" } }"#,
+        )
+        .unwrap_err();
+        assert!(
+            vault.contains("vault_mount") && vault.contains("key_data"),
+            "{vault}"
+        );
+    }
+
+    #[test]
+    fn host_lists_strategies_and_suites_are_checked() {
+        let p = path(
+            r#"{ "prohibited_hosts": ["10.0.0.0/8", "::1"], "skip_hosts": ["192.0.2.1"], "ip_lookup_strategy": "Ipv6ThenIpv4" }"#,
+        )
+        .unwrap();
+        assert_eq!(p.prohibited_hosts.as_ref().map(Vec::len), Some(2));
+        assert_eq!(p.skip_hosts[0].to_string(), "192.0.2.1/32");
+        assert_eq!(p.ip_lookup_strategy, IpLookupStrategy::Ipv6ThenIpv4);
+        let bad = path(r#"{ "skip_hosts": ["mx.example.com"] }"#).unwrap_err();
+        assert!(bad.contains("skip_hosts") && bad.contains("CIDR"), "{bad}");
+        let typo = path(r#"{ "rustls_cipher_suites": ["TLS13_AES_256_GCM_SHA348"] }"#).unwrap_err();
+        assert!(
+            typo.contains("did you mean `TLS13_AES_256_GCM_SHA384`?"),
+            "{typo}"
+        );
+        let zero = path(r#"{ "max_recipients_per_batch": 0 }"#).unwrap_err();
+        assert!(zero.contains("at least 1"), "{zero}");
     }
 }

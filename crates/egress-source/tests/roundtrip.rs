@@ -186,8 +186,8 @@ fn accepted_keys_match_serialized_keys() {
     .unwrap();
     assert_eq!(
         keys(path.clone()).len(),
-        13,
-        "idle_timeout joined the always-written keys"
+        24,
+        "the KumoMTA keys with a default (booleans, rset_timeout, batch size, lookup strategy, failures before delay) are always written"
     );
     serde_json::from_value::<EgressPathConfig>(path).unwrap();
 }

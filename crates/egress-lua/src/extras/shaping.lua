@@ -33,24 +33,13 @@
 -- `automation` key, each with its origin (file, block, index) and, for a
 -- provider's rules, the provider (a Suspend then covers all its sites); the relay matches
 -- them against the destination's replies itself, so `publish`/`subscribe` are
--- accepted and unused. KumoMTA path keys egressd does not have are ignored with a
--- warning.
+-- accepted and unused. Every other key is a path key and goes to
+-- kumo.make_egress_path, which knows them all (the few without an effect in
+-- egressd are said once at WARN).
 local common = require 'policy-extras.common'
 
 local mod = {}
 
-local IGNORED = {
-  consecutive_connection_failures_before_delay = true,
-  prohibited_hosts = true,
-  skip_hosts = true,
-  max_ready = true,
-  remember_broken_tls = true,
-  allow_smtp_auth_plain_without_valid_certificate = true,
-  aggressive_connection_opening = true,
-  reconnect_strategy = true,
-  system_shutdown_timeout = true,
-  tls_prefer_openssl = true,
-}
 
 -- Keys of a block that are not path keys.
 local STRUCTURE = { mx_rollup = true, sources = true, replace_base = true, match = true, automation = true }
@@ -62,8 +51,6 @@ local MAPS = {
   additional_source_selection_rates = true,
 }
 local MATCHERS = { MXSuffix = true, DomainSuffix = true, HostName = true }
-
-local ignore = common.ignored
 
 -- One block of settings: its path keys, its provider limits (provider blocks
 -- only), whether it replaces what came before, and where it was written.
@@ -83,9 +70,7 @@ local function block(t, where, is_provider, is_source)
     end
   end
   for _, k in ipairs(common.sorted_keys(t)) do
-    if IGNORED[k] then
-      ignore(where, k)
-    elseif PROVIDER_KEYS[k] then
+    if PROVIDER_KEYS[k] then
       if not is_provider then
         error(string.format('%s: %s belongs in a [provider."NAME"] block (it limits all of a provider\'s sites together); use connection_limit or max_message_rate here', where, k), 0)
       end
