@@ -8,6 +8,12 @@
 //! session that fails that test would hand the next transaction replies that belong
 //! to somebody else.
 
+mod auth;
+mod greeting;
+
+use greeting::parse_extensions;
+pub use greeting::{Extensions, RefusedGreeting};
+
 use crate::reply::ReplyBuffer;
 use crate::tls::{describe_tls_error, MaybeTls, TlsInfo};
 use crate::words;
@@ -83,17 +89,6 @@ pub enum Phase {
     Broken,
 }
 
-/// What the destination offered in its EHLO reply.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Extensions {
-    /// 8BITMIME (RFC 6152).
-    pub eight_bit_mime: bool,
-    /// PIPELINING (RFC 2920).
-    pub pipelining: bool,
-    /// STARTTLS (RFC 3207).
-    pub starttls: bool,
-}
-
 /// An SMTP session with a destination over any byte stream (TCP, a proxy, TLS).
 ///
 /// ```no_run
@@ -121,6 +116,16 @@ pub struct ClientSession<S> {
     extensions: Extensions,
     banner: Option<Response<String>>,
     tls: Option<TlsInfo>,
+    /// LMTP (RFC 2033): LHLO, and one reply per accepted recipient after the dot.
+    lmtp: bool,
+    /// PIPELINING may be used when offered.
+    pipelining_allowed: bool,
+    /// RSET goes before the next MAIL, with this wait for its reply.
+    rset_pending: Option<Duration>,
+    /// RCPTs of the open transaction the destination accepted.
+    accepted: usize,
+    /// AUTH succeeded.
+    authenticated: bool,
 }
 
 /// Why STARTTLS did not give a TLS session.
@@ -160,6 +165,45 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
             extensions: Extensions::default(),
             banner: None,
             tls: None,
+            lmtp: false,
+            pipelining_allowed: true,
+            rset_pending: None,
+            accepted: 0,
+            authenticated: false,
+        }
+    }
+
+    /// Speak LMTP (RFC 2033) instead of SMTP: LHLO instead of EHLO, and after the
+    /// message one reply per accepted recipient
+    /// ([`end_of_data_replies`](Self::end_of_data_replies)). Set before greeting.
+    pub fn set_lmtp(&mut self, lmtp: bool) {
+        self.lmtp = lmtp;
+    }
+
+    /// Whether PIPELINING may be used when the destination offers it (the
+    /// default); false sends each command after the previous reply.
+    pub fn set_pipelining(&mut self, allowed: bool) {
+        self.pipelining_allowed = allowed;
+    }
+
+    /// Sends RSET before the next MAIL FROM (in the same write when pipelining),
+    /// waiting `timeout` for its reply: a reused session starts from a known
+    /// state even if something was left over.
+    pub fn rset_before_next_mail(&mut self, timeout: Duration) {
+        self.rset_pending = Some(timeout);
+    }
+
+    /// Commands may be pipelined now.
+    fn pipelining(&self) -> bool {
+        self.pipelining_allowed && self.extensions.pipelining
+    }
+
+    /// EHLO, or LHLO for LMTP.
+    fn hello(&self) -> &'static str {
+        if self.lmtp {
+            "LHLO"
+        } else {
+            "EHLO"
         }
     }
 
@@ -224,7 +268,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
         self.phase = Phase::Ready;
         let ehlo = self
             .command(
-                &format!("EHLO {ehlo_name}"),
+                &format!("{} {ehlo_name}", self.hello()),
                 self.timeouts.ehlo,
                 "EHLO after STARTTLS",
             )
@@ -273,12 +317,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
         }
         self.banner = Some(banner);
         let ehlo = self
-            .command(&format!("EHLO {ehlo_name}"), self.timeouts.ehlo, "EHLO")
+            .command(
+                &format!("{} {ehlo_name}", self.hello()),
+                self.timeouts.ehlo,
+                self.hello(),
+            )
             .await?;
         if is_positive(&ehlo) {
             self.extensions = parse_extensions(&ehlo.message);
             self.phase = Phase::Ready;
             return Ok(ehlo);
+        }
+        if self.lmtp {
+            // LMTP has no HELO to fall back to (RFC 2033 §4.1).
+            self.phase = Phase::Broken;
+            return Err(io::Error::other(RefusedGreeting {
+                step: "LHLO refused",
+                reply: ehlo,
+            }));
         }
         let helo = self
             .command(&format!("HELO {ehlo_name}"), self.timeouts.ehlo, "HELO")
@@ -300,13 +356,49 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
     pub async fn mail(&mut self, path: &str, body_8bit: bool) -> io::Result<Response<String>> {
         self.expect(Phase::Ready, "MAIL FROM")?;
         let line = self.mail_line(path, body_8bit);
-        let reply = self
-            .command(&line, self.timeouts.mail_from, "MAIL FROM")
-            .await?;
+        let reply = if self.rset_pending.is_some() && self.pipelining() {
+            let wire = format!("RSET\r\n{line}\r\n");
+            self.write(wire.as_bytes(), self.timeouts.mail_from, "MAIL FROM")
+                .await?;
+            self.rset_reply().await?;
+            self.read(self.timeouts.mail_from, "MAIL FROM").await?
+        } else {
+            self.rset_alone().await?;
+            self.command(&line, self.timeouts.mail_from, "MAIL FROM")
+                .await?
+        };
+        self.accepted = 0;
         if is_positive(&reply) {
             self.phase = Phase::Mail;
         }
         Ok(reply)
+    }
+
+    /// The pending RSET on its own (not pipelined), if there is one.
+    async fn rset_alone(&mut self) -> io::Result<()> {
+        if let Some(timeout) = self.rset_pending {
+            let line = b"RSET\r\n";
+            self.write(line, timeout, "RSET").await?;
+            self.rset_reply().await?;
+        }
+        Ok(())
+    }
+
+    /// Reads the reply to the pending RSET; anything but 2xx breaks the session.
+    async fn rset_reply(&mut self) -> io::Result<()> {
+        let Some(timeout) = self.rset_pending.take() else {
+            return Ok(());
+        };
+        let reply = self.read(timeout, "RSET").await?;
+        if !is_positive(&reply) {
+            self.phase = Phase::Broken;
+            return Err(io::Error::other(format!(
+                "RSET: {} {}",
+                reply.code,
+                one_line(&reply.message)
+            )));
+        }
+        Ok(())
     }
 
     /// The MAIL FROM command line, with BODY=8BITMIME when the body is 8-bit and
@@ -329,7 +421,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
         body_8bit: bool,
         rcpt: &str,
     ) -> io::Result<(Response<String>, Option<Response<String>>)> {
-        if !self.extensions.pipelining {
+        if !self.pipelining() {
             let mail = self.mail(path, body_8bit).await?;
             if !is_positive(&mail) {
                 return Ok((mail, None));
@@ -338,9 +430,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
             return Ok((mail, Some(rcpt)));
         }
         self.expect(Phase::Ready, "MAIL FROM")?;
-        let wire = format!("{}\r\nRCPT TO:{rcpt}\r\n", self.mail_line(path, body_8bit));
+        let rset = if self.rset_pending.is_some() {
+            "RSET\r\n"
+        } else {
+            ""
+        };
+        let wire = format!(
+            "{rset}{}\r\nRCPT TO:{rcpt}\r\n",
+            self.mail_line(path, body_8bit)
+        );
         self.write(wire.as_bytes(), self.timeouts.mail_from, "MAIL FROM")
             .await?;
+        self.rset_reply().await?;
+        self.accepted = 0;
         let mail = self.read(self.timeouts.mail_from, "MAIL FROM").await?;
         if !is_positive(&mail) {
             // The RCPT's answer to a command without a transaction is read and
@@ -353,14 +455,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
         }
         let rcpt = self.read(self.timeouts.rcpt_to, "RCPT TO").await?;
         self.phase = Phase::Mail;
+        self.accepted += usize::from(is_positive(&rcpt));
         Ok((mail, Some(rcpt)))
     }
 
     /// `RCPT TO:{path}`; the destination's reply.
     pub async fn rcpt(&mut self, path: &str) -> io::Result<Response<String>> {
         self.expect(Phase::Mail, "RCPT TO")?;
-        self.command(&format!("RCPT TO:{path}"), self.timeouts.rcpt_to, "RCPT TO")
-            .await
+        let reply = self
+            .command(&format!("RCPT TO:{path}"), self.timeouts.rcpt_to, "RCPT TO")
+            .await?;
+        self.accepted += usize::from(is_positive(&reply));
+        Ok(reply)
     }
 
     /// `DATA`; after a 354 the body may be written, anything else is the
@@ -402,9 +508,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
             .await
     }
 
+    /// The replies to the end of the message: one for SMTP; for LMTP one per
+    /// recipient the destination accepted, in RCPT order (RFC 2033 §4.2). The
+    /// transaction is over whatever the codes: the session is ready again.
+    pub async fn end_of_data_replies(&mut self) -> io::Result<Vec<Response<String>>> {
+        if self.lmtp {
+            self.lmtp_replies().await
+        } else {
+            Ok(vec![self.final_reply().await?])
+        }
+    }
+
+    async fn lmtp_replies(&mut self) -> io::Result<Vec<Response<String>>> {
+        self.expect(Phase::Body, "the replies to the message")?;
+        let mut replies = Vec::with_capacity(self.accepted);
+        for _ in 0..self.accepted.max(1) {
+            replies.push(
+                self.read(
+                    self.timeouts.data_dot,
+                    "waiting for the replies to the message",
+                )
+                .await?,
+            );
+        }
+        self.phase = Phase::Ready;
+        Ok(replies)
+    }
+
     /// The reply to the end of the message (whose marker the caller has written).
-    /// The transaction is over whatever the code: the session is ready again.
+    /// The transaction is over whatever the code: the session is ready again. For
+    /// LMTP with more than one recipient use
+    /// [`end_of_data_replies`](Self::end_of_data_replies).
     pub async fn end_of_data_reply(&mut self) -> io::Result<Response<String>> {
+        if self.lmtp && self.accepted > 1 {
+            // Every reply is read so the session stays in step; the first refusal
+            // (else the first acceptance) speaks for the message.
+            let replies = self.lmtp_replies().await?;
+            let first_refusal = replies.iter().position(|r| !is_positive(r)).unwrap_or(0);
+            return Ok(replies
+                .into_iter()
+                .nth(first_refusal)
+                .unwrap_or_else(|| Response {
+                    code: 451,
+                    esc: [4, 4, 2],
+                    message: "no reply".into(),
+                }));
+        }
+        self.final_reply().await
+    }
+
+    async fn final_reply(&mut self) -> io::Result<Response<String>> {
         self.expect(Phase::Body, "the reply to the message")?;
         let reply = self
             .read(
@@ -536,39 +689,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
     }
 }
 
-/// The destination refused the greeting (a banner other than 220, or EHLO and
-/// HELO both refused): its reply, inside the `io::Error` that
-/// [`ClientSession::greet`] returns, for a caller that acts on replies.
-#[derive(Debug)]
-pub struct RefusedGreeting {
-    /// `banner` or `EHLO and HELO refused`.
-    pub step: &'static str,
-    /// The destination's reply.
-    pub reply: Response<String>,
-}
-
-impl RefusedGreeting {
-    /// The refusal inside an error from [`ClientSession::greet`], if that is what
-    /// it was.
-    pub fn of(e: &io::Error) -> Option<&RefusedGreeting> {
-        e.get_ref()?.downcast_ref::<RefusedGreeting>()
-    }
-}
-
-impl std::fmt::Display for RefusedGreeting {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: {} {}",
-            self.step,
-            self.reply.code,
-            one_line(&self.reply.message)
-        )
-    }
-}
-
-impl std::error::Error for RefusedGreeting {}
-
 fn is_positive(reply: &Response<String>) -> bool {
     (200..300).contains(&reply.code)
 }
@@ -579,21 +699,6 @@ fn one_line(message: &str) -> String {
         .map(|l| l.chars().filter(|c| !c.is_control()).collect::<String>())
         .collect::<Vec<_>>()
         .join(" / ")
-}
-
-/// The keywords of an EHLO reply (the first line is the server's name).
-fn parse_extensions(message: &str) -> Extensions {
-    let mut ext = Extensions::default();
-    for line in message.split('\n').skip(1) {
-        let keyword = line.split_whitespace().next().unwrap_or("");
-        match keyword.to_ascii_uppercase().as_str() {
-            "8BITMIME" => ext.eight_bit_mime = true,
-            "PIPELINING" => ext.pipelining = true,
-            "STARTTLS" => ext.starttls = true,
-            _ => {}
-        }
-    }
-    ext
 }
 
 #[cfg(test)]
@@ -774,5 +879,92 @@ mod tests {
         let (mut smtp, dest) = greeted().await;
         drop(dest);
         assert!(!smtp.is_clean().await, "closed by the destination");
+    }
+
+    /// Reads what the client wrote so far (one read).
+    async fn sent(dest: &mut DuplexStream) -> String {
+        let mut buf = vec![0; 512];
+        let n = dest.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn auth_plain_sends_the_rfc_4616_message_as_the_initial_response() {
+        let (mut smtp, mut dest) = pair();
+        dest.write_all(b"220 hi\r\n250-mx\r\n250 AUTH LOGIN PLAIN\r\n")
+            .await
+            .unwrap();
+        smtp.greet("me.test").await.unwrap();
+        assert!(smtp.extensions().auth_plain);
+        let _ = sent(&mut dest).await;
+        dest.write_all(b"235 2.7.0 ok\r\n").await.unwrap();
+        assert_eq!(smtp.auth_plain("relay", "pw").await.unwrap().code, 235);
+        // base64("\0relay\0pw")
+        assert_eq!(sent(&mut dest).await, "AUTH PLAIN AHJlbGF5AHB3\r\n");
+        assert!(smtp.is_authenticated() && smtp.is_ready());
+    }
+
+    #[tokio::test]
+    async fn auth_plain_is_not_sent_where_it_is_not_offered() {
+        let (mut smtp, _dest) = greeted().await;
+        let e = smtp.auth_plain("relay", "pw").await.unwrap_err();
+        assert!(e.to_string().contains("does not offer AUTH PLAIN"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn rset_goes_in_the_same_write_as_mail_when_pipelining_and_alone_when_not() {
+        let (mut smtp, mut dest) = greeted().await;
+        let _ = sent(&mut dest).await;
+        smtp.rset_before_next_mail(Duration::from_secs(1));
+        dest.write_all(b"250 ok\r\n250 ok\r\n250 ok\r\n")
+            .await
+            .unwrap();
+        smtp.mail_rcpt("<a@b.test>", false, "<x@c.test>")
+            .await
+            .unwrap();
+        assert_eq!(
+            sent(&mut dest).await,
+            "RSET\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@c.test>\r\n"
+        );
+        let (mut smtp, mut dest) = greeted().await;
+        let _ = sent(&mut dest).await;
+        smtp.set_pipelining(false);
+        smtp.rset_before_next_mail(Duration::from_secs(1));
+        let mail = tokio::spawn(async move {
+            smtp.mail("<a@b.test>", false).await.unwrap();
+        });
+        assert_eq!(sent(&mut dest).await, "RSET\r\n");
+        dest.write_all(b"250 ok\r\n").await.unwrap();
+        assert_eq!(sent(&mut dest).await, "MAIL FROM:<a@b.test>\r\n");
+        dest.write_all(b"250 ok\r\n").await.unwrap();
+        mail.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn lmtp_greets_with_lhlo_and_reads_a_reply_per_accepted_recipient() {
+        let (mut smtp, mut dest) = pair();
+        smtp.set_lmtp(true);
+        dest.write_all(b"220 store\r\n250-store\r\n250 PIPELINING\r\n")
+            .await
+            .unwrap();
+        smtp.greet("me.test").await.unwrap();
+        assert_eq!(sent(&mut dest).await, "LHLO me.test\r\n");
+        dest.write_all(b"250 ok\r\n250 ok\r\n550 5.1.1 unknown\r\n250 ok\r\n354 go\r\n")
+            .await
+            .unwrap();
+        smtp.mail_rcpt("<a@b.test>", false, "<x@c.test>")
+            .await
+            .unwrap();
+        assert_eq!(smtp.rcpt("<nobody@c.test>").await.unwrap().code, 550);
+        assert_eq!(smtp.rcpt("<y@c.test>").await.unwrap().code, 250);
+        assert_eq!(smtp.data().await.unwrap().code, 354);
+        smtp.write_body(b"hi\r\n.\r\n").await.unwrap();
+        dest.write_all(b"250 2.0.0 x saved\r\n452 4.2.2 y over quota\r\n")
+            .await
+            .unwrap();
+        let replies = smtp.end_of_data_replies().await.unwrap();
+        let codes: Vec<u16> = replies.iter().map(|r| r.code).collect();
+        assert_eq!(codes, [250, 452]);
+        assert!(smtp.is_ready());
     }
 }
