@@ -13,6 +13,7 @@ mod policies;
 mod prometheus;
 mod scripted;
 mod source_socks;
+mod stores;
 pub use clients::{by_client_addr, smtplib_send, spool_files, swaks, wait_until, Raw, Swaks};
 pub use pki::TestCa;
 pub use policies::{
@@ -21,6 +22,7 @@ pub use policies::{
 pub use prometheus::{http_get, http_request, query_escape, HttpAnswer, Prometheus};
 pub use scripted::{Received, ScriptedDestination};
 pub use source_socks::SourceBindingSocks;
+pub use stores::{sasl_smarthost, Dovecot};
 
 use std::fs;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};

@@ -30,6 +30,8 @@ struct Shared {
     active: AtomicUsize,
     max_active: AtomicUsize,
     received: Mutex<Vec<Received>>,
+    /// Every command's verb, with its connection, in arrival order.
+    commands: Mutex<Vec<(usize, String)>>,
     stopping: AtomicBool,
 }
 
@@ -146,6 +148,12 @@ impl ScriptedDestination {
         self.shared.max_active.load(Ordering::SeqCst)
     }
 
+    /// Each command's verb (`MAIL`, `RCPT`, `RSET`, …) with the connection that
+    /// carried it, in the order they arrived.
+    pub fn commands(&self) -> Vec<(usize, String)> {
+        lock(&self.shared.commands).clone()
+    }
+
     /// Messages received so far.
     pub fn received(&self) -> Vec<Received> {
         self.shared
@@ -214,6 +222,8 @@ fn serve(
             return Ok(());
         }
         let upper = line.to_ascii_uppercase();
+        let verb = upper.split_whitespace().next().unwrap_or("").to_owned();
+        lock(&shared.commands).push((connection, verb));
         let reply: String = if upper.starts_with("EHLO") {
             match script.pipelining {
                 true => "250-scripted.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into(),

@@ -67,6 +67,10 @@ const PEERS: &[(&str, &str)] = &[
         "/usr/lib/x86_64-linux-gnu/sasl2/libplain.so.2",
         "libsasl2-modules",
     ),
+    // a mail store over LMTP (use_lmtp), and the auth service of the smarthost
+    // that wants a password (Postfix's smtpd_sasl_type = dovecot)
+    ("dovecot", "dovecot-core"),
+    ("/usr/lib/dovecot/lmtp", "dovecot-lmtpd"),
     ("dnsmasq", "dnsmasq"),
     // shared throttles, leases and suspensions
     ("redis-server", "redis-server"),
@@ -248,7 +252,7 @@ fn peers() -> Result {
         return Ok(());
     }
     println!("xtask peers: installing {}", missing.join(" "));
-    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks libnet-ssleay-perl postfix libsasl2-modules dnsmasq redis-server python3 prometheus systemd";
+    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks libnet-ssleay-perl postfix libsasl2-modules dovecot-core dovecot-lmtpd dnsmasq redis-server python3 prometheus systemd";
     // One script, run as root (directly or through `sudo -n`). policy-rc.d keeps the
     // packages' own services from starting: the tests start every peer themselves, and
     // danted's service fails to start with its stock configuration, which would make

@@ -10,7 +10,7 @@
 use crate::declarations::{InitConfig, ResolverConfig};
 use crate::kumo::located;
 use hickory_resolver::config::{
-    NameServerConfig, Protocol, ResolverConfig as HickoryConfig, ResolverOpts,
+    LookupIpStrategy, NameServerConfig, Protocol, ResolverConfig as HickoryConfig, ResolverOpts,
 };
 use hickory_resolver::TokioAsyncResolver;
 use mlua::{Lua, Table};
@@ -18,7 +18,9 @@ use std::io;
 use std::net::IpAddr;
 use std::time::Duration;
 
-/// A resolver for `config` (the policy's name servers) or the system's.
+/// A resolver for `config` (the policy's name servers) or the system's; it
+/// looks up A and AAAA (KumoMTA's default `Ipv4AndIpv6`): a path's
+/// `ip_lookup_strategy` chooses among them.
 pub fn resolver(config: Option<&ResolverConfig>) -> io::Result<TokioAsyncResolver> {
     match config {
         Some(cfg) => {
@@ -37,10 +39,17 @@ pub fn resolver(config: Option<&ResolverConfig>) -> io::Result<TokioAsyncResolve
             let mut opts = ResolverOpts::default();
             opts.timeout = Duration::from_secs(5);
             opts.attempts = 2;
+            opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
             Ok(TokioAsyncResolver::tokio(hickory, opts))
         }
-        None => TokioAsyncResolver::tokio_from_system_conf()
-            .map_err(|e| io::Error::other(format!("reading the system DNS configuration: {e}"))),
+        None => {
+            let (hickory, mut opts) =
+                hickory_resolver::system_conf::read_system_conf().map_err(|e| {
+                    io::Error::other(format!("reading the system DNS configuration: {e}"))
+                })?;
+            opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+            Ok(TokioAsyncResolver::tokio(hickory, opts))
+        }
     }
 }
 

@@ -208,6 +208,9 @@ impl Relay {
     /// The TCP case lives here, not only in the embedder, so the whole session is
     /// compiled and optimised within this crate.
     pub async fn accept(self: Arc<Self>, socket: TcpListener, listener: Arc<Listener>) {
+        if let Ok(addr) = socket.local_addr() {
+            self.ctx.own_addresses.add(addr);
+        }
         let mut shutdown = self.shutdown.clone();
         loop {
             if shutdown.state() != State::Running {

@@ -71,6 +71,18 @@ impl Outcome {
         }
     }
 
+    /// A recipient already has an answer from this attempt.
+    fn answered(&self, address: &str) -> bool {
+        self.answers.iter().any(|(a, _)| a == address)
+    }
+
+    /// Some recipient was delivered.
+    fn delivered(&self) -> bool {
+        self.answers
+            .iter()
+            .any(|(_, a)| matches!(a, Answer::Delivered(_)))
+    }
+
     fn all(&mut self, recipients: &[String], answer: &Answer) {
         for r in recipients {
             self.answers.push((r.clone(), answer.clone()));
@@ -100,7 +112,9 @@ const FROM_SPOOL: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
 
 /// Delivers `domain`'s pending recipients of `env`, whose wire-form data is in
-/// `data`: on `session` when the client's RCPTs left one, else through a new route.
+/// `data`: on `session` when the client's RCPTs left one, else through a new route;
+/// in transactions of at most the path's `max_recipients_per_batch`, one after the
+/// other on the same session.
 pub async fn run(
     ctx: &Context,
     env: &Envelope,
@@ -116,7 +130,7 @@ pub async fn run(
     let mut log = TxLog::new(FROM_SPOOL, &env.sender, ctx.report.clone());
     log.id = format!("{}/{domain}#{}", env.id, queue.attempts + 1);
     log.tenant = env.tenant.clone();
-    let (mut out, confirmed) = match session {
+    let (mut out, mut confirmed) = match session {
         Some(s) => {
             s.outbound.describe(&mut log);
             let confirmed: Vec<String> = s
@@ -134,43 +148,141 @@ pub async fn run(
             }
         },
     };
-    if confirmed.is_empty() {
-        tokio::spawn(out.quit());
-        log.emit("no recipient accepted");
-        return outcome;
-    }
-    let result = send_body(&mut out, data).await;
-    match result {
-        Ok(reply) => {
-            ctx.idle.release(out).await;
-            log.decided = Some((reply.code, Origin::Destination));
-            for r in &confirmed {
-                log.recipient(r, &reply, Origin::Destination);
-            }
-            outcome.all(&confirmed, &Answer::of(&reply));
-            log.outcome = Some(reply.to_string());
-            log.emit("delivered from the spool");
-        }
-        Err(Sent::Refused(reply)) => {
+    // What neither the session's RCPTs nor the first batch answered.
+    let mut rest: Vec<String> = pending
+        .iter()
+        .filter(|r| !confirmed.contains(r) && !outcome.answered(r))
+        .cloned()
+        .collect();
+    loop {
+        if !confirmed.is_empty()
+            && !deliver(&mut out, data, &confirmed, &mut log, &mut outcome).await
+        {
+            let left = "451 4.4.2 left for the next attempt: the destination session ended";
+            outcome.all(&rest, &Answer::Deferred(left.into()));
             tokio::spawn(out.quit());
-            log.decided = Some((reply.code, Origin::Destination));
-            outcome.all(&confirmed, &Answer::of(&reply));
-            log.emit(&format!("DATA refused: {reply}"));
-        }
-        Err(Sent::Lost(e)) => {
-            tokio::spawn(out.quit());
-            let text = format!("lost the destination session: {e}");
-            log.note(&text);
-            log.decided = Some((451, Origin::Local));
-            outcome.all(&confirmed, &Answer::Deferred(format!("451 4.4.2 {text}")));
             log.emit("not delivered");
+            return outcome;
         }
+        if rest.is_empty() {
+            break;
+        }
+        let batch: Vec<String> = rest.drain(..rest.len().min(out.max_batch())).collect();
+        confirmed = match again(&mut out, env, &batch, &mut log, &mut outcome).await {
+            Some(accepted) => accepted,
+            None => {
+                let left = "451 4.4.2 left for the next attempt: the destination session ended";
+                outcome.all(&rest, &Answer::Deferred(left.into()));
+                tokio::spawn(out.quit());
+                log.emit("not delivered");
+                return outcome;
+            }
+        };
     }
+    ctx.idle.release(out).await;
+    log.emit(if outcome.delivered() {
+        "delivered from the spool"
+    } else {
+        "no recipient accepted"
+    });
     outcome
 }
 
-/// Opens the domain's route and forwards each pending recipient; `None` when no
-/// recipient can go now (the outcome holds why).
+/// Sends the message to the `confirmed` recipients of the open transaction and
+/// records the replies (LMTP: each recipient's own). False when the session
+/// cannot carry another transaction (DATA refused, or the session lost).
+async fn deliver(
+    out: &mut Outbound,
+    data: &Path,
+    confirmed: &[String],
+    log: &mut TxLog,
+    outcome: &mut Outcome,
+) -> bool {
+    match send_body(out, data).await {
+        Ok(replies) => {
+            for (i, r) in confirmed.iter().enumerate() {
+                // LMTP answers each recipient; SMTP once for all of them.
+                let reply = replies.get(i).or(replies.last());
+                let reply = reply
+                    .cloned()
+                    .unwrap_or_else(|| Reply::new(451, [4, 4, 2], "no reply for this recipient"));
+                log.decided = Some((reply.code, Origin::Destination));
+                log.recipient(r, &reply, Origin::Destination);
+                log.outcome = Some(reply.to_string());
+                outcome.answers.push((r.clone(), Answer::of(&reply)));
+            }
+            true
+        }
+        Err(Sent::Refused(reply)) => {
+            log.decided = Some((reply.code, Origin::Destination));
+            outcome.all(confirmed, &Answer::of(&reply));
+            log.note(&format!("DATA refused: {reply}"));
+            false
+        }
+        Err(Sent::Lost(e)) => {
+            let text = format!("lost the destination session: {e}");
+            log.note(&text);
+            log.decided = Some((451, Origin::Local));
+            outcome.all(confirmed, &Answer::Deferred(format!("451 4.4.2 {text}")));
+            false
+        }
+    }
+}
+
+/// The next batch on the same session: MAIL FROM again and its RCPTs. The
+/// recipients accepted; None when the session is gone (the batch is deferred).
+async fn again(
+    out: &mut Outbound,
+    env: &Envelope,
+    batch: &[String],
+    log: &mut TxLog,
+    outcome: &mut Outcome,
+) -> Option<Vec<String>> {
+    let lost = |e: std::io::Error, outcome: &mut Outcome, log: &mut TxLog| {
+        let text = format!("451 4.4.2 lost the destination session: {e}");
+        log.note(&text);
+        outcome.all(batch, &Answer::Deferred(text));
+    };
+    match out.again(&env.sender, env.body_8bit, &batch[0]).await {
+        Ok(mail) if mail.is_positive() => {}
+        Ok(mail) => {
+            outcome.all(batch, &Answer::of(&mail));
+            return Some(Vec::new());
+        }
+        Err(e) => {
+            lost(e, outcome, log);
+            return None;
+        }
+    }
+    forward(out, batch, log, outcome)
+        .await
+        .map_err(|e| lost(e, outcome, log))
+        .ok()
+}
+
+/// RCPT for each of `batch` on the open transaction; those accepted (the others'
+/// answers go into `outcome`).
+async fn forward(
+    out: &mut Outbound,
+    batch: &[String],
+    log: &mut TxLog,
+    outcome: &mut Outcome,
+) -> std::io::Result<Vec<String>> {
+    let mut confirmed = Vec::new();
+    for r in batch {
+        let reply = out.rcpt(r).await?;
+        log.recipient(r, &reply, Origin::Destination);
+        if reply.is_positive() {
+            confirmed.push(r.clone());
+        } else {
+            outcome.answers.push((r.clone(), Answer::of(&reply)));
+        }
+    }
+    Ok(confirmed)
+}
+
+/// Opens the domain's route and forwards the first batch of pending recipients;
+/// `None` when no recipient can go now (the outcome holds why).
 async fn open(
     ctx: &Context,
     env: &Envelope,
@@ -207,28 +319,17 @@ async fn open(
             return None;
         }
     };
-    let mut confirmed = Vec::new();
-    for (i, r) in pending.iter().enumerate() {
-        match out.rcpt(r).await {
-            Ok(reply) => {
-                log.recipient(r, &reply, Origin::Destination);
-                if reply.is_positive() {
-                    confirmed.push(r.clone());
-                } else {
-                    outcome.answers.push((r.clone(), Answer::of(&reply)));
-                }
-            }
-            Err(e) => {
-                let text = format!("451 4.4.2 lost the destination session: {e}");
-                log.note(&text);
-                outcome.all(&pending[i..], &Answer::Deferred(text.clone()));
-                outcome.all(&confirmed, &Answer::Deferred(text));
-                tokio::spawn(out.quit());
-                return None;
-            }
+    let batch = &pending[..pending.len().min(out.max_batch())];
+    match forward(&mut out, batch, log, outcome).await {
+        Ok(confirmed) => Some((out, confirmed)),
+        Err(e) => {
+            let text = format!("451 4.4.2 lost the destination session: {e}");
+            log.note(&text);
+            outcome.all(pending, &Answer::Deferred(text));
+            tokio::spawn(out.quit());
+            None
         }
     }
-    Some((out, confirmed))
 }
 
 enum Sent {
@@ -238,8 +339,9 @@ enum Sent {
     Lost(String),
 }
 
-/// DATA, the spooled wire form, and the reply to its end.
-async fn send_body(out: &mut Outbound, data: &Path) -> Result<Reply, Sent> {
+/// DATA, the spooled wire form, and the replies to its end (LMTP: one per
+/// accepted recipient).
+async fn send_body(out: &mut Outbound, data: &Path) -> Result<Vec<Reply>, Sent> {
     match out.data().await {
         Ok(None) => {}
         Ok(Some(refused)) => return Err(Sent::Refused(refused)),
@@ -261,7 +363,7 @@ async fn send_body(out: &mut Outbound, data: &Path) -> Result<Reply, Sent> {
             .await
             .map_err(|e| Sent::Lost(e.to_string()))?;
     }
-    out.final_reply()
+    out.final_replies()
         .await
         .map_err(|e| Sent::Lost(e.to_string()))
 }

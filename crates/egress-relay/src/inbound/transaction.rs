@@ -132,6 +132,28 @@ impl Transaction {
                 format!("the session to {domain} was lost earlier in this transaction; send this recipient in another"),
             ));
         };
+        // One recipient per transaction to an LMTP store while the client waits:
+        // each recipient then hears the store's own reply to the message.
+        let one_per_transaction = out.is_lmtp() && !spooled;
+        if !out.takes_another_recipient(one_per_transaction) {
+            if spooled {
+                leg.deferred.push(address.to_owned());
+                return local(spool_reply());
+            }
+            let why = if one_per_transaction {
+                format!("{domain} is an LMTP store (use_lmtp): one recipient per transaction, so each hears the store's own reply")
+            } else {
+                format!(
+                    "at most {} recipients per transaction to {domain} (max_recipients_per_batch)",
+                    out.max_batch()
+                )
+            };
+            return local(Reply::new(
+                452,
+                [4, 5, 3],
+                format!("{why}; send the rest in another transaction"),
+            ));
+        }
         match out.rcpt(address).await {
             Ok(reply) if reply.is_positive() => {
                 leg.confirmed.push(address.to_owned());

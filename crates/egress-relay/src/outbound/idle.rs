@@ -33,6 +33,11 @@ pub struct SessionKey {
     /// The TLS mode the session was opened under: a session is reused only for the
     /// same mode (and keeps its TLS state).
     pub tls: Tls,
+    /// The AUTH credential it was opened with: an authenticated session carries
+    /// only its own credential's mail.
+    pub credential: Option<super::auth::Credential>,
+    /// It speaks LMTP.
+    pub lmtp: bool,
 }
 
 impl Hash for SessionKey {
@@ -41,6 +46,8 @@ impl Hash for SessionKey {
         self.addr.hash(state);
         self.ehlo.hash(state);
         self.tls.hash(state);
+        self.credential.as_ref().map(|c| &c.0).hash(state);
+        self.lmtp.hash(state);
     }
 }
 

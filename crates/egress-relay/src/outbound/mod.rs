@@ -2,10 +2,13 @@
 //! through the source, and open an SMTP session (egress-smtp's `ClientSession`)
 //! to the destination on the client's behalf.
 
+mod auth;
 pub mod automation;
 pub mod destinations;
+pub mod hosts;
 mod idle;
 pub mod in_force;
+pub mod memory;
 pub(crate) mod route;
 pub mod shaping;
 pub mod tls;
@@ -48,6 +51,11 @@ pub struct Context {
     pub tls: tls::TlsClients,
     /// Where what happens is reported.
     pub report: Arc<dyn Report>,
+    /// Our listeners' addresses (the loop `prohibited_hosts` guards against by
+    /// default).
+    pub own_addresses: hosts::OwnAddresses,
+    /// Broken TLS and connection failures, by site.
+    pub sites: memory::SiteMemory,
 }
 
 /// A pool definition and the rotation built from its entries.
@@ -86,6 +94,8 @@ impl Context {
             tls: tls::TlsClients::default(),
             shaper: Arc::new(Shaper::new(throttles, report.clone())),
             report,
+            own_addresses: hosts::OwnAddresses::default(),
+            sites: memory::SiteMemory::default(),
         }
     }
 
@@ -139,6 +149,8 @@ pub struct Outbound {
     shaper: Arc<Shaper>,
     /// Transactions this connection has carried.
     deliveries: u64,
+    /// It speaks LMTP.
+    lmtp: bool,
     /// `max_deliveries_per_connection` of the path that opened it.
     max_deliveries: Option<u64>,
     /// Its report handle (none when the embedder records nothing for it).
@@ -150,6 +162,13 @@ pub struct Outbound {
     /// How long it may wait idle for the next transaction (its path's
     /// `idle_timeout`).
     idle_timeout: std::time::Duration,
+    /// RCPTs one transaction carries (`max_recipients_per_batch`).
+    max_batch: usize,
+    /// RCPTs sent in the open transaction.
+    rcpts: usize,
+    /// RSET before the next transaction, with this wait (`enable_rset`,
+    /// `rset_timeout`).
+    rset: Option<std::time::Duration>,
 }
 
 impl Outbound {
@@ -172,7 +191,10 @@ impl Outbound {
     pub async fn rcpt(&mut self, address: &str) -> io::Result<Reply> {
         let reply = match self.first_rcpt.take() {
             Some(reply) => reply,
-            None => Reply::relayed(&self.smtp.rcpt(&rcpt_path(address)).await?),
+            None => {
+                self.rcpts += 1;
+                Reply::relayed(&self.smtp.rcpt(&rcpt_path(address)).await?)
+            }
         };
         if !reply.is_positive() {
             self.observe(&reply).await;
@@ -220,6 +242,59 @@ impl Outbound {
         let reply = Reply::relayed(&self.smtp.end_of_data_reply().await?);
         self.observe(&reply).await;
         Ok(reply)
+    }
+
+    /// The replies to the end of the message: one, or for LMTP one per recipient
+    /// the destination accepted, in RCPT order.
+    pub async fn final_replies(&mut self) -> io::Result<Vec<Reply>> {
+        let mut replies = Vec::new();
+        for reply in self.smtp.end_of_data_replies().await? {
+            let reply = Reply::relayed(&reply);
+            self.observe(&reply).await;
+            replies.push(reply);
+        }
+        Ok(replies)
+    }
+
+    /// The destination is an LMTP store (`use_lmtp`).
+    pub fn is_lmtp(&self) -> bool {
+        self.lmtp
+    }
+
+    /// The open transaction may carry another RCPT within
+    /// `max_recipients_per_batch` (and, when each recipient needs its own reply
+    /// told to a client, within one).
+    pub fn takes_another_recipient(&self, one_per_transaction: bool) -> bool {
+        let max = if one_per_transaction {
+            1
+        } else {
+            self.max_batch
+        };
+        // The first recipient went with MAIL FROM; its reply is still to be told.
+        self.first_rcpt.is_some() || self.rcpts < max
+    }
+
+    /// The most RCPTs one transaction carries on this session.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// Opens another transaction on this session after the last one ended (the
+    /// spool's next batch of recipients): RSET when the path wants it, MAIL FROM
+    /// with the first RCPT. MAIL's reply; the RCPT's is [`rcpt`](Self::rcpt)'s.
+    pub async fn again(&mut self, from: &str, body_8bit: bool, first: &str) -> io::Result<Reply> {
+        if let Some(timeout) = self.rset {
+            self.smtp.rset_before_next_mail(timeout);
+        }
+        let mail_from = format!("<{}>", smtp_path(from));
+        let (mail, rcpt) = self
+            .smtp
+            .mail_rcpt(&mail_from, body_8bit, &rcpt_path(first))
+            .await?;
+        self.deliveries += 1;
+        self.rcpts = 1;
+        self.first_rcpt = rcpt.map(|r| Reply::relayed(&r));
+        Ok(Reply::relayed(&mail))
     }
 
     /// Ends the session: QUIT where that is a command, else just closing; its

@@ -7,7 +7,9 @@
 //! the client the message: the next eligible source in the pool is tried, once
 //! each, before the client gets a 4xx.
 
+use super::auth::{self, AuthFailure};
 use super::automation::Watch;
+use super::hosts;
 use super::shaping::Ineligible;
 use super::tls::server_name;
 use super::{idle::SessionKey, timeouts, Context, OpenError, Outbound};
@@ -20,7 +22,6 @@ use egress_smtp::{
 use egress_source::{
     effective_ehlo_domain, effective_port, EgressPathConfig, EgressPool, EgressSource, Tls,
 };
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -147,6 +148,10 @@ pub async fn open(
                 observe(reply.clone(), true).await;
                 return Err(OpenError::Local(reply));
             }
+            Err(Tried::Refused(reply)) => {
+                log.note(&reply.to_string());
+                return Err(OpenError::Local(reply));
+            }
             Err(Tried::Failed { text, esc }) => {
                 observe(Reply::new(451, esc, &text), true).await;
                 failure = Some((name.to_owned(), esc, text));
@@ -219,6 +224,10 @@ enum Tried {
     Destination(Reply),
     /// A limit said no (connection limit busy, connection rate): the client retries.
     Shaping(Reply),
+    /// The path forbids what this needs (a prohibited or all-skipped host list, a
+    /// credential it will not send, an 8-bit message to a 7-bit destination):
+    /// our reply, and no other source is tried.
+    Refused(Reply),
     /// Every host failed for this source.
     Failed { text: String, esc: [u8; 3] },
 }
@@ -233,10 +242,15 @@ enum HostFailure {
     /// STARTTLS failed (refused, handshake, certificate) or was required and not
     /// offered.
     Handshake(String),
-    /// Connect, proxy, banner, EHLO: our side of things.
+    /// See [`Tried::Refused`].
+    Refused(Reply),
+    /// Connect, proxy, banner, EHLO: our side of things. `connected`: the TCP
+    /// connection was made (a timeout or protocol failure after it, which ends the
+    /// attempt unless `try_next_host_on_transport_error`).
     Other {
         text: String,
         esc: [u8; 3],
+        connected: bool,
     },
 }
 
@@ -263,14 +277,56 @@ impl Route<'_> {
         hosts: &[Destination],
         log: &mut TxLog,
     ) -> Result<Outbound, Tried> {
+        let ctx = self.ctx;
+        if let Some(left) = ctx.sites.delayed(self.site) {
+            return Err(Tried::Refused(Reply::new(
+                451,
+                [4, 4, 1],
+                format!(
+                    "No answer from any hosts listed in MX: {} failed to connect more than {} times in a row \
+                     (consecutive_connection_failures_before_delay); delayed for another {}",
+                    self.site,
+                    self.path.consecutive_connection_failures_before_delay,
+                    words::duration(left.max(Duration::from_secs(1)))
+                ),
+            )));
+        }
+        let hosts = hosts::for_path(
+            hosts,
+            self.path,
+            |d| effective_port(self.source, d.entry.as_ref(), self.path),
+            &ctx.own_addresses,
+        )
+        .map_err(Tried::Refused)?;
         let mut last = (String::from("no host"), [4, 4, 1]);
-        for dest in hosts {
-            let addr = SocketAddr::new(
-                dest.ip,
-                effective_port(self.source, dest.entry.as_ref(), self.path),
-            );
+        let mut refused_connections = 0;
+        for (dest, addr) in hosts.iter().copied() {
             log.destination = Some(format!("{} [{addr}]", dest.host));
             let mut mode = self.path.enable_tls;
+            if let (Some(_), Some(left)) = (
+                self.path.remember_broken_tls,
+                ctx.sites.broken_tls(self.site),
+            ) {
+                if mode.is_required() {
+                    let text = format!(
+                        "egress source '{}': {addr}: {} is remembered as having broken TLS for another {} \
+                         (remember_broken_tls) and enable_tls = '{mode:?}'; not tried",
+                        self.source.name,
+                        self.site,
+                        words::duration(left.max(Duration::from_secs(1)))
+                    );
+                    log.note(&text);
+                    last = (text, [4, 7, 5]);
+                    continue;
+                }
+                if mode != Tls::Disabled {
+                    log.note(&format!(
+                        "{addr}: STARTTLS not attempted: {} is remembered as having broken TLS (remember_broken_tls)",
+                        self.site
+                    ));
+                    mode = Tls::Disabled;
+                }
+            }
             let started = Instant::now();
             let mut waited = false;
             let opened = loop {
@@ -279,11 +335,19 @@ impl Route<'_> {
                     addr,
                     ehlo: self.ehlo.clone(),
                     tls: mode,
+                    credential: auth::credential(self.path),
+                    lmtp: self.path.use_lmtp,
                 };
                 if let Some(result) = self.reuse(&key, log).await {
                     break result;
                 }
-                match self.connect(dest, key, started.elapsed(), log).await {
+                let connected = self.connect(dest, key, started.elapsed(), log).await;
+                if let (Err(HostFailure::Handshake(_)), Some(how_long)) =
+                    (&connected, self.path.remember_broken_tls)
+                {
+                    ctx.sites.tls_failed(self.site, how_long);
+                }
+                match connected {
                     Err(HostFailure::Busy(reply)) => {
                         let report = &self.ctx.report;
                         if started.elapsed() >= self.path.connect_timeout {
@@ -311,7 +375,11 @@ impl Route<'_> {
                 }
             };
             match opened {
-                Ok(out) => return Ok(out),
+                Ok(out) => {
+                    ctx.sites.connected(self.site);
+                    return Ok(out);
+                }
+                Err(HostFailure::Refused(reply)) => return Err(Tried::Refused(reply)),
                 Err(HostFailure::Destination(reply)) => return Err(Tried::Destination(reply)),
                 Err(HostFailure::Shaping(reply)) | Err(HostFailure::Busy(reply)) => {
                     return Err(Tried::Shaping(reply))
@@ -323,11 +391,36 @@ impl Route<'_> {
                     );
                     log.note(&last.0);
                 }
-                Err(HostFailure::Other { text, esc }) => {
+                Err(HostFailure::Other {
+                    text,
+                    esc,
+                    connected,
+                }) => {
                     log.note(&text);
                     last = (text, esc);
+                    if !connected {
+                        refused_connections += 1;
+                    } else if !self.path.try_next_host_on_transport_error {
+                        last.0.push_str(
+                            "; the next host is not tried (try_next_host_on_transport_error = false)",
+                        );
+                        break;
+                    }
                 }
             }
+        }
+        if refused_connections == hosts.len()
+            && ctx.sites.connection_failed(
+                self.site,
+                self.path.consecutive_connection_failures_before_delay,
+            )
+        {
+            last.0.push_str(&format!(
+                "; {} is delayed for {} (consecutive_connection_failures_before_delay = {})",
+                self.site,
+                words::duration(super::memory::FAILURE_DELAY),
+                self.path.consecutive_connection_failures_before_delay
+            ));
         }
         Err(Tried::Failed {
             text: last.0,
@@ -362,6 +455,18 @@ impl Route<'_> {
     ) -> Option<Result<Outbound, HostFailure>> {
         let ctx = self.ctx;
         while let Some(mut out) = ctx.idle.take(key).await {
+            if let Some(refusal) = self.eight_bit_refusal(&out) {
+                ctx.idle.release(out).await;
+                return Some(Err(HostFailure::Refused(refusal)));
+            }
+            // The path of this transaction decides, not the one that opened it.
+            out.smtp.set_pipelining(self.path.enable_pipelining);
+            out.rset = self.path.enable_rset.then_some(self.path.rset_timeout);
+            out.max_batch = self.path.max_recipients_per_batch;
+            out.rcpts = usize::from(self.first_rcpt.is_some());
+            if let Some(timeout) = out.rset {
+                out.smtp.rset_before_next_mail(timeout);
+            }
             // An idle session the destination has since closed (or is closing,
             // 421) is dropped quietly; anything else is the destination's answer.
             match self.begin(&mut out).await {
@@ -431,6 +536,7 @@ impl Route<'_> {
                 return Err(HostFailure::Other {
                     text,
                     esc: [4, 4, 1],
+                    connected: false,
                 });
             }
         };
@@ -455,14 +561,24 @@ impl Route<'_> {
             first_rcpt: None,
             watch: None,
             idle_timeout: self.path.idle_timeout,
+            lmtp: self.path.use_lmtp,
+            max_batch: self.path.max_recipients_per_batch,
+            rcpts: usize::from(self.first_rcpt.is_some()),
+            rset: self.path.enable_rset.then_some(self.path.rset_timeout),
         };
-        let failed = |e: std::io::Error| HostFailure::Other {
+        out.smtp.set_lmtp(self.path.use_lmtp);
+        out.smtp.set_pipelining(self.path.enable_pipelining);
+        // Failures before MAIL FROM are the connection plan's: the next host is
+        // tried. One at MAIL FROM is a transport error within the transaction.
+        let failed_at = |e: std::io::Error, connected: bool| HostFailure::Other {
             text: format!(
                 "egress source '{name}' via {egress}: {addr}: {e}{}",
                 egress.silence_hint()
             ),
             esc: [4, 4, 1],
+            connected,
         };
+        let failed = |e| failed_at(e, false);
         if let Err(e) = out.smtp.greet(&self.ehlo).await {
             // A refused banner or EHLO is the destination's word: the rules hear it
             // (the next host is still tried).
@@ -499,6 +615,22 @@ impl Route<'_> {
                 }
             }
         }
+        if let Err(e) = auth::authenticate(&mut out.smtp, self.path, addr).await {
+            tokio::spawn(out.quit());
+            return Err(match e {
+                AuthFailure::Refused(reply) => HostFailure::Refused(reply),
+                AuthFailure::Destination(reply) => HostFailure::Destination(reply),
+                AuthFailure::Unavailable(text) => HostFailure::Other {
+                    text,
+                    esc: [4, 7, 0],
+                    connected: false,
+                },
+            });
+        }
+        if let Some(refusal) = self.eight_bit_refusal(&out) {
+            ctx.idle.release(out).await;
+            return Err(HostFailure::Refused(refusal));
+        }
         match self.begin(&mut out).await {
             Ok(reply) if is_positive(&reply) => Ok(out),
             Ok(reply) => {
@@ -508,9 +640,28 @@ impl Route<'_> {
             }
             Err(e) => {
                 tokio::spawn(out.quit());
-                Err(failed(e))
+                Err(failed_at(e, true))
             }
         }
+    }
+
+    /// The message is 8-bit (BODY=8BITMIME) and the destination does not offer
+    /// 8BITMIME: RFC 6152 leaves converting it or returning it; egressd never
+    /// alters a message, so it is refused before any of it is sent — unless the
+    /// path says `ignore_8bit_checks`.
+    fn eight_bit_refusal(&self, out: &Outbound) -> Option<Reply> {
+        let offered = out.smtp.extensions().eight_bit_mime;
+        (self.body_8bit && !offered && !self.path.ignore_8bit_checks).then(|| {
+            Reply::new(
+                554,
+                [5, 6, 3],
+                format!(
+                    "{} does not offer 8BITMIME and the message is 8-bit (BODY=8BITMIME); it is \
+                     not sent rather than altered (a path with ignore_8bit_checks = true sends it as it is)",
+                    out.key.addr
+                ),
+            )
+        })
     }
 }
 

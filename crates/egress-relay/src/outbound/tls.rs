@@ -23,9 +23,9 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// What a client configuration depends on: whether certificates are verified, and
-/// the client certificate and key paths, if any.
-type ConfigKey = (bool, Option<(String, String)>);
+/// What a client configuration depends on: whether certificates are verified,
+/// the client certificate and key paths, if any, and `rustls_cipher_suites`.
+type ConfigKey = (bool, Option<(String, String)>, Vec<String>);
 
 /// Connectors, by what their configuration depends on.
 #[derive(Default)]
@@ -41,13 +41,14 @@ impl TlsClients {
             .tls_certificate
             .clone()
             .zip(path.tls_private_key.clone());
-        let key = (verify, cert);
+        let key = (verify, cert, path.rustls_cipher_suites.clone());
         let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(connector) = configs.get(&key) {
             return Ok(connector.clone());
         }
-        let builder = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
+        let (suites, versions) = with_suites(&path.rustls_cipher_suites)?;
+        let builder = ClientConfig::builder_with_provider(suites)
+            .with_protocol_versions(&versions)
             .map_err(|e| format!("TLS setup: {e}"))?;
         let builder = if verify {
             builder.with_root_certificates(native_roots())
@@ -71,6 +72,37 @@ impl TlsClients {
         configs.insert(key, connector.clone());
         Ok(connector)
     }
+}
+
+/// The provider offering only `names` (all of ring's when empty), and the TLS
+/// versions those suites serve — a list of TLS 1.3 suites alone means TLS 1.3.
+fn with_suites(
+    names: &[String],
+) -> Result<
+    (
+        Arc<CryptoProvider>,
+        Vec<&'static rustls::SupportedProtocolVersion>,
+    ),
+    String,
+> {
+    let mut provider = rustls::crypto::ring::default_provider();
+    if !names.is_empty() {
+        provider
+            .cipher_suites
+            .retain(|s| names.iter().any(|n| *n == format!("{:?}", s.suite())));
+        if provider.cipher_suites.is_empty() {
+            return Err(format!(
+                "rustls_cipher_suites: none of {} is offered by this build's TLS (ring)",
+                names.join(", ")
+            ));
+        }
+    }
+    let versions = rustls::ALL_VERSIONS
+        .iter()
+        .copied()
+        .filter(|v| provider.cipher_suites.iter().any(|s| s.version() == *v))
+        .collect();
+    Ok((Arc::new(provider), versions))
 }
 
 /// A PEM certificate chain from a file, with the file named in errors.
