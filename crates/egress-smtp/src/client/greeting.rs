@@ -21,7 +21,7 @@ pub struct Extensions {
 
 /// The destination refused the greeting (a banner other than 220, or EHLO and
 /// HELO both refused): its reply, inside the `io::Error` that
-/// [`ClientSession::greet`] returns, for a caller that acts on replies.
+/// [`ClientSession::greet`](super::ClientSession::greet) returns, for a caller that acts on replies.
 #[derive(Debug)]
 pub struct RefusedGreeting {
     /// `banner` or `EHLO and HELO refused`.
@@ -31,7 +31,7 @@ pub struct RefusedGreeting {
 }
 
 impl RefusedGreeting {
-    /// The refusal inside an error from [`ClientSession::greet`], if that is what
+    /// The refusal inside an error from [`ClientSession::greet`](super::ClientSession::greet), if that is what
     /// it was.
     pub fn of(e: &io::Error) -> Option<&RefusedGreeting> {
         e.get_ref()?.downcast_ref::<RefusedGreeting>()
