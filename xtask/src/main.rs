@@ -29,6 +29,7 @@ fn crates() -> Vec<String> {
         "egress-spool",
         "egress-relay",
         "egressd",
+        "egress-proxy",
     ];
     let mut names: Vec<String> = std::fs::read_dir(root().join("crates"))
         .map(|dir| {
@@ -72,6 +73,8 @@ const PEERS: &[(&str, &str)] = &[
     ("dovecot", "dovecot-core"),
     ("/usr/lib/dovecot/lmtp", "dovecot-lmtpd"),
     ("dnsmasq", "dnsmasq"),
+    // an independent SOCKS5 client for egress-proxy
+    ("curl", "curl"),
     // shared throttles, leases and suspensions
     ("redis-server", "redis-server"),
     // smtplib clients in the TLS and AUTH tests
@@ -252,7 +255,7 @@ fn peers() -> Result {
         return Ok(());
     }
     println!("xtask peers: installing {}", missing.join(" "));
-    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks libnet-ssleay-perl postfix libsasl2-modules dovecot-core dovecot-lmtpd dnsmasq redis-server python3 prometheus systemd";
+    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks libnet-ssleay-perl postfix libsasl2-modules dovecot-core dovecot-lmtpd dnsmasq curl redis-server python3 prometheus systemd";
     // One script, run as root (directly or through `sudo -n`). policy-rc.d keeps the
     // packages' own services from starting: the tests start every peer themselves, and
     // danted's service fails to start with its stock configuration, which would make

@@ -118,6 +118,20 @@ pub enum ConnectError {
         /// What the proxy did instead.
         detail: String,
     },
+    /// The SOCKS5 proxy refused to send from the source address (its BIND reply
+    /// was "connection not allowed by ruleset"): the address is not plumbed, or
+    /// not allowed, on the proxy's host.
+    #[error("egress source '{source_name}': SOCKS5 proxy {proxy} refused to send from {requested} ({reply}): the address is not assigned to the proxy's host or not in its allowed sources; plumb it there (or allow it), or change `socks5_proxy_source_address`")]
+    SourceRefusedByProxy {
+        /// The source.
+        source_name: String,
+        /// The proxy address.
+        proxy: SocketAddr,
+        /// The source address asked for.
+        requested: IpAddr,
+        /// The proxy's reply, in words.
+        reply: String,
+    },
     /// Two addresses that must share a family do not.
     #[error("egress source '{source_name}': {detail}")]
     FamilyMismatch {
@@ -185,9 +199,11 @@ fn describe_attempts(attempts: &[(SocketAddr, io::Error)]) -> String {
 
 impl ConnectError {
     /// True when a local address could not be bound because no interface has it
-    /// (`EADDRNOTAVAIL`): the source is configured but its IP is not plumbed here.
+    /// (`EADDRNOTAVAIL`): the source is configured but its IP is not plumbed here —
+    /// or, through a SOCKS5 proxy, the proxy refused the address by rule.
     pub fn is_unplumbed(&self) -> bool {
         matches!(self, ConnectError::Bind { error, .. } if error.kind() == io::ErrorKind::AddrNotAvailable)
+            || matches!(self, ConnectError::SourceRefusedByProxy { .. })
     }
 
     /// A short, fixed name for the kind of failure — a metric label
@@ -214,6 +230,7 @@ impl ConnectError {
             ConnectError::ProxyRefused { .. } => "proxy_refused",
             ConnectError::ProxyAuthFailed { .. } => "proxy_auth_failed",
             ConnectError::SourceBindUnsupported { .. } => "source_bind_unsupported",
+            ConnectError::SourceRefusedByProxy { .. } => "unplumbed_at_proxy",
             ConnectError::FamilyMismatch { .. } => "family_mismatch",
             ConnectError::ProxyProtocol { .. } => "proxy_protocol",
             ConnectError::Timeout { .. } => "timeout",
@@ -234,7 +251,8 @@ impl ConnectError {
             ConnectError::FamilyMismatch { .. } => Phase::Connect,
             ConnectError::ProxyRefused { .. }
             | ConnectError::ProxyAuthFailed { .. }
-            | ConnectError::SourceBindUnsupported { .. } => Phase::ProxyHandshake,
+            | ConnectError::SourceBindUnsupported { .. }
+            | ConnectError::SourceRefusedByProxy { .. } => Phase::ProxyHandshake,
             ConnectError::ProxyProtocol { phase, .. } | ConnectError::Timeout { phase, .. } => {
                 *phase
             }

@@ -424,6 +424,12 @@ impl Attempt<'_> {
                 requested: requested.unwrap_or(IpAddr::from([0, 0, 0, 0])),
                 detail,
             },
+            Socks5Failure::SourceRefused(reply) => ConnectError::SourceRefusedByProxy {
+                source_name,
+                proxy,
+                requested: requested.unwrap_or(IpAddr::from([0, 0, 0, 0])),
+                reply,
+            },
             Socks5Failure::Protocol(detail) => self.protocol(ProxyKind::Socks5, proxy, detail),
         }
     }

@@ -21,6 +21,9 @@ pub(crate) enum Socks5Failure {
     Auth(String),
     /// A failure reply to the source BIND, or a different address bound.
     SourceBind(String),
+    /// The proxy refused the source address by rule (0x02): it is not assigned
+    /// there, or not allowed — the source is unplumbed at the proxy.
+    SourceRefused(String),
     /// Malformed reply, closed connection, I/O error.
     Protocol(String),
 }
@@ -164,6 +167,9 @@ pub(crate) async fn connect_from_source(
         .await
         .map_err(io)?;
     let (code, bound) = read_socks5_reply(stream).await.map_err(io)?;
+    if code == 0x02 {
+        return Err(Socks5Failure::SourceRefused(reply_in_words(code)));
+    }
     if code != 0 {
         return Err(Socks5Failure::SourceBind(format!(
             "it answered the BIND request with: {}",

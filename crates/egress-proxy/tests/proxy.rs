@@ -1,0 +1,340 @@
+//! The `egress-proxy` binary against real peers: egress-connect (egressd's own
+//! connect code) choosing a source address through it to smtp-sink, curl as an
+//! independent SOCKS5 client to a local HTTP server (IPv4 and IPv6), and refusals
+//! by rule, each checked in the proxy's log.
+
+use egress_connect::{connect, ConnectError};
+use egress_e2e::{free_port, header, require, send_mail, wait_until, SmtpSink};
+use egress_source::EgressSource;
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The proxy binary on a free loopback port with `args`; its log in a file.
+struct Proxy {
+    addr: SocketAddr,
+    child: Child,
+    log: tempfile::NamedTempFile,
+}
+
+impl Proxy {
+    fn start(args: &[&str]) -> Proxy {
+        Self::start_on(SocketAddr::from(([127, 0, 0, 1], free_port())), args)
+    }
+
+    fn start_on(addr: SocketAddr, args: &[&str]) -> Proxy {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_egress-proxy"))
+            .arg("--listen")
+            .arg(addr.to_string())
+            .args(args)
+            .stderr(log.reopen().unwrap())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("egress-proxy");
+        let mut proxy = Proxy { addr, child, log };
+        let up = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        });
+        assert!(up, "egress-proxy did not listen on {addr}: {}", proxy.log());
+        assert!(proxy.child.try_wait().unwrap().is_none());
+        proxy
+    }
+
+    fn log(&self) -> String {
+        let mut text = String::new();
+        let _ = self.log.reopen().unwrap().read_to_string(&mut text);
+        text
+    }
+
+    /// Waits for a log line containing `needle`.
+    fn logged(&self, needle: &str) -> bool {
+        wait_until(Duration::from_secs(5), || self.log().contains(needle))
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn source(proxy: &Proxy, from: &str, credentials: Option<(&str, &str)>) -> EgressSource {
+    let mut json = serde_json::json!({
+        "name": "proxied",
+        "socks5_proxy_server": proxy.addr.to_string(),
+        "socks5_proxy_source_address": from,
+    });
+    if let Some((u, p)) = credentials {
+        json["socks5_proxy_username"] = u.into();
+        json["socks5_proxy_password"] = p.into();
+    }
+    let src: EgressSource = serde_json::from_value(json).unwrap();
+    src.validate().unwrap();
+    src
+}
+
+/// One message through `src` to `sink`; what the sink recorded.
+async fn deliver(src: &EgressSource, sink: &SmtpSink, ehlo: &str) -> String {
+    let conn = connect(src, sink.addr, TIMEOUT).await.unwrap();
+    let stream = conn.stream.into_std().unwrap();
+    let helo = ehlo.to_owned();
+    tokio::task::spawn_blocking(move || {
+        send_mail(stream, &helo, "a@example.test", "b@example.test")
+    })
+    .await
+    .unwrap()
+    .expect("a transaction through the proxy");
+    sink.wait_for(1)
+        .into_iter()
+        .find(|m| header(m, "X-Helo-Args") == Some(ehlo))
+        .expect("the message")
+}
+
+#[tokio::test]
+async fn a_source_address_chosen_with_bind_is_where_the_mail_leaves_from() {
+    let sink = SmtpSink::start();
+    let proxy = Proxy::start(&[]);
+    let src = source(&proxy, "127.0.0.5", None);
+    let m = deliver(&src, &sink, "mta5.example.test").await;
+    assert_eq!(header(&m, "X-Client-Addr"), Some("127.0.0.5"), "{m}");
+    assert!(
+        proxy.logged(&format!("destination={}", sink.addr)),
+        "{}",
+        proxy.log()
+    );
+    let log = proxy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("source=127.0.0.5"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("source=127.0.0.5")
+            && line.contains("outcome=relayed")
+            && !line.contains("up=0"),
+        "one line per session with what happened: {line}"
+    );
+}
+
+#[tokio::test]
+async fn credentials_are_checked_when_required() {
+    let sink = SmtpSink::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("users");
+    std::fs::write(&file, "relay1:s3cret\n").unwrap();
+    let proxy = Proxy::start(&["--auth-file", file.to_str().unwrap()]);
+
+    let right = source(&proxy, "127.0.0.6", Some(("relay1", "s3cret")));
+    let m = deliver(&right, &sink, "mta6.example.test").await;
+    assert_eq!(header(&m, "X-Client-Addr"), Some("127.0.0.6"));
+
+    let wrong = source(&proxy, "127.0.0.6", Some(("relay1", "guess")));
+    let e = connect(&wrong, sink.addr, TIMEOUT).await.unwrap_err();
+    assert_eq!(e.kind(), "proxy_auth_failed", "{e}");
+    let none = source(&proxy, "127.0.0.6", None);
+    let e = connect(&none, sink.addr, TIMEOUT).await.unwrap_err();
+    assert_eq!(e.kind(), "proxy_auth_failed", "{e}");
+    assert!(
+        proxy.logged("username/password not accepted"),
+        "{}",
+        proxy.log()
+    );
+}
+
+/// A source address the proxy's host does not have is refused by rule, and
+/// egress-connect calls that unplumbed — what `suspend_when_unplumbed` acts on.
+#[tokio::test]
+async fn an_unassigned_source_address_is_refused_and_reads_as_unplumbed() {
+    let sink = SmtpSink::start();
+    let proxy = Proxy::start(&[]);
+    let src = source(&proxy, "192.0.2.77", None);
+    let e = connect(&src, sink.addr, TIMEOUT).await.unwrap_err();
+    assert!(e.is_unplumbed(), "{e}");
+    assert_eq!(e.kind(), "unplumbed_at_proxy");
+    assert!(matches!(e, ConnectError::SourceRefusedByProxy { .. }));
+    assert!(e.to_string().contains("192.0.2.77"), "{e}");
+    assert!(
+        proxy.logged("source address 192.0.2.77 is not assigned to this host"),
+        "{}",
+        proxy.log()
+    );
+    // An allowed-sources list narrows what is assigned.
+    let narrow = Proxy::start(&["--allow-source", "127.0.0.5"]);
+    let e = connect(&source(&narrow, "127.0.0.6", None), sink.addr, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(e.is_unplumbed(), "{e}");
+    assert!(
+        narrow.logged("not in the allowed sources (127.0.0.5/32)"),
+        "{}",
+        narrow.log()
+    );
+    assert!(sink.messages().is_empty());
+}
+
+/// A static file served on `ip` by Python's http.server.
+struct HttpServer {
+    addr: SocketAddr,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl HttpServer {
+    fn start(ip: IpAddr) -> HttpServer {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("hello.txt"), "hello through the proxy\n").unwrap();
+        let addr = SocketAddr::new(ip, free_port());
+        let child = Command::new(require("python3"))
+            .args([
+                "-m",
+                "http.server",
+                "--bind",
+                &ip.to_string(),
+                &addr.port().to_string(),
+            ])
+            .current_dir(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        }));
+        HttpServer {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+
+    fn url(&self) -> String {
+        match self.addr.ip() {
+            IpAddr::V6(ip) => format!("http://[{ip}]:{}/hello.txt", self.addr.port()),
+            IpAddr::V4(ip) => format!("http://{ip}:{}/hello.txt", self.addr.port()),
+        }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `curl -x socks5://…` (the client resolves) or `socks5h://…` (the proxy resolves):
+/// exit code and body.
+fn curl(proxy: &SocketAddr, scheme: &str, url: &str) -> (i32, String) {
+    let proxy = match proxy.ip() {
+        IpAddr::V6(ip) => format!("{scheme}://[{ip}]:{}", proxy.port()),
+        IpAddr::V4(ip) => format!("{scheme}://{ip}:{}", proxy.port()),
+    };
+    let out = Command::new(require("curl"))
+        .args(["-sS", "--max-time", "10", "-x", &proxy, url])
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn curl_connects_through_it_with_addresses_names_and_ipv6() {
+    let web = HttpServer::start("127.0.0.1".parse().unwrap());
+    let proxy = Proxy::start(&[]);
+    let (code, body) = curl(&proxy.addr, "socks5", &web.url());
+    assert_eq!((code, body.as_str()), (0, "hello through the proxy\n"));
+    let by_name = web.url().replace("127.0.0.1", "localhost");
+    let (code, body) = curl(&proxy.addr, "socks5h", &by_name);
+    assert_eq!((code, body.as_str()), (0, "hello through the proxy\n"));
+    assert!(proxy.logged("destination=localhost:"), "{}", proxy.log());
+
+    let web6 = HttpServer::start("::1".parse().unwrap());
+    let proxy6 = Proxy::start_on(SocketAddr::new("::1".parse().unwrap(), free_port()), &[]);
+    let (code, body) = curl(&proxy6.addr, "socks5", &web6.url());
+    assert_eq!(
+        (code, body.as_str()),
+        (0, "hello through the proxy\n"),
+        "{}",
+        proxy6.log()
+    );
+}
+
+#[test]
+fn clients_and_ports_outside_the_rules_are_refused_and_logged() {
+    let web = HttpServer::start("127.0.0.1".parse().unwrap());
+    let only_other = Proxy::start(&["--allow-client", "127.0.0.9"]);
+    let (code, out) = curl(&only_other.addr, "socks5", &web.url());
+    assert_ne!(code, 0, "{out}");
+    // curl names the SOCKS5 reply code: 2, "connection not allowed by ruleset".
+    assert!(out.contains("(2)"), "curl says why: {out}");
+    assert!(
+        only_other.logged("client 127.0.0.1 is not in the allowed clients"),
+        "{}",
+        only_other.log()
+    );
+
+    let smtp_only = Proxy::start(&["--allow-port", "25", "--allow-port", "587"]);
+    let (code, out) = curl(&smtp_only.addr, "socks5", &web.url());
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        smtp_only.logged(&format!(
+            "destination port {} is not in the allowed ports (25, 587)",
+            web.addr.port()
+        )),
+        "{}",
+        smtp_only.log()
+    );
+}
+
+#[test]
+fn sigterm_stops_it_cleanly() {
+    let mut proxy = Proxy::start(&[]);
+    let killed = Command::new("kill")
+        .args(["-TERM", &proxy.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let exited = wait_until(Duration::from_secs(10), || {
+        proxy.child.try_wait().unwrap().is_some()
+    });
+    assert!(exited, "{}", proxy.log());
+    assert!(proxy.child.wait().unwrap().success());
+    assert!(proxy.log().contains("stopping"), "{}", proxy.log());
+}
+
+/// contrib/egress-proxy.service is a unit systemd accepts as written.
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../contrib/egress-proxy.service"
+    ))
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("egress-proxy.service");
+    std::fs::write(
+        &file,
+        unit.replace(
+            "/usr/local/bin/egress-proxy",
+            env!("CARGO_BIN_EXE_egress-proxy"),
+        ),
+    )
+    .unwrap();
+    let out = Command::new(require("systemd-analyze"))
+        .arg("verify")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
