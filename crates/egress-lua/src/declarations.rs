@@ -24,6 +24,8 @@ pub struct InitConfig {
     /// `kumo.set_config_monitor_globs { ... }`: files whose change reloads the
     /// policy (as SIGHUP does); the last call wins.
     pub config_monitor_globs: Vec<String>,
+    /// `proxy.start_proxy_listener{}` calls in `proxy_init` (egress-proxy's).
+    pub proxy_listeners: Vec<crate::proxy::ProxyListenerParams>,
 }
 
 /// `kumo.define_spool { name, path, kind, max_spool_bytes }` (KumoMTA's function;

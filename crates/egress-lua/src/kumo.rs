@@ -136,6 +136,7 @@ pub(crate) fn install(lua: &Lua, memo: std::sync::Arc<crate::utility::Memo>) -> 
     let loaded: Table = package.get("loaded")?;
     loaded.set("kumo", kumo)?;
     crate::extras::install(lua, &package)?;
+    crate::proxy::install(lua, &package)?;
     Ok(())
 }
 
@@ -165,7 +166,11 @@ fn maker<T: Definition>(lua: &Lua) -> mlua::Result<Function> {
 }
 
 /// Converts a Lua value with serde; errors name the function and the caller's line.
-fn from_lua<T: DeserializeOwned>(lua: &Lua, value: Value, function: &str) -> mlua::Result<T> {
+pub(crate) fn from_lua<T: DeserializeOwned>(
+    lua: &Lua,
+    value: Value,
+    function: &str,
+) -> mlua::Result<T> {
     if !value.is_table() {
         return Err(located(
             lua,
@@ -193,7 +198,7 @@ pub(crate) fn located(lua: &Lua, message: String) -> mlua::Error {
     mlua::Error::runtime(format!("{}{message}", place.unwrap_or_default()))
 }
 
-fn declare(lua: &Lua, record: impl FnOnce(&mut InitConfig)) -> mlua::Result<()> {
+pub(crate) fn declare(lua: &Lua, record: impl FnOnce(&mut InitConfig)) -> mlua::Result<()> {
     let mut init = lua
         .app_data_mut::<InitConfig>()
         .ok_or_else(|| mlua::Error::runtime("kumo module is not installed in this state"))?;

@@ -35,6 +35,7 @@ mod error;
 mod extras;
 mod kumo;
 mod lookup;
+mod proxy;
 mod states;
 mod utility;
 
@@ -44,6 +45,7 @@ pub use declarations::{
 };
 pub use error::PolicyError;
 pub use lookup::{describe_resolve_error, fqdn, resolver};
+pub use proxy::{ProxyListenerParams, TcpKeepalive};
 
 use egress_cache::{CacheStats, TtlCache};
 use egress_source::{EgressPathConfig, EgressPool, EgressSource, QueueConfig, DEFAULT_POOL};
@@ -71,6 +73,10 @@ pub mod events {
     pub const PRE_INIT: &str = "pre_init";
     /// `validate_config()`, run by `egressd check --validate`
     pub const VALIDATE_CONFIG: &str = "validate_config";
+    /// `proxy_init()`: egress-proxy's `init` (KumoProxy's), run after `init`
+    pub const PROXY_INIT: &str = "proxy_init";
+    /// `proxy_server_auth_rfc1929(username, password, conn_meta)` → boolean
+    pub const PROXY_SERVER_AUTH_RFC1929: &str = "proxy_server_auth_rfc1929";
     /// Every event egress raises.
     pub const ALL: &[&str] = &[
         PRE_INIT,
@@ -82,6 +88,8 @@ pub mod events {
         GET_QUEUE_CONFIG,
         SMTP_SERVER_AUTH_PLAIN,
         HTTP_SERVER_VALIDATE_AUTH_BASIC,
+        PROXY_INIT,
+        PROXY_SERVER_AUTH_RFC1929,
     ];
 }
 use events::*;
@@ -277,6 +285,29 @@ impl Policy {
             Arg::Secret(password.to_owned()),
         ];
         self.yes_or_no(HTTP_SERVER_VALIDATE_AUTH_BASIC, args).await
+    }
+
+    /// `proxy_server_auth_rfc1929(username, password, conn_meta)` (KumoProxy's
+    /// event): whether a SOCKS5 client's credentials are good. `conn_meta` has
+    /// `peer_address` and `local_address`. `Ok(None)` when the policy has no
+    /// handler. Never cached; the password never appears in an error message.
+    pub async fn proxy_auth(
+        &self,
+        username: &str,
+        password: &str,
+        peer: std::net::SocketAddr,
+        local: std::net::SocketAddr,
+    ) -> Result<Option<bool>, PolicyError> {
+        use states::Arg;
+        let args = vec![
+            Arg::Str(Some(username.to_owned())),
+            Arg::Secret(password.to_owned()),
+            Arg::Table(vec![
+                ("peer_address".to_owned(), peer.to_string()),
+                ("local_address".to_owned(), local.to_string()),
+            ]),
+        ];
+        self.yes_or_no(PROXY_SERVER_AUTH_RFC1929, args).await
     }
 
     /// `validate_config()` (KumoMTA's `kumod --validate`): runs the handler, if

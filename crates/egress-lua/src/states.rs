@@ -128,14 +128,16 @@ impl LuaStates {
                         },
                     })?;
                 }
-                if let Some(handler) =
-                    handler(&state.lua, crate::events::INIT).map_err(load_error)?
-                {
+                // `proxy_init` is KumoProxy's `init`: egress-proxy's declarations.
+                for event in [crate::events::INIT, crate::events::PROXY_INIT] {
+                    let Some(handler) = handler(&state.lua, event).map_err(load_error)? else {
+                        continue;
+                    };
                     let (ran, late) = state.bounded(time_limit, |_| handler.call::<()>(()));
                     ran.map_err(|e| match late {
-                        true => time_limit_error(crate::events::INIT, String::new(), time_limit),
+                        true => time_limit_error(event, String::new(), time_limit),
                         false => PolicyError::Runtime {
-                            event: "init",
+                            event,
                             args: String::new(),
                             message: lua_message(&e),
                         },

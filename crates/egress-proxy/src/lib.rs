@@ -22,6 +22,9 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod config;
+pub mod http;
+pub mod metrics;
 mod pump;
 pub mod rules;
 mod session;
@@ -45,16 +48,23 @@ pub struct ProxyListener {
     pub timeout: Duration,
     /// KumoProxy's `use_splice` (see `pump.rs`).
     pub use_splice: bool,
+    /// TCP keepalive on accepted connections (KumoProxy's `tcp_keepalive`).
+    pub keepalive: Option<socket2::TcpKeepalive>,
+    metrics: Arc<metrics::ListenerMetrics>,
 }
 
 impl ProxyListener {
     /// Binds `addr`.
     pub async fn bind(addr: SocketAddr, rules: Rules) -> std::io::Result<ProxyListener> {
+        let socket = TcpListener::bind(addr).await?;
+        let listen = socket.local_addr()?.to_string();
         Ok(ProxyListener {
-            socket: TcpListener::bind(addr).await?,
+            socket,
             rules: Arc::new(rules),
             timeout: Duration::from_secs(60),
             use_splice: true,
+            keepalive: None,
+            metrics: metrics::Registry::global().listener(&listen),
         })
     }
 
@@ -77,8 +87,13 @@ impl ProxyListener {
                     let _ = client.set_nodelay(true);
                     let (rules, timeout, splice) =
                         (self.rules.clone(), self.timeout, self.use_splice);
+                    let metrics = self.metrics.clone();
+                    metrics.accepted();
+                    if let Some(keepalive) = &self.keepalive {
+                        let _ = socket2::SockRef::from(&client).set_tcp_keepalive(keepalive);
+                    }
                     sessions.spawn(async move {
-                        session::serve(client, peer, &rules, timeout, splice).await;
+                        session::serve(client, peer, &rules, timeout, splice, Some(&metrics)).await;
                     });
                 }
                 Err(e) => {

@@ -3,6 +3,8 @@
 //! firewalls.
 
 use clap::Parser;
+use egress_proxy::config::ProxyConfig;
+use egress_proxy::rules::PasswordFile;
 use egress_proxy::{ProxyListener, Rules};
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
@@ -13,12 +15,16 @@ use std::time::Duration;
 #[derive(Parser, Debug)]
 #[command(name = "egress-proxy", version)]
 struct Args {
+    /// A KumoProxy policy (Lua): `kumo.on('proxy_init', …)` with
+    /// `proxy.start_proxy_listener { … }`. Instead of --listen and the options below.
+    #[arg(long = "proxy-config", conflicts_with_all = ["listen", "no_splice", "timeout_seconds", "allow_client", "allow_source", "allow_port", "auth_file"])]
+    proxy_config: Option<std::path::PathBuf>,
     /// Address to listen on (repeatable), e.g. 127.0.0.1:5000.
-    #[arg(long = "listen", required = true)]
+    #[arg(long = "listen", required_unless_present = "proxy_config")]
     listen: Vec<SocketAddr>,
     /// Deadline of each phase, and how long a session may sit idle.
-    #[arg(long = "timeout-seconds", default_value_t = 60)]
-    timeout_seconds: u64,
+    #[arg(long = "timeout-seconds")]
+    timeout_seconds: Option<u64>,
     /// Copy bytes in user space rather than splice(2) (KumoProxy's flag).
     #[arg(long = "no-splice")]
     no_splice: bool,
@@ -72,8 +78,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
         };
-        match Rules::parse_credentials(&text) {
-            Ok(creds) => rules.credentials = Some(creds),
+        match PasswordFile::parse(&text) {
+            Ok(file) => rules.auth = Some(std::sync::Arc::new(file)),
             Err(e) => {
                 eprintln!("egress-proxy: --auth-file {}: {e}", file.display());
                 return ExitCode::from(2);
@@ -91,25 +97,109 @@ fn main() -> ExitCode {
     runtime.block_on(serve(args, rules))
 }
 
+/// One SOCKS5 listener to start.
+struct Planned {
+    addr: SocketAddr,
+    rules: Rules,
+    timeout: Duration,
+    use_splice: bool,
+    keepalive: Option<socket2::TcpKeepalive>,
+}
+
+/// The listeners the command line or the policy asks for, and the HTTP ones.
+fn plan(
+    args: &Args,
+    rules: Rules,
+) -> Result<(Vec<Planned>, Vec<egress_lua::HttpListener>), String> {
+    let Some(path) = &args.proxy_config else {
+        let timeout = Duration::from_secs(args.timeout_seconds.unwrap_or(60).max(1));
+        let planned = args
+            .listen
+            .iter()
+            .map(|addr| Planned {
+                addr: *addr,
+                rules: rules.clone(),
+                timeout,
+                use_splice: !args.no_splice,
+                keepalive: None,
+            })
+            .collect();
+        return Ok((planned, Vec::new()));
+    };
+    let config = ProxyConfig::load(path)?;
+    let mut planned = Vec::new();
+    for params in &config.listeners {
+        if params.use_tls {
+            return Err(format!(
+                "listener {}: use_tls is not provided by egress-proxy yet; leave it off (or terminate TLS in front of the proxy)",
+                params.listen
+            ));
+        }
+        let k = &params.tcp_keepalive;
+        planned.push(Planned {
+            addr: params.listen,
+            rules: config.rules(params)?,
+            timeout: params.timeout.max(Duration::from_secs(1)),
+            use_splice: params.use_splice,
+            keepalive: k.enabled.then(|| {
+                socket2::TcpKeepalive::new()
+                    .with_time(k.time)
+                    .with_interval(k.interval)
+                    .with_retries(k.retries)
+            }),
+        });
+    }
+    for http in &config.http {
+        if http.use_tls {
+            return Err(format!(
+                "HTTP listener {}: use_tls is not provided by egress-proxy yet; leave it off",
+                http.listen
+            ));
+        }
+    }
+    Ok((planned, config.http.clone()))
+}
+
 async fn serve(args: Args, rules: Rules) -> ExitCode {
+    let (planned, http) = match plan(&args, rules) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("egress-proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for h in http {
+        match tokio::net::TcpListener::bind(h.listen).await {
+            Ok(socket) => {
+                tracing::info!(listen = %h.listen, "HTTP listening: /metrics, /api/check-liveness/v1, /proxy/status");
+                tokio::spawn(egress_proxy::http::serve(socket, h.trusted_hosts.clone()));
+            }
+            Err(e) => {
+                eprintln!("egress-proxy: HTTP listening on {}: {e}", h.listen);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::new();
-    for addr in &args.listen {
-        let mut listener = match ProxyListener::bind(*addr, rules.clone()).await {
+    for p in planned {
+        let (addr, rules) = (p.addr, p.rules);
+        let mut listener = match ProxyListener::bind(addr, rules.clone()).await {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("egress-proxy: listening on {addr}: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        listener.timeout = Duration::from_secs(args.timeout_seconds.max(1));
-        listener.use_splice = !args.no_splice;
+        listener.timeout = p.timeout;
+        listener.use_splice = p.use_splice;
+        listener.keepalive = p.keepalive;
         tracing::info!(
             listen = %listener.local_addr().map_or(addr.to_string(), |a| a.to_string()),
             clients = %words(&rules.clients),
             sources = %if rules.sources.is_empty() { "any assigned to this host".to_owned() } else { words(&rules.sources) },
             ports = %if rules.ports.is_empty() { "any".to_owned() } else { rules.ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",") },
-            auth = rules.credentials.is_some(),
+            auth = rules.auth.is_some(),
             "egress-proxy listening"
         );
         tasks.push(tokio::spawn(listener.run(stopped.clone())));

@@ -5,7 +5,75 @@
 
 use ipnet::IpNet;
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Checks RFC 1929 credentials: a file of `username:password` lines
+/// ([`PasswordFile`]), or the policy's `proxy_server_auth_rfc1929` event.
+pub trait Authenticator: Send + Sync {
+    /// Whether `user` with `password`, from `peer` to `local`, may use the proxy.
+    fn check<'a>(
+        &'a self,
+        user: &'a [u8],
+        password: &'a [u8],
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+}
+
+/// Credentials from `username:password` lines.
+pub struct PasswordFile(HashMap<Vec<u8>, Vec<u8>>);
+
+impl PasswordFile {
+    /// Reads `username:password` lines (`#` comments and blank lines skipped).
+    pub fn parse(text: &str) -> Result<PasswordFile, String> {
+        let mut out = HashMap::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.trim_start().starts_with('#') {
+                continue;
+            }
+            let Some((user, password)) = line.split_once(':') else {
+                return Err(format!(
+                    "line {}: expected `username:password`, got no ':'",
+                    n + 1
+                ));
+            };
+            if user.is_empty() || user.len() > 255 || password.len() > 255 {
+                return Err(format!(
+                    "line {}: username and password must be 1 to 255 bytes (RFC 1929)",
+                    n + 1
+                ));
+            }
+            out.insert(user.as_bytes().to_vec(), password.as_bytes().to_vec());
+        }
+        Ok(PasswordFile(out))
+    }
+}
+
+impl Authenticator for PasswordFile {
+    fn check<'a>(
+        &'a self,
+        user: &'a [u8],
+        password: &'a [u8],
+        _peer: SocketAddr,
+        _local: SocketAddr,
+    ) -> Pin<Box<dyn Future<Output = bool> + Send + 'a>> {
+        let known = self.0.get(user);
+        // Constant time in the password's bytes.
+        let ok = known.is_some_and(|known| {
+            known.len() == password.len()
+                && known
+                    .iter()
+                    .zip(password)
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        Box::pin(std::future::ready(ok))
+    }
+}
 
 /// The rules of one listener.
 #[derive(Debug, Clone)]
@@ -18,8 +86,14 @@ pub struct Rules {
     /// Destination ports that may be reached. Empty: any (see the README for why
     /// that is the default).
     pub ports: Vec<u16>,
-    /// RFC 1929 credentials, when clients must authenticate (username → password).
-    pub credentials: Option<HashMap<Vec<u8>, Vec<u8>>>,
+    /// When set, clients must authenticate (RFC 1929) and this checks them.
+    pub auth: Option<Arc<dyn Authenticator>>,
+}
+
+impl std::fmt::Debug for dyn Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authenticator")
+    }
 }
 
 impl Default for Rules {
@@ -31,7 +105,7 @@ impl Default for Rules {
             ],
             sources: Vec::new(),
             ports: Vec::new(),
-            credentials: None,
+            auth: None,
         }
     }
 }
@@ -65,44 +139,6 @@ impl Rules {
             "destination port {port} is not in the allowed ports ({})",
             ports.join(", ")
         ))
-    }
-
-    /// The credentials are right (constant time in the password's bytes).
-    pub fn authenticates(&self, user: &[u8], password: &[u8]) -> bool {
-        let Some(known) = self.credentials.as_ref().and_then(|c| c.get(user)) else {
-            return false;
-        };
-        known.len() == password.len()
-            && known
-                .iter()
-                .zip(password)
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    }
-
-    /// Reads `user:password` lines (`#` comments and blank lines skipped).
-    pub fn parse_credentials(text: &str) -> Result<HashMap<Vec<u8>, Vec<u8>>, String> {
-        let mut out = HashMap::new();
-        for (n, line) in text.lines().enumerate() {
-            let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() || line.trim_start().starts_with('#') {
-                continue;
-            }
-            let Some((user, password)) = line.split_once(':') else {
-                return Err(format!(
-                    "line {}: expected `username:password`, got no ':'",
-                    n + 1
-                ));
-            };
-            if user.is_empty() || user.len() > 255 || password.len() > 255 {
-                return Err(format!(
-                    "line {}: username and password must be 1 to 255 bytes (RFC 1929)",
-                    n + 1
-                ));
-            }
-            out.insert(user.as_bytes().to_vec(), password.as_bytes().to_vec());
-        }
-        Ok(out)
     }
 }
 
@@ -140,19 +176,17 @@ mod tests {
         assert!(r.port_refusal(80).unwrap().contains("25, 587"));
     }
 
-    #[test]
-    fn credentials_file() {
-        let creds = Rules::parse_credentials("# relays\nrelay1:s3cret\n\nrelay2:p:w\n").unwrap();
-        let r = Rules {
-            credentials: Some(creds),
-            ..Rules::default()
-        };
-        assert!(r.authenticates(b"relay1", b"s3cret"));
-        assert!(r.authenticates(b"relay2", b"p:w"));
-        assert!(!r.authenticates(b"relay1", b"s3cre"));
-        assert!(!r.authenticates(b"nobody", b"s3cret"));
-        assert!(Rules::parse_credentials("nocolon")
-            .unwrap_err()
+    #[tokio::test]
+    async fn credentials_file() {
+        let file = PasswordFile::parse("# relays\nrelay1:s3cret\n\nrelay2:p:w\n").unwrap();
+        let at: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        assert!(file.check(b"relay1", b"s3cret", at, at).await);
+        assert!(file.check(b"relay2", b"p:w", at, at).await);
+        assert!(!file.check(b"relay1", b"s3cre", at, at).await);
+        assert!(!file.check(b"nobody", b"s3cret", at, at).await);
+        assert!(PasswordFile::parse("nocolon")
+            .err()
+            .unwrap()
             .contains("line 1"));
     }
 }

@@ -3,6 +3,7 @@
 //! CONNECT, then bytes both ways until both sides are done — each phase under the
 //! listener's timeout, and one log line at the end.
 
+use crate::metrics::ListenerMetrics;
 use crate::pump;
 use crate::rules::Rules;
 use crate::socks5::{self, Command, ReplyCode, Request, Target, WireError};
@@ -28,6 +29,9 @@ pub struct Summary {
     pub down: u64,
     /// `relayed`, or why not.
     pub outcome: String,
+    /// Why it failed, as a metric label (`not_allowed`, `auth`, `connect`,
+    /// `timeout`, `unsupported`, `protocol`, `client`, `io`); none when relayed.
+    pub failure: Option<&'static str>,
 }
 
 /// Serves one client.
@@ -37,6 +41,7 @@ pub async fn serve(
     rules: &Rules,
     timeout: Duration,
     use_splice: bool,
+    metrics: Option<&ListenerMetrics>,
 ) -> Summary {
     let started = Instant::now();
     let mut s = Session {
@@ -52,14 +57,32 @@ pub async fn serve(
             up: 0,
             down: 0,
             outcome: String::new(),
+            failure: None,
         },
     };
     let outcome = match s.negotiate().await {
-        Ok(remote) => s.relay(remote, use_splice).await,
-        Err(why) => why,
+        Ok(remote) => {
+            if let Some(metrics) = metrics {
+                metrics.outbound(s.summary.source);
+            }
+            s.relay(remote, use_splice).await
+        }
+        Err(why) => {
+            s.summary
+                .failure
+                .get_or_insert(if why.starts_with("ended") {
+                    "client"
+                } else {
+                    "protocol"
+                });
+            why
+        }
     };
     let mut summary = s.summary;
     summary.outcome = outcome;
+    if let Some(metrics) = metrics {
+        metrics.ended(summary.up, summary.down, summary.failure);
+    }
     tracing::info!(
         client = %peer,
         user = %summary.user.as_deref().unwrap_or("-"),
@@ -92,7 +115,7 @@ impl Session<'_> {
     async fn negotiate(&mut self) -> Result<TcpStream, Ended> {
         let allowed = self.rules.client_allowed(self.peer.ip());
         let methods = self.read(socks5::parse_greeting).await?;
-        let method = match &self.rules.credentials {
+        let method = match &self.rules.auth {
             _ if !allowed => socks5::NO_AUTH,
             Some(_) => socks5::USER_PASS,
             None => socks5::NO_AUTH,
@@ -109,7 +132,16 @@ impl Session<'_> {
         if method == socks5::USER_PASS {
             let (user, password) = self.read(socks5::parse_credentials).await?;
             self.summary.user = Some(String::from_utf8_lossy(&user).into_owned());
-            if !self.rules.authenticates(&user, &password) {
+            let local = self
+                .client
+                .local_addr()
+                .unwrap_or(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
+            let ok = match &self.rules.auth {
+                Some(auth) => auth.check(&user, &password, self.peer, local).await,
+                None => false,
+            };
+            if !ok {
+                self.summary.failure = Some("auth");
                 self.write(&[0x01, 0x01]).await?;
                 return Err("refused: username/password not accepted".into());
             }
@@ -300,6 +332,10 @@ impl Session<'_> {
             Err((up, down, e)) => {
                 self.summary.up += up;
                 self.summary.down += down;
+                self.summary.failure = Some(match e.kind() {
+                    io::ErrorKind::TimedOut => "timeout",
+                    _ => "io",
+                });
                 format!("ended: {e}")
             }
         }
@@ -350,6 +386,12 @@ impl Session<'_> {
 
     /// Sends a failure reply; the words are the log line's outcome.
     async fn refuse(&mut self, code: ReplyCode, why: String) -> Ended {
+        self.summary.failure.get_or_insert(match code {
+            ReplyCode::NotAllowed => "not_allowed",
+            ReplyCode::TtlExpired => "timeout",
+            ReplyCode::CommandNotSupported | ReplyCode::AddressTypeNotSupported => "unsupported",
+            _ => "connect",
+        });
         let (buf, len) = socks5::failure(code);
         let _ = self.write(&buf[..len]).await;
         if code == ReplyCode::NotAllowed {

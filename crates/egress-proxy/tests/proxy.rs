@@ -26,10 +26,22 @@ impl Proxy {
     }
 
     fn start_on(addr: SocketAddr, args: &[&str]) -> Proxy {
+        let mut all = vec!["--listen".to_owned(), addr.to_string()];
+        all.extend(args.iter().map(|a| a.to_string()));
+        Self::launch(addr, &all)
+    }
+
+    /// With `--proxy-config FILE`, whose first listener is `addr`.
+    fn with_config(addr: SocketAddr, file: &std::path::Path) -> Proxy {
+        Self::launch(
+            addr,
+            &["--proxy-config".to_owned(), file.display().to_string()],
+        )
+    }
+
+    fn launch(addr: SocketAddr, args: &[String]) -> Proxy {
         let log = tempfile::NamedTempFile::new().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_egress-proxy"))
-            .arg("--listen")
-            .arg(addr.to_string())
             .args(args)
             .stderr(log.reopen().unwrap())
             .stdout(Stdio::null())
@@ -337,4 +349,126 @@ fn the_systemd_unit_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+/// A KumoProxy policy file as KumoMTA documents it runs unchanged: `proxy_init`
+/// declares the listeners, `proxy_server_auth_rfc1929` checks credentials, and the
+/// HTTP listener serves metrics (checked by promtool) and liveness.
+#[tokio::test]
+async fn a_kumoproxy_policy_runs_unchanged_with_lua_auth_and_metrics() {
+    let sink = SmtpSink::start();
+    let socks = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.lua");
+    std::fs::write(
+        &file,
+        format!(
+            "local kumo = require 'kumo'
+local proxy = require 'proxy'
+kumo.on('proxy_init', function()
+  proxy.start_proxy_listener {{
+    listen = '{socks}',
+    timeout = '30 seconds',
+    require_auth = true,
+    tcp_keepalive = {{ enabled = true, time = '2 minutes' }},
+  }}
+  proxy.start_http_listener {{ listen = '{http}', trusted_hosts = {{ '127.0.0.1' }} }}
+end)
+kumo.on('proxy_server_auth_rfc1929', function(username, password, conn_meta)
+  local password_database = {{ ['proxyuser'] = 'secretpassword' }}
+  if password == '' or conn_meta.peer_address == nil then
+    return false
+  end
+  return password_database[username] == password
+end)
+"
+        ),
+    )
+    .unwrap();
+    let proxy = Proxy::with_config(socks, &file);
+    let by_addr = |creds| {
+        let mut src = serde_json::json!({
+            "name": "proxied",
+            "socks5_proxy_server": socks.to_string(),
+            "socks5_proxy_source_address": "127.0.0.7",
+        });
+        if let Some((u, p)) = creds {
+            src["socks5_proxy_username"] = serde_json::Value::from(u);
+            src["socks5_proxy_password"] = serde_json::Value::from(p);
+        }
+        serde_json::from_value::<EgressSource>(src).unwrap()
+    };
+    let m = deliver(
+        &by_addr(Some(("proxyuser", "secretpassword"))),
+        &sink,
+        "mta7.example.test",
+    )
+    .await;
+    assert_eq!(
+        header(&m, "X-Client-Addr"),
+        Some("127.0.0.7"),
+        "{}",
+        proxy.log()
+    );
+    let e = connect(&by_addr(Some(("proxyuser", "nope"))), sink.addr, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), "proxy_auth_failed", "{e}");
+
+    let get = |path: &str| egress_e2e::http_get(http, path);
+    let live = get("/api/check-liveness/v1");
+    assert_eq!(live.status, 200, "{}", live.body);
+    let expected = [
+        format!("proxy_connections_completed_total{{listener=\"{socks}\"}} 1"),
+        format!("proxy_connections_failed_total{{listener=\"{socks}\",reason=\"auth\"}} 1"),
+        format!("proxy_outbound_connections_total{{listener=\"{socks}\",source=\"127.0.0.7\"}} 1"),
+    ];
+    // A session is counted when the proxy has finished with it, which may be just
+    // after the client has.
+    let mut metrics = String::new();
+    let all_there = wait_until(Duration::from_secs(5), || {
+        metrics = get("/metrics").body;
+        expected.iter().all(|line| metrics.contains(line))
+    });
+    assert!(all_there, "{expected:?} in:\n{metrics}");
+    let checked = Command::new(require("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(metrics.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+#[test]
+fn a_policy_that_asks_for_auth_without_the_event_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.lua");
+    std::fs::write(
+        &file,
+        "kumo.on('proxy_init', function()
+           proxy.start_proxy_listener { listen = '127.0.0.1:1', require_auth = true }
+         end)",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_egress-proxy"))
+        .arg("--proxy-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("proxy_server_auth_rfc1929"), "{said}");
 }
