@@ -29,6 +29,8 @@ mod pump;
 pub mod rules;
 mod session;
 pub mod socks5;
+#[cfg(target_os = "linux")]
+mod splice;
 
 pub use rules::Rules;
 pub use session::Summary;

@@ -4,10 +4,10 @@
 //! exchange needs. The session ends when neither direction has moved a byte for
 //! the timeout.
 //!
-//! A copy loop with one 64 KiB buffer per direction, allocated once per session.
-//! splice(2) — zero-copy, as KumoProxy does on Linux — needs `unsafe` or a crate
-//! that wraps it; until one earns its place here, `use_splice` is accepted and the
-//! copy loop is used (said once at start).
+//! On Linux with `use_splice` (KumoProxy's default), bytes move socket → pipe →
+//! socket with splice(2) and never enter user space (`splice.rs`, through nix's
+//! safe wrapper); otherwise a copy loop with one 64 KiB buffer per direction,
+//! allocated once per session.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,8 +23,16 @@ pub async fn both_ways(
     client: &mut TcpStream,
     remote: &mut TcpStream,
     idle: Duration,
-    _use_splice: bool,
+    use_splice: bool,
 ) -> Result<(u64, u64), (u64, u64, io::Error)> {
+    #[cfg(target_os = "linux")]
+    if use_splice {
+        if let Some(moved) = crate::splice::both_ways(client, remote, idle).await {
+            return moved;
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = use_splice;
     let started = Instant::now();
     // Milliseconds since `started` of the last byte moved either way.
     let last = AtomicU64::new(0);
@@ -64,19 +72,11 @@ where
                 return (moved, Some(e));
             }
             Err(_) => {
-                // Idle this way; the session lives while the other way moves.
-                let quiet = started.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
-                if quiet < idle.as_millis() as u64 {
+                if !idle_both_ways(started, last, idle) {
                     continue;
                 }
                 let _ = to.shutdown().await;
-                return (
-                    moved,
-                    Some(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no bytes either way for {} s", idle.as_secs()),
-                    )),
-                );
+                return (moved, Some(idle_error(idle)));
             }
         };
         if let Err(e) = tokio::time::timeout(idle, to.write_all(&buf[..n]))
@@ -93,4 +93,18 @@ where
         moved += n as u64;
         last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
+}
+
+/// Nothing has moved either way for `idle` (this direction timed out; the session
+/// lives while the other one moves).
+pub(crate) fn idle_both_ways(started: Instant, last: &AtomicU64, idle: Duration) -> bool {
+    let quiet = (started.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
+    quiet >= idle.as_millis() as u64
+}
+
+pub(crate) fn idle_error(idle: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no bytes either way for {} s", idle.as_secs()),
+    )
 }
