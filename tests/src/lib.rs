@@ -353,6 +353,11 @@ impl MicroSocks {
         wait_listening("microsocks", addr, &mut peer);
         MicroSocks { addr, _peer: peer }
     }
+
+    /// Its process id (for reading its CPU time).
+    pub fn pid(&self) -> u32 {
+        self._peer.id()
+    }
 }
 
 /// `danted` (Dante), a standard SOCKS5 server; it sends from 127.0.0.1.
@@ -395,6 +400,11 @@ impl Danted {
             _dir: dir,
             _peer: peer,
         }
+    }
+
+    /// The id of its main process (its workers are its children).
+    pub fn pid(&self) -> u32 {
+        self._peer.id()
     }
 }
 

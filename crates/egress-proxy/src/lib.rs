@@ -31,6 +31,7 @@ mod session;
 pub mod socks5;
 #[cfg(target_os = "linux")]
 mod splice;
+pub mod tls;
 
 pub use rules::Rules;
 pub use session::Summary;
@@ -52,6 +53,8 @@ pub struct ProxyListener {
     pub use_splice: bool,
     /// TCP keepalive on accepted connections (KumoProxy's `tcp_keepalive`).
     pub keepalive: Option<socket2::TcpKeepalive>,
+    /// Clients speak SOCKS5 inside TLS (KumoProxy's `use_tls`).
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     metrics: Arc<metrics::ListenerMetrics>,
 }
 
@@ -66,6 +69,7 @@ impl ProxyListener {
             timeout: Duration::from_secs(60),
             use_splice: true,
             keepalive: None,
+            tls: None,
             metrics: metrics::Registry::global().listener(&listen),
         })
     }
@@ -94,8 +98,33 @@ impl ProxyListener {
                     if let Some(keepalive) = &self.keepalive {
                         let _ = socket2::SockRef::from(&client).set_tcp_keepalive(keepalive);
                     }
+                    let local = client.local_addr().unwrap_or(peer);
+                    let tls = self.tls.clone();
                     sessions.spawn(async move {
-                        session::serve(client, peer, &rules, timeout, splice, Some(&metrics)).await;
+                        let metrics = Some(&*metrics);
+                        let Some(tls) = tls else {
+                            session::serve(client, peer, local, &rules, timeout, splice, metrics)
+                                .await;
+                            return;
+                        };
+                        match tokio::time::timeout(timeout, tls.accept(client)).await {
+                            Ok(Ok(client)) => {
+                                session::serve(
+                                    client, peer, local, &rules, timeout, splice, metrics,
+                                )
+                                .await;
+                            }
+                            failed => {
+                                let why = match failed {
+                                    Ok(Err(e)) => e.to_string(),
+                                    _ => "no handshake within the timeout".into(),
+                                };
+                                if let Some(m) = metrics {
+                                    m.tls_failed();
+                                }
+                                tracing::info!(client = %peer, "TLS handshake failed: {why}");
+                            }
+                        }
                     });
                 }
                 Err(e) => {

@@ -104,6 +104,7 @@ struct Planned {
     timeout: Duration,
     use_splice: bool,
     keepalive: Option<socket2::TcpKeepalive>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// The listeners the command line or the policy asks for, and the HTTP ones.
@@ -122,6 +123,7 @@ fn plan(
                 timeout,
                 use_splice: !args.no_splice,
                 keepalive: None,
+                tls: None,
             })
             .collect();
         return Ok((planned, Vec::new()));
@@ -129,18 +131,22 @@ fn plan(
     let config = ProxyConfig::load(path)?;
     let mut planned = Vec::new();
     for params in &config.listeners {
-        if params.use_tls {
-            return Err(format!(
-                "listener {}: use_tls is not provided by egress-proxy yet; leave it off (or terminate TLS in front of the proxy)",
-                params.listen
-            ));
-        }
+        let tls = match params.use_tls {
+            true => Some(egress_proxy::tls::acceptor(
+                params.tls_certificate.as_ref(),
+                params.tls_private_key.as_ref(),
+                params.hostname.as_deref().unwrap_or("localhost"),
+                &params.listen.to_string(),
+            )?),
+            false => None,
+        };
         let k = &params.tcp_keepalive;
         planned.push(Planned {
             addr: params.listen,
             rules: config.rules(params)?,
             timeout: params.timeout.max(Duration::from_secs(1)),
             use_splice: params.use_splice,
+            tls,
             keepalive: k.enabled.then(|| {
                 socket2::TcpKeepalive::new()
                     .with_time(k.time)
@@ -194,6 +200,7 @@ async fn serve(args: Args, rules: Rules) -> ExitCode {
         listener.timeout = p.timeout;
         listener.use_splice = p.use_splice;
         listener.keepalive = p.keepalive;
+        listener.tls = p.tls;
         tracing::info!(
             listen = %listener.local_addr().map_or(addr.to_string(), |a| a.to_string()),
             clients = %words(&rules.clients),

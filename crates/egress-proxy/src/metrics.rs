@@ -17,6 +17,7 @@ pub struct ListenerMetrics {
     up: AtomicU64,
     down: AtomicU64,
     failed: Mutex<BTreeMap<&'static str, u64>>,
+    tls_failures: AtomicU64,
     outbound: Mutex<BTreeMap<String, u64>>,
 }
 
@@ -25,6 +26,12 @@ impl ListenerMetrics {
     pub fn accepted(&self) {
         self.accepted.fetch_add(1, Ordering::Relaxed);
         self.active.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A TLS handshake with a client failed (the connection ends there).
+    pub fn tls_failed(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        self.tls_failures.fetch_add(1, Ordering::Relaxed);
     }
 
     /// An outbound connection was made from `source` (`default` when the client
@@ -140,7 +147,13 @@ fn labelled<K: ToString>(map: &BTreeMap<K, u64>) -> Vec<(String, u64)> {
     map.iter().map(|(k, n)| (k.to_string(), *n)).collect()
 }
 
-const PER_LISTENER: [Family; 5] = [
+const PER_LISTENER: [Family; 6] = [
+    Family {
+        name: "proxy_tls_handshake_failures_total",
+        kind: "counter",
+        help: "TLS handshakes with clients that failed.",
+        read: |m| count(&m.tls_failures),
+    },
     Family {
         name: "proxy_connections_accepted_total",
         kind: "counter",

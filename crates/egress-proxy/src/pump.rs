@@ -17,6 +17,55 @@ use tokio::net::TcpStream;
 
 const BUFFER: usize = 64 * 1024;
 
+/// What [`Pump::pump`] returns: bytes (client→remote, remote→client), with why
+/// it stopped early.
+pub type Moved = Result<(u64, u64), (u64, u64, io::Error)>;
+
+/// A client stream bytes can be relayed for: plain TCP (splice or copy) or TLS
+/// (copy).
+pub trait Pump: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Relays between `self` and `remote` until both directions end.
+    fn pump<'a>(
+        &'a mut self,
+        remote: &'a mut TcpStream,
+        idle: Duration,
+        use_splice: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Moved> + Send + 'a>>;
+}
+
+impl Pump for TcpStream {
+    fn pump<'a>(
+        &'a mut self,
+        remote: &'a mut TcpStream,
+        idle: Duration,
+        use_splice: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Moved> + Send + 'a>> {
+        Box::pin(both_ways(self, remote, idle, use_splice))
+    }
+}
+
+impl Pump for tokio_rustls::server::TlsStream<TcpStream> {
+    fn pump<'a>(
+        &'a mut self,
+        remote: &'a mut TcpStream,
+        idle: Duration,
+        _use_splice: bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Moved> + Send + 'a>> {
+        Box::pin(async move {
+            let (mut client_read, mut client_write) = tokio::io::split(self);
+            let (mut remote_read, mut remote_write) = remote.split();
+            copy_both(
+                &mut client_read,
+                &mut client_write,
+                &mut remote_read,
+                &mut remote_write,
+                idle,
+            )
+            .await
+        })
+    }
+}
+
 /// Relays until both directions end: `(client→remote bytes, remote→client bytes)`,
 /// or those counts and why it stopped early.
 pub async fn both_ways(
@@ -33,13 +82,37 @@ pub async fn both_ways(
     }
     #[cfg(not(target_os = "linux"))]
     let _ = use_splice;
+    let (mut client_read, mut client_write) = client.split();
+    let (mut remote_read, mut remote_write) = remote.split();
+    copy_both(
+        &mut client_read,
+        &mut client_write,
+        &mut remote_read,
+        &mut remote_write,
+        idle,
+    )
+    .await
+}
+
+/// The copy loop, both ways at once.
+async fn copy_both<CR, CW, RR, RW>(
+    client_read: &mut CR,
+    client_write: &mut CW,
+    remote_read: &mut RR,
+    remote_write: &mut RW,
+    idle: Duration,
+) -> Moved
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    RR: AsyncRead + Unpin,
+    RW: AsyncWrite + Unpin,
+{
     let started = Instant::now();
     // Milliseconds since `started` of the last byte moved either way.
     let last = AtomicU64::new(0);
-    let (mut client_read, mut client_write) = client.split();
-    let (mut remote_read, mut remote_write) = remote.split();
-    let up = one_way(&mut client_read, &mut remote_write, idle, started, &last);
-    let down = one_way(&mut remote_read, &mut client_write, idle, started, &last);
+    let up = one_way(client_read, remote_write, idle, started, &last);
+    let down = one_way(remote_read, client_write, idle, started, &last);
     let ((up, up_err), (down, down_err)) = tokio::join!(up, down);
     match up_err.or(down_err) {
         None => Ok((up, down)),

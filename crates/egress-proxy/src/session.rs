@@ -4,7 +4,7 @@
 //! listener's timeout, and one log line at the end.
 
 use crate::metrics::ListenerMetrics;
-use crate::pump;
+use crate::pump::Pump;
 use crate::rules::Rules;
 use crate::socks5::{self, Command, ReplyCode, Request, Target, WireError};
 use socket2::{Domain, Socket, Type};
@@ -34,10 +34,13 @@ pub struct Summary {
     pub failure: Option<&'static str>,
 }
 
-/// Serves one client.
-pub async fn serve(
-    client: TcpStream,
+/// Serves one client (plain TCP, or inside TLS); `local` is the address it
+/// connected to.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve<S: Pump>(
+    client: S,
     peer: SocketAddr,
+    local: SocketAddr,
     rules: &Rules,
     timeout: Duration,
     use_splice: bool,
@@ -47,6 +50,7 @@ pub async fn serve(
     let mut s = Session {
         client,
         peer,
+        local,
         rules,
         timeout,
         buf: Vec::with_capacity(64),
@@ -97,9 +101,10 @@ pub async fn serve(
     summary
 }
 
-struct Session<'a> {
-    client: TcpStream,
+struct Session<'a, S> {
+    client: S,
     peer: SocketAddr,
+    local: SocketAddr,
     rules: &'a Rules,
     timeout: Duration,
     /// Bytes read from the client and not yet parsed.
@@ -110,7 +115,7 @@ struct Session<'a> {
 /// How a negotiation ends early: the words for the log line.
 type Ended = String;
 
-impl Session<'_> {
+impl<S: Pump> Session<'_, S> {
     /// Up to a connected destination socket.
     async fn negotiate(&mut self) -> Result<TcpStream, Ended> {
         let allowed = self.rules.client_allowed(self.peer.ip());
@@ -132,12 +137,8 @@ impl Session<'_> {
         if method == socks5::USER_PASS {
             let (user, password) = self.read(socks5::parse_credentials).await?;
             self.summary.user = Some(String::from_utf8_lossy(&user).into_owned());
-            let local = self
-                .client
-                .local_addr()
-                .unwrap_or(SocketAddr::new(IpAddr::from([0, 0, 0, 0]), 0));
             let ok = match &self.rules.auth {
-                Some(auth) => auth.check(&user, &password, self.peer, local).await,
+                Some(auth) => auth.check(&user, &password, self.peer, self.local).await,
                 None => false,
             };
             if !ok {
@@ -323,7 +324,11 @@ impl Session<'_> {
             self.summary.up += self.buf.len() as u64;
             self.buf.clear();
         }
-        match pump::both_ways(&mut self.client, &mut remote, self.timeout, use_splice).await {
+        match self
+            .client
+            .pump(&mut remote, self.timeout, use_splice)
+            .await
+        {
             Ok((up, down)) => {
                 self.summary.up += up;
                 self.summary.down += down;

@@ -514,3 +514,86 @@ fn bulk_bytes_arrive_intact_with_and_without_splice() {
         assert!(down > expected.len() as u64, "{line}");
     }
 }
+
+/// `use_tls`: the SOCKS5 exchange inside TLS with the listener's certificate
+/// (from the test CA, given as `key_data`); a client that does not speak TLS is
+/// counted as a failed handshake.
+#[tokio::test]
+async fn a_tls_listener_speaks_socks5_inside_tls() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = egress_e2e::TestCa::new();
+    let issued = ca.issue("proxy.test", Some("127.0.0.1".parse().unwrap()));
+    let socks = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("proxy.lua");
+    let key = std::fs::read_to_string(&issued.key).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "kumo.on('proxy_init', function()
+               proxy.start_proxy_listener {{
+                 listen = '{socks}', use_tls = true,
+                 tls_certificate = '{}', tls_private_key = {{ key_data = [[{key}]] }},
+               }}
+               proxy.start_http_listener {{ listen = '{http}' }}
+             end)",
+            issued.cert.display()
+        ),
+    )
+    .unwrap();
+    let proxy = Proxy::with_config(socks, &file);
+    let web = HttpServer::start("127.0.0.1".parse().unwrap());
+
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca.ca_file()).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(socks).await.unwrap();
+    let mut tls = connector
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .expect("a TLS handshake with the listener's certificate");
+    tls.write_all(&[5, 1, 0]).await.unwrap();
+    let mut choice = [0u8; 2];
+    tls.read_exact(&mut choice).await.unwrap();
+    assert_eq!(choice, [5, 0]);
+    let mut request = vec![5, 1, 0, 1, 127, 0, 0, 1];
+    request.extend_from_slice(&web.addr.port().to_be_bytes());
+    tls.write_all(&request).await.unwrap();
+    let mut reply = [0u8; 10];
+    tls.read_exact(&mut reply).await.unwrap();
+    assert_eq!(reply[1], 0, "CONNECT succeeded");
+    tls.write_all(b"GET /hello.txt HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap_or_default();
+    assert!(answer.ends_with("hello through the proxy\n"), "{answer}");
+
+    // Plain SOCKS5 at a TLS listener: the handshake fails and is counted (the
+    // start-up probe that connected and left counts too, hence before/after).
+    let failures = || {
+        let prefix = format!("proxy_tls_handshake_failures_total{{listener=\"{socks}\"}} ");
+        egress_e2e::http_get(http, "/metrics")
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix).and_then(|n| n.parse::<u64>().ok()))
+            .unwrap_or(0)
+    };
+    let before = failures();
+    let mut plain = std::net::TcpStream::connect(socks).unwrap();
+    std::io::Write::write_all(&mut plain, &[5, 1, 0]).unwrap();
+    let _ = std::io::Read::read(&mut plain, &mut [0u8; 16]);
+    let counted = wait_until(Duration::from_secs(5), || failures() == before + 1);
+    assert!(counted, "{}", proxy.log());
+}
