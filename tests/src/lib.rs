@@ -17,7 +17,7 @@ mod stores;
 pub use clients::{by_client_addr, smtplib_send, spool_files, swaks, wait_until, Raw, Swaks};
 pub use pki::TestCa;
 pub use policies::{
-    mx_entry, relay_policy, shaping_policy, spool_policy, three_connections, IP2_POOL,
+    mx_entry, path_policy, relay_policy, shaping_policy, spool_policy, three_connections, IP2_POOL,
 };
 pub use prometheus::{http_get, http_request, query_escape, HttpAnswer, Prometheus};
 pub use scripted::{Received, ScriptedDestination};
@@ -671,4 +671,61 @@ impl RedisServer {
     pub fn stop(&mut self) {
         self.peer.take();
     }
+}
+
+/// Runs `systemd-analyze verify` on `unit` (a unit file's text) with its
+/// `installed` binary path pointed at `binary` (verify checks that ExecStart is
+/// executable): what it said, or nothing. It reports ignored or misspelt settings
+/// on stderr yet exits 0, so both count.
+pub fn systemd_verify(unit: &str, installed: &str, binary: &str) -> Result<(), String> {
+    let dir = temp_dir("egress-unit-");
+    let name = Path::new(installed)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "unit".into());
+    let file = dir.path().join(format!("{name}.service"));
+    fs::write(&file, unit.replace(installed, binary)).expect("write the unit");
+    let out = Command::new(require("systemd-analyze"))
+        .arg("verify")
+        .arg(&file)
+        .output()
+        .expect("systemd-analyze");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match out.status.success() && said.trim().is_empty() {
+        true => Ok(()),
+        false => Err(said),
+    }
+}
+
+/// One message over `stream` (a connection the code under test made to `sink`),
+/// EHLO `ehlo`: what the sink recorded for it.
+pub fn deliver_through(stream: TcpStream, sink: &SmtpSink, ehlo: &str) -> String {
+    // A stream taken from tokio (`into_std`) is still non-blocking.
+    stream.set_nonblocking(false).expect("a blocking stream");
+    let before = sink.messages().len();
+    send_mail(stream, ehlo, "a@example.test", "b@example.test")
+        .expect("a transaction through the connection");
+    let messages = sink.wait_for(before + 1);
+    assert_eq!(messages.len(), before + 1, "the sink recorded the message");
+    messages
+        .into_iter()
+        .find(|m| header(m, "X-Helo-Args") == Some(ehlo))
+        .expect("the message sent with this EHLO name")
+}
+
+/// `main.cf` lines for a Postfix smtpd offering STARTTLS with `issued`, noting
+/// TLS in its `Received:` header.
+pub fn postfix_tls_main_cf(issued: &pki::Issued) -> String {
+    format!(
+        "smtpd_tls_security_level = may\n\
+         smtpd_tls_cert_file = {}\n\
+         smtpd_tls_key_file = {}\n\
+         smtpd_tls_received_header = yes\n",
+        issued.cert.display(),
+        issued.key.display()
+    )
 }

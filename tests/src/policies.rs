@@ -28,6 +28,19 @@ kumo.on('get_egress_source', function(name)
   return kumo.make_egress_source { name = name, source_address = '127.0.0.2' }
 end)";
 
+/// [`relay_policy`] whose path config is `kumo.make_egress_path { path }`.
+pub fn path_policy(mx: &str, path: &str) -> String {
+    relay_policy(
+        "",
+        mx,
+        &format!(
+            "kumo.on('get_egress_path_config', function(domain, source, site)
+               return kumo.make_egress_path {{ {path} }}
+             end)"
+        ),
+    )
+}
+
 /// `[ip]:port`, the mx_list form of an address.
 pub fn mx_entry(addr: SocketAddr) -> String {
     format!("[{}]:{}", addr.ip(), addr.port())

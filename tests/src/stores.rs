@@ -31,14 +31,10 @@ pub fn sasl_smarthost(
              smtpd_sasl_auth_enable = yes\n\
              smtpd_sasl_type = dovecot\n\
              smtpd_sasl_path = inet:{}\n\
-             smtpd_tls_security_level = may\n\
              smtpd_tls_auth_only = yes\n\
-             smtpd_tls_cert_file = {}\n\
-             smtpd_tls_key_file = {}\n\
-             smtpd_tls_received_header = yes\n",
+             {}",
             auth.auth_addr,
-            issued.cert.display(),
-            issued.key.display()
+            crate::postfix_tls_main_cf(&issued)
         ),
     );
     (postfix, auth)

@@ -2,7 +2,9 @@
 //! connection came from, through haproxy, microsocks and danted.
 
 use egress_connect::{connect, ConnectError, Connection, Connector, Phase, StaticResolver, Via};
-use egress_e2e::{header, send_mail, Danted, HaProxy, MicroSocks, SmtpSink, SourceBindingSocks};
+use egress_e2e::{
+    deliver_through, header, Danted, HaProxy, MicroSocks, SmtpSink, SourceBindingSocks,
+};
 use egress_source::EgressSource;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -21,23 +23,10 @@ fn ip(s: &str) -> IpAddr {
 }
 
 /// Pushes a message through the connection and returns what the sink recorded.
+/// Each test uses a distinct EHLO name per delivery, so it identifies the message;
+/// the peers are processes of their own, so blocking here is fine.
 async fn deliver(conn: Connection, sink: &SmtpSink, ehlo: &str) -> String {
-    let before = sink.messages().len();
-    let stream = conn.stream.into_std().unwrap();
-    let helo = ehlo.to_owned();
-    tokio::task::spawn_blocking(move || {
-        send_mail(stream, &helo, "a@example.test", "b@example.test")
-    })
-    .await
-    .unwrap()
-    .expect("transaction through the connection");
-    let messages = sink.wait_for(before + 1);
-    assert_eq!(messages.len(), before + 1, "sink recorded the message");
-    // Each test uses a distinct EHLO name per delivery, so it identifies the message.
-    messages
-        .into_iter()
-        .find(|m| header(m, "X-Helo-Args") == Some(ehlo))
-        .expect("the message sent with this EHLO name")
+    deliver_through(conn.stream.into_std().unwrap(), sink, ehlo)
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 //! by rule, each checked in the proxy's log.
 
 use egress_connect::{connect, ConnectError};
-use egress_e2e::{free_port, header, require, send_mail, wait_until, SmtpSink};
+use egress_e2e::{deliver_through, free_port, header, require, wait_until, SmtpSink};
 use egress_source::EgressSource;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
@@ -93,18 +93,8 @@ fn source(proxy: &Proxy, from: &str, credentials: Option<(&str, &str)>) -> Egres
 /// One message through `src` to `sink`; what the sink recorded.
 async fn deliver(src: &EgressSource, sink: &SmtpSink, ehlo: &str) -> String {
     let conn = connect(src, sink.addr, TIMEOUT).await.unwrap();
-    let stream = conn.stream.into_std().unwrap();
-    let helo = ehlo.to_owned();
-    tokio::task::spawn_blocking(move || {
-        send_mail(stream, &helo, "a@example.test", "b@example.test")
-    })
-    .await
-    .unwrap()
-    .expect("a transaction through the proxy");
-    sink.wait_for(1)
-        .into_iter()
-        .find(|m| header(m, "X-Helo-Args") == Some(ehlo))
-        .expect("the message")
+    // The proxy and the sink are processes of their own: blocking here is fine.
+    deliver_through(conn.stream.into_std().unwrap(), sink, ehlo)
 }
 
 #[tokio::test]
@@ -333,27 +323,12 @@ fn the_systemd_unit_verifies() {
         "/../../contrib/egress-proxy.service"
     ))
     .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("egress-proxy.service");
-    std::fs::write(
-        &file,
-        unit.replace(
-            "/usr/local/bin/egress-proxy",
-            env!("CARGO_BIN_EXE_egress-proxy"),
-        ),
-    )
-    .unwrap();
-    let out = Command::new(require("systemd-analyze"))
-        .arg("verify")
-        .arg(&file)
-        .output()
-        .unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let verified = egress_e2e::systemd_verify(
+        &unit,
+        "/usr/local/bin/egress-proxy",
+        env!("CARGO_BIN_EXE_egress-proxy"),
     );
-    assert!(out.status.success() && said.trim().is_empty(), "{said}");
+    assert_eq!(verified, Ok(()));
 }
 
 /// A KumoProxy policy file as KumoMTA documents it runs unchanged: `proxy_init`

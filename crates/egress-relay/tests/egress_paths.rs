@@ -5,21 +5,15 @@
 mod common;
 
 use common::Embedded;
-use egress_e2e::{header, mx_entry, relay_policy, swaks, Dnsmasq, Raw, ScriptedDestination};
+use egress_e2e::{
+    header, mx_entry, path_policy, relay_policy, swaks, Dnsmasq, Raw, ScriptedDestination,
+};
 use egress_e2e::{smtplib_send, SmtpSink};
 use std::net::{IpAddr, SocketAddr};
 
 /// A relay to `mx` whose path config is `kumo.make_egress_path { path }`.
 fn with_path(mx: &str, path: &str) -> Embedded {
-    Embedded::start(&relay_policy(
-        "",
-        mx,
-        &format!(
-            "kumo.on('get_egress_path_config', function(domain, source, site)
-               return kumo.make_egress_path {{ {path} }}
-             end)"
-        ),
-    ))
+    Embedded::start(&path_policy(mx, path))
 }
 
 /// The commands of one destination connection, MAIL to MAIL.

@@ -6,7 +6,7 @@
 mod common;
 
 use common::Embedded;
-use egress_e2e::{mx_entry, relay_policy, sasl_smarthost, swaks, Dovecot, Postfix, Raw};
+use egress_e2e::{mx_entry, path_policy, sasl_smarthost, swaks, Dovecot, Postfix, Raw};
 use egress_e2e::{wait_until, SmtpSink, TestCa};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -22,17 +22,9 @@ fn trusted() -> &'static TestCa {
     })
 }
 
-/// A relay to `mx` whose path is `kumo.make_egress_path { path }`.
+/// A relay to `mx` whose path config is `kumo.make_egress_path { path }`.
 fn with_path(mx: &str, path: &str) -> Embedded {
-    Embedded::start(&relay_policy(
-        "",
-        mx,
-        &format!(
-            "kumo.on('get_egress_path_config', function(domain, source, site)
-               return kumo.make_egress_path {{ {path} }}
-             end)"
-        ),
-    ))
+    Embedded::start(&path_policy(mx, path))
 }
 
 fn count(log: &str, needle: &str) -> usize {
@@ -128,17 +120,7 @@ fn remember_broken_tls_sends_in_clear_without_another_handshake() {
     let untrusted = TestCa::new();
     let sink = SmtpSink::start();
     let issued = untrusted.issue("broken.test", Some("127.0.0.1".parse().unwrap()));
-    let postfix = Postfix::start_with(
-        sink.addr,
-        &format!(
-            "smtpd_tls_security_level = may\n\
-             smtpd_tls_cert_file = {}\n\
-             smtpd_tls_key_file = {}\n\
-             smtpd_tls_received_header = yes\n",
-            issued.cert.display(),
-            issued.key.display()
-        ),
-    );
+    let postfix = Postfix::start_with(sink.addr, &egress_e2e::postfix_tls_main_cf(&issued));
     let mx = mx_entry(postfix.addr);
 
     let d = with_path(&mx, "enable_tls = 'Opportunistic'");

@@ -17,17 +17,7 @@ use std::time::Duration;
 /// `ca`, and relays what it receives to `sink`, noting TLS in its `Received:`.
 fn tls_postfix(ca: &TestCa, sink: &SmtpSink) -> Postfix {
     let issued = ca.issue("mx.tls.test", Some("127.0.0.1".parse().unwrap()));
-    Postfix::start_with(
-        sink.addr,
-        &format!(
-            "smtpd_tls_security_level = may\n\
-             smtpd_tls_cert_file = {}\n\
-             smtpd_tls_key_file = {}\n\
-             smtpd_tls_received_header = yes\n",
-            issued.cert.display(),
-            issued.key.display()
-        ),
-    )
+    Postfix::start_with(sink.addr, &egress_e2e::postfix_tls_main_cf(&issued))
 }
 
 /// The message at the sink whose Subject is `subject`.
