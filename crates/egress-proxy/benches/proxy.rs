@@ -7,8 +7,8 @@
 //! - churn: 2,000 short sessions, 20 at a time — proxy CPU seconds per 1,000
 //!   sessions, and sessions/s.
 //!
-//! CPU is the proxy's process tree (Dante works in child processes) read from
-//! `/proc/PID/stat`. Each figure is the best of the rounds. Run:
+//! CPU is the proxy's process tree (Dante works in child processes, which come
+//! and go) read from `/proc/PID/stat`, reaped children included. Each figure is the best of the rounds. Run:
 //! `cargo xtask bench proxy` (or `cargo bench -p egress-proxy`).
 
 use egress_e2e::{free_port, Danted, MicroSocks};
@@ -37,9 +37,11 @@ fn tree_cpu(pid: u32) -> f64 {
         let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
         let f: Vec<&str> = after.split_whitespace().collect();
         let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // After ')': state, ppid (1), … utime (11), stime (12).
+        // After ')': state, ppid (1), … utime (11), stime (12), and the reaped
+        // children's cutime (13), cstime (14): a worker that exited moved its CPU
+        // into its parent's, so counting both keeps every tick counted once.
         parent.insert(p, num(1) as u32);
-        cpu.insert(p, (num(11) + num(12)) / TICKS);
+        cpu.insert(p, (num(11) + num(12) + num(13) + num(14)) / TICKS);
     }
     cpu.iter()
         .filter(|(p, _)| {

@@ -21,6 +21,9 @@ const BUFFER: usize = 64 * 1024;
 /// it stopped early.
 pub type Moved = Result<(u64, u64), (u64, u64, io::Error)>;
 
+/// [`Pump::pump`]'s future.
+pub type PumpFuture<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Moved> + Send + 'a>>;
+
 /// A client stream bytes can be relayed for: plain TCP (splice or copy) or TLS
 /// (copy).
 pub trait Pump: AsyncRead + AsyncWrite + Unpin + Send {
@@ -30,7 +33,7 @@ pub trait Pump: AsyncRead + AsyncWrite + Unpin + Send {
         remote: &'a mut TcpStream,
         idle: Duration,
         use_splice: bool,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Moved> + Send + 'a>>;
+    ) -> PumpFuture<'a>;
 }
 
 impl Pump for TcpStream {
@@ -39,7 +42,7 @@ impl Pump for TcpStream {
         remote: &'a mut TcpStream,
         idle: Duration,
         use_splice: bool,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Moved> + Send + 'a>> {
+    ) -> PumpFuture<'a> {
         Box::pin(both_ways(self, remote, idle, use_splice))
     }
 }
@@ -50,7 +53,7 @@ impl Pump for tokio_rustls::server::TlsStream<TcpStream> {
         remote: &'a mut TcpStream,
         idle: Duration,
         _use_splice: bool,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Moved> + Send + 'a>> {
+    ) -> PumpFuture<'a> {
         Box::pin(async move {
             let (mut client_read, mut client_write) = tokio::io::split(self);
             let (mut remote_read, mut remote_write) = remote.split();

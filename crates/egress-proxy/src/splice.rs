@@ -17,6 +17,34 @@ use tokio::net::TcpStream;
 /// At most this much per splice: a pipe's default capacity.
 const CHUNK: usize = 64 * 1024;
 
+/// A pipe: (read end, write end).
+type Pipe = (OwnedFd, OwnedFd);
+
+/// Empty pipes kept between sessions: a short session would otherwise spend more
+/// syscalls making and closing its two pipes than moving its bytes.
+mod pipes {
+    use super::Pipe;
+    use std::sync::Mutex;
+
+    /// Pipes kept at most (two per session in progress is the steady state).
+    const KEEP: usize = 256;
+    static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+    /// An empty pipe, kept or new.
+    pub fn take() -> Option<Pipe> {
+        let kept = POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        kept.or_else(|| nix::unistd::pipe().ok())
+    }
+
+    /// Keeps an empty pipe for the next session.
+    pub fn give(pipe: Pipe) {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() < KEEP {
+            pool.push(pipe);
+        }
+    }
+}
+
 /// Relays both ways with splice; None when no pipe could be made (the caller
 /// copies instead).
 pub async fn both_ways(
@@ -24,13 +52,24 @@ pub async fn both_ways(
     remote: &TcpStream,
     idle: Duration,
 ) -> Option<Result<(u64, u64), (u64, u64, io::Error)>> {
-    let up_pipe = nix::unistd::pipe().ok()?;
-    let down_pipe = nix::unistd::pipe().ok()?;
+    let up_pipe = pipes::take()?;
+    let Some(down_pipe) = pipes::take() else {
+        pipes::give(up_pipe);
+        return None;
+    };
     let started = Instant::now();
     let last = AtomicU64::new(0);
     let up = one_way(client, remote, up_pipe, idle, started, &last);
     let down = one_way(remote, client, down_pipe, idle, started, &last);
-    let ((up, up_err), (down, down_err)) = tokio::join!(up, down);
+    let ((up, up_err, up_pipe), (down, down_err, down_pipe)) = tokio::join!(up, down);
+    // A pipe is drained before each read, so one that ended without an error is
+    // empty and can serve the next session.
+    if up_err.is_none() {
+        pipes::give(up_pipe);
+    }
+    if down_err.is_none() {
+        pipes::give(down_pipe);
+    }
     Some(match up_err.or(down_err) {
         None => Ok((up, down)),
         Some(e) => Err((up, down, e)),
@@ -40,7 +79,19 @@ pub async fn both_ways(
 async fn one_way(
     from: &TcpStream,
     to: &TcpStream,
-    (pipe_out, pipe_in): (OwnedFd, OwnedFd),
+    pipe: Pipe,
+    idle: Duration,
+    started: Instant,
+    last: &AtomicU64,
+) -> (u64, Option<io::Error>, Pipe) {
+    let (moved, error) = move_bytes(from, to, &pipe, idle, started, last).await;
+    (moved, error, pipe)
+}
+
+async fn move_bytes(
+    from: &TcpStream,
+    to: &TcpStream,
+    (pipe_out, pipe_in): &Pipe,
     idle: Duration,
     started: Instant,
     last: &AtomicU64,
@@ -60,7 +111,7 @@ async fn one_way(
             Err(_) => continue,
             Ok(Err(e)) => return (moved, Some(e)),
             Ok(Ok(())) => match from.try_io(Interest::READABLE, || {
-                splice(from, None, &pipe_in, None, CHUNK, flags).map_err(io::Error::from)
+                splice(from, None, pipe_in, None, CHUNK, flags).map_err(io::Error::from)
             }) {
                 Ok(0) => {
                     half_close();
@@ -91,7 +142,7 @@ async fn one_way(
                 Ok(Ok(())) => {}
             }
             match to.try_io(Interest::WRITABLE, || {
-                splice(&pipe_out, None, to, None, left, flags).map_err(io::Error::from)
+                splice(pipe_out, None, to, None, left, flags).map_err(io::Error::from)
             }) {
                 Ok(m) => {
                     left -= m;
