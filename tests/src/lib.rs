@@ -14,6 +14,7 @@ mod prometheus;
 mod scripted;
 mod source_socks;
 mod stores;
+mod sts;
 pub use clients::{by_client_addr, smtplib_send, spool_files, swaks, wait_until, Raw, Swaks};
 pub use pki::TestCa;
 pub use policies::{
@@ -23,6 +24,7 @@ pub use prometheus::{http_get, http_request, query_escape, HttpAnswer, Prometheu
 pub use scripted::{Received, ScriptedDestination};
 pub use source_socks::SourceBindingSocks;
 pub use stores::{sasl_smarthost, Dovecot};
+pub use sts::StsPolicyHost;
 
 use std::fs;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};

@@ -76,6 +76,28 @@ impl Dns {
         Ok(found.iter().collect())
     }
 
+    /// The TXT records of `name` (each record's strings joined); none when it has
+    /// none.
+    pub async fn txt(&self, name: &str) -> io::Result<Vec<String>> {
+        match self.resolver.txt_lookup(fqdn(name)).await {
+            Ok(found) => Ok(found
+                .iter()
+                .map(|r| {
+                    r.txt_data()
+                        .iter()
+                        .map(|d| String::from_utf8_lossy(d))
+                        .collect::<String>()
+                })
+                .collect()),
+            Err(e) if matches!(e.kind(), ResolveErrorKind::NoRecordsFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(io::Error::other(describe_resolve_error(
+                name,
+                "TXT record",
+                &e,
+            ))),
+        }
+    }
+
     /// Where mail for `domain` goes: the mx_list when given (in order), else its MX
     /// records by preference, else (no MX at all) the domain's own A/AAAA (RFC 5321 §5.1).
     pub async fn destinations(

@@ -91,10 +91,6 @@ pub const INERT_PATH_KEYS: &[(&str, &str)] = &[
     ("openssl_cipher_suites", RUSTLS_ONLY),
     ("openssl_options", RUSTLS_ONLY),
     (
-        "enable_mta_sts",
-        "MTA-STS is not honoured yet (planned): the destination's policy is not fetched",
-    ),
-    (
         "enable_dane",
         "DANE is not honoured yet (planned): TLSA records are not looked up",
     ),
@@ -257,6 +253,10 @@ pub struct EgressPathConfig {
     /// empty: rustls's defaults.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rustls_cipher_suites: Vec<String>,
+    /// Honour the destination domain's MTA-STS policy (RFC 8461) on routes by
+    /// MX; default true (KumoMTA's).
+    #[serde(default = "yes")]
+    pub enable_mta_sts: bool,
     /// Send an 8-bit message to a destination that does not offer 8BITMIME;
     /// default false (refused before the text is sent).
     #[serde(default)]
@@ -338,6 +338,7 @@ impl Default for EgressPathConfig {
             remember_broken_tls: None,
             rustls_cipher_suites: Vec::new(),
             ignore_8bit_checks: false,
+            enable_mta_sts: true,
             automation: Vec::new(),
             providers: Vec::new(),
             provenance: BTreeMap::new(),
@@ -389,6 +390,7 @@ strict_table!(
         "remember_broken_tls",
         "rustls_cipher_suites",
         "ignore_8bit_checks",
+        "enable_mta_sts",
         "automation",
         "providers",
         "provenance",

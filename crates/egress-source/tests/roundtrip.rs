@@ -186,7 +186,7 @@ fn accepted_keys_match_serialized_keys() {
     .unwrap();
     assert_eq!(
         keys(path.clone()).len(),
-        24,
+        25,
         "the KumoMTA keys with a default (booleans, rset_timeout, batch size, lookup strategy, failures before delay) are always written"
     );
     serde_json::from_value::<EgressPathConfig>(path).unwrap();

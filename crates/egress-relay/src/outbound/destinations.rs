@@ -26,6 +26,8 @@ pub struct Routing {
     pub hosts: Vec<Destination>,
     /// Their site (see `site_of`).
     pub site: String,
+    /// They are the domain's MX hosts (not an `mx_list`): MTA-STS applies.
+    pub by_mx: bool,
 }
 
 struct Entry {
@@ -56,6 +58,7 @@ impl RoutingCache {
         let routing = Arc::new(Routing {
             site: site_of(&found.hosts),
             hosts: found.hosts,
+            by_mx: queue.mx_list().is_empty(),
         });
         let now = Instant::now();
         let until = found

@@ -9,6 +9,7 @@ pub mod hosts;
 mod idle;
 pub mod in_force;
 pub mod memory;
+pub mod mta_sts;
 pub(crate) mod route;
 pub mod shaping;
 pub mod tls;
@@ -56,6 +57,8 @@ pub struct Context {
     pub own_addresses: hosts::OwnAddresses,
     /// Broken TLS and connection failures, by site.
     pub sites: memory::SiteMemory,
+    /// MTA-STS policies, by domain.
+    pub mta_sts: mta_sts::MtaSts,
 }
 
 /// A pool definition and the rotation built from its entries.
@@ -96,6 +99,7 @@ impl Context {
             report,
             own_addresses: hosts::OwnAddresses::default(),
             sites: memory::SiteMemory::default(),
+            mta_sts: mta_sts::MtaSts::default(),
         }
     }
 

@@ -10,6 +10,7 @@
 use super::auth::{self, AuthFailure};
 use super::automation::Watch;
 use super::hosts;
+use super::mta_sts;
 use super::shaping::Ineligible;
 use super::tls::server_name;
 use super::{idle::SessionKey, timeouts, Context, OpenError, Outbound};
@@ -22,6 +23,7 @@ use egress_smtp::{
 use egress_source::{
     effective_ehlo_domain, effective_port, EgressPathConfig, EgressPool, EgressSource, Tls,
 };
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -115,6 +117,8 @@ pub async fn open(
         let watch = Watch::over(&path, name, site, domain, log.tenant.as_deref());
         let route = Route {
             ctx,
+            domain,
+            by_mx: routing.by_mx,
             pool: &pool.name,
             source: &source,
             path: &path,
@@ -257,6 +261,10 @@ enum HostFailure {
 /// What one transaction's routing decided for one source, for each host tried.
 struct Route<'a> {
     ctx: &'a Context,
+    /// The destination domain.
+    domain: &'a str,
+    /// Its hosts are its MX hosts (MTA-STS applies).
+    by_mx: bool,
     pool: &'a str,
     source: &'a Arc<EgressSource>,
     path: &'a Arc<EgressPathConfig>,
@@ -298,12 +306,18 @@ impl Route<'_> {
             &ctx.own_addresses,
         )
         .map_err(Tried::Refused)?;
+        let (hosts, sts) = self.mta_sts(hosts, log).await?;
         let mut last = (String::from("no host"), [4, 4, 1]);
         let mut refused_connections = 0;
         for (dest, addr) in hosts.iter().copied() {
             log.destination = Some(format!("{} [{addr}]", dest.host));
             let mut mode = self.path.enable_tls;
-            if let (Some(_), Some(left)) = (
+            if sts.is_some() {
+                // MTA-STS enforce: TLS with a certificate valid for the MX name.
+                mode = Tls::Required;
+            }
+            if let (None, Some(_), Some(left)) = (
+                &sts,
                 self.path.remember_broken_tls,
                 ctx.sites.broken_tls(self.site),
             ) {
@@ -385,8 +399,17 @@ impl Route<'_> {
                     return Err(Tried::Shaping(reply))
                 }
                 Err(HostFailure::Handshake(e)) => {
+                    let policy = sts
+                        .as_ref()
+                        .map(|p| {
+                            format!(
+                                " (MTA-STS policy of {}, id {}, mode enforce)",
+                                self.domain, p.id
+                            )
+                        })
+                        .unwrap_or_default();
                     last = (
-                        format!("egress source '{}': {addr}: {e}", self.source.name),
+                        format!("egress source '{}': {addr}: {e}{policy}", self.source.name),
                         [4, 7, 5],
                     );
                     log.note(&last.0);
@@ -426,6 +449,61 @@ impl Route<'_> {
             text: last.0,
             esc: last.1,
         })
+    }
+
+    /// The domain's MTA-STS policy applied to its MX hosts: with `enforce`, only
+    /// the hosts its patterns match (none: `451 4.7.5`), and the policy; with
+    /// `testing`, every host, and what enforce would have refused noted.
+    async fn mta_sts<'h>(
+        &self,
+        hosts: Vec<(&'h Destination, SocketAddr)>,
+        log: &mut TxLog,
+    ) -> Result<(Vec<(&'h Destination, SocketAddr)>, Option<mta_sts::InForce>), Tried> {
+        if !(self.path.enable_mta_sts && self.by_mx) {
+            return Ok((hosts, None));
+        }
+        let budget = self.path.connect_timeout.min(Duration::from_secs(10));
+        let Some(sts) = self
+            .ctx
+            .mta_sts
+            .policy(&self.ctx.dns, self.domain, budget)
+            .await
+        else {
+            return Ok((hosts, None));
+        };
+        let policy = &sts.policy;
+        log.note(&format!("mta_sts={} (id {})", policy.mode, sts.id));
+        let matching: Vec<_> = hosts
+            .iter()
+            .copied()
+            .filter(|(d, _)| {
+                policy
+                    .mx
+                    .iter()
+                    .any(|p| mta_sts::parse::mx_matches(p, &d.host))
+            })
+            .collect();
+        let refusal = matching.is_empty().then(|| {
+            format!(
+                "MTA-STS policy of {} (id {}, mode {}): no MX host matches its mx patterns ({})",
+                self.domain,
+                sts.id,
+                policy.mode,
+                policy.mx.join(", ")
+            )
+        });
+        match policy.mode {
+            mta_sts::parse::Mode::Enforce => match refusal {
+                Some(text) => Err(Tried::Refused(Reply::new(451, [4, 7, 5], text))),
+                None => Ok((matching, Some(sts))),
+            },
+            _ => {
+                if let Some(text) = refusal {
+                    log.note(&format!("{text}; delivering anyway (testing)"));
+                }
+                Ok((hosts, None))
+            }
+        }
     }
 
     /// MAIL FROM, with the first RCPT when there is one; MAIL's reply (the RCPT's

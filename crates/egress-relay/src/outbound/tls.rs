@@ -105,6 +105,22 @@ fn with_suites(
     Ok((Arc::new(provider), versions))
 }
 
+/// A connector that verifies certificates against the system trust store, with
+/// no client certificate (MTA-STS policy fetches).
+pub fn verified_connector() -> Result<TlsConnector, String> {
+    static CONNECTOR: OnceLock<Result<TlsConnector, String>> = OnceLock::new();
+    CONNECTOR
+        .get_or_init(|| {
+            let config = ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| format!("TLS setup: {e}"))?
+                .with_root_certificates(native_roots())
+                .with_no_client_auth();
+            Ok(TlsConnector::from(Arc::new(config)))
+        })
+        .clone()
+}
+
 /// A PEM certificate chain from a file, with the file named in errors.
 pub fn load_chain(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
     let chain: Vec<_> = CertificateDer::pem_file_iter(path)

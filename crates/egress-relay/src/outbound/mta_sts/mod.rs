@@ -1,0 +1,136 @@
+//! MTA-STS (RFC 8461): a destination domain's demand that mail reach it only
+//! over TLS, to its listed MX hosts (`enable_mta_sts`, default true as in
+//! KumoMTA). `parse.rs` reads the texts, `fetch.rs` gets the policy over HTTPS,
+//! and this module keeps policies per domain: for `max_age`, refetched when the
+//! TXT record's id changes, and kept when a refetch fails (§5.1).
+//!
+//! It applies to routes by MX only: an `mx_list` (a smarthost) is not the
+//! domain's MX, so its policy says nothing about it.
+
+pub mod fetch;
+pub mod parse;
+
+use crate::dns::Dns;
+use parse::{Mode, Policy};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long "no policy" (no TXT record) is remembered.
+const NO_POLICY_FOR: Duration = Duration::from_secs(300);
+/// Domains remembered at most (expired entries go first, then all).
+const MAX_DOMAINS: usize = 10_000;
+
+/// A policy in force for a domain, with its id.
+#[derive(Debug, Clone)]
+pub struct InForce {
+    /// The TXT record's id of the policy fetched.
+    pub id: String,
+    /// The policy.
+    pub policy: Arc<Policy>,
+    /// Until when it may be used.
+    pub until: Instant,
+}
+
+#[derive(Clone)]
+enum Known {
+    Policy(InForce),
+    Nothing { until: Instant },
+}
+
+/// Policies by domain.
+#[derive(Default)]
+pub struct MtaSts {
+    known: Mutex<HashMap<String, Known>>,
+    /// Policies fetched (for tests and counts).
+    pub fetches: std::sync::atomic::AtomicU64,
+}
+
+impl MtaSts {
+    /// The policy in force for `domain` (None: no policy, or mode none), looking
+    /// it up within `budget` when what is known is stale.
+    pub async fn policy(&self, dns: &Dns, domain: &str, budget: Duration) -> Option<InForce> {
+        let now = Instant::now();
+        let known = self.lock().get(domain).cloned();
+        if let Some(Known::Nothing { until }) = &known {
+            if now < *until {
+                return None;
+            }
+        }
+        let cached = match known {
+            Some(Known::Policy(p)) if now < p.until => Some(p),
+            _ => None,
+        };
+        // The TXT record says whether the policy changed (the resolver caches it).
+        let id = match dns.txt(&format!("_mta-sts.{domain}")).await {
+            Ok(records) => records.iter().find_map(|t| parse::txt_id(t)),
+            Err(e) => {
+                tracing::debug!(domain, "MTA-STS TXT lookup: {e}");
+                return cached.filter(|p| p.policy.mode != Mode::None);
+            }
+        };
+        let Some(id) = id else {
+            // No record: a cached unexpired policy still holds (RFC 8461 §5.1).
+            if cached.is_none() {
+                self.remember(
+                    domain,
+                    Known::Nothing {
+                        until: now + NO_POLICY_FOR,
+                    },
+                );
+            }
+            return cached.filter(|p| p.policy.mode != Mode::None);
+        };
+        if let Some(p) = &cached {
+            if p.id == id {
+                return Some(p.clone()).filter(|p| p.policy.mode != Mode::None);
+            }
+        }
+        self.fetches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fetched = fetch::policy_text(dns, domain, budget)
+            .await
+            .and_then(|text| parse::parse_policy(&text));
+        match fetched {
+            Ok(policy) => {
+                let in_force = InForce {
+                    id,
+                    until: now + policy.max_age,
+                    policy: Arc::new(policy),
+                };
+                self.remember(domain, Known::Policy(in_force.clone()));
+                Some(in_force).filter(|p| p.policy.mode != Mode::None)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    domain,
+                    "MTA-STS policy (id {id}): {e}; {}",
+                    match &cached {
+                        Some(p) => format!("keeping the cached policy (id {})", p.id),
+                        None => "no policy applies".into(),
+                    }
+                );
+                cached.filter(|p| p.policy.mode != Mode::None)
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Known>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn remember(&self, domain: &str, known: Known) {
+        let now = Instant::now();
+        let mut map = self.lock();
+        if map.len() >= MAX_DOMAINS {
+            map.retain(|_, k| match k {
+                Known::Policy(p) => p.until > now,
+                Known::Nothing { until } => *until > now,
+            });
+            if map.len() >= MAX_DOMAINS {
+                map.clear();
+            }
+        }
+        map.insert(domain.to_owned(), known);
+    }
+}
