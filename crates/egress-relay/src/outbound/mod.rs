@@ -176,7 +176,7 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    /// Opens a transaction for `domain` (the steps are in `outbound/route.rs`).
+    /// Opens a transaction for `domain` (the steps are in `outbound/route/`).
     /// `first_rcpt`, when given, goes with MAIL FROM (pipelined where offered); its
     /// reply is then [`rcpt`](Self::rcpt)'s first answer. Fills `log`.
     pub async fn open(
