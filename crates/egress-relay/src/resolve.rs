@@ -145,9 +145,31 @@ pub async fn resolve(
             "path_config": path.as_ref(),
         }));
     }
+    let mta_sts = match routing.by_mx {
+        false => json!("not applicable: the route is an mx_list, not the domain's MX"),
+        true => match ctx
+            .mta_sts
+            .policy(&ctx.dns, domain, std::time::Duration::from_secs(10))
+            .await
+        {
+            None => json!("none"),
+            Some(p) => json!({
+                "mode": p.policy.mode.to_string(),
+                "id": p.id,
+                "mx": p.policy.mx,
+                "max_age": humantime::format_duration(p.policy.max_age).to_string(),
+                "expires": humantime::format_rfc3339_seconds(
+                    std::time::SystemTime::now()
+                        + p.until.saturating_duration_since(std::time::Instant::now())
+                )
+                .to_string(),
+            }),
+        },
+    };
     Ok(json!({
         "domain": domain,
         "queue_config": queue.as_ref(),
+        "mta_sts": mta_sts,
         "pool": pool.as_ref(),
         "site_name": site,
         "destinations": hosts.iter().map(|h| json!({"host": h.host, "address": h.ip.to_string()})).collect::<Vec<_>>(),

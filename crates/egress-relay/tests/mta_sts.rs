@@ -150,6 +150,12 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
         1,
         "the second message used the cached policy"
     );
+    // `egressd resolve` (the admin API's resolve-egress-path) shows the policy.
+    let resolved = d.resolve("sts.test", None);
+    assert_eq!(resolved["mta_sts"]["mode"], "enforce", "{resolved:#}");
+    assert_eq!(resolved["mta_sts"]["id"], "20261202");
+    assert_eq!(resolved["mta_sts"]["mx"][0], "mx.sts.test");
+    assert_eq!(good.policy.fetches(), 1, "resolve used the cache too");
     assert!(
         d.log().contains("mta_sts=enforce (id 20261202)"),
         "{}",
