@@ -154,6 +154,13 @@ pub trait Report: Send + Sync + 'static {
         let _ = action;
     }
 
+    /// Something happened to an MTA-STS policy: `fetched`, `fetch_failed`,
+    /// `cache_hit` (a transaction used a cached policy), `refused` (enforce
+    /// refused a destination).
+    fn mta_sts(&self, event: &'static str) {
+        let _ = event;
+    }
+
     /// The handle for an inbound listener named `name` (its address); asked once,
     /// when the listener is made.
     fn listener(&self, name: &str) -> Option<Arc<dyn ListenerReport>> {

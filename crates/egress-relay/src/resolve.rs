@@ -149,7 +149,12 @@ pub async fn resolve(
         false => json!("not applicable: the route is an mx_list, not the domain's MX"),
         true => match ctx
             .mta_sts
-            .policy(&ctx.dns, domain, std::time::Duration::from_secs(10))
+            .policy(
+                &ctx.dns,
+                &crate::report::NoReport,
+                domain,
+                std::time::Duration::from_secs(10),
+            )
             .await
         {
             None => json!("none"),

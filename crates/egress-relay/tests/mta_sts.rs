@@ -8,8 +8,30 @@ mod common;
 use common::Embedded;
 use egress_e2e::{postfix_tls_main_cf, swaks, wait_until, Dnsmasq, Postfix, SmtpSink};
 use egress_e2e::{StsPolicyHost, TestCa};
+use egress_relay::report::Report;
 use std::net::IpAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// The MTA-STS events the relay reports.
+#[derive(Default)]
+struct Events(Mutex<Vec<&'static str>>);
+
+impl Report for Events {
+    fn mta_sts(&self, event: &'static str) {
+        self.0.lock().unwrap().push(event);
+    }
+}
+
+impl Events {
+    fn count(&self, event: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| **e == event)
+            .count()
+    }
+}
 use std::time::Duration;
 
 /// The CA this test process trusts (`SSL_CERT_FILE`, read once per process).
@@ -64,12 +86,12 @@ fn policy_text(mode: &str, mx: &str) -> String {
 
 /// A relay routing by MX through `dns`; each domain's port from `ports`; the
 /// path's TLS `OpportunisticInsecure`, so only MTA-STS can demand verification.
-fn relay(dns: &Dnsmasq, ports: &[(&str, u16)]) -> Embedded {
+fn relay(dns: &Dnsmasq, ports: &[(&str, u16)], events: &Arc<Events>) -> Embedded {
     let table: Vec<String> = ports
         .iter()
         .map(|(d, p)| format!("['{d}'] = {p}"))
         .collect();
-    Embedded::start(&format!(
+    Embedded::start_reporting(&format!(
         "kumo.on('init', function()
            kumo.start_esmtp_listener {{ listen = '{{listen}}' }}
            kumo.dns.configure_resolver {{ name_servers = {{ '{}' }} }}
@@ -85,7 +107,7 @@ fn relay(dns: &Dnsmasq, ports: &[(&str, u16)]) -> Embedded {
         dns.addr,
         table.join(", "),
         egress_e2e::IP2_POOL
-    ))
+    ), events.clone())
 }
 
 #[test]
@@ -119,6 +141,7 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
         .flat_map(|d| d.records.iter().map(String::as_str))
         .collect();
     let dns = Dnsmasq::start(&records);
+    let events = Arc::new(Events::default());
     let d = relay(
         &dns,
         &[
@@ -126,6 +149,7 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
             ("wrongmx.test", wrong_mx.postfix.addr.port()),
             ("bad.test", untrusted.postfix.addr.port()),
         ],
+        &events,
     );
 
     // Listed MX, valid certificate: delivered over TLS, the policy fetched once
@@ -184,6 +208,16 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
     );
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(sink.messages().len(), 2, "nothing else was delivered");
+    // What the metrics count: three policies fetched, the second message's hit,
+    // two refusals.
+    assert_eq!(
+        (
+            events.count("fetched"),
+            events.count("cache_hit"),
+            events.count("refused")
+        ),
+        (3, 1, 2)
+    );
 }
 
 #[test]
@@ -198,7 +232,11 @@ fn testing_mode_delivers_and_notes_what_enforce_would_refuse() {
     );
     let records: Vec<&str> = dest.records.iter().map(String::as_str).collect();
     let dns = Dnsmasq::start(&records);
-    let d = relay(&dns, &[("testing.test", dest.postfix.addr.port())]);
+    let d = relay(
+        &dns,
+        &[("testing.test", dest.postfix.addr.port())],
+        &Arc::new(Events::default()),
+    );
     let s = swaks(d.addr, "u@testing.test", &[]);
     assert!(s.ok, "{}\n{}", s.transcript, d.log());
     assert!(wait_until(Duration::from_secs(15), || sink

@@ -165,6 +165,12 @@ impl Report for Metrics {
         }
     }
 
+    fn mta_sts(&self, event: &'static str) {
+        if let Some(inner) = self.inner.get() {
+            inner.mta_sts.get_or_create(&EventLabels { event }).inc();
+        }
+    }
+
     fn listener(&self, name: &str) -> Option<Arc<dyn ListenerReport>> {
         self.listener_handles(name)
             .map(|l| Arc::new(l) as Arc<dyn ListenerReport>)

@@ -189,6 +189,7 @@ struct Inner {
     cache_loads: Family<CacheLabels, Counter>,
     throttle_fallbacks: Counter,
     automation_actions: Family<ActionLabels, Counter>,
+    mta_sts: Family<EventLabels, Counter>,
     spool_messages: Gauge,
     spool_bytes: Gauge,
     spool_fsyncs: Counter,

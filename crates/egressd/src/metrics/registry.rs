@@ -43,6 +43,7 @@ impl Inner {
             cache_loads: Family::default(),
             throttle_fallbacks: Counter::default(),
             automation_actions: Family::default(),
+            mta_sts: Family::default(),
             spool_messages: Gauge::default(),
             spool_bytes: Gauge::default(),
             spool_fsyncs: Counter::default(),
@@ -124,6 +125,11 @@ impl Inner {
             "egressd_automation_actions",
             "Actions automation rules took (Suspend, …), by action",
             inner.automation_actions.clone(),
+        );
+        r.register(
+            "egressd_mta_sts",
+            "MTA-STS policy events: fetched, fetch_failed, cache_hit, refused (enforce turned a destination away)",
+            inner.mta_sts.clone(),
         );
         r.register(
             "egressd_automation_overrides",

@@ -11,6 +11,7 @@ pub mod fetch;
 pub mod parse;
 
 use crate::dns::Dns;
+use crate::report::Report;
 use parse::{Mode, Policy};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -49,7 +50,13 @@ pub struct MtaSts {
 impl MtaSts {
     /// The policy in force for `domain` (None: no policy, or mode none), looking
     /// it up within `budget` when what is known is stale.
-    pub async fn policy(&self, dns: &Dns, domain: &str, budget: Duration) -> Option<InForce> {
+    pub async fn policy(
+        &self,
+        dns: &Dns,
+        report: &dyn Report,
+        domain: &str,
+        budget: Duration,
+    ) -> Option<InForce> {
         let now = Instant::now();
         let known = self.lock().get(domain).cloned();
         if let Some(Known::Nothing { until }) = &known {
@@ -83,6 +90,7 @@ impl MtaSts {
         };
         if let Some(p) = &cached {
             if p.id == id {
+                report.mta_sts("cache_hit");
                 return Some(p.clone()).filter(|p| p.policy.mode != Mode::None);
             }
         }
@@ -93,6 +101,7 @@ impl MtaSts {
             .and_then(|text| parse::parse_policy(&text));
         match fetched {
             Ok(policy) => {
+                report.mta_sts("fetched");
                 let in_force = InForce {
                     id,
                     until: now + policy.max_age,
@@ -102,6 +111,7 @@ impl MtaSts {
                 Some(in_force).filter(|p| p.policy.mode != Mode::None)
             }
             Err(e) => {
+                report.mta_sts("fetch_failed");
                 tracing::warn!(
                     domain,
                     "MTA-STS policy (id {id}): {e}; {}",

@@ -396,6 +396,9 @@ impl Route<'_> {
                     return Err(Tried::Shaping(reply))
                 }
                 Err(HostFailure::Handshake(e)) => {
+                    if sts.is_some() {
+                        self.ctx.report.mta_sts("refused");
+                    }
                     let policy = sts
                         .as_ref()
                         .map(|p| {
@@ -463,7 +466,7 @@ impl Route<'_> {
         let Some(sts) = self
             .ctx
             .mta_sts
-            .policy(&self.ctx.dns, self.domain, budget)
+            .policy(&self.ctx.dns, &*self.ctx.report, self.domain, budget)
             .await
         else {
             return Ok((hosts, None));
@@ -491,7 +494,10 @@ impl Route<'_> {
         });
         match policy.mode {
             mta_sts::parse::Mode::Enforce => match refusal {
-                Some(text) => Err(Tried::Refused(Reply::new(451, [4, 7, 5], text))),
+                Some(text) => {
+                    self.ctx.report.mta_sts("refused");
+                    Err(Tried::Refused(Reply::new(451, [4, 7, 5], text)))
+                }
                 None => Ok((matching, Some(sts))),
             },
             _ => {
