@@ -4,7 +4,7 @@
 //! cargo xtask peers          install the real test peers (apt), idempotent
 //! cargo xtask ci             peers, fmt, clippy, each crate's tests alone, end-to-end tests
 //! cargo xtask test -p NAME   one crate's tests
-//! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, throttle, relay, load, metrics, spooled, proxy)
+//! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, throttle, relay, load, metrics, spooled, proxy, mta-sts)
 //! cargo xtask fuzz [TARGET] [--time SECONDS]   libFuzzer targets (cargo-fuzz, nightly)
 //! ```
 //!
@@ -129,7 +129,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <peers | ci | test -p NAME | bench [source|cache|connect|lua|throttle|relay|load|metrics|spooled|proxy] | fuzz [TARGET] [--time SECONDS]>";
+const USAGE: &str = "usage: cargo xtask <peers | ci | test -p NAME | bench [source|cache|connect|lua|throttle|relay|load|metrics|spooled|proxy|mta-sts] | fuzz [TARGET] [--time SECONDS]>";
 
 pub(crate) type Result<T = (), E = String> = std::result::Result<T, E>;
 
@@ -310,7 +310,7 @@ fn is_root() -> bool {
 fn bench(which: Option<&str>) -> Result {
     let all = [
         "source", "cache", "connect", "lua", "throttle", "relay", "load", "metrics", "spooled",
-        "proxy",
+        "proxy", "mta-sts",
     ];
     let chosen: Vec<&str> = match which {
         None | Some("all") => all.to_vec(),
@@ -320,6 +320,12 @@ fn bench(which: Option<&str>) -> Result {
     for name in chosen {
         match name {
             "source" => cargo(&["bench", "-p", "egress-source"])?,
+            "mta-sts" => {
+                peers()?;
+                cargo(&[
+                    "bench", "-p", "egressd", "--bench", "relay", "--", "mta-sts",
+                ])?
+            }
             "proxy" => {
                 peers()?;
                 cargo(&["bench", "-p", "egress-proxy", "--bench", "proxy"])?

@@ -154,3 +154,13 @@ impl fmt::Display for Describe<'_> {
         }
     }
 }
+
+/// A runtime error prefixed with the `file:line` of the Lua code that called us.
+pub(crate) fn located(lua: &mlua::Lua, message: String) -> mlua::Error {
+    let place = lua.inspect_stack(1).and_then(|frame| {
+        let line = frame.curr_line();
+        let src = frame.source().short_src.map(|s| s.into_owned())?;
+        (line > 0).then(|| format!("{src}:{line}: "))
+    });
+    mlua::Error::runtime(format!("{}{message}", place.unwrap_or_default()))
+}

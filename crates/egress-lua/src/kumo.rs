@@ -5,6 +5,7 @@ use crate::declarations::{
     EsmtpListener, HttpListener, InitConfig, RedisThrottles, ResolverConfig, SpoolDefinition,
 };
 use crate::definition::{Definition, Made};
+use crate::error::located;
 use egress_source::{EgressPathConfig, EgressPool, EgressSource, QueueConfig};
 use mlua::{Function, Lua, LuaSerdeExt, Table, Value, Variadic};
 use serde::de::DeserializeOwned;
@@ -136,7 +137,6 @@ pub(crate) fn install(lua: &Lua, memo: std::sync::Arc<crate::utility::Memo>) -> 
     let loaded: Table = package.get("loaded")?;
     loaded.set("kumo", kumo)?;
     crate::extras::install(lua, &package)?;
-    crate::proxy::install(lua, &package)?;
     Ok(())
 }
 
@@ -186,16 +186,6 @@ pub(crate) fn from_lua<T: DeserializeOwned>(
             format!("{function}: {}", crate::error::serde_message(&e)),
         )
     })
-}
-
-/// A runtime error prefixed with the `file:line` of the Lua code that called us.
-pub(crate) fn located(lua: &Lua, message: String) -> mlua::Error {
-    let place = lua.inspect_stack(1).and_then(|frame| {
-        let line = frame.curr_line();
-        let src = frame.source().short_src.map(|s| s.into_owned())?;
-        (line > 0).then(|| format!("{src}:{line}: "))
-    });
-    mlua::Error::runtime(format!("{}{message}", place.unwrap_or_default()))
 }
 
 pub(crate) fn declare(lua: &Lua, record: impl FnOnce(&mut InitConfig)) -> mlua::Result<()> {

@@ -43,9 +43,9 @@ pub use declarations::{
     EsmtpListener, HttpListener, InitConfig, InvalidLineEndings, RedisThrottles, ResolverConfig,
     SpoolDefinition,
 };
+pub use declarations::{ProxyListenerParams, TcpKeepalive};
 pub use error::PolicyError;
 pub use lookup::{describe_resolve_error, fqdn, resolver};
-pub use proxy::{ProxyListenerParams, TcpKeepalive};
 
 use egress_cache::{CacheStats, TtlCache};
 use egress_source::{EgressPathConfig, EgressPool, EgressSource, QueueConfig, DEFAULT_POOL};

@@ -8,7 +8,7 @@
 //! are rare (definitions are cached) and bounded by the resolver's timeouts.
 
 use crate::declarations::{InitConfig, ResolverConfig};
-use crate::kumo::located;
+use crate::error::located;
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, Protocol, ResolverConfig as HickoryConfig, ResolverOpts,
 };

@@ -107,6 +107,7 @@ impl LuaStates {
                 message: lua_message(&e),
             };
             install(&state.lua, memo.clone()).map_err(load_error)?;
+            crate::proxy::install(&state.lua).map_err(load_error)?;
             let (loaded, _) = state.bounded(time_limit, |lua| {
                 lua.load(code).set_name(format!("@{chunk_name}")).exec()
             });

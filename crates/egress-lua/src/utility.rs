@@ -4,7 +4,7 @@
 //! `kumo.validation_failed`. Anything else called on `kumo` gets an error naming
 //! the function (`unprovided`).
 
-use crate::kumo::located;
+use crate::error::located;
 use egress_cache::{HasTtl, TtlCache};
 use futures::executor::block_on;
 use mlua::{Function, Lua, LuaSerdeExt, MultiValue, Table, UserData, UserDataMethods, Value};

@@ -24,6 +24,7 @@
 
 pub mod config;
 pub mod http;
+mod idle;
 pub mod metrics;
 mod pump;
 pub mod rules;

@@ -9,6 +9,7 @@
 //! safe wrapper); otherwise a copy loop with one 64 KiB buffer per direction,
 //! allocated once per session.
 
+use crate::idle::{idle_both_ways, idle_error};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -169,18 +170,4 @@ where
         moved += n as u64;
         last.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
-}
-
-/// Nothing has moved either way for `idle` (this direction timed out; the session
-/// lives while the other one moves).
-pub(crate) fn idle_both_ways(started: Instant, last: &AtomicU64, idle: Duration) -> bool {
-    let quiet = (started.elapsed().as_millis() as u64).saturating_sub(last.load(Ordering::Relaxed));
-    quiet >= idle.as_millis() as u64
-}
-
-pub(crate) fn idle_error(idle: Duration) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::TimedOut,
-        format!("no bytes either way for {} s", idle.as_secs()),
-    )
 }

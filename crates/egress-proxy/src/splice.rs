@@ -4,7 +4,7 @@
 //! draining it before reading more, so the pipe never blocks. nix provides the
 //! safe wrapper; readiness comes from tokio (`readable`/`writable` + `try_io`).
 
-use crate::pump::{idle_both_ways, idle_error};
+use crate::idle::{idle_both_ways, idle_error};
 use nix::fcntl::{splice, SpliceFFlags};
 use std::io;
 use std::net::Shutdown;
