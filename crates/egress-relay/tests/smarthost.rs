@@ -211,3 +211,43 @@ fn use_lmtp_delivers_into_a_mail_store_one_recipient_per_transaction() {
         .len()
         == 1));
 }
+
+/// A spooled transaction (two domains) with two recipients in the LMTP store: the
+/// delivery attempt reads the store's reply for each and both Maildirs hold the
+/// message once.
+#[test]
+fn a_spooled_transaction_reads_a_reply_per_recipient_from_the_lmtp_store() {
+    let store = Dovecot::start(&["alice", "bob"]);
+    let other = egress_e2e::ScriptedDestination::pipelining();
+    let spool = tempfile::tempdir().unwrap();
+    let policy = egress_e2e::spool_policy(
+        spool.path(),
+        10_000_000,
+        &[
+            ("store.test", mx_entry(store.addr)),
+            ("other.test", mx_entry(other.addr)),
+        ],
+    ) + "kumo.on('get_egress_path_config', function(domain, source, site)
+           return kumo.make_egress_path { use_lmtp = (domain == 'store.test') }
+         end)";
+    let d = Embedded::start(&policy);
+    let out = egress_e2e::smtplib_send(
+        d.addr,
+        "app@src.test",
+        &["x@other.test", "alice@store.test", "bob@store.test"],
+        "Subject: spooled lmtp\r\n\r\nhello\r\n",
+    );
+    assert!(out.starts_with("refused {}"), "{out}");
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            store.messages("alice").len() == 1 && store.messages("bob").len() == 1
+        }),
+        "{}\n{}",
+        d.log(),
+        store.log()
+    );
+    assert!(store.messages("bob")[0].contains("Subject: spooled lmtp"));
+    assert_eq!(other.received().len(), 1);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(store.messages("alice").len(), 1, "delivered once");
+}
