@@ -18,7 +18,8 @@ pub struct ListenerMetrics {
     down: AtomicU64,
     failed: Mutex<BTreeMap<&'static str, u64>>,
     tls_failures: AtomicU64,
-    outbound: Mutex<BTreeMap<String, u64>>,
+    /// By source address (None: the client chose none).
+    outbound: Mutex<BTreeMap<Option<std::net::IpAddr>, u64>>,
 }
 
 impl ListenerMetrics {
@@ -37,8 +38,7 @@ impl ListenerMetrics {
     /// An outbound connection was made from `source` (`default` when the client
     /// did not choose one).
     pub fn outbound(&self, source: Option<std::net::IpAddr>) {
-        let key = source.map_or("default".to_owned(), |s| s.to_string());
-        *lock(&self.outbound).entry(key).or_default() += 1;
+        *lock(&self.outbound).entry(source).or_default() += 1;
     }
 
     /// A session ended: relayed (`failure` none) or failed for `failure`.
@@ -100,7 +100,12 @@ impl Registry {
         }
         let labelled: [(Family, &str, LabelledReading); 2] = [
             (FAILED, "reason", |m| labelled(&lock(&m.failed))),
-            (OUTBOUND, "source", |m| labelled(&lock(&m.outbound))),
+            (OUTBOUND, "source", |m| {
+                lock(&m.outbound)
+                    .iter()
+                    .map(|(s, n)| (s.map_or("default".to_owned(), |s| s.to_string()), *n))
+                    .collect()
+            }),
         ];
         for (family, label, read) in labelled {
             family.head(&mut out);
