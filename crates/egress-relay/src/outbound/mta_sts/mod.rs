@@ -2,7 +2,8 @@
 //! over TLS, to its listed MX hosts (`enable_mta_sts`, default true as in
 //! KumoMTA). `parse.rs` reads the texts, `fetch.rs` gets the policy over HTTPS,
 //! and this module keeps policies per domain: for `max_age`, refetched when the
-//! TXT record's id changes, and kept when a refetch fails (§5.1).
+//! TXT record's id changes (asked at most once a minute), and kept when a
+//! refetch fails (§5.1).
 //!
 //! It applies to routes by MX only: an `mx_list` (a smarthost) is not the
 //! domain's MX, so its policy says nothing about it.
@@ -19,6 +20,10 @@ use std::time::{Duration, Instant};
 
 /// How long "no policy" (no TXT record) is remembered.
 const NO_POLICY_FOR: Duration = Duration::from_secs(300);
+/// How long a cached policy is used before the TXT record is asked again whether
+/// it changed: a DNS round trip per transaction would cost more than the rest of
+/// the routing (and many TXT records are served with a TTL of zero).
+const RECHECK_AFTER: Duration = Duration::from_secs(60);
 /// Domains remembered at most (expired entries go first, then all).
 const MAX_DOMAINS: usize = 10_000;
 
@@ -31,6 +36,8 @@ pub struct InForce {
     pub policy: Arc<Policy>,
     /// Until when it may be used.
     pub until: Instant,
+    /// When the TXT record last confirmed its id.
+    checked: Instant,
 }
 
 #[derive(Clone)]
@@ -68,6 +75,12 @@ impl MtaSts {
             Some(Known::Policy(p)) if now < p.until => Some(p),
             _ => None,
         };
+        if let Some(p) = &cached {
+            if now.duration_since(p.checked) < RECHECK_AFTER {
+                report.mta_sts("cache_hit");
+                return Some(p.clone()).filter(|p| p.policy.mode != Mode::None);
+            }
+        }
         // The TXT record says whether the policy changed (the resolver caches it).
         let id = match dns.txt(&format!("_mta-sts.{domain}")).await {
             Ok(records) => records.iter().find_map(|t| parse::txt_id(t)),
@@ -88,10 +101,12 @@ impl MtaSts {
             }
             return cached.filter(|p| p.policy.mode != Mode::None);
         };
-        if let Some(p) = &cached {
+        if let Some(mut p) = cached.clone() {
             if p.id == id {
                 report.mta_sts("cache_hit");
-                return Some(p.clone()).filter(|p| p.policy.mode != Mode::None);
+                p.checked = now;
+                self.remember(domain, Known::Policy(p.clone()));
+                return Some(p).filter(|p| p.policy.mode != Mode::None);
             }
         }
         self.fetches
@@ -104,6 +119,7 @@ impl MtaSts {
                 report.mta_sts("fetched");
                 let in_force = InForce {
                     id,
+                    checked: now,
                     until: now + policy.max_age,
                     policy: Arc::new(policy),
                 };
