@@ -162,11 +162,10 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
         );
         assert!(s.ok, "{}\n{}", s.transcript, d.log());
     }
-    assert!(wait_until(Duration::from_secs(15), || sink
-        .messages()
-        .len()
-        == 2));
-    for m in sink.messages() {
+    // wait_for returns the dumps once they stop changing (never half-written).
+    let delivered = sink.wait_for(2);
+    assert_eq!(delivered.len(), 2);
+    for m in delivered {
         assert!(m.contains("using TLS"), "Postfix was reached over TLS: {m}");
     }
     assert_eq!(
