@@ -1,6 +1,8 @@
 //! What a policy's `init` declares for the server to start: listeners and DNS.
 
-use egress_source::{serde_duration, serde_networks, KeySource, ThrottleSpec};
+use egress_source::{
+    serde_duration, serde_networks, serde_optional_networks, KeySource, ThrottleSpec,
+};
 use ipnet::IpNet;
 use serde::de::{Deserializer, Error};
 use serde::{Deserialize, Serialize};
@@ -79,7 +81,10 @@ pub struct EsmtpListener {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// Clients allowed to relay (CIDRs or addresses); default loopback only.
-    #[serde(default = "default_relay_hosts", deserialize_with = "networks")]
+    #[serde(
+        default = "default_relay_hosts",
+        deserialize_with = "serde_networks::deserialize"
+    )]
     pub relay_hosts: Vec<IpNet>,
     /// Name in the banner and `Received:`; default the host's name.
     #[serde(default)]
@@ -146,7 +151,7 @@ pub struct EsmtpListener {
     /// for everyone. Filled in when the listener is declared, so `egressd check`
     /// prints the list in force; read it through
     /// [`client_limit_exceptions`](Self::client_limit_exceptions).
-    #[serde(default, deserialize_with = "optional_networks")]
+    #[serde(default, deserialize_with = "serde_optional_networks::deserialize")]
     pub client_limit_exceptions: Option<Vec<IpNet>>,
 }
 
@@ -262,28 +267,6 @@ fn default_max_connections() -> usize {
     1000
 }
 
-/// [`networks`], present.
-fn optional_networks<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<IpNet>>, D::Error> {
-    networks(d).map(Some)
-}
-
-/// Accepts CIDRs (`10.0.0.0/8`) and bare addresses (`10.0.0.1`), as KumoMTA does.
-fn networks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
-    let items = Vec::<String>::deserialize(d)?;
-    items
-        .iter()
-        .map(|s| {
-            s.parse::<IpNet>()
-                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    D::Error::custom(format!(
-                        "expected a CIDR such as \"10.0.0.0/8\" or an IP address, got {s:?}"
-                    ))
-                })
-        })
-        .collect()
-}
-
 /// `kumo.start_http_listener { listen, hostname, trusted_hosts, use_tls,
 /// tls_certificate, tls_private_key }` (KumoMTA's names): egressd's admin API and
 /// metrics.
@@ -300,7 +283,10 @@ pub struct HttpListener {
     /// Clients that need no credentials (CIDRs or addresses); default loopback.
     /// Any other client must authenticate with HTTP Basic, checked by the
     /// `http_server_validate_auth_basic` event, or gets 401.
-    #[serde(default = "default_trusted_hosts", deserialize_with = "networks")]
+    #[serde(
+        default = "default_trusted_hosts",
+        deserialize_with = "serde_networks::deserialize"
+    )]
     pub trusted_hosts: Vec<IpNet>,
     /// Serve HTTPS; default false.
     #[serde(default)]
@@ -394,7 +380,7 @@ pub struct ProxyListenerParams {
     pub tcp_keepalive: TcpKeepalive,
     /// Clients that may use the listener (CIDRs or addresses); default loopback
     /// only (an egress-proxy key: never an open proxy).
-    #[serde(default = "loopback", with = "serde_networks")]
+    #[serde(default = "default_relay_hosts", with = "serde_networks")]
     pub allow_clients: Vec<IpNet>,
     /// Source addresses clients may BIND; default any assigned to the host.
     #[serde(default, with = "serde_networks")]
@@ -447,12 +433,6 @@ fn five_minutes() -> Duration {
 }
 fn thirty_seconds() -> Duration {
     Duration::from_secs(30)
-}
-fn loopback() -> Vec<IpNet> {
-    vec![
-        "127.0.0.0/8".parse().expect("a CIDR"),
-        "::1/128".parse().expect("a CIDR"),
-    ]
 }
 
 #[cfg(test)]

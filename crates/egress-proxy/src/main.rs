@@ -7,7 +7,7 @@ use egress_proxy::config::ProxyConfig;
 use egress_proxy::rules::PasswordFile;
 use egress_proxy::{ProxyListener, Rules};
 use ipnet::IpNet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -30,11 +30,11 @@ struct Args {
     no_splice: bool,
     /// Clients allowed to use the proxy (CIDR or address, repeatable).
     /// Default: 127.0.0.0/8 and ::1 — never an open proxy.
-    #[arg(long = "allow-client", value_parser = network)]
+    #[arg(long = "allow-client", value_parser = egress_source::parse_network)]
     allow_client: Vec<IpNet>,
     /// Source addresses clients may ask for with BIND (repeatable). Default: any
     /// address assigned to this host.
-    #[arg(long = "allow-source", value_parser = network)]
+    #[arg(long = "allow-source", value_parser = egress_source::parse_network)]
     allow_source: Vec<IpNet>,
     /// Destination ports that may be reached (repeatable). Default: any.
     #[arg(long = "allow-port")]
@@ -46,12 +46,6 @@ struct Args {
     /// How long to wait for sessions in progress after SIGTERM or SIGINT.
     #[arg(long = "drain-seconds", default_value_t = 30)]
     drain_seconds: u64,
-}
-
-fn network(s: &str) -> Result<IpNet, String> {
-    s.parse::<IpNet>()
-        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("expected a CIDR such as 10.0.0.0/24 or an IP address, got {s:?}"))
 }
 
 fn main() -> ExitCode {

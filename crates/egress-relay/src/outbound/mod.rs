@@ -126,8 +126,8 @@ pub enum OpenError {
     Destination(Reply),
 }
 
-/// A recipient as RCPT TO writes it.
-fn rcpt_path(address: &str) -> String {
+/// An address as MAIL FROM and RCPT TO write it.
+fn bracketed(address: &str) -> String {
     format!("<{}>", smtp_path(address))
 }
 
@@ -197,7 +197,7 @@ impl Outbound {
             Some(reply) => reply,
             None => {
                 self.rcpts += 1;
-                Reply::relayed(&self.smtp.rcpt(&rcpt_path(address)).await?)
+                Reply::relayed(&self.smtp.rcpt(&bracketed(address)).await?)
             }
         };
         if !reply.is_positive() {
@@ -290,10 +290,10 @@ impl Outbound {
         if let Some(timeout) = self.rset {
             self.smtp.rset_before_next_mail(timeout);
         }
-        let mail_from = format!("<{}>", smtp_path(from));
+        let mail_from = bracketed(from);
         let (mail, rcpt) = self
             .smtp
-            .mail_rcpt(&mail_from, body_8bit, &rcpt_path(first))
+            .mail_rcpt(&mail_from, body_8bit, &bracketed(first))
             .await?;
         self.deliveries += 1;
         self.rcpts = 1;

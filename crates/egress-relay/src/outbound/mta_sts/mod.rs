@@ -46,6 +46,11 @@ enum Known {
     Nothing { until: Instant },
 }
 
+/// A policy that asks something of the sender: `mode: none` asks nothing.
+fn in_force(policy: Option<InForce>) -> Option<InForce> {
+    policy.filter(|p| p.policy.mode != Mode::None)
+}
+
 /// Policies by domain.
 #[derive(Default)]
 pub struct MtaSts {
@@ -78,7 +83,7 @@ impl MtaSts {
         if let Some(p) = &cached {
             if now.duration_since(p.checked) < RECHECK_AFTER {
                 report.mta_sts("cache_hit");
-                return Some(p.clone()).filter(|p| p.policy.mode != Mode::None);
+                return in_force(Some(p.clone()));
             }
         }
         // The TXT record says whether the policy changed (the resolver caches it).
@@ -86,7 +91,7 @@ impl MtaSts {
             Ok(records) => records.iter().find_map(|t| parse::txt_id(t)),
             Err(e) => {
                 tracing::debug!(domain, "MTA-STS TXT lookup: {e}");
-                return cached.filter(|p| p.policy.mode != Mode::None);
+                return in_force(cached);
             }
         };
         let Some(id) = id else {
@@ -99,14 +104,14 @@ impl MtaSts {
                     },
                 );
             }
-            return cached.filter(|p| p.policy.mode != Mode::None);
+            return in_force(cached);
         };
         if let Some(mut p) = cached.clone() {
             if p.id == id {
                 report.mta_sts("cache_hit");
                 p.checked = now;
                 self.remember(domain, Known::Policy(p.clone()));
-                return Some(p).filter(|p| p.policy.mode != Mode::None);
+                return in_force(Some(p));
             }
         }
         self.fetches
@@ -117,14 +122,14 @@ impl MtaSts {
         match fetched {
             Ok(policy) => {
                 report.mta_sts("fetched");
-                let in_force = InForce {
+                let policy_now = InForce {
                     id,
                     checked: now,
                     until: now + policy.max_age,
                     policy: Arc::new(policy),
                 };
-                self.remember(domain, Known::Policy(in_force.clone()));
-                Some(in_force).filter(|p| p.policy.mode != Mode::None)
+                self.remember(domain, Known::Policy(policy_now.clone()));
+                in_force(Some(policy_now))
             }
             Err(e) => {
                 report.mta_sts("fetch_failed");
@@ -136,7 +141,7 @@ impl MtaSts {
                         None => "no policy applies".into(),
                     }
                 );
-                cached.filter(|p| p.policy.mode != Mode::None)
+                in_force(cached)
             }
         }
     }

@@ -16,7 +16,7 @@ use super::shaping::Ineligible;
 use super::{auth, idle::SessionKey, Context, OpenError, Outbound};
 use crate::dns::Destination;
 use crate::txlog::TxLog;
-use egress_smtp::{smtp_path, words, Reply, Response};
+use egress_smtp::{words, Reply, Response};
 use egress_source::{
     effective_ehlo_domain, effective_port, EgressPathConfig, EgressPool, EgressSource, Tls,
 };
@@ -39,7 +39,7 @@ pub async fn open(
     log: &mut TxLog,
 ) -> Result<Outbound, OpenError> {
     let policy = &ctx.policy;
-    let first_rcpt = first_rcpt.map(super::rcpt_path);
+    let first_rcpt = first_rcpt.map(super::bracketed);
     let queue = policy
         .queue_config(domain, log.tenant.as_deref(), None, None)
         .await
@@ -63,7 +63,7 @@ pub async fn open(
         })?;
     let (hosts, site) = (&routing.hosts, &routing.site);
     log.site = Some(site.clone());
-    let mail_from = format!("<{}>", smtp_path(from));
+    let mail_from = super::bracketed(from);
 
     // The rotation proposes; the rest of the pool (heaviest first) stands by in
     // case the proposed source is not eligible or fails.
