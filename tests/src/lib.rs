@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod clients;
+mod dnssec;
 mod pki;
 mod policies;
 mod prometheus;
@@ -16,6 +17,7 @@ mod source_socks;
 mod stores;
 mod sts;
 pub use clients::{by_client_addr, smtplib_send, spool_files, swaks, wait_until, Raw, Swaks};
+pub use dnssec::{tlsa_3_1_1, SignedZones, Zone};
 pub use pki::TestCa;
 pub use policies::{
     mx_entry, path_policy, relay_policy, shaping_policy, spool_policy, three_connections, IP2_POOL,
@@ -32,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const INSTALL: &str = "run `cargo xtask peers` (apt-get install -y haproxy dante-server microsocks swaks postfix dnsmasq)";
+const INSTALL: &str = "run `cargo xtask peers` (apt-get install -y haproxy dante-server microsocks swaks postfix dnsmasq nsd ldnsutils openssl)";
 
 /// The path of a peer binary, or a panic that says how to install it.
 pub fn require(binary: &str) -> PathBuf {
@@ -433,6 +435,10 @@ impl Dnsmasq {
             "--bind-interfaces",
             "--no-resolv",
             "--no-hosts",
+            // Authoritative for the test TLDs: a name it has no records for is
+            // NXDOMAIN, as on the Internet, not REFUSED (no upstream to ask).
+            "--local=/test/",
+            "--local=/example/",
             "--user=root",
             "--pid-file",
         ])

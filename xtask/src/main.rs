@@ -23,6 +23,7 @@ fn crates() -> Vec<String> {
         "egress-source",
         "egress-cache",
         "egress-connect",
+        "egress-dns",
         "egress-smtp",
         "egress-lua",
         "egress-throttle",
@@ -73,6 +74,12 @@ const PEERS: &[(&str, &str)] = &[
     ("dovecot", "dovecot-core"),
     ("/usr/lib/dovecot/lmtp", "dovecot-lmtpd"),
     ("dnsmasq", "dnsmasq"),
+    // DANE: zones signed with ldnsutils, served by an authoritative NSD; openssl
+    // computes the TLSA data apart from the code under test
+    ("nsd", "nsd"),
+    ("ldns-keygen", "ldnsutils"),
+    ("ldns-signzone", "ldnsutils"),
+    ("openssl", "openssl"),
     // an independent SOCKS5 client for egress-proxy
     ("curl", "curl"),
     // shared throttles, leases and suspensions
@@ -255,7 +262,7 @@ fn peers() -> Result {
         return Ok(());
     }
     println!("xtask peers: installing {}", missing.join(" "));
-    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks libnet-ssleay-perl postfix libsasl2-modules dovecot-core dovecot-lmtpd dnsmasq curl redis-server python3 prometheus systemd";
+    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks libnet-ssleay-perl postfix libsasl2-modules dovecot-core dovecot-lmtpd dnsmasq nsd ldnsutils openssl curl redis-server python3 prometheus systemd";
     // One script, run as root (directly or through `sudo -n`). policy-rc.d keeps the
     // packages' own services from starting: the tests start every peer themselves, and
     // danted's service fails to start with its stock configuration, which would make

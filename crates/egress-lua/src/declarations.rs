@@ -1,12 +1,13 @@
 //! What a policy's `init` declares for the server to start: listeners and DNS.
 
+use egress_dns::ResolverConfig;
 use egress_source::{
     serde_duration, serde_networks, serde_optional_networks, KeySource, ThrottleSpec,
 };
 use ipnet::IpNet;
 use serde::de::{Deserializer, Error};
 use serde::{Deserialize, Serialize};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Everything `init` (or the policy's top level) declared.
@@ -321,29 +322,6 @@ fn default_http_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8000))
 }
 
-/// `kumo.dns.configure_resolver { name_servers = { 'IP:PORT', ... } }`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResolverConfig {
-    /// Servers to ask, in order; a bare IP means port 53.
-    #[serde(deserialize_with = "name_servers")]
-    pub name_servers: Vec<SocketAddr>,
-}
-
-fn name_servers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
-    let items = Vec::<String>::deserialize(d)?;
-    items
-        .iter()
-        .map(|s| {
-            s.parse::<SocketAddr>()
-                .or_else(|_| s.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                .map_err(|_| {
-                    D::Error::custom(format!("expected \"IP:PORT\" or an IP address, got {s:?}"))
-                })
-        })
-        .collect()
-}
-
 /// `proxy.start_proxy_listener { listen, hostname, timeout, use_splice, use_tls,
 /// tls_certificate, tls_private_key, require_auth, tcp_keepalive }` (KumoProxy's
 /// names and defaults), and egress-proxy's rules: `allow_clients`,
@@ -438,6 +416,7 @@ fn thirty_seconds() -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     #[test]
     fn default_relay_hosts_are_loopback_only() {

@@ -18,8 +18,8 @@ pub(crate) trait Definition: DeserializeOwned + Clone + Send + 'static {
     const MAKER: &'static str;
     /// What a handler's return should look like, for the nil-return message.
     fn example(first_arg: Option<&str>) -> String;
-    /// Rules between fields.
-    fn check(&self) -> Result<(), String>;
+    /// Rules between fields, and with what `init` declared (`lua` holds it).
+    fn check(&self, lua: &Lua) -> Result<(), String>;
     /// Says what the table sets that is accepted but has no effect (once per
     /// process), before it is converted.
     fn notice(_table: &mlua::Table) {}
@@ -33,7 +33,7 @@ impl Definition for EgressSource {
             name.unwrap_or("ip-1")
         )
     }
-    fn check(&self) -> Result<(), String> {
+    fn check(&self, _: &Lua) -> Result<(), String> {
         self.validate().map_err(|e| e.to_string())
     }
 }
@@ -46,7 +46,7 @@ impl Definition for EgressPool {
             name.unwrap_or("pool-1")
         )
     }
-    fn check(&self) -> Result<(), String> {
+    fn check(&self, _: &Lua) -> Result<(), String> {
         self.validate().map_err(|e| e.to_string())
     }
 }
@@ -56,8 +56,27 @@ impl Definition for EgressPathConfig {
     fn example(_: Option<&str>) -> String {
         "kumo.make_egress_path { ehlo_domain = 'mta1.example.com' }".into()
     }
-    fn check(&self) -> Result<(), String> {
-        self.validate().map_err(|e| e.to_string())
+    fn check(&self, lua: &Lua) -> Result<(), String> {
+        self.validate().map_err(|e| e.to_string())?;
+        if self.enable_dane {
+            // DANE on a resolver that cannot validate would never engage, silently:
+            // refuse it where the operator reads.
+            let validates = lua
+                .app_data_ref::<crate::declarations::InitConfig>()
+                .and_then(|init| init.resolver.as_ref().map(|r| r.validates()))
+                .unwrap_or(false);
+            if !validates {
+                return Err(
+                    "enable_dane = true needs a DNSSEC-validating resolver, and the \
+                     resolver in use does not validate: in init, call \
+                     kumo.dns.configure_resolver { name_servers = { 'IP:PORT' }, \
+                     options = { validate = true } } (a resolver that forwards DNSSEC \
+                     records, over TCP too), or set enable_dane = false"
+                        .into(),
+                );
+            }
+        }
+        Ok(())
     }
     fn notice(table: &mlua::Table) {
         for (key, why) in egress_source::INERT_PATH_KEYS {
@@ -76,7 +95,7 @@ impl Definition for QueueConfig {
     fn example(_: Option<&str>) -> String {
         "kumo.make_queue_config { egress_pool = 'pool-1' }".into()
     }
-    fn check(&self) -> Result<(), String> {
+    fn check(&self, _: &Lua) -> Result<(), String> {
         Ok(())
     }
 }
@@ -107,7 +126,7 @@ pub(crate) fn from_return<T: Definition>(
             let made: T = lua
                 .from_value(Value::Table(t))
                 .map_err(|e| wrong("a table".into(), crate::error::serde_message(&e)))?;
-            made.check().map_err(|e| wrong("a table".into(), e))?;
+            made.check(lua).map_err(|e| wrong("a table".into(), e))?;
             Ok(made)
         }
         other => Err(wrong(Describe(&other).to_string(), "return a table or the maker's result".into())),

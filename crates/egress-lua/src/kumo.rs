@@ -2,10 +2,11 @@
 //! argument orders, so egress policies written for KumoMTA run here unchanged.
 
 use crate::declarations::{
-    EsmtpListener, HttpListener, InitConfig, RedisThrottles, ResolverConfig, SpoolDefinition,
+    EsmtpListener, HttpListener, InitConfig, RedisThrottles, SpoolDefinition,
 };
 use crate::definition::{Definition, Made};
 use crate::error::located;
+use egress_dns::ResolverConfig;
 use egress_source::{EgressPathConfig, EgressPool, EgressSource, QueueConfig};
 use mlua::{Function, Lua, LuaSerdeExt, Table, Value, Variadic};
 use serde::de::DeserializeOwned;
@@ -87,6 +88,9 @@ pub(crate) fn install(lua: &Lua, memo: std::sync::Arc<crate::utility::Memo>) -> 
         "configure_resolver",
         lua.create_function(|lua, params: Value| {
             let resolver: ResolverConfig = from_lua(lua, params, "kumo.dns.configure_resolver")?;
+            // Built once here so a zone that does not parse or an unreadable trust
+            // anchor file is an error in the policy, at the line that declared it.
+            egress_dns::Resolver::new(Some(&resolver)).map_err(|e| located(lua, e.to_string()))?;
             declare(lua, |init| init.resolver = Some(resolver))
         })?,
     )?;
@@ -159,7 +163,7 @@ fn maker<T: Definition>(lua: &Lua) -> mlua::Result<Function> {
             T::notice(t);
         }
         let made: T = from_lua(lua, params, T::MAKER)?;
-        made.check()
+        made.check(lua)
             .map_err(|e| located(lua, format!("{}: {e}", T::MAKER)))?;
         lua.create_userdata(Made(made))
     })

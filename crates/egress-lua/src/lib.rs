@@ -40,12 +40,11 @@ mod states;
 mod utility;
 
 pub use declarations::{
-    EsmtpListener, HttpListener, InitConfig, InvalidLineEndings, RedisThrottles, ResolverConfig,
-    SpoolDefinition,
+    EsmtpListener, HttpListener, InitConfig, InvalidLineEndings, RedisThrottles, SpoolDefinition,
 };
 pub use declarations::{ProxyListenerParams, TcpKeepalive};
+pub use egress_dns::ResolverConfig;
 pub use error::PolicyError;
-pub use lookup::{describe_resolve_error, fqdn, resolver};
 
 use egress_cache::{CacheStats, TtlCache};
 use egress_source::{EgressPathConfig, EgressPool, EgressSource, QueueConfig, DEFAULT_POOL};

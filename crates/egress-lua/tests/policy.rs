@@ -364,8 +364,14 @@ async fn init_declares_listeners_and_resolver() {
     );
     assert_eq!(l.max_message_size, 1024);
     assert_eq!(init.http_listeners[0].listen.port(), 8001);
+    let Some(egress_lua::ResolverConfig::Hickory(resolver)) = init.resolver else {
+        panic!(
+            "the name server form was not recognised: {:?}",
+            init.resolver
+        )
+    };
     assert_eq!(
-        init.resolver.unwrap().name_servers[0].to_string(),
+        resolver.name_servers[0].socket_addr.to_string(),
         "127.0.0.1:5353"
     );
 
@@ -971,4 +977,60 @@ async fn every_kumomta_make_egress_path_key_is_accepted() {
     );
     let shown = serde_json::to_string(&*path).unwrap();
     assert!(!shown.contains("not-for-logs"), "{shown}");
+}
+
+#[tokio::test]
+async fn enable_dane_needs_a_validating_resolver() {
+    let with = |resolver: &str| {
+        policy(&format!(
+            "kumo.on('init', function()
+               kumo.dns.configure_resolver {resolver}
+             end)
+             kumo.on('get_egress_path_config', function(domain, source, site)
+               return kumo.make_egress_path {{ enable_dane = true }}
+             end)"
+        ))
+    };
+    let refused = with("{ name_servers = { '127.0.0.1:53' } }");
+    let err = refused
+        .egress_path_config("example.com", "ip-1", None)
+        .await
+        .expect_err("enable_dane on a resolver that does not validate")
+        .to_string();
+    assert!(
+        err.contains("enable_dane = true needs a DNSSEC-validating resolver")
+            && err.contains("options = { validate = true }"),
+        "{err}"
+    );
+    let validating = with("{ name_servers = { '127.0.0.1:53' }, options = { validate = true } }");
+    let path = validating
+        .egress_path_config("example.com", "ip-1", None)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(path.enable_dane);
+}
+
+#[test]
+fn resolver_mistakes_are_refused_where_declared() {
+    for (resolver, expected) in [
+        (
+            "{ name_servers = { '127.0.0.1' }, options = { trust_anchor_file = '/nonexistent/anchors' } }",
+            "options.trust_anchor_file /nonexistent/anchors",
+        ),
+        (
+            "{ Test = { zones = { [[$ORIGIN x.\n@ IN MX nope\n]] } } }",
+            "Test.zones[1]",
+        ),
+        ("{ name_servers = { '127.0.0.1' }, options = { validat = true } }", "validat"),
+    ] {
+        let err = Policy::from_source(
+            "p.lua",
+            &format!("kumo.on('init', function() kumo.dns.configure_resolver {resolver} end)"),
+            PolicyOptions::default(),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{resolver} was accepted"))
+        .to_string();
+        assert!(err.contains(expected), "{resolver}: {err}");
+    }
 }

@@ -1,11 +1,11 @@
-//! DNS: MX routing for destinations and name resolution for proxies, on hickory,
-//! honouring `kumo.dns.configure_resolver`.
+//! DNS for routing: a domain's destination hosts (MX, an `mx_list`, or the domain
+//! itself), whether DNSSEC vouches for each (DANE's precondition), names for
+//! proxies, on [`egress_dns::Resolver`] — the resolver
+//! `kumo.dns.configure_resolver` declared.
 
 use egress_connect::{Resolve, ResolveFuture};
-use egress_lua::{describe_resolve_error, fqdn, ResolverConfig};
+use egress_dns::{Answer, DnsError, DnsErrorKind, Resolver, ResolverConfig, Security, Tlsa};
 use egress_source::MxListEntry;
-use hickory_resolver::error::ResolveErrorKind;
-use hickory_resolver::TokioAsyncResolver;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
@@ -20,6 +20,10 @@ pub struct Destination {
     pub ip: IpAddr,
     /// The mx_list entry, when routing came from one.
     pub entry: Option<MxListEntry>,
+    /// DNSSEC vouches for choosing this host (a secure MX answer, or an
+    /// `mx_list` declared secure) and for its address: DANE may apply
+    /// (RFC 7672 §2.2). Never for an IP literal.
+    pub secure_chain: bool,
 }
 
 /// Where mail for a domain goes, and until when the DNS answers behind that hold.
@@ -35,163 +39,161 @@ pub struct Destinations {
 /// The resolver egressd uses for everything.
 #[derive(Clone)]
 pub struct Dns {
-    resolver: TokioAsyncResolver,
+    resolver: Resolver,
 }
 
 impl Dns {
     /// From the policy's `kumo.dns.configure_resolver`, or the system's configuration.
     pub fn new(config: Option<&ResolverConfig>) -> io::Result<Dns> {
         Ok(Dns {
-            resolver: egress_lua::resolver(config)?,
+            resolver: Resolver::new(config).map_err(io::Error::other)?,
         })
+    }
+
+    /// Whether answers can be DNSSEC-secure (DANE needs it).
+    pub fn validates(&self) -> bool {
+        self.resolver.validates()
     }
 
     /// Addresses of `host` (A and AAAA), in the resolver's order.
     pub async fn addresses(&self, host: &str) -> io::Result<Vec<IpAddr>> {
-        self.addresses_until(host, &mut None).await
-    }
-
-    /// [`addresses`](Self::addresses), lowering `until` to when the answer expires.
-    async fn addresses_until(
-        &self,
-        host: &str,
-        until: &mut Option<Instant>,
-    ) -> io::Result<Vec<IpAddr>> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
-        self.lookup_ip(host, until)
+        Ok(self
+            .resolver
+            .ip(host)
             .await
-            .map_err(|e| io::Error::other(describe_resolve_error(host, "address record", &e)))
-    }
-
-    /// A and AAAA records of `host`, with the resolver's own error.
-    async fn lookup_ip(
-        &self,
-        host: &str,
-        until: &mut Option<Instant>,
-    ) -> Result<Vec<IpAddr>, hickory_resolver::error::ResolveError> {
-        let found = self.resolver.lookup_ip(fqdn(host)).await?;
-        expires(until, found.valid_until());
-        Ok(found.iter().collect())
+            .map_err(io::Error::other)?
+            .records)
     }
 
     /// The TXT records of `name` (each record's strings joined); none when it has
     /// none.
     pub async fn txt(&self, name: &str) -> io::Result<Vec<String>> {
-        match self.resolver.txt_lookup(fqdn(name)).await {
-            Ok(found) => Ok(found
-                .iter()
-                .map(|r| {
-                    r.txt_data()
-                        .iter()
-                        .map(|d| String::from_utf8_lossy(d))
-                        .collect::<String>()
-                })
-                .collect()),
-            Err(e) if matches!(e.kind(), ResolveErrorKind::NoRecordsFound { .. }) => Ok(Vec::new()),
-            Err(e) => Err(io::Error::other(describe_resolve_error(
-                name,
-                "TXT record",
-                &e,
-            ))),
+        match self.resolver.txt(name).await {
+            Ok(found) => Ok(found.records),
+            Err(e) if e.is_no_records() => Ok(Vec::new()),
+            Err(e) => Err(io::Error::other(e)),
         }
     }
 
+    /// The TLSA records of `host` for SMTP (`_25._tcp.HOST`; RFC 7672 §2.2 uses
+    /// port 25 whatever port is dialled).
+    pub async fn tlsa(&self, host: &str) -> Result<Answer<Tlsa>, DnsError> {
+        self.resolver
+            .tlsa(&format!("_25._tcp.{}", host.trim_end_matches('.')))
+            .await
+    }
+
     /// Where mail for `domain` goes: the mx_list when given (in order), else its MX
-    /// records by preference, else (no MX at all) the domain's own A/AAAA (RFC 5321 §5.1).
+    /// records by preference, else (no MX at all) the domain's own A/AAAA (RFC 5321
+    /// §5.1). `mx_list_is_secure`: the mx_list counts as a DNSSEC-secure choice.
     pub async fn destinations(
         &self,
         domain: &str,
         mx_list: &[MxListEntry],
+        mx_list_is_secure: bool,
     ) -> io::Result<Destinations> {
         let mut out = Vec::new();
         let mut last_error = None;
         let mut until = None;
         if !mx_list.is_empty() {
             for entry in mx_list {
-                let ips = match entry.ip() {
-                    Some(ip) => vec![ip],
-                    None => match self.addresses_until(entry.name(), &mut until).await {
-                        Ok(ips) => ips,
-                        Err(e) => {
-                            last_error = Some(e);
-                            continue;
-                        }
-                    },
-                };
-                out.extend(ips.into_iter().map(|ip| Destination {
-                    host: entry.name().to_owned(),
-                    ip,
-                    entry: Some(entry.clone()),
-                }));
+                if let Some(ip) = entry.ip() {
+                    out.push(Destination {
+                        host: entry.name().to_owned(),
+                        ip,
+                        entry: Some(entry.clone()),
+                        secure_chain: false,
+                    });
+                    continue;
+                }
+                match self.host(entry.name(), mx_list_is_secure, &mut until).await {
+                    Ok(found) => out.extend(found.into_iter().map(|mut d| {
+                        d.entry = Some(entry.clone());
+                        d
+                    })),
+                    Err(e) => last_error = Some(e),
+                }
             }
+        } else if let Ok(ip) = domain.parse::<IpAddr>() {
+            out.push(Destination {
+                host: domain.to_owned(),
+                ip,
+                entry: None,
+                secure_chain: false,
+            });
         } else {
-            match self.resolver.mx_lookup(fqdn(domain)).await {
+            match self.resolver.mx(domain).await {
                 Ok(mx) => {
-                    expires(&mut until, mx.valid_until());
-                    let mut records: Vec<(u16, String)> = mx
-                        .iter()
-                        .map(|r| {
-                            (
-                                r.preference(),
-                                r.exchange().to_utf8().trim_end_matches('.').to_owned(),
-                            )
-                        })
-                        .collect();
+                    expires(&mut until, mx.valid_until);
+                    let mx_secure = mx.security == Security::Secure;
+                    let mut records = mx.records;
                     records.sort();
                     for (_, host) in records {
-                        match self.addresses_until(&host, &mut until).await {
-                            Ok(ips) => out.extend(ips.into_iter().map(|ip| Destination {
-                                host: host.clone(),
-                                ip,
-                                entry: None,
-                            })),
+                        match self.host(&host, mx_secure, &mut until).await {
+                            Ok(found) => out.extend(found),
                             Err(e) => last_error = Some(e),
                         }
                     }
                 }
-                Err(e) if matches!(e.kind(), ResolveErrorKind::NoRecordsFound { .. }) => {
-                    let ips = match domain.parse::<IpAddr>() {
-                        Ok(ip) => vec![ip],
-                        Err(_) => self
-                            .lookup_ip(domain, &mut until)
-                            .await
-                            .map_err(|e| match e.kind() {
-                                ResolveErrorKind::NoRecordsFound { .. } => io::Error::other(
-                                    format!("{domain}: no MX and no address record"),
-                                ),
-                                _ => io::Error::other(describe_resolve_error(
-                                    domain,
-                                    "address record",
-                                    &e,
-                                )),
-                            })?,
-                    };
-                    out.extend(ips.into_iter().map(|ip| Destination {
-                        host: domain.to_owned(),
-                        ip,
-                        entry: None,
-                    }));
+                Err(e) if e.is_no_records() => {
+                    // No MX: the domain is its own host (RFC 5321 §5.1), and its
+                    // name is where TLSA records would be (RFC 7672 §2.2.1).
+                    out = self
+                        .host(domain, true, &mut until)
+                        .await
+                        .map_err(|e| match e.kind {
+                            DnsErrorKind::NoRecords { .. } => {
+                                io::Error::other(format!("{domain}: no MX and no address record"))
+                            }
+                            _ => io::Error::other(e),
+                        })?;
                 }
-                Err(e) => {
-                    return Err(io::Error::other(describe_resolve_error(
-                        domain,
-                        "MX record",
-                        &e,
-                    )))
-                }
+                Err(e) => return Err(io::Error::other(e)),
             }
         }
         if out.is_empty() {
-            return Err(
-                last_error.unwrap_or_else(|| io::Error::other(format!("no address for {domain}")))
-            );
+            return Err(last_error
+                .map(io::Error::other)
+                .unwrap_or_else(|| io::Error::other(format!("no address for {domain}"))));
         }
         Ok(Destinations {
             hosts: out,
             valid_until: until,
         })
+    }
+
+    /// `host`'s addresses as destinations; `chosen_securely`: the choice of the
+    /// host itself is DNSSEC-secure.
+    async fn host(
+        &self,
+        host: &str,
+        chosen_securely: bool,
+        until: &mut Option<Instant>,
+    ) -> Result<Vec<Destination>, DnsError> {
+        let found = self.resolver.ip(host).await?;
+        if found.security == Security::Bogus {
+            return Err(DnsError::new(
+                host,
+                "address record",
+                DnsErrorKind::Bogus,
+                "",
+            ));
+        }
+        expires(until, found.valid_until);
+        let secure_chain = chosen_securely && found.security == Security::Secure;
+        Ok(found
+            .records
+            .into_iter()
+            .map(|ip| Destination {
+                host: host.trim_end_matches('.').to_owned(),
+                ip,
+                entry: None,
+                secure_chain,
+            })
+            .collect())
     }
 }
 

@@ -161,6 +161,14 @@ pub trait Report: Send + Sync + 'static {
         let _ = event;
     }
 
+    /// A DANE decision for a destination host: `verified` (a TLSA record
+    /// authenticated the peer), `failed` (none matched its certificate),
+    /// `encrypt_only` (records, none usable), `deferred` (TLSA lookup bogus or
+    /// failed for a secure chain). KumoMTA counts the same as `dane_result_count`.
+    fn dane(&self, result: &'static str) {
+        let _ = result;
+    }
+
     /// The handle for an inbound listener named `name` (its address); asked once,
     /// when the listener is made.
     fn listener(&self, name: &str) -> Option<Arc<dyn ListenerReport>> {

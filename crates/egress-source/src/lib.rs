@@ -41,6 +41,7 @@ pub use automation::{
 pub use credential::KeySource;
 pub use error::ValidationError;
 pub use fields::duration as serde_duration;
+pub use fields::optional_duration as serde_optional_duration;
 pub use fields::{networks as serde_networks, optional_networks as serde_optional_networks};
 pub use fields::{parse_duration, parse_network, HostPort};
 pub use keys::nearest;

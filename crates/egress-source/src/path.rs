@@ -90,10 +90,6 @@ pub const INERT_PATH_KEYS: &[(&str, &str)] = &[
     ("openssl_cipher_list", RUSTLS_ONLY),
     ("openssl_cipher_suites", RUSTLS_ONLY),
     ("openssl_options", RUSTLS_ONLY),
-    (
-        "enable_dane",
-        "DANE is not honoured yet (planned): TLSA records are not looked up",
-    ),
 ];
 
 const NO_READY_QUEUE: &str = "egressd has no scheduled or ready queue: a message goes to its \
@@ -257,6 +253,11 @@ pub struct EgressPathConfig {
     /// MX; default true (KumoMTA's).
     #[serde(default = "yes")]
     pub enable_mta_sts: bool,
+    /// Honour the destination host's DNSSEC-signed TLSA records (DANE, RFC 7672);
+    /// default false (KumoMTA's). Needs a validating resolver
+    /// (`kumo.dns.configure_resolver { …, options = { validate = true } }`).
+    #[serde(default)]
+    pub enable_dane: bool,
     /// Send an 8-bit message to a destination that does not offer 8BITMIME;
     /// default false (refused before the text is sent).
     #[serde(default)]
@@ -339,6 +340,7 @@ impl Default for EgressPathConfig {
             rustls_cipher_suites: Vec::new(),
             ignore_8bit_checks: false,
             enable_mta_sts: true,
+            enable_dane: false,
             automation: Vec::new(),
             providers: Vec::new(),
             provenance: BTreeMap::new(),
@@ -391,6 +393,7 @@ strict_table!(
         "rustls_cipher_suites",
         "ignore_8bit_checks",
         "enable_mta_sts",
+        "enable_dane",
         "automation",
         "providers",
         "provenance",

@@ -75,7 +75,6 @@ impl Default for QueueConfig {
 }
 
 impl QueueConfig {
-    /// The route override; empty means "look up MX records".
     /// The wait before retry number `attempt` (1 for the first retry): the retry
     /// interval doubled for each earlier failure, at most `max_retry_interval`.
     ///
@@ -95,6 +94,14 @@ impl QueueConfig {
             Some(max) => doubled.min(max),
             None => doubled,
         }
+    }
+
+    /// Whether the `mx_list` counts as a secure choice of hosts for DANE.
+    pub fn mx_list_is_secure(&self) -> bool {
+        self.protocol
+            .as_ref()
+            .and_then(|p| p.smtp.as_ref())
+            .is_some_and(|s| s.treat_mx_list_as_secure)
     }
 
     /// The route override; empty means "look up MX records".
@@ -123,6 +130,12 @@ pub struct SmtpProtocol {
     /// Hosts to deliver to instead of the domain's MX records, tried in order.
     #[serde(default)]
     pub mx_list: Vec<MxListEntry>,
+    /// The `mx_list` is a trusted choice of hosts, as a DNSSEC-secure MX answer
+    /// would be: DANE (`enable_dane`) may apply to its hosts when their address
+    /// records are secure. Never set it for a list built from an unvalidated
+    /// lookup (KumoMTA's advice: `treat_mx_list_as_secure = mx.is_secure`).
+    #[serde(default)]
+    pub treat_mx_list_as_secure: bool,
 }
 
 strict_table!(
@@ -137,7 +150,11 @@ strict_table!(
     ]
 );
 strict_table!(DeliveryProtocol, "queue config protocol", ["smtp"]);
-strict_table!(SmtpProtocol, "queue config protocol.smtp", ["mx_list"]);
+strict_table!(
+    SmtpProtocol,
+    "queue config protocol.smtp",
+    ["mx_list", "treat_mx_list_as_secure"]
+);
 
 /// One entry of `mx_list`.
 ///

@@ -93,7 +93,7 @@ proptest! {
     }
 
     #[test]
-    fn queue_json_round_trip(pool in "[a-z]{1,8}", hosts in prop::collection::vec((host_port(), any::<bool>(), ip(), "[a-z]{1,8}"), 0..5), retry in 1u64..100_000, max_retry in proptest::option::of(1u64..1_000_000)) {
+    fn queue_json_round_trip(pool in "[a-z]{1,8}", hosts in prop::collection::vec((host_port(), any::<bool>(), ip(), "[a-z]{1,8}"), 0..5), retry in 1u64..100_000, max_retry in proptest::option::of(1u64..1_000_000), secure in any::<bool>()) {
         let mx_list = hosts.into_iter().map(|(hp, named, addr, name)| if named {
             MxListEntry::Named { name, addr, port: Some(hp.port) }
         } else {
@@ -101,7 +101,7 @@ proptest! {
         }).collect();
         let q = QueueConfig {
             egress_pool: pool,
-            protocol: Some(egress_source::DeliveryProtocol { smtp: Some(egress_source::SmtpProtocol { mx_list }) }),
+            protocol: Some(egress_source::DeliveryProtocol { smtp: Some(egress_source::SmtpProtocol { mx_list, treat_mx_list_as_secure: secure }) }),
             retry_interval: std::time::Duration::from_secs(retry),
             max_retry_interval: max_retry.map(std::time::Duration::from_secs),
             ..QueueConfig::default()

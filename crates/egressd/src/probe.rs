@@ -1,7 +1,7 @@
 //! `egressd probe`: one connection through a source, to see what a destination sees.
 
 use egress_lua::Policy;
-use egress_relay::outbound::tls::server_name;
+use egress_relay::outbound::tls::{server_name, Check};
 use egress_relay::outbound::{timeouts, Context};
 use egress_relay::Dns;
 use egress_smtp::{ClientSession, Reply, StartTlsError, TlsInfo};
@@ -70,7 +70,7 @@ pub async fn probe(
         return Ok(());
     }
     let name = server_name(entry.name(), *ip);
-    let verified = ctx.tls.connector(&path, true)?;
+    let verified = ctx.tls.connector(&path, &Check::TrustStore)?;
     let failure = match smtp
         .starttls(&verified, name.clone(), true, &ehlo, path.starttls_timeout)
         .await
@@ -86,7 +86,7 @@ pub async fn probe(
     // Once more without verification, to show what the destination presents.
     let (mut smtp, _, greeted) = connect().await?;
     greeted.map_err(|e| format!("{addr}: {e}{hint}"))?;
-    let insecure = ctx.tls.connector(&path, false)?;
+    let insecure = ctx.tls.connector(&path, &Check::Nothing)?;
     let info = smtp
         .starttls(&insecure, name, false, &ehlo, path.starttls_timeout)
         .await

@@ -54,7 +54,9 @@ impl RoutingCache {
         if let Some(routing) = self.remembered(domain, queue) {
             return Ok(routing);
         }
-        let found = dns.destinations(domain, queue.mx_list()).await?;
+        let found = dns
+            .destinations(domain, queue.mx_list(), queue.mx_list_is_secure())
+            .await?;
         let routing = Arc::new(Routing {
             site: site_of(&found.hosts),
             hosts: found.hosts,

@@ -156,6 +156,7 @@ mod tests {
             host: host.into(),
             ip: ip.parse().unwrap(),
             entry: None,
+            secure_chain: false,
         }
     }
 

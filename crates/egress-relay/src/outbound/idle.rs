@@ -38,6 +38,9 @@ pub struct SessionKey {
     pub credential: Option<super::auth::Credential>,
     /// It speaks LMTP.
     pub lmtp: bool,
+    /// The TLSA records its certificate was checked against (DANE): a session is
+    /// reused only under the same records.
+    pub dane: Option<std::sync::Arc<[egress_dns::Tlsa]>>,
 }
 
 impl Hash for SessionKey {

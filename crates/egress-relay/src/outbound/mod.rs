@@ -4,6 +4,7 @@
 
 mod auth;
 pub mod automation;
+pub mod dane;
 pub mod destinations;
 pub mod hosts;
 mod idle;

@@ -6,6 +6,7 @@
 //! `SSL_CERT_FILE` and `SSL_CERT_DIR`: an operator's own CA works, and tests use
 //! one they make.
 
+use super::dane::verify::DaneVerifier;
 use egress_source::EgressPathConfig;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
@@ -33,29 +34,52 @@ pub struct TlsClients {
     configs: Mutex<HashMap<ConfigKey, TlsConnector>>,
 }
 
+/// How a destination's certificate is checked.
+#[derive(Clone)]
+pub enum Check {
+    /// Against the system trust store, for the MX host name.
+    TrustStore,
+    /// Not at all (the `*Insecure` modes, and DANE's "records, none usable").
+    Nothing,
+    /// Against the host's TLSA records (DANE); one verifier per connection, so
+    /// the record that matched can be logged.
+    Dane(Arc<DaneVerifier>),
+}
+
 impl TlsClients {
-    /// The connector for `path`'s mode and client certificate. `verify` is false
-    /// for the `*Insecure` modes.
-    pub fn connector(&self, path: &EgressPathConfig, verify: bool) -> Result<TlsConnector, String> {
+    /// The connector for `path`'s client certificate and cipher suites, checking
+    /// certificates as `check` says.
+    pub fn connector(
+        &self,
+        path: &EgressPathConfig,
+        check: &Check,
+    ) -> Result<TlsConnector, String> {
         let cert = path
             .tls_certificate
             .clone()
             .zip(path.tls_private_key.clone());
-        let key = (verify, cert, path.rustls_cipher_suites.clone());
+        let key = (
+            matches!(check, Check::TrustStore),
+            cert,
+            path.rustls_cipher_suites.clone(),
+        );
+        let cacheable = !matches!(check, Check::Dane(_));
         let mut configs = self.configs.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(connector) = configs.get(&key) {
+        if let (true, Some(connector)) = (cacheable, configs.get(&key)) {
             return Ok(connector.clone());
         }
         let (suites, versions) = with_suites(&path.rustls_cipher_suites)?;
         let builder = ClientConfig::builder_with_provider(suites)
             .with_protocol_versions(&versions)
             .map_err(|e| format!("TLS setup: {e}"))?;
-        let builder = if verify {
-            builder.with_root_certificates(native_roots())
-        } else {
-            builder
+        let builder = match check {
+            Check::TrustStore => builder.with_root_certificates(native_roots()),
+            Check::Nothing => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider())))
+                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider()))),
+            Check::Dane(verifier) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(verifier.clone()),
         };
         let config = match &key.1 {
             Some((cert, private)) => {
@@ -69,7 +93,9 @@ impl TlsClients {
             None => builder.with_no_client_auth(),
         };
         let connector = TlsConnector::from(Arc::new(config));
-        configs.insert(key, connector.clone());
+        if cacheable {
+            configs.insert(key, connector.clone());
+        }
         Ok(connector)
     }
 }

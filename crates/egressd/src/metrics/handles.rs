@@ -5,7 +5,7 @@
 
 use super::{
     class, source_limit, ActionLabels, EventLabels, Histogram, ListenerReason, Metrics, PathLabels,
-    SourceKind, SourceReason, TransactionLabels,
+    ResultLabels, SourceKind, SourceReason, TransactionLabels,
 };
 use egress_relay::report::{ListenerReport, Origin, PathReport, Refusal, Report, Unrouted};
 use prometheus_client::metrics::counter::Counter;
@@ -168,6 +168,12 @@ impl Report for Metrics {
     fn mta_sts(&self, event: &'static str) {
         if let Some(inner) = self.inner.get() {
             inner.mta_sts.get_or_create(&EventLabels { event }).inc();
+        }
+    }
+
+    fn dane(&self, result: &'static str) {
+        if let Some(inner) = self.inner.get() {
+            inner.dane.get_or_create(&ResultLabels { result }).inc();
         }
     }
 

@@ -98,6 +98,11 @@ struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: String,
 }
@@ -190,6 +195,7 @@ struct Inner {
     throttle_fallbacks: Counter,
     automation_actions: Family<ActionLabels, Counter>,
     mta_sts: Family<EventLabels, Counter>,
+    dane: Family<ResultLabels, Counter>,
     spool_messages: Gauge,
     spool_bytes: Gauge,
     spool_fsyncs: Counter,

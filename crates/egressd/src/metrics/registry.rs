@@ -44,6 +44,7 @@ impl Inner {
             throttle_fallbacks: Counter::default(),
             automation_actions: Family::default(),
             mta_sts: Family::default(),
+            dane: Family::default(),
             spool_messages: Gauge::default(),
             spool_bytes: Gauge::default(),
             spool_fsyncs: Counter::default(),
@@ -130,6 +131,13 @@ impl Inner {
             "egressd_mta_sts",
             "MTA-STS policy events: fetched, fetch_failed, cache_hit, refused (enforce turned a destination away)",
             inner.mta_sts.clone(),
+        );
+        r.register(
+            "egressd_dane",
+            "DANE decisions for destination hosts (KumoMTA's dane_result_count): verified, \
+             failed (no TLSA record matched), encrypt_only (records, none usable), deferred \
+             (TLSA lookup bogus or failed)",
+            inner.dane.clone(),
         );
         r.register(
             "egressd_automation_overrides",

@@ -10,6 +10,7 @@
 mod session;
 
 use super::automation::Watch;
+use super::dane;
 use super::hosts;
 use super::mta_sts;
 use super::shaping::Ineligible;
@@ -313,6 +314,24 @@ impl Route<'_> {
                 // MTA-STS enforce: TLS with a certificate valid for the MX name.
                 mode = Tls::Required;
             }
+            let dane = match self.dane(dest, log).await {
+                Ok(demand) => demand,
+                Err(text) => {
+                    log.note(&text);
+                    last = (text, [4, 7, 5]);
+                    continue;
+                }
+            };
+            match &dane {
+                dane::Demand::Authenticate(_) => mode = Tls::Required,
+                // MTA-STS may still ask for the certificate to be checked.
+                dane::Demand::EncryptOnly if sts.is_none() => mode = Tls::RequiredInsecure,
+                _ => {}
+            }
+            let dane = match dane {
+                dane::Demand::Authenticate(records) => Some(records),
+                _ => None,
+            };
             if let (None, Some(_), Some(left)) = (
                 &sts,
                 self.path.remember_broken_tls,
@@ -348,6 +367,7 @@ impl Route<'_> {
                     tls: mode,
                     credential: auth::credential(self.path),
                     lmtp: self.path.use_lmtp,
+                    dane: dane.clone(),
                 };
                 if let Some(result) = self.reuse(&key, log).await {
                     break result;
@@ -396,7 +416,9 @@ impl Route<'_> {
                     return Err(Tried::Shaping(reply))
                 }
                 Err(HostFailure::Handshake(e)) => {
-                    if sts.is_some() {
+                    if dane.is_some() {
+                        self.ctx.report.dane("failed");
+                    } else if sts.is_some() {
                         self.ctx.report.mta_sts("refused");
                     }
                     let policy = sts
@@ -449,6 +471,27 @@ impl Route<'_> {
             text: last.0,
             esc: last.1,
         })
+    }
+
+    /// What DANE demands of `dest` when the path enables it; the text of a
+    /// `451 4.7.5` when its TLSA records cannot be known.
+    async fn dane(&self, dest: &Destination, log: &mut TxLog) -> Result<dane::Demand, String> {
+        if !self.path.enable_dane {
+            return Ok(dane::Demand::None);
+        }
+        let demand = dane::demand(&self.ctx.dns, dest).await;
+        match &demand {
+            Ok(dane::Demand::EncryptOnly) => {
+                log.note(&format!(
+                    "dane=encrypt_only: {} publishes TLSA records, none usable (TLS required,                      certificate not checked by DANE)",
+                    dest.host
+                ));
+                self.ctx.report.dane("encrypt_only");
+            }
+            Err(_) => self.ctx.report.dane("deferred"),
+            _ => {}
+        }
+        demand.map_err(|text| format!("egress source '{}': {text}", self.source.name))
     }
 
     /// The domain's MTA-STS policy applied to its MX hosts: with `enforce`, only

@@ -5,13 +5,15 @@
 use super::{is_positive, HostFailure, Route};
 use crate::dns::Destination;
 use crate::outbound::auth::{self, AuthFailure};
+use crate::outbound::dane::verify::DaneVerifier;
 use crate::outbound::idle::SessionKey;
-use crate::outbound::tls::server_name;
+use crate::outbound::tls::{server_name, Check};
 use crate::outbound::{timeouts, Outbound};
 use crate::report::path_handle;
 use crate::txlog::TxLog;
 use egress_smtp::{ClientSession, RefusedGreeting, Reply, Response, StartTlsError};
 use egress_source::Tls;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 impl Route<'_> {
@@ -177,7 +179,15 @@ impl Route<'_> {
             return Err(failed(e));
         }
         if mode != Tls::Disabled && (out.smtp.extensions().starttls || mode.is_required()) {
-            let connector = match ctx.tls.connector(self.path, mode.verifies()) {
+            let check = match &out.key.dane {
+                Some(records) => Check::Dane(Arc::new(DaneVerifier::new(
+                    records.clone(),
+                    crate::outbound::tls::provider(),
+                ))),
+                None if mode.verifies() => Check::TrustStore,
+                None => Check::Nothing,
+            };
+            let connector = match ctx.tls.connector(self.path, &check) {
                 Ok(c) => c,
                 Err(e) => {
                     tokio::spawn(out.quit());
@@ -186,12 +196,21 @@ impl Route<'_> {
             };
             let sni = server_name(&dest.host, dest.ip);
             let timeout = self.path.starttls_timeout;
+            let verifies = !matches!(check, Check::Nothing);
             match out
                 .smtp
-                .starttls(&connector, sni, mode.verifies(), &self.ehlo, timeout)
+                .starttls(&connector, sni, verifies, &self.ehlo, timeout)
                 .await
             {
-                Ok(info) => log.tls = Some(info.clone()),
+                Ok(info) => {
+                    log.tls = Some(info.clone());
+                    if let Check::Dane(verifier) = &check {
+                        if let Some(record) = verifier.matched() {
+                            log.note(&format!("dane=verified (TLSA {record})"));
+                            ctx.report.dane("verified");
+                        }
+                    }
+                }
                 Err(StartTlsError::Io(e)) => {
                     tokio::spawn(out.quit());
                     return Err(failed(e));

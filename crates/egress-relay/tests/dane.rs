@@ -1,0 +1,201 @@
+//! DANE (RFC 7672) against real peers: zones signed with ldnsutils and served by
+//! NSD, egressd validating them with the zones' keys as `trust_anchor_file`, and
+//! Postfix as the MX. The `Test` resolver form covers the rows of the decision
+//! table a real server cannot easily produce (SERVFAIL, unusable records).
+
+mod common;
+
+use common::Embedded;
+use egress_e2e::Zone;
+use egress_e2e::{postfix_tls_main_cf, swaks, tlsa_3_1_1, Postfix, SignedZones, SmtpSink, TestCa};
+use egress_relay::report::Report;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The DANE results the relay reports.
+#[derive(Default)]
+struct Results(Mutex<Vec<&'static str>>);
+
+impl Report for Results {
+    fn dane(&self, result: &'static str) {
+        self.0.lock().unwrap().push(result);
+    }
+}
+
+impl Results {
+    fn count(&self, result: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| **r == result)
+            .count()
+    }
+}
+
+/// A relay whose paths enable DANE and otherwise disable TLS: TLS in a session
+/// can only come from DANE.
+fn relay(resolver: &str, port: u16, results: &Arc<Results>) -> Embedded {
+    Embedded::start_reporting(
+        &format!(
+            "kumo.on('init', function()
+               kumo.start_esmtp_listener {{ listen = '{{listen}}' }}
+               kumo.dns.configure_resolver {resolver}
+             end)
+             kumo.on('get_queue_config', function(domain)
+               return kumo.make_queue_config {{ egress_pool = 'main' }}
+             end)
+             {}
+             kumo.on('get_egress_path_config', function(domain, source, site)
+               return kumo.make_egress_path {{
+                 smtp_port = {port}, enable_tls = 'Disabled', enable_dane = true,
+                 enable_mta_sts = false,
+               }}
+             end)",
+            egress_e2e::IP2_POOL
+        ),
+        results.clone(),
+    )
+}
+
+/// A Postfix MX with a certificate (from a CA nobody trusts: DANE-EE needs no
+/// PKI), relaying to `sink`; the `3 1 1` data of its key; and the CA, which holds
+/// the certificate's files for as long as Postfix reads them.
+fn mx(sink: &SmtpSink) -> (Postfix, String, TestCa) {
+    let ca = TestCa::new();
+    let issued = ca.issue("mx.dane.test", Some("127.0.0.1".parse().unwrap()));
+    let postfix = Postfix::start_with(sink.addr, &postfix_tls_main_cf(&issued));
+    (postfix, tlsa_3_1_1(&issued.cert), ca)
+}
+
+#[test]
+fn tlsa_records_over_a_validated_chain_decide_the_session() {
+    let sink = SmtpSink::start();
+    let (postfix, key, _ca) = mx(&sink);
+    let wrong = "11".repeat(32);
+    let signed = format!(
+        "@ IN NS ns\nns IN A 127.0.0.1\n\
+         good IN MX 10 mx-good\nmx-good IN A 127.0.0.1\n_25._tcp.mx-good IN TLSA 3 1 1 {key}\n\
+         bad IN MX 10 mx-bad\nmx-bad IN A 127.0.0.1\n_25._tcp.mx-bad IN TLSA 3 1 1 {wrong}\n\
+         bogus IN MX 10 mx-bogus\nmx-bogus IN A 127.0.0.1\n\
+         _25._tcp.mx-bogus IN TLSA 3 1 1 {}\n\
+         plain IN NS ns.plain\nns.plain IN A 127.0.0.1\n",
+        "33".repeat(32)
+    );
+    let zones = SignedZones::start(&[
+        Zone {
+            origin: "dane.test",
+            records: &signed,
+            signed: true,
+            // The record is changed under its signature: a bogus answer.
+            tamper: Some((&"33".repeat(32), &key)),
+        },
+        Zone {
+            origin: "plain.dane.test",
+            records: "@ IN NS ns\nns IN A 127.0.0.1\n@ IN MX 10 mx\nmx IN A 127.0.0.1\n",
+            signed: false,
+            tamper: None,
+        },
+    ]);
+    let results = Arc::new(Results::default());
+    let d = relay(
+        &format!(
+            "{{ name_servers = {{ '{}' }}, options = {{ validate = true, trust_anchor_file = '{}' }} }}",
+            zones.addr,
+            zones.trust_anchor().display()
+        ),
+        postfix.addr.port(),
+        &results,
+    );
+
+    // Secure chain, a matching 3 1 1 record: TLS although the path disables it,
+    // and the log names the record that matched.
+    let s = swaks(d.addr, "u@good.dane.test", &["--header", "Subject: good"]);
+    assert!(s.ok, "{}\n{}", s.transcript, d.log());
+    let delivered = sink.wait_for(1);
+    assert!(delivered[0].contains("using TLS"), "{}", delivered[0]);
+    assert!(
+        d.log()
+            .contains(&format!("dane=verified (TLSA 3 1 1 {key})")),
+        "{}",
+        d.log()
+    );
+
+    // The record does not match the certificate: deferred, nothing in clear.
+    let s = swaks(d.addr, "u@bad.dane.test", &[]);
+    let reply = s.first_reply("451");
+    assert!(
+        reply.contains("4.7.5") && reply.contains("DANE: no TLSA record matches"),
+        "{}",
+        s.transcript
+    );
+
+    // The TLSA answer fails validation: deferred.
+    let s = swaks(d.addr, "u@bogus.dane.test", &[]);
+    let reply = s.first_reply("451");
+    assert!(
+        reply.contains("4.7.5") && reply.contains("mx-bogus.dane.test"),
+        "{}",
+        s.transcript
+    );
+
+    // An unsigned zone (delegated without DS): DANE does not apply, the path's
+    // enable_tls does — Disabled, so the message goes in clear.
+    let s = swaks(d.addr, "u@plain.dane.test", &["--header", "Subject: plain"]);
+    assert!(s.ok, "{}\n{}", s.transcript, d.log());
+    let delivered = sink.wait_for(2);
+    let plain = delivered
+        .iter()
+        .find(|m| m.contains("Subject: plain"))
+        .expect("the plain message");
+    assert!(!plain.contains("using TLS"), "{plain}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sink.messages().len(), 2, "nothing else was delivered");
+    assert_eq!(
+        (
+            results.count("verified"),
+            results.count("failed"),
+            results.count("deferred")
+        ),
+        (1, 1, 1)
+    );
+}
+
+#[test]
+fn test_resolver_rows_servfail_and_unusable_records() {
+    let sink = SmtpSink::start();
+    let (postfix, _, _ca) = mx(&sink);
+    let zone = "$ORIGIN dane.test.\n$TTL 300\n\
+        pkix IN MX 10 mx-pkix\nmx-pkix IN A 127.0.0.1\n\
+        _25._tcp.mx-pkix IN TLSA 1 1 1 0000000000000000000000000000000000000000000000000000000000000000\n\
+        broken IN MX 10 mx-broken\nmx-broken IN A 127.0.0.1\n";
+    let results = Arc::new(Results::default());
+    let d = relay(
+        &format!(
+            "{{ Test = {{ zones = {{ {{ zone = [[{zone}]], secure = true }} }}, \
+               servfail = {{ '_25._tcp.mx-broken.dane.test' }} }} }}"
+        ),
+        postfix.addr.port(),
+        &results,
+    );
+
+    // Only a PKIX-EE record: unusable, so TLS is required but not checked.
+    let s = swaks(d.addr, "u@pkix.dane.test", &["--header", "Subject: pkix"]);
+    assert!(s.ok, "{}\n{}", s.transcript, d.log());
+    let delivered = sink.wait_for(1);
+    assert!(delivered[0].contains("using TLS"), "{}", delivered[0]);
+    assert!(d.log().contains("dane=encrypt_only"), "{}", d.log());
+
+    // SERVFAIL for the TLSA records of a host with a secure chain: deferred.
+    let s = swaks(d.addr, "u@broken.dane.test", &[]);
+    let reply = s.first_reply("451");
+    assert!(
+        reply.contains("4.7.5") && reply.contains("SERVFAIL"),
+        "{}",
+        s.transcript
+    );
+    assert_eq!(
+        (results.count("encrypt_only"), results.count("deferred")),
+        (1, 1)
+    );
+}
