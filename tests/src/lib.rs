@@ -520,6 +520,11 @@ impl Postfix {
     pub fn start_with(relayhost: SocketAddr, main_cf: &str) -> Postfix {
         let bin = require("postfix");
         require_root("a private Postfix instance");
+        // Postfix's daemons log through a unix datagram socket to postlogd, which
+        // the master starts on demand; with Linux's default queue of 10 datagrams
+        // a burst of log lines (several instances starting at once) can block the
+        // master on its own socket, and then every daemon. A longer queue avoids it.
+        raise_unix_dgram_queue();
         let dir = temp_dir("egress-postfix-");
         // Postfix's daemons run as the `postfix` user and must reach these paths.
         set_mode(dir.path(), 0o755);
@@ -612,17 +617,56 @@ impl Postfix {
     }
 }
 
+/// Raises `net.unix.max_dgram_qlen` to 512 (see [`Postfix::start_with`]); best
+/// effort.
+fn raise_unix_dgram_queue() {
+    let knob = "/proc/sys/net/unix/max_dgram_qlen";
+    let current: u32 = fs::read_to_string(knob)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if current < 512 {
+        let _ = fs::write(knob, "512");
+    }
+}
+
 impl Drop for Postfix {
     fn drop(&mut self) {
         // `postfix stop` ends the master and every daemon it started; killing the
-        // foreground process alone could leave daemons behind.
-        let _ = Command::new(require("postfix"))
+        // foreground process alone could leave daemons behind. It can block for
+        // ever when Postfix's own logging has stalled (its `master -t` waits on a
+        // full postlog socket): after ten seconds the master's process group is
+        // killed instead.
+        use std::os::unix::process::CommandExt;
+        let stop = Command::new(require("postfix"))
             .arg("-c")
             .arg(self.dir.path().join("etc"))
             .arg("stop")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status();
+            .process_group(0)
+            .spawn();
+        if let Ok(mut stop) = stop {
+            let stopped = wait_until(Duration::from_secs(10), || {
+                matches!(stop.try_wait(), Ok(Some(_)))
+            });
+            if !stopped {
+                let group = |pid: u32| {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", "--", &format!("-{pid}")])
+                        .status();
+                };
+                group(stop.id());
+                let master = self.dir.path().join("queue/pid/master.pid");
+                if let Some(pid) = fs::read_to_string(master)
+                    .ok()
+                    .and_then(|p| p.trim().parse::<u32>().ok())
+                {
+                    group(pid);
+                }
+                let _ = stop.wait();
+            }
+        }
         let _ = self.peer.child.try_wait();
     }
 }

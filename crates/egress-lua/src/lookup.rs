@@ -84,7 +84,7 @@ pub(crate) fn install(lua: &Lua, dns: &Table) -> mlua::Result<()> {
                 )
             })?;
             on_own_thread(lua, move |r| async move { r.ptr(addr).await })
-                .map(|a| a.records)
+                .map(|a| a.records.iter().map(|n| fqdn(n)).collect::<Vec<_>>())
                 .map_err(|e| located(lua, format!("kumo.dns.lookup_ptr {ip}: {e}")))
         })?,
     )?;
@@ -109,8 +109,9 @@ fn mx_table(lua: &Lua, domain: &str, answer: Answer<(u16, String)>) -> mlua::Res
                 level
             }
         };
-        level.push(host.as_str())?;
-        hosts.set(i + 1, host.as_str())?;
+        // KumoMTA's names end with the root's dot.
+        level.push(fqdn(host))?;
+        hosts.set(i + 1, fqdn(host))?;
     }
     let names: Vec<String> = records
         .iter()

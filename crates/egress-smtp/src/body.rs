@@ -86,6 +86,9 @@ enum State {
 #[derive(Debug, Clone)]
 pub struct BodyReader {
     mode: LineEndings,
+    /// Write DATA's framing (dot-stuffed, ending `.` CR LF); else the bare text,
+    /// for BDAT.
+    stuffed: bool,
     state: State,
     /// The last octet written out was the LF of a CR LF (or nothing was written).
     out_line_start: bool,
@@ -98,10 +101,29 @@ impl BodyReader {
     pub fn new(mode: LineEndings) -> Self {
         BodyReader {
             mode,
+            stuffed: true,
             state: State::LineStart,
             out_line_start: true,
             invalid: None,
             received: 0,
+        }
+    }
+
+    /// Reads as [`new`](Self::new) does, but writes the message text itself — CR
+    /// LF lines, no dot-stuffing, no end marker — as BDAT (RFC 3030) sends it.
+    ///
+    /// ```
+    /// use egress_smtp::{BodyReader, LineEndings};
+    /// let mut reader = BodyReader::unstuffed(LineEndings::Fix);
+    /// let mut out = Vec::new();
+    /// let (_, done) = reader.feed(b"Subject: hi\r\n\r\n..dot\nx\r\n.\r\n", &mut out);
+    /// assert!(done);
+    /// assert_eq!(out, b"Subject: hi\r\n\r\n.dot\r\nx\r\n");
+    /// ```
+    pub fn unstuffed(mode: LineEndings) -> Self {
+        BodyReader {
+            stuffed: false,
+            ..BodyReader::new(mode)
         }
     }
 
@@ -158,7 +180,9 @@ impl BodyReader {
             // The dot was stuffing (or a client's unstuffed dot): drop it.
             (State::Dot, _) => return self.in_text(b, offset, out),
             (State::DotCr, b'\n') => {
-                self.emit(b".\r\n", out);
+                if self.stuffed {
+                    self.emit(b".\r\n", out);
+                }
                 State::Done
             }
             // `.` CR then something else: the dot was stuffing, the CR is text.
@@ -205,7 +229,7 @@ impl BodyReader {
         if self.refused() {
             return;
         }
-        if self.out_line_start && bytes[0] == b'.' {
+        if self.stuffed && self.out_line_start && bytes[0] == b'.' {
             out.push(b'.');
         }
         out.extend_from_slice(bytes);
@@ -403,6 +427,33 @@ mod tests {
             assert_no_bare_endings(&out);
             prop_assert_eq!(count_ends(&out), 1);
             prop_assert!(out.ends_with(b".\r\n"));
+        }
+
+        /// For BDAT the text is exactly the lines a destination unstuffing the DATA
+        /// form would deliver, in any chunking.
+        #[test]
+        fn unstuffed_is_the_delivered_lines(
+            body in proptest::collection::vec(prop_oneof![
+                Just(b'\r'), Just(b'\n'), Just(b'.'), Just(b'a')
+            ], 0..200),
+            chunk in 1usize..17,
+        ) {
+            let mut wire = body.clone();
+            wire.extend_from_slice(b"\r\n.\r\n");
+            let (stuffed, used, _) = relay(LineEndings::Fix, &wire, wire.len());
+            let mut reader = BodyReader::unstuffed(LineEndings::Fix);
+            let mut bare = Vec::new();
+            let mut pos = 0;
+            while pos < wire.len() && !reader.is_done() {
+                let end = (pos + chunk).min(wire.len());
+                pos += reader.feed(&wire[pos..end], &mut bare).0;
+            }
+            prop_assert_eq!(pos, used);
+            let expected: Vec<u8> = destination_lines(&stuffed)
+                .into_iter()
+                .flat_map(|mut l| { l.extend_from_slice(b"\r\n"); l })
+                .collect();
+            prop_assert_eq!(bare, expected);
         }
 
         /// A body with only CR LF line endings, stuffed by the client, is delivered

@@ -258,6 +258,11 @@ pub struct EgressPathConfig {
     /// (`kumo.dns.configure_resolver { …, options = { validate = true } }`).
     #[serde(default)]
     pub enable_dane: bool,
+    /// Send a relayed message with BDAT (RFC 3030) to a destination that offers
+    /// CHUNKING — one write for a small message, no 354 round trip — rather than
+    /// DATA; default true. egressd's own key (KumoMTA always uses DATA).
+    #[serde(default = "yes")]
+    pub enable_chunking: bool,
     /// Send an 8-bit message to a destination that does not offer 8BITMIME;
     /// default false (refused before the text is sent).
     #[serde(default)]
@@ -341,6 +346,7 @@ impl Default for EgressPathConfig {
             ignore_8bit_checks: false,
             enable_mta_sts: true,
             enable_dane: false,
+            enable_chunking: true,
             automation: Vec::new(),
             providers: Vec::new(),
             provenance: BTreeMap::new(),
@@ -394,6 +400,7 @@ strict_table!(
         "ignore_8bit_checks",
         "enable_mta_sts",
         "enable_dane",
+        "enable_chunking",
         "automation",
         "providers",
         "provenance",

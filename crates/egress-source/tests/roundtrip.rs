@@ -186,8 +186,8 @@ fn accepted_keys_match_serialized_keys() {
     .unwrap();
     assert_eq!(
         keys(path.clone()).len(),
-        25,
-        "the KumoMTA keys with a default (booleans, rset_timeout, batch size, lookup strategy, failures before delay) are always written"
+        27,
+        "the keys with a default (booleans such as enable_dane and enable_chunking, rset_timeout, batch size, lookup strategy, failures before delay) are always written"
     );
     serde_json::from_value::<EgressPathConfig>(path).unwrap();
 }

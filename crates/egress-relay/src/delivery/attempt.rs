@@ -305,8 +305,8 @@ async fn open(
         outcome.all(pending, &Answer::of(&reply));
         return None;
     }
-    let first = pending.first().map(String::as_str);
-    let mut out = match Outbound::open(ctx, domain, &env.sender, env.body_8bit, first, log).await {
+    let first: Vec<&str> = pending.first().map(String::as_str).into_iter().collect();
+    let mut out = match Outbound::open(ctx, domain, &env.sender, env.body_8bit, &first, log).await {
         Ok(out) => out,
         Err(OpenError::Local(reply)) => {
             log.decided = Some((reply.code, Origin::Local));

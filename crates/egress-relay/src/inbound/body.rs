@@ -40,8 +40,13 @@ pub struct Trace<'a> {
 
 /// Where framed body octets go.
 trait BodySink {
-    /// Takes octets (a sink that has failed ignores them and remembers why).
-    async fn put(&mut self, bytes: &[u8]);
+    /// Whether it takes the message text itself (BDAT) rather than DATA's framing.
+    fn unstuffed(&self) -> bool {
+        false
+    }
+    /// Takes octets, `last` with the final ones (a sink that has failed ignores
+    /// them and remembers why).
+    async fn put(&mut self, bytes: &[u8], last: bool);
     /// The message is refused: drop what was taken.
     fn discard(&mut self);
 }
@@ -49,6 +54,8 @@ trait BodySink {
 /// To the destination, while it is still taking the message.
 struct Forward {
     out: Option<Outbound>,
+    /// The text goes as BDAT chunks (the destination offers CHUNKING).
+    bdat: bool,
     /// DATA was sent and its reply is still to be read: before any octet goes.
     go_ahead_pending: bool,
     /// The destination answered DATA with a refusal: its reply, for the client
@@ -58,10 +65,20 @@ struct Forward {
 }
 
 impl BodySink for Forward {
-    async fn put(&mut self, bytes: &[u8]) {
+    fn unstuffed(&self) -> bool {
+        self.bdat
+    }
+
+    async fn put(&mut self, bytes: &[u8], last: bool) {
         let Some(out) = self.out.as_mut() else {
             return;
         };
+        if self.bdat {
+            if let Err(e) = out.bdat(bytes, last).await {
+                self.lost(&e);
+            }
+            return;
+        }
         if std::mem::take(&mut self.go_ahead_pending) {
             match out.data_reply().await {
                 Ok(None) => {}
@@ -100,7 +117,7 @@ struct ToSpool {
 }
 
 impl BodySink for ToSpool {
-    async fn put(&mut self, bytes: &[u8]) {
+    async fn put(&mut self, bytes: &[u8], _last: bool) {
         if let Some(writer) = self.writer.as_mut() {
             // Page-cache writes; the fsyncs happen at commit, on a blocking thread.
             if let Err(e) = writer.write(bytes) {
@@ -160,7 +177,15 @@ async fn cut_through<S: AsyncRead + AsyncWrite + Unpin>(
             "internal error: no destination session",
         ));
     };
-    if let Err(e) = out.send_data().await {
+    // BDAT to a destination that offers CHUNKING: nothing to send before the text
+    // (no DATA, no 354 to wait for); else DATA, its reply read with the first text.
+    let bdat = out.takes_bdat();
+    let started = if bdat {
+        out.start_bdat()
+    } else {
+        out.send_data().await
+    };
+    if let Err(e) = started {
         t.log.note(&e.to_string());
         t.log.decided = Some((451, Origin::Local));
         tokio::spawn(out.quit());
@@ -172,9 +197,13 @@ async fn cut_through<S: AsyncRead + AsyncWrite + Unpin>(
         ));
     }
     conn.reply(&go_ahead());
+    if bdat {
+        t.log.note("message sent with BDAT (CHUNKING)");
+    }
     let mut sink = Forward {
         out: Some(out),
-        go_ahead_pending: true,
+        bdat,
+        go_ahead_pending: !bdat,
         refused: None,
         broken: None,
     };
@@ -364,7 +393,12 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin, K: BodySink>(
 ) -> Result<Read, Ended> {
     let listener = &inbound.config;
     let deadline = conn.deadline(Waiting::Data);
-    let mut reader = BodyReader::new(line_endings(listener.invalid_line_endings));
+    let endings = line_endings(listener.invalid_line_endings);
+    let mut reader = if sink.unstuffed() {
+        BodyReader::unstuffed(endings)
+    } else {
+        BodyReader::new(endings)
+    };
     let mut pending = received_header(trace, &t.log.id).into_bytes();
     let max = listener.max_message_size;
     let mut discarded = false;
@@ -390,7 +424,7 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin, K: BodySink>(
         if discarded {
             pending.clear();
         } else if pending.len() >= FLUSH_AT || done {
-            sink.put(&pending).await;
+            sink.put(&pending, done).await;
             pending.clear();
         }
         if done {

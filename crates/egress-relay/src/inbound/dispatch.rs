@@ -342,7 +342,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         } else {
             None
         };
-        t.rcpt(&self.ctx, address, refusal).await
+        // Recipients a pipelining client has sent after this one, which may go to
+        // the destination with it; never past the recipient limit.
+        let ahead = if refusal.is_none() {
+            pipelined_recipients(&self.conn.inbox)
+        } else {
+            Vec::new()
+        };
+        let room = max.saturating_sub(t.accepted + 1);
+        t.rcpt(&self.ctx, address, refusal, &ahead, room).await
     }
 
     async fn data(&mut self) -> Result<Reply, Ended> {
@@ -379,6 +387,27 @@ fn parse_refusal(e: &smtp_proto::Error) -> Reply {
         _ => (500, [5, 5, 2]),
     };
     Reply::new(code, esc, words::parse_error(e))
+}
+
+/// The recipients of the complete RCPT commands at the start of `inbox` (what
+/// a pipelining client sent after the command being answered), as the session
+/// will read them: the same line limit, 8-bit check and parser, stopping at the
+/// first line that is not such an RCPT.
+fn pipelined_recipients(inbox: &[u8]) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut rest = inbox;
+    while let Some(end) = memchr::memchr(b'\n', rest) {
+        let line = &rest[..=end];
+        rest = &rest[end + 1..];
+        if line.len() > super::transport::MAX_LINE || eight_bit_refusal(line).is_some() {
+            break;
+        }
+        match Request::parse(&mut line.iter()) {
+            Ok(Request::Rcpt { to }) => found.push(to.address),
+            _ => break,
+        }
+    }
+    found
 }
 
 /// egressd does not offer SMTPUTF8, so addresses must be ASCII (RFC 6531 §3.4):

@@ -76,11 +76,21 @@ impl Transaction {
     }
 
     /// RCPT: a local refusal (relay permission, recipient limit) or the
-    /// destination's answer; either way it goes into the log.
-    pub async fn rcpt(&mut self, ctx: &Context, address: &str, refusal: Option<Reply>) -> Reply {
+    /// destination's answer; either way it goes into the log. `ahead`: the
+    /// recipients of the RCPTs a pipelining client sent after this one (see
+    /// [`send_ahead`](Self::send_ahead)); `room`: how many more this transaction
+    /// may accept.
+    pub async fn rcpt(
+        &mut self,
+        ctx: &Context,
+        address: &str,
+        refusal: Option<Reply>,
+        ahead: &[String],
+        room: usize,
+    ) -> Reply {
         let (reply, origin) = match refusal {
             Some(refusal) => (refusal, Origin::Local),
-            None => self.forward_rcpt(ctx, address).await,
+            None => self.forward_rcpt(ctx, address, ahead, room).await,
         };
         self.log.recipient(address, &reply, origin);
         if reply.is_positive() {
@@ -89,32 +99,53 @@ impl Transaction {
         reply
     }
 
-    async fn forward_rcpt(&mut self, ctx: &Context, address: &str) -> (Reply, Origin) {
+    async fn forward_rcpt(
+        &mut self,
+        ctx: &Context,
+        address: &str,
+        ahead: &[String],
+        room: usize,
+    ) -> (Reply, Origin) {
         let local = |reply: Reply| (reply, Origin::Local);
-        let Some(domain) = address
-            .rsplit_once('@')
-            .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
-            .filter(|d| !d.is_empty())
-        else {
+        let Some(domain) = domain_of(address) else {
             return local(Reply::new(
                 550,
                 [5, 1, 3],
                 "recipient must be of the form user@domain",
             ));
         };
-        // An automation rule's block on this domain (for this tenant) answers first.
-        let shaper = &ctx.shaper;
-        let tenant = self.log.tenant.as_deref();
-        if let Some(reply) = shaper
-            .automated
-            .blocked(&shaper.throttles, &domain, tenant)
-            .await
-        {
-            return local(reply);
+        let position = self.legs.iter().position(|l| l.domain == domain);
+        // A recipient sent ahead has its answer already: the destination has it,
+        // whatever has changed since. Any other first hears an automation rule's
+        // block on this domain (for this tenant).
+        let told = position.is_some_and(|i| {
+            self.legs[i]
+                .outbound
+                .as_ref()
+                .is_some_and(|o| o.has_told(address))
+        });
+        if !told {
+            let shaper = &ctx.shaper;
+            let tenant = self.log.tenant.as_deref();
+            if let Some(reply) = shaper
+                .automated
+                .blocked(&shaper.throttles, &domain, tenant)
+                .await
+            {
+                return local(reply);
+            }
         }
-        let index = match self.legs.iter().position(|l| l.domain == domain) {
+        // What a pipelining client sent after this RCPT for the same domain goes
+        // in the same write (RFC 2920): one round trip for all of them.
+        let along: Vec<&str> = ahead
+            .iter()
+            .take_while(|a| domain_of(a).as_deref() == Some(domain.as_str()))
+            .take(room)
+            .map(String::as_str)
+            .collect();
+        let index = match position {
             Some(i) => i,
-            None => match self.open_leg(ctx, domain.clone(), address).await {
+            None => match self.open_leg(ctx, domain.clone(), address, &along).await {
                 Ok(i) => i,
                 Err(answer) => return answer,
             },
@@ -154,7 +185,19 @@ impl Transaction {
                 format!("{why}; send the rest in another transaction"),
             ));
         }
-        match out.rcpt(address).await {
+        let forwarded = async {
+            if !out.has_told(address) && !one_per_transaction && !along.is_empty() {
+                let batch: Vec<&str> = std::iter::once(address)
+                    .chain(along.iter().copied())
+                    .take(out.room())
+                    .collect();
+                if batch.len() > 1 {
+                    out.send_ahead(&batch).await?;
+                }
+            }
+            out.rcpt(address).await
+        };
+        match forwarded.await {
             Ok(reply) if reply.is_positive() => {
                 leg.confirmed.push(address.to_owned());
                 (reply, Origin::Destination)
@@ -195,6 +238,7 @@ impl Transaction {
         ctx: &Context,
         domain: String,
         address: &str,
+        along: &[&str],
     ) -> Result<usize, (Reply, Origin)> {
         let first = self.legs.is_empty();
         if !first && !self.spooling {
@@ -208,12 +252,15 @@ impl Transaction {
                 Origin::Local,
             ));
         }
+        let rcpts: Vec<&str> = std::iter::once(address)
+            .chain(along.iter().copied())
+            .collect();
         let opened = Outbound::open(
             ctx,
             &domain,
             &self.from,
             self.body_8bit,
-            Some(address),
+            &rcpts,
             &mut self.log,
         )
         .await;
@@ -238,6 +285,14 @@ impl Transaction {
         });
         Ok(self.legs.len() - 1)
     }
+}
+
+/// The domain of a recipient, lower case, without a final dot.
+fn domain_of(address: &str) -> Option<String> {
+    address
+        .rsplit_once('@')
+        .map(|(_, d)| d.trim_end_matches('.').to_ascii_lowercase())
+        .filter(|d| !d.is_empty())
 }
 
 /// What a recipient accepted for spooled delivery hears.

@@ -26,6 +26,7 @@ use egress_throttle::{Lease, Throttles};
 use idle::{IdleSessions, SessionKey};
 use shaping::Shaper;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::io;
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpStream;
@@ -160,8 +161,10 @@ pub struct Outbound {
     max_deliveries: Option<u64>,
     /// Its report handle (none when the embedder records nothing for it).
     report: Option<Arc<PathHandle>>,
-    /// The reply to the first RCPT, when it went with MAIL FROM (pipelined).
-    first_rcpt: Option<Reply>,
+    /// Replies to RCPTs sent ahead of their turn — with MAIL FROM, or those a
+    /// pipelining client had already sent — each with its (bracketed) address, in
+    /// order: [`rcpt`](Self::rcpt) tells them.
+    told: VecDeque<(String, Reply)>,
     /// The transaction's automation rules (none when its path has none).
     watch: Option<Arc<automation::Watch>>,
     /// How long it may wait idle for the next transaction (its path's
@@ -174,28 +177,37 @@ pub struct Outbound {
     /// RSET before the next transaction, with this wait (`enable_rset`,
     /// `rset_timeout`).
     rset: Option<std::time::Duration>,
+    /// BDAT may carry a relayed message (`enable_chunking`).
+    chunking: bool,
 }
 
 impl Outbound {
     /// Opens a transaction for `domain` (the steps are in `outbound/route/`).
-    /// `first_rcpt`, when given, goes with MAIL FROM (pipelined where offered); its
-    /// reply is then [`rcpt`](Self::rcpt)'s first answer. Fills `log`.
+    /// `first_rcpts`, when given, go with MAIL FROM (in one write where PIPELINING
+    /// is offered; an LMTP store or the path's batch size may take fewer); their
+    /// replies are [`rcpt`](Self::rcpt)'s answers for them. Fills `log`.
     pub async fn open(
         ctx: &Context,
         domain: &str,
         from: &str,
         body_8bit: bool,
-        first_rcpt: Option<&str>,
+        first_rcpts: &[&str],
         log: &mut TxLog,
     ) -> Result<Outbound, OpenError> {
-        route::open(ctx, domain, from, body_8bit, first_rcpt, log).await
+        route::open(ctx, domain, from, body_8bit, first_rcpts, log).await
     }
 
-    /// Forwards one recipient; the destination's reply (for the recipient given to
-    /// [`open`](Self::open), the reply it already got).
+    /// Forwards one recipient; the destination's reply (for a recipient sent
+    /// ahead, the reply it already got). A recipient other than the next one sent
+    /// ahead is an error: the dialogue is out of step and the session must go.
     pub async fn rcpt(&mut self, address: &str) -> io::Result<Reply> {
-        let reply = match self.first_rcpt.take() {
-            Some(reply) => reply,
+        let reply = match self.told.pop_front() {
+            Some((ahead, reply)) if ahead == bracketed(address) => reply,
+            Some((ahead, _)) => {
+                return Err(io::Error::other(format!(
+                    "recipient <{address}> came where {ahead}, sent ahead, was expected"
+                )))
+            }
             None => {
                 self.rcpts += 1;
                 Reply::relayed(&self.smtp.rcpt(&bracketed(address)).await?)
@@ -205,6 +217,34 @@ impl Outbound {
             self.observe(&reply).await;
         }
         Ok(reply)
+    }
+
+    /// Whether `address` is the next recipient sent ahead.
+    pub fn has_told(&self, address: &str) -> bool {
+        self.told
+            .front()
+            .is_some_and(|(ahead, _)| *ahead == bracketed(address))
+    }
+
+    /// Sends `addresses` — recipients a pipelining client has already sent, to
+    /// be told in turn by [`rcpt`](Self::rcpt) — in one write, and reads their
+    /// replies. At most as many as the transaction still takes
+    /// ([`room`](Self::room)).
+    pub async fn send_ahead(&mut self, addresses: &[&str]) -> io::Result<()> {
+        let paths: Vec<String> = addresses.iter().map(|a| bracketed(a)).collect();
+        let refs: Vec<&str> = paths.iter().map(String::as_str).collect();
+        let replies = self.smtp.rcpts(&refs).await?;
+        self.rcpts += paths.len();
+        for (path, reply) in paths.into_iter().zip(replies) {
+            self.told.push_back((path, Reply::relayed(&reply)));
+        }
+        Ok(())
+    }
+
+    /// How many more recipients the open transaction takes
+    /// (`max_recipients_per_batch`).
+    pub fn room(&self) -> usize {
+        self.max_batch.saturating_sub(self.rcpts)
     }
 
     /// Matches a destination reply that ends an attempt against the path's rules.
@@ -242,6 +282,24 @@ impl Outbound {
         self.smtp.write_body(bytes).await
     }
 
+    /// The message can go with BDAT: the path allows it (`enable_chunking`), the
+    /// destination offers CHUNKING, and it is not an LMTP store.
+    pub fn takes_bdat(&self) -> bool {
+        self.chunking && self.smtp.extensions().chunking && !self.lmtp
+    }
+
+    /// Begins a BDAT transfer (see [`takes_bdat`](Self::takes_bdat)); nothing is
+    /// written until the first chunk.
+    pub fn start_bdat(&mut self) -> io::Result<()> {
+        self.smtp.start_bdat()
+    }
+
+    /// Passes message text (not dot-stuffed) on as a BDAT chunk, `last` for the
+    /// final one; the outcome is [`final_reply`](Self::final_reply)'s.
+    pub async fn bdat(&mut self, text: &[u8], last: bool) -> io::Result<()> {
+        self.smtp.bdat(text, last).await
+    }
+
     /// Reads the reply to the end of the message (which the caller has written).
     pub async fn final_reply(&mut self) -> io::Result<Reply> {
         let reply = Reply::relayed(&self.smtp.end_of_data_reply().await?);
@@ -275,8 +333,8 @@ impl Outbound {
         } else {
             self.max_batch
         };
-        // The first recipient went with MAIL FROM; its reply is still to be told.
-        self.first_rcpt.is_some() || self.rcpts < max
+        // Recipients sent ahead have replies still to be told.
+        !self.told.is_empty() || self.rcpts < max
     }
 
     /// The most RCPTs one transaction carries on this session.
@@ -298,7 +356,10 @@ impl Outbound {
             .await?;
         self.deliveries += 1;
         self.rcpts = 1;
-        self.first_rcpt = rcpt.map(|r| Reply::relayed(&r));
+        self.told.clear();
+        if let Some(r) = rcpt {
+            self.told.push_back((bracketed(first), Reply::relayed(&r)));
+        }
         Ok(Reply::relayed(&mail))
     }
 

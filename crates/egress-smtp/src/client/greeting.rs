@@ -17,6 +17,8 @@ pub struct Extensions {
     pub auth_plain: bool,
     /// SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
+    /// CHUNKING: BDAT instead of DATA (RFC 3030).
+    pub chunking: bool,
 }
 
 /// The destination refused the greeting (a banner other than 220, or EHLO and
@@ -62,6 +64,7 @@ pub(super) fn parse_extensions(message: &str) -> Extensions {
             "PIPELINING" => ext.pipelining = true,
             "STARTTLS" => ext.starttls = true,
             "SMTPUTF8" => ext.smtputf8 = true,
+            "CHUNKING" => ext.chunking = true,
             // `AUTH PLAIN LOGIN`; old servers also say `AUTH=PLAIN LOGIN`.
             k if k == "AUTH" || k.starts_with("AUTH=") => {
                 let rest = line.split_once(['=', ' ']).map_or("", |(_, r)| r);

@@ -9,6 +9,7 @@
 //! to somebody else.
 
 mod auth;
+mod chunking;
 mod greeting;
 mod transaction;
 
@@ -86,6 +87,8 @@ pub enum Phase {
     DataSent,
     /// DATA answered 354: the body is being written.
     Body,
+    /// BDAT chunks are being sent ([`ClientSession::bdat`]).
+    Chunks,
     /// A step failed or a rule was broken: the session can only be closed.
     Broken,
 }
@@ -127,6 +130,12 @@ pub struct ClientSession<S> {
     accepted: usize,
     /// AUTH succeeded.
     authenticated: bool,
+    /// BDAT chunks sent whose replies are still to be read (pipelined).
+    chunk_replies_pending: usize,
+    /// A BDAT chunk was refused: that reply speaks for the message.
+    chunk_refused: Option<Response<String>>,
+    /// Reused for a BDAT command and its chunk, sent in one write.
+    chunk_wire: Vec<u8>,
 }
 
 /// Why STARTTLS did not give a TLS session.
@@ -171,6 +180,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
             rset_pending: None,
             accepted: 0,
             authenticated: false,
+            chunk_replies_pending: 0,
+            chunk_refused: None,
+            chunk_wire: Vec::new(),
         }
     }
 

@@ -264,3 +264,74 @@ async fn lmtp_greets_with_lhlo_and_reads_a_reply_per_accepted_recipient() {
     assert_eq!(codes, [250, 452]);
     assert!(smtp.is_ready());
 }
+
+/// A greeted session whose destination offers CHUNKING (and PIPELINING when
+/// `pipelining`), with MAIL and RCPT accepted; the EHLO, MAIL and RCPT read off.
+async fn chunking_transaction(pipelining: bool) -> (ClientSession<DuplexStream>, DuplexStream) {
+    let (mut smtp, mut dest) = pair();
+    let ehlo: &[u8] = if pipelining {
+        b"220 hi\r\n250-mx\r\n250-PIPELINING\r\n250 CHUNKING\r\n"
+    } else {
+        b"220 hi\r\n250-mx\r\n250 CHUNKING\r\n"
+    };
+    dest.write_all(ehlo).await.unwrap();
+    smtp.greet("me.test").await.unwrap();
+    assert!(smtp.extensions().chunking);
+    dest.write_all(b"250 ok\r\n250 ok\r\n").await.unwrap();
+    smtp.mail_rcpt("<a@b.test>", false, "<x@c.test>")
+        .await
+        .unwrap();
+    let mut sent = vec![0; 256];
+    let _ = dest.read(&mut sent).await.unwrap();
+    (smtp, dest)
+}
+
+#[tokio::test]
+async fn a_message_goes_as_one_bdat_last_with_its_command() {
+    let (mut smtp, mut dest) = chunking_transaction(true).await;
+    smtp.start_bdat().unwrap();
+    smtp.bdat(b"Subject: x\r\n\r\n.hi\r\n", true).await.unwrap();
+    let mut sent = vec![0; 256];
+    let n = dest.read(&mut sent).await.unwrap();
+    assert_eq!(&sent[..n], b"BDAT 19 LAST\r\nSubject: x\r\n\r\n.hi\r\n");
+    dest.write_all(b"250 2.0.0 queued\r\n").await.unwrap();
+    assert_eq!(smtp.end_of_data_reply().await.unwrap().code, 250);
+    assert!(smtp.is_ready());
+}
+
+#[tokio::test]
+async fn chunk_replies_are_read_after_the_last_and_a_refusal_speaks() {
+    let (mut smtp, mut dest) = chunking_transaction(true).await;
+    smtp.start_bdat().unwrap();
+    smtp.bdat(b"abc\r\n", false).await.unwrap();
+    smtp.bdat(b"def\r\n", true).await.unwrap();
+    let mut sent = vec![0; 256];
+    let mut got = Vec::new();
+    while got.len() < b"BDAT 5\r\nabc\r\nBDAT 5 LAST\r\ndef\r\n".len() {
+        let n = dest.read(&mut sent).await.unwrap();
+        got.extend_from_slice(&sent[..n]);
+    }
+    assert_eq!(got, b"BDAT 5\r\nabc\r\nBDAT 5 LAST\r\ndef\r\n");
+    dest.write_all(b"552 5.3.4 too big\r\n503 5.5.1 no\r\n")
+        .await
+        .unwrap();
+    let reply = smtp.end_of_data_reply().await.unwrap();
+    assert_eq!(reply.code, 552, "the first refusal");
+    assert_eq!(smtp.phase(), Phase::Broken, "not reused");
+}
+
+#[tokio::test]
+async fn without_pipelining_each_chunk_is_answered_before_the_next() {
+    let (mut smtp, mut dest) = chunking_transaction(false).await;
+    smtp.start_bdat().unwrap();
+    dest.write_all(b"250 2.0.0 5 octets\r\n").await.unwrap();
+    smtp.bdat(b"abc\r\n", false).await.unwrap();
+    assert_eq!(smtp.chunk_replies_pending, 0);
+}
+
+#[tokio::test]
+async fn bdat_needs_chunking() {
+    let (mut smtp, _dest, _) = after_mail_rcpt(b"250 ok\r\n250 ok\r\n").await;
+    assert!(smtp.start_bdat().is_err());
+    assert_eq!(smtp.phase(), Phase::Broken);
+}

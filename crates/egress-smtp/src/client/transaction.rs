@@ -79,42 +79,90 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
         body_8bit: bool,
         rcpt: &str,
     ) -> io::Result<(Response<String>, Option<Response<String>>)> {
+        let (mail, rcpts) = self.mail_rcpts(path, body_8bit, &[rcpt]).await?;
+        Ok((mail, rcpts.into_iter().next()))
+    }
+
+    /// `MAIL FROM` and every `RCPT TO` of `rcpts`, in one write with PIPELINING;
+    /// MAIL's reply and one reply per recipient, in order (none when MAIL was
+    /// refused: see [`mail_rcpt`](Self::mail_rcpt)).
+    pub async fn mail_rcpts(
+        &mut self,
+        path: &str,
+        body_8bit: bool,
+        rcpts: &[&str],
+    ) -> io::Result<(Response<String>, Vec<Response<String>>)> {
         if !self.pipelining() {
             let mail = self.mail(path, body_8bit).await?;
             if !is_positive(&mail) {
-                return Ok((mail, None));
+                return Ok((mail, Vec::new()));
             }
-            let rcpt = self.rcpt(rcpt).await?;
-            return Ok((mail, Some(rcpt)));
+            let mut replies = Vec::with_capacity(rcpts.len());
+            for rcpt in rcpts {
+                replies.push(self.rcpt(rcpt).await?);
+            }
+            return Ok((mail, replies));
         }
         self.expect(Phase::Ready, "MAIL FROM")?;
-        let rset = if self.rset_pending.is_some() {
-            "RSET\r\n"
-        } else {
-            ""
-        };
-        let wire = format!(
-            "{rset}{}\r\nRCPT TO:{rcpt}\r\n",
-            self.mail_line(path, body_8bit)
-        );
+        let mut wire = String::with_capacity(64 + 48 * rcpts.len());
+        if self.rset_pending.is_some() {
+            wire.push_str("RSET\r\n");
+        }
+        wire.push_str(&self.mail_line(path, body_8bit));
+        wire.push_str("\r\n");
+        for rcpt in rcpts {
+            wire.push_str("RCPT TO:");
+            wire.push_str(rcpt);
+            wire.push_str("\r\n");
+        }
         self.write(wire.as_bytes(), self.timeouts.mail_from, "MAIL FROM")
             .await?;
         self.rset_reply().await?;
         self.accepted = 0;
         let mail = self.read(self.timeouts.mail_from, "MAIL FROM").await?;
         if !is_positive(&mail) {
-            // The RCPT's answer to a command without a transaction is read and
+            // The RCPTs' answers to commands without a transaction are read and
             // dropped to keep the dialogue in step. A destination that refuses MAIL
             // and closes (Yahoo's `421 4.7.0 [TSS04]`) sends none: its reply to MAIL
             // is the answer either way, and the failed read leaves the session
             // broken, so it is only closed.
-            let _ = self.read(self.timeouts.rcpt_to, "RCPT TO").await;
-            return Ok((mail, None));
+            for _ in rcpts {
+                if self.read(self.timeouts.rcpt_to, "RCPT TO").await.is_err() {
+                    break;
+                }
+            }
+            return Ok((mail, Vec::new()));
         }
-        let rcpt = self.read(self.timeouts.rcpt_to, "RCPT TO").await?;
         self.phase = Phase::Mail;
-        self.accepted += usize::from(is_positive(&rcpt));
-        Ok((mail, Some(rcpt)))
+        let replies = self.rcpt_replies(rcpts.len()).await?;
+        Ok((mail, replies))
+    }
+
+    /// `RCPT TO` for each of `paths`, in one write with PIPELINING (one after the
+    /// other otherwise); the replies in order.
+    pub async fn rcpts(&mut self, paths: &[&str]) -> io::Result<Vec<Response<String>>> {
+        if !self.pipelining() || paths.len() < 2 {
+            let mut replies = Vec::with_capacity(paths.len());
+            for path in paths {
+                replies.push(self.rcpt(path).await?);
+            }
+            return Ok(replies);
+        }
+        self.expect(Phase::Mail, "RCPT TO")?;
+        let wire: String = paths.iter().map(|p| format!("RCPT TO:{p}\r\n")).collect();
+        self.write(wire.as_bytes(), self.timeouts.rcpt_to, "RCPT TO")
+            .await?;
+        self.rcpt_replies(paths.len()).await
+    }
+
+    async fn rcpt_replies(&mut self, n: usize) -> io::Result<Vec<Response<String>>> {
+        let mut replies = Vec::with_capacity(n);
+        for _ in 0..n {
+            let reply = self.read(self.timeouts.rcpt_to, "RCPT TO").await?;
+            self.accepted += usize::from(is_positive(&reply));
+            replies.push(reply);
+        }
+        Ok(replies)
     }
 
     /// `RCPT TO:{path}`; the destination's reply.
@@ -170,6 +218,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
     /// recipient the destination accepted, in RCPT order (RFC 2033 §4.2). The
     /// transaction is over whatever the codes: the session is ready again.
     pub async fn end_of_data_replies(&mut self) -> io::Result<Vec<Response<String>>> {
+        if self.phase == Phase::Chunks {
+            return Ok(vec![self.bdat_final_reply().await?]);
+        }
         if self.lmtp {
             self.lmtp_replies().await
         } else {
@@ -198,6 +249,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
     /// LMTP with more than one recipient use
     /// [`end_of_data_replies`](Self::end_of_data_replies).
     pub async fn end_of_data_reply(&mut self) -> io::Result<Response<String>> {
+        if self.phase == Phase::Chunks {
+            return self.bdat_final_reply().await;
+        }
         if self.lmtp && self.accepted > 1 {
             // Every reply is read so the session stays in step; the first refusal
             // (else the first acceptance) speaks for the message.

@@ -36,11 +36,11 @@ pub async fn open(
     domain: &str,
     from: &str,
     body_8bit: bool,
-    first_rcpt: Option<&str>,
+    first_rcpts: &[&str],
     log: &mut TxLog,
 ) -> Result<Outbound, OpenError> {
     let policy = &ctx.policy;
-    let first_rcpt = first_rcpt.map(super::bracketed);
+    let first_rcpts: Vec<String> = first_rcpts.iter().map(|r| super::bracketed(r)).collect();
     let queue = policy
         .queue_config(domain, log.tenant.as_deref(), None, None)
         .await
@@ -123,7 +123,13 @@ pub async fn open(
             site,
             ehlo: effective_ehlo_domain(&path, &source, &ctx.hostname).to_owned(),
             mail_from: &mail_from,
-            first_rcpt: first_rcpt.as_deref(),
+            // An LMTP store answers each recipient after the message: one at a
+            // time there; elsewhere at most the path's batch.
+            first_rcpts: &first_rcpts[..first_rcpts.len().min(if path.use_lmtp {
+                1
+            } else {
+                path.max_recipients_per_batch.max(1)
+            })],
             body_8bit,
             watch: watch.clone(),
         };
@@ -269,8 +275,9 @@ struct Route<'a> {
     site: &'a str,
     ehlo: String,
     mail_from: &'a str,
-    /// Sent with MAIL FROM (pipelined where the destination offers it).
-    first_rcpt: Option<&'a str>,
+    /// Sent with MAIL FROM (pipelined where the destination offers it),
+    /// bracketed.
+    first_rcpts: &'a [String],
     body_8bit: bool,
     /// The path's automation rules, for a greeting the destination refuses.
     watch: Option<Arc<Watch>>,

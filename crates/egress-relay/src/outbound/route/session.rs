@@ -17,23 +17,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 impl Route<'_> {
-    /// MAIL FROM, with the first RCPT when there is one; MAIL's reply (the RCPT's
-    /// waits in the session for `Outbound::rcpt`).
+    /// MAIL FROM, with the first RCPTs when there are; MAIL's reply (the RCPTs'
+    /// wait in the session for `Outbound::rcpt`).
     async fn begin(&self, out: &mut Outbound) -> std::io::Result<Response<String>> {
-        match self.first_rcpt {
-            Some(rcpt) => {
-                let (mail, first) = out
-                    .smtp
-                    .mail_rcpt(self.mail_from, self.body_8bit, rcpt)
-                    .await?;
-                out.first_rcpt = first.map(|r| Reply::relayed(&r));
-                Ok(mail)
-            }
-            None => {
-                out.first_rcpt = None;
-                out.smtp.mail(self.mail_from, self.body_8bit).await
-            }
+        out.told.clear();
+        if self.first_rcpts.is_empty() {
+            return out.smtp.mail(self.mail_from, self.body_8bit).await;
         }
+        let rcpts: Vec<&str> = self.first_rcpts.iter().map(String::as_str).collect();
+        let (mail, replies) = out
+            .smtp
+            .mail_rcpts(self.mail_from, self.body_8bit, &rcpts)
+            .await?;
+        for (rcpt, reply) in self.first_rcpts.iter().zip(replies) {
+            out.told.push_back((rcpt.clone(), Reply::relayed(&reply)));
+        }
+        Ok(mail)
     }
 
     /// An idle clean session for `key`, past MAIL FROM; None when there is none.
@@ -52,7 +51,8 @@ impl Route<'_> {
             out.smtp.set_pipelining(self.path.enable_pipelining);
             out.rset = self.path.enable_rset.then_some(self.path.rset_timeout);
             out.max_batch = self.path.max_recipients_per_batch;
-            out.rcpts = usize::from(self.first_rcpt.is_some());
+            out.chunking = self.path.enable_chunking;
+            out.rcpts = self.first_rcpts.len();
             if let Some(timeout) = out.rset {
                 out.smtp.rset_before_next_mail(timeout);
             }
@@ -147,13 +147,14 @@ impl Route<'_> {
             deliveries: 1,
             max_deliveries: self.path.max_deliveries_per_connection,
             report,
-            first_rcpt: None,
+            told: Default::default(),
             watch: None,
             idle_timeout: self.path.idle_timeout,
             lmtp: self.path.use_lmtp,
             max_batch: self.path.max_recipients_per_batch,
-            rcpts: usize::from(self.first_rcpt.is_some()),
+            rcpts: self.first_rcpts.len(),
             rset: self.path.enable_rset.then_some(self.path.rset_timeout),
+            chunking: self.path.enable_chunking,
         };
         out.smtp.set_lmtp(self.path.use_lmtp);
         out.smtp.set_pipelining(self.path.enable_pipelining);
