@@ -80,6 +80,8 @@ const PEERS: &[(&str, &str)] = &[
     ("ldns-keygen", "ldnsutils"),
     ("ldns-signzone", "ldnsutils"),
     ("openssl", "openssl"),
+    // syscalls per relayed message in `cargo xtask bench relay`
+    ("strace", "strace"),
     // an independent SOCKS5 client for egress-proxy
     ("curl", "curl"),
     // shared throttles, leases and suspensions
@@ -262,7 +264,7 @@ fn peers() -> Result {
         return Ok(());
     }
     println!("xtask peers: installing {}", missing.join(" "));
-    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks libnet-ssleay-perl postfix libsasl2-modules dovecot-core dovecot-lmtpd dnsmasq nsd ldnsutils openssl curl redis-server python3 prometheus systemd";
+    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks libnet-ssleay-perl postfix libsasl2-modules dovecot-core dovecot-lmtpd dnsmasq nsd ldnsutils openssl strace curl redis-server python3 prometheus systemd";
     // One script, run as root (directly or through `sudo -n`). policy-rc.d keeps the
     // packages' own services from starting: the tests start every peer themselves, and
     // danted's service fails to start with its stock configuration, which would make

@@ -2,7 +2,7 @@
 //! when they hold — or an error that names the name, the record and what went wrong.
 
 use std::fmt;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What DNSSEC says of an answer (RFC 4033 §5).
 ///
@@ -122,4 +122,9 @@ impl DnsError {
     pub fn is_no_records(&self) -> bool {
         matches!(self.kind, DnsErrorKind::NoRecords { .. })
     }
+}
+
+/// When an answer with `ttl` seconds expires.
+pub(crate) fn expiry(ttl: u32) -> Instant {
+    Instant::now() + Duration::from_secs(u64::from(ttl))
 }

@@ -17,7 +17,7 @@ use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{ResolveError, ResolveErrorKind, TokioResolver};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How egress resolves names. Cheap to clone (shared cache).
 #[derive(Clone)]
@@ -359,9 +359,4 @@ fn set<T>(slot: &mut T, value: Option<T>) {
     if let Some(v) = value {
         *slot = v;
     }
-}
-
-/// When an answer with `ttl` seconds expires.
-pub(crate) fn expiry(ttl: u32) -> Instant {
-    Instant::now() + Duration::from_secs(u64::from(ttl))
 }

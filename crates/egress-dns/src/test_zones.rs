@@ -3,9 +3,8 @@
 //! tests of decisions that depend on DNSSEC. Parsing is hickory's zone parser; no
 //! file is read (`$INCLUDE` is refused).
 
-use crate::answer::{Answer, DnsError, DnsErrorKind, Security};
+use crate::answer::{expiry, Answer, DnsError, DnsErrorKind, Security};
 use crate::config::TestConfig;
-use crate::resolver::expiry;
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordSet, RecordType, RrKey};
 use hickory_proto::serialize::txt::Parser;
 use std::collections::BTreeMap;

@@ -7,7 +7,11 @@
 //! interleaved rounds, taken on its own (the fastest round and the cheapest round
 //! are not always the same one on a shared machine). egressd's CPU is also shown
 //! split into user and kernel time: the kernel part is mostly loopback TCP, a
-//! floor set by the number of writes a relayed message needs. Run:
+//! floor set by the number of writes a relayed message needs. The same sessions
+//! through HAProxy in TCP mode (a byte proxy) give the baseline a relay that
+//! understands SMTP should beat; strace counts the syscalls per message; and
+//! Postfix as the client (it pipelines) into a Postfix that offers CHUNKING shows
+//! the path real senders take. Run:
 //! `cargo bench -p egressd --bench cost` (part of `cargo xtask bench relay`).
 
 use egress_e2e::{free_port, require, wait_listening, Peer, SmtpSink};
@@ -107,28 +111,15 @@ fn main() {
     let sink = SmtpSink::start_discarding();
     let sink_pid = sink.pid();
     let dir = tempfile::tempdir().unwrap();
-    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let policy = dir.path().join("cost.lua");
-    std::fs::write(
-        &policy,
-        egress_e2e::relay_policy(
-            "max_connection_rate_per_client = 'unlimited', max_connections_per_client = 0",
-            &egress_e2e::mx_entry(sink.addr),
-            "",
-        )
-        .replace("{listen}", &listen.to_string()),
-    )
-    .unwrap();
-    let mut cmd = Command::new(egressd_bin());
-    cmd.arg("--policy").arg(&policy).env("EGRESSD_LOG", "warn");
-    let mut egressd = Peer::spawn("egressd", &mut cmd);
-    wait_listening("egressd", listen, &mut egressd);
+    let (listen, egressd) = start_egressd(dir.path(), "cost", sink.addr);
     let egressd_pid = egressd.id();
+    let (haproxy_addr, haproxy) = haproxy_tcp(dir.path(), sink.addr);
+    let haproxy_pid = haproxy.id();
 
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    println!("relay cost: smtp-source -> [egressd ->] smtp-sink, loopback, {cores} cores, best of {ROUNDS} interleaved rounds");
+    println!("relay cost: smtp-source -> [egressd | haproxy (TCP mode) ->] smtp-sink, loopback, {cores} cores, best of {ROUNDS} interleaved rounds");
     for (sessions, messages, size, reuse) in [
         (20, 10_000, 2048, true),
         (1, 3_000, 2048, true),
@@ -137,12 +128,14 @@ fn main() {
     ] {
         round(sink.addr, sessions, sessions * 5, size, reuse, &[]);
         round(listen, sessions, sessions * 5, size, reuse, &[]);
+        round(haproxy_addr, sessions, sessions * 5, size, reuse, &[]);
         let per = |cpu: f64| cpu / messages as f64 * 1e6;
         let rate = |t: Duration| messages as f64 / t.as_secs_f64();
         let (mut direct_rate, mut relay_rate) = (0.0f64, 0.0f64);
         let mut pair_cpu = f64::MAX;
         // egressd's cheapest round: (total, user, kernel) per message.
         let mut egressd_cpu = (f64::MAX, 0.0, 0.0);
+        let mut haproxy_cpu = f64::MAX;
         for _ in 0..ROUNDS {
             let d = round(sink.addr, sessions, messages, size, reuse, &[sink_pid]);
             direct_rate = direct_rate.max(rate(d.took));
@@ -154,16 +147,173 @@ fn main() {
             if per(user + kernel) < egressd_cpu.0 {
                 egressd_cpu = (per(user + kernel), per(user), per(kernel));
             }
+            let h = round(
+                haproxy_addr,
+                sessions,
+                messages,
+                size,
+                reuse,
+                &[haproxy_pid],
+            );
+            let (user, kernel) = h.daemons_cpu[0];
+            haproxy_cpu = haproxy_cpu.min(per(user + kernel));
         }
         let (total, user, kernel) = egressd_cpu;
         println!(
-            "  {sessions:>2} session(s), {:>3} KB, {}: direct {direct_rate:>6.0} msg/s  via egressd {relay_rate:>6.0} msg/s  ratio {:.2} (goal >= 0.8)   CPU/msg: sink+source {pair_cpu:>5.0} us  egressd {total:>5.0} us (user {user:.0}, kernel {kernel:.0})  ratio {:.2} (goal <= 0.5)",
+            "  {sessions:>2} session(s), {:>3} KB, {}: direct {direct_rate:>6.0} msg/s  via egressd {relay_rate:>6.0} msg/s  ratio {:.2} (goal >= 0.8)   CPU/msg: sink+source {pair_cpu:>5.0} us  egressd {total:>5.0} us (user {user:.0}, kernel {kernel:.0})  ratio {:.2} (goal <= 0.5)  haproxy {haproxy_cpu:>5.0} us  egressd/haproxy {:.2}",
             size / 1024,
             if reuse { "reuse  " } else { "new conn" },
             relay_rate / direct_rate,
-            total / pair_cpu
+            total / pair_cpu,
+            total / haproxy_cpu
         );
     }
+    // Syscalls per message, counted by strace over one run of the first row.
+    let messages = 2_000;
+    let (reads, writes) = syscalls(egressd_pid, || {
+        round(listen, 20, messages, 2048, true, &[]);
+    });
+    let (h_reads, h_writes) = syscalls(haproxy_pid, || {
+        round(haproxy_addr, 20, messages, 2048, true, &[]);
+    });
+    let per = |n: usize| n as f64 / messages as f64;
+    println!(
+        "  syscalls per message, smtp-source (no pipelining) -> X -> smtp-sink (no CHUNKING), 20 sessions reused: egressd {:.1} reads + {:.1} writes, haproxy {:.1} reads + {:.1} writes",
+        per(reads),
+        per(writes),
+        per(h_reads),
+        per(h_writes)
+    );
+    drop(egressd);
+    drop(haproxy);
+    postfix_rows(dir.path());
+}
+
+/// Postfix as the client (its SMTP client pipelines) through egressd into a
+/// Postfix that offers CHUNKING, against Postfix straight into that Postfix:
+/// messages per second end to end, egressd's CPU and syscalls per message.
+fn postfix_rows(dir: &std::path::Path) {
+    let sink = SmtpSink::start();
+    let dest = egress_e2e::Postfix::start(sink.addr);
+    let (listen, egressd) = start_egressd(dir, "postfix", dest.addr);
+    let egressd_pid = egressd.id();
+    let via = egress_e2e::Postfix::start(listen);
+    let direct = egress_e2e::Postfix::start(dest.addr);
+    let messages = 1_000;
+    let mut delivered = 0;
+    let mut run = |client: SocketAddr, watch: &[u32]| {
+        let r = round(client, 20, messages, 2048, true, watch);
+        delivered += messages;
+        let all = egress_e2e::wait_until(Duration::from_secs(120), || sink.count() >= delivered);
+        assert!(
+            all,
+            "{} of {delivered} messages reached the sink",
+            sink.count()
+        );
+        (r.took, r.daemons_cpu)
+    };
+    // Warm both paths (queues, connection caches).
+    run(via.addr, &[]);
+    run(direct.addr, &[]);
+    let (mut via_rate, mut direct_rate, mut cpu) = (0.0f64, 0.0f64, f64::MAX);
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let (_, daemons) = run(via.addr, &[egressd_pid]);
+        via_rate = via_rate.max(messages as f64 / t0.elapsed().as_secs_f64());
+        let (user, kernel) = daemons[0];
+        cpu = cpu.min((user + kernel) / messages as f64 * 1e6);
+        let t0 = Instant::now();
+        run(direct.addr, &[]);
+        direct_rate = direct_rate.max(messages as f64 / t0.elapsed().as_secs_f64());
+    }
+    let (reads, writes) = syscalls(egressd_pid, || {
+        run(via.addr, &[]);
+    });
+    println!(
+        "relay cost, Postfix -> [egressd ->] Postfix (CHUNKING) -> smtp-sink, 20 sessions, 2 KB, best of 3: direct {direct_rate:.0} msg/s  via egressd {via_rate:.0} msg/s  egressd CPU {cpu:.0} us/msg  syscalls {:.1} reads + {:.1} writes per message (goal <= 4 + 4)",
+        reads as f64 / messages as f64,
+        writes as f64 / messages as f64
+    );
+}
+
+/// An egressd relaying everything to `mx`, its policy written into `dir`.
+fn start_egressd(dir: &std::path::Path, name: &str, mx: SocketAddr) -> (SocketAddr, Peer) {
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let policy = dir.join(format!("{name}.lua"));
+    std::fs::write(
+        &policy,
+        egress_e2e::relay_policy(
+            "max_connection_rate_per_client = 'unlimited', max_connections_per_client = 0",
+            &egress_e2e::mx_entry(mx),
+            "",
+        )
+        .replace("{listen}", &listen.to_string()),
+    )
+    .unwrap();
+    let mut cmd = Command::new(egressd_bin());
+    cmd.arg("--policy").arg(&policy).env("EGRESSD_LOG", "warn");
+    let mut egressd = Peer::spawn("egressd", &mut cmd);
+    wait_listening("egressd", listen, &mut egressd);
+    (listen, egressd)
+}
+
+/// HAProxy forwarding TCP to `to`, as a byte proxy in front of a mail server
+/// would: the baseline a relay that understands SMTP should beat.
+fn haproxy_tcp(dir: &std::path::Path, to: SocketAddr) -> (SocketAddr, Peer) {
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let cfg = dir.join("haproxy-tcp.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 4096\n\
+             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+             frontend smtp\n  bind {listen}\n  default_backend sink\n\
+             backend sink\n  server sink {to}\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(require("haproxy"));
+    cmd.arg("-f").arg(&cfg).arg("-db");
+    let mut peer = Peer::spawn("haproxy", &mut cmd);
+    wait_listening("haproxy", listen, &mut peer);
+    (listen, peer)
+}
+
+/// Read-like and write-like system calls `pid` makes (all its threads) while
+/// `during` runs, counted by `strace -c`.
+fn syscalls(pid: u32, during: impl FnOnce()) -> (usize, usize) {
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut strace = Command::new(require("strace"))
+        .args(["-c", "-f", "-q", "-o"])
+        .arg(out.path())
+        .args(["-p", &pid.to_string()])
+        .spawn()
+        .expect("run strace");
+    // strace attaches to every thread before counting starts.
+    std::thread::sleep(Duration::from_millis(500));
+    during();
+    let _ = Command::new("kill")
+        .args(["-INT", &strace.id().to_string()])
+        .status();
+    let _ = strace.wait();
+    let table = std::fs::read_to_string(out.path()).unwrap_or_default();
+    let calls = |names: &[&str]| -> usize {
+        table
+            .lines()
+            .filter_map(|l| {
+                let cols: Vec<&str> = l.split_whitespace().collect();
+                let name = *cols.last()?;
+                // % time, seconds, usecs/call, calls, [errors,] syscall
+                names
+                    .contains(&name)
+                    .then(|| cols.get(3)?.parse::<usize>().ok())?
+            })
+            .sum()
+    };
+    (
+        calls(&["read", "readv", "recvfrom", "recvmsg"]),
+        calls(&["write", "writev", "sendto", "sendmsg"]),
+    )
 }
 
 /// The egressd under test: this build's, or `EGRESSD_BIN` (another build's, for a

@@ -2,6 +2,7 @@
 //! through the source, and open an SMTP session (egress-smtp's `ClientSession`)
 //! to the destination on the client's behalf.
 
+mod any_certificate;
 mod auth;
 pub mod automation;
 pub mod dane;

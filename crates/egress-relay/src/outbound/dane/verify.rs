@@ -4,10 +4,11 @@
 //! from which the chain is validated and the MX host name checked (§3.1.2).
 //! Pure matching is tested without I/O below.
 
+use crate::outbound::any_certificate::AcceptAnyCertificate;
 use egress_dns::Tlsa;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::sync::{Arc, OnceLock};
@@ -55,6 +56,7 @@ pub fn matches(record: &Tlsa, cert: &CertificateDer<'_>) -> bool {
 pub struct DaneVerifier {
     records: Arc<[Tlsa]>,
     provider: Arc<CryptoProvider>,
+    signatures: AcceptAnyCertificate,
     matched: OnceLock<Tlsa>,
 }
 
@@ -63,6 +65,7 @@ impl DaneVerifier {
     pub fn new(records: Arc<[Tlsa]>, provider: Arc<CryptoProvider>) -> DaneVerifier {
         DaneVerifier {
             records,
+            signatures: AcceptAnyCertificate(provider.clone()),
             provider,
             matched: OnceLock::new(),
         }
@@ -136,18 +139,14 @@ impl ServerCertVerifier for DaneVerifier {
         )))
     }
 
+    // The handshake's own signatures are checked as for any session.
     fn verify_tls12_signature(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -156,18 +155,11 @@ impl ServerCertVerifier for DaneVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.supported_verify_schemes()
     }
 }
 
