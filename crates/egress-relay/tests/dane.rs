@@ -5,37 +5,15 @@
 
 mod common;
 
-use common::Embedded;
+use common::{Embedded, TlsPolicyEvents};
 use egress_e2e::Zone;
 use egress_e2e::{postfix_tls_main_cf, swaks, tlsa_3_1_1, Postfix, SignedZones, SmtpSink, TestCa};
-use egress_relay::report::Report;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-
-/// The DANE results the relay reports.
-#[derive(Default)]
-struct Results(Mutex<Vec<&'static str>>);
-
-impl Report for Results {
-    fn dane(&self, result: &'static str) {
-        self.0.lock().unwrap().push(result);
-    }
-}
-
-impl Results {
-    fn count(&self, result: &str) -> usize {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|r| **r == result)
-            .count()
-    }
-}
 
 /// A relay whose paths enable DANE and otherwise disable TLS: TLS in a session
 /// can only come from DANE.
-fn relay(resolver: &str, port: u16, results: &Arc<Results>) -> Embedded {
+fn relay(resolver: &str, port: u16, results: &Arc<TlsPolicyEvents>) -> Embedded {
     Embedded::start_reporting(
         &format!(
             "kumo.on('init', function()
@@ -97,7 +75,7 @@ fn tlsa_records_over_a_validated_chain_decide_the_session() {
             tamper: None,
         },
     ]);
-    let results = Arc::new(Results::default());
+    let results = Arc::new(TlsPolicyEvents::default());
     let d = relay(
         &format!(
             "{{ name_servers = {{ '{}' }}, options = {{ validate = true, trust_anchor_file = '{}' }} }}",
@@ -169,7 +147,7 @@ fn test_resolver_rows_servfail_and_unusable_records() {
         pkix IN MX 10 mx-pkix\nmx-pkix IN A 127.0.0.1\n\
         _25._tcp.mx-pkix IN TLSA 1 1 1 0000000000000000000000000000000000000000000000000000000000000000\n\
         broken IN MX 10 mx-broken\nmx-broken IN A 127.0.0.1\n";
-    let results = Arc::new(Results::default());
+    let results = Arc::new(TlsPolicyEvents::default());
     let d = relay(
         &format!(
             "{{ Test = {{ zones = {{ {{ zone = [[{zone}]], secure = true }} }}, \

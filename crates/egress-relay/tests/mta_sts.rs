@@ -5,33 +5,11 @@
 
 mod common;
 
-use common::Embedded;
+use common::{Embedded, TlsPolicyEvents};
 use egress_e2e::{postfix_tls_main_cf, swaks, wait_until, Dnsmasq, Postfix, SmtpSink};
 use egress_e2e::{StsPolicyHost, TestCa};
-use egress_relay::report::Report;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, OnceLock};
-
-/// The MTA-STS events the relay reports.
-#[derive(Default)]
-struct Events(Mutex<Vec<&'static str>>);
-
-impl Report for Events {
-    fn mta_sts(&self, event: &'static str) {
-        self.0.lock().unwrap().push(event);
-    }
-}
-
-impl Events {
-    fn count(&self, event: &str) -> usize {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| **e == event)
-            .count()
-    }
-}
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The CA this test process trusts (`SSL_CERT_FILE`, read once per process).
@@ -86,7 +64,7 @@ fn policy_text(mode: &str, mx: &str) -> String {
 
 /// A relay routing by MX through `dns`; each domain's port from `ports`; the
 /// path's TLS `OpportunisticInsecure`, so only MTA-STS can demand verification.
-fn relay(dns: &Dnsmasq, ports: &[(&str, u16)], events: &Arc<Events>) -> Embedded {
+fn relay(dns: &Dnsmasq, ports: &[(&str, u16)], events: &Arc<TlsPolicyEvents>) -> Embedded {
     let table: Vec<String> = ports
         .iter()
         .map(|(d, p)| format!("['{d}'] = {p}"))
@@ -141,7 +119,7 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
         .flat_map(|d| d.records.iter().map(String::as_str))
         .collect();
     let dns = Dnsmasq::start(&records);
-    let events = Arc::new(Events::default());
+    let events = Arc::new(TlsPolicyEvents::default());
     let d = relay(
         &dns,
         &[
@@ -234,7 +212,7 @@ fn testing_mode_delivers_and_notes_what_enforce_would_refuse() {
     let d = relay(
         &dns,
         &[("testing.test", dest.postfix.addr.port())],
-        &Arc::new(Events::default()),
+        &Arc::new(TlsPolicyEvents::default()),
     );
     let s = swaks(d.addr, "u@testing.test", &[]);
     assert!(s.ok, "{}\n{}", s.transcript, d.log());

@@ -143,3 +143,33 @@ impl Drop for Embedded {
         }
     }
 }
+
+/// The TLS-policy events a relay reports — MTA-STS's (`fetched`, `cache_hit`,
+/// `refused`, …) and DANE's (`verified`, `failed`, `encrypt_only`, `deferred`) —
+/// recorded for a test to count.
+#[derive(Default)]
+#[allow(dead_code)] // each test file uses the helpers it needs
+pub struct TlsPolicyEvents(Mutex<Vec<&'static str>>);
+
+impl Report for TlsPolicyEvents {
+    fn mta_sts(&self, event: &'static str) {
+        self.0.lock().unwrap().push(event);
+    }
+
+    fn dane(&self, result: &'static str) {
+        self.0.lock().unwrap().push(result);
+    }
+}
+
+#[allow(dead_code)]
+impl TlsPolicyEvents {
+    /// How many times `event` was reported.
+    pub fn count(&self, event: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| **e == event)
+            .count()
+    }
+}
