@@ -122,6 +122,18 @@ pub fn tlsa_3_1_1(cert: &Path) -> String {
     hex
 }
 
+/// The SHA-256 of a PEM certificate (DER), in hex — the data of a `2 0 1` TLSA
+/// record naming it as a trust anchor — computed by openssl.
+pub fn tlsa_2_0_1(cert: &Path) -> String {
+    let out = run(Command::new("sh").arg("-c").arg(format!(
+        "openssl x509 -in '{}' -outform DER | openssl dgst -sha256 -hex | sed 's/^.*= //'",
+        cert.display()
+    )));
+    let hex = out.trim().to_owned();
+    assert_eq!(hex.len(), 64, "a SHA-256 in hex: {out}");
+    hex
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }

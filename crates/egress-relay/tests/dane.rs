@@ -177,3 +177,66 @@ fn test_resolver_rows_servfail_and_unusable_records() {
         (1, 1)
     );
 }
+
+/// DANE-TA (2 0 1): the record pins the CA that Postfix presents in its chain;
+/// the chain is validated to it and the MX name checked — a host whose name the
+/// certificate does not carry is refused although the anchor matches.
+#[test]
+fn dane_ta_checks_the_chain_to_the_published_anchor_and_the_mx_name() {
+    let sink = SmtpSink::start();
+    let ca = TestCa::new();
+    let issued = ca.issue("mx-ta.dane.test", None);
+    // The certificate file Postfix presents: the server's certificate, then the CA.
+    let chain = ca.ca_file().with_file_name("mx-ta-chain.pem");
+    std::fs::write(
+        &chain,
+        std::fs::read_to_string(&issued.cert).unwrap()
+            + &std::fs::read_to_string(ca.ca_file()).unwrap(),
+    )
+    .unwrap();
+    let presented = egress_e2e::Issued {
+        cert: chain,
+        key: issued.key.clone(),
+    };
+    let postfix = Postfix::start_with(sink.addr, &postfix_tls_main_cf(&presented));
+    let anchor = egress_e2e::tlsa_2_0_1(&ca.ca_file());
+    let records = format!(
+        "@ IN NS ns\nns IN A 127.0.0.1\n\
+         ta IN MX 10 mx-ta\nmx-ta IN A 127.0.0.1\n_25._tcp.mx-ta IN TLSA 2 0 1 {anchor}\n\
+         wrongname IN MX 10 mx-other\nmx-other IN A 127.0.0.1\n\
+         _25._tcp.mx-other IN TLSA 2 0 1 {anchor}\n"
+    );
+    let zones = SignedZones::start(&[Zone {
+        origin: "dane.test",
+        records: &records,
+        signed: true,
+        tamper: None,
+    }]);
+    let results = Arc::new(TlsPolicyEvents::default());
+    let d = relay(
+        &format!(
+            "{{ name_servers = {{ '{}' }}, options = {{ validate = true, trust_anchor_file = '{}' }} }}",
+            zones.addr,
+            zones.trust_anchor().display()
+        ),
+        postfix.addr.port(),
+        &results,
+    );
+    let s = swaks(d.addr, "u@ta.dane.test", &["--header", "Subject: ta"]);
+    assert!(s.ok, "{}\n{}", s.transcript, d.log());
+    assert!(sink.wait_for(1)[0].contains("using TLS"));
+    assert!(
+        d.log()
+            .contains(&format!("dane=verified (TLSA 2 0 1 {anchor})")),
+        "{}",
+        d.log()
+    );
+    let s = swaks(d.addr, "u@wrongname.dane.test", &[]);
+    let reply = s.first_reply("451");
+    assert!(
+        reply.contains("4.7.5") && reply.contains("DANE-TA"),
+        "{}",
+        s.transcript
+    );
+    assert_eq!((results.count("verified"), results.count("failed")), (1, 1));
+}

@@ -41,6 +41,10 @@ pub struct SessionKey {
     /// The TLSA records its certificate was checked against (DANE): a session is
     /// reused only under the same records.
     pub dane: Option<std::sync::Arc<[egress_dns::Tlsa]>>,
+    /// The host name its certificate was checked against, when it was (a
+    /// session verified for one MX name is not reused for another at the same
+    /// address).
+    pub verified_name: Option<String>,
 }
 
 impl Hash for SessionKey {

@@ -374,6 +374,7 @@ impl Route<'_> {
                     tls: mode,
                     credential: auth::credential(self.path),
                     lmtp: self.path.use_lmtp,
+                    verified_name: (mode.verifies() || dane.is_some()).then(|| dest.host.clone()),
                     dane: dane.clone(),
                 };
                 if let Some(result) = self.reuse(&key, log).await {
