@@ -370,8 +370,11 @@ fn a_real_postfix_relays_through_egressd_with_tls_and_sasl() {
         )
     });
     assert!(m.contains("with ESMTPSA"), "{m}");
+    // Postfix logs the delivery after egressd has answered it: wait for the line.
     assert!(
-        postfix.maillog().contains("status=sent"),
+        egress_e2e::wait_until(Duration::from_secs(10), || postfix
+            .maillog()
+            .contains("status=sent")),
         "{}",
         postfix.maillog()
     );
