@@ -103,6 +103,16 @@ impl SignedZones {
         }
     }
 
+    /// The `kumo.dns.configure_resolver` table that asks NSD and validates its
+    /// zones with their keys as the only trust anchors.
+    pub fn validating_resolver(&self) -> String {
+        format!(
+            "{{ name_servers = {{ '{}' }}, options = {{ validate = true, trust_anchor_file = '{}' }} }}",
+            self.addr,
+            self.trust_anchor().display()
+        )
+    }
+
     /// The signed zones' keys (DNSKEY records), for `trust_anchor_file`.
     pub fn trust_anchor(&self) -> PathBuf {
         self.dir.path().join("anchors.key")

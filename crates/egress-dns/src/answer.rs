@@ -4,7 +4,8 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// What DNSSEC says of an answer (RFC 4033 §5).
+/// What DNSSEC says of an answer (RFC 4033 §5). A *bogus* answer is not an
+/// answer: the lookup fails with [`DnsErrorKind::Bogus`].
 ///
 /// RFC 4035's *indeterminate* (no trust anchor covers the name, or the resolver
 /// does not validate) is reported as [`Insecure`](Security::Insecure): for a
@@ -15,19 +16,6 @@ pub enum Security {
     Secure,
     /// The answer is not signed, or nothing is known to sign it.
     Insecure,
-    /// The answer should be signed and its signatures do not hold.
-    Bogus,
-}
-
-impl Security {
-    /// The word for logs: `secure`, `insecure`, `bogus`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Security::Secure => "secure",
-            Security::Insecure => "insecure",
-            Security::Bogus => "bogus",
-        }
-    }
 }
 
 /// Records of one lookup.

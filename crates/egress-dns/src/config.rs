@@ -35,7 +35,7 @@ impl ResolverConfig {
     /// zones declared `secure = true`. DANE needs it.
     pub fn validates(&self) -> bool {
         match self {
-            ResolverConfig::Hickory(h) => h.options.validate,
+            ResolverConfig::Hickory(h) => h.options.validates(),
             ResolverConfig::Test(t) => t.zones.iter().any(|z| z.secure),
         }
     }
@@ -167,6 +167,13 @@ pub struct ResolverOptions {
     /// chooses between A and AAAA.
     #[serde(default)]
     pub ip_strategy: Option<String>,
+}
+
+impl ResolverOptions {
+    /// Whether DNSSEC is validated: `validate`, or a trust anchor file given.
+    pub fn validates(&self) -> bool {
+        self.validate || self.trust_anchor_file.is_some()
+    }
 }
 
 /// `use_hosts_file`.
@@ -383,6 +390,18 @@ mod tests {
             panic!("not the Test form")
         };
         assert!(!t.zones[0].secure && t.zones[1].secure);
+    }
+
+    #[test]
+    fn a_trust_anchor_file_alone_means_validation() {
+        let c = parse(
+            r#"{"name_servers": ["127.0.0.1"], "options": {"trust_anchor_file": "/etc/anchors"}}"#,
+        )
+        .unwrap();
+        assert!(
+            c.validates(),
+            "the resolver validates, so DANE may be enabled"
+        );
     }
 
     #[test]

@@ -27,10 +27,7 @@ pub struct Resolver {
 
 #[derive(Clone)]
 enum Backend {
-    Hickory {
-        resolver: Box<TokioResolver>,
-        validates: bool,
-    },
+    Hickory(Box<TokioResolver>),
     Test(Arc<TestZones>),
 }
 
@@ -45,8 +42,8 @@ impl Resolver {
     /// `ip_lookup_strategy` chooses among them.
     ///
     /// ```
-    /// let resolver = egress_dns::Resolver::new(None).unwrap();
-    /// assert!(!resolver.validates());
+    /// let resolver = egress_dns::Resolver::new(None);
+    /// assert!(resolver.is_ok());
     /// ```
     pub fn new(config: Option<&ResolverConfig>) -> Result<Resolver, ResolverBuildError> {
         let backend = match config {
@@ -56,17 +53,11 @@ impl Resolver {
                         ResolverBuildError(format!("reading the system DNS configuration: {e}"))
                     })?;
                 opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-                Backend::Hickory {
-                    resolver: Box::new(
-                        TokioResolver::builder_with_config(
-                            hickory,
-                            TokioConnectionProvider::default(),
-                        )
+                Backend::Hickory(Box::new(
+                    TokioResolver::builder_with_config(hickory, TokioConnectionProvider::default())
                         .with_options(opts)
                         .build(),
-                    ),
-                    validates: false,
-                }
+                ))
             }
             Some(ResolverConfig::Hickory(cfg)) => hickory_backend(cfg)?,
             Some(ResolverConfig::Test(cfg)) => {
@@ -76,19 +67,11 @@ impl Resolver {
         Ok(Resolver { backend })
     }
 
-    /// Whether answers can be [`Security::Secure`] at all.
-    pub fn validates(&self) -> bool {
-        match &self.backend {
-            Backend::Hickory { validates, .. } => *validates,
-            Backend::Test(zones) => zones.has_secure_zone(),
-        }
-    }
-
     /// A and AAAA records of `host` (an absolute name is asked: no search list).
     pub async fn ip(&self, host: &str) -> Result<Answer<IpAddr>, DnsError> {
         const WHAT: &str = "address record";
         match &self.backend {
-            Backend::Hickory { resolver, .. } => {
+            Backend::Hickory(resolver) => {
                 let name = absolute(host, WHAT)?;
                 let found = resolver
                     .lookup_ip(name.clone())
@@ -97,7 +80,7 @@ impl Resolver {
                 let lookup = found.as_lookup();
                 Ok(Answer {
                     records: found.iter().collect(),
-                    security: security_at(&name, lookup.records())?,
+                    security: security_at(&name, lookup.records(), host, WHAT)?,
                     valid_until: lookup.valid_until(),
                 })
             }
@@ -183,13 +166,13 @@ impl Resolver {
         pick: impl Fn(&RData) -> Option<T>,
     ) -> Result<Answer<T>, DnsError> {
         let (records, security, valid_until) = match &self.backend {
-            Backend::Hickory { resolver, .. } => {
+            Backend::Hickory(resolver) => {
                 let asked = absolute(name, what)?;
                 let found = resolver
                     .lookup(asked.clone(), rtype)
                     .await
                     .map_err(|e| hickory_error(name, what, &e))?;
-                let security = security_at(&asked, found.records())?;
+                let security = security_at(&asked, found.records(), name, what)?;
                 (found.records().to_vec(), security, found.valid_until())
             }
             Backend::Test(zones) => {
@@ -232,16 +215,22 @@ fn absolute(name: &str, what: &str) -> Result<Name, DnsError> {
     Ok(n)
 }
 
-/// What DNSSEC says of an answer: bogus if any record is, else what the records
-/// owned by the name asked say (so a secure CNAME into an unsigned zone is
-/// secure, as RFC 7672 §2.2.2 has it).
-pub(crate) fn security_at(asked: &Name, records: &[Record]) -> Result<Security, DnsError> {
+/// What DNSSEC says of an answer: an error if any record is bogus (a bogus answer
+/// is never returned as records), else what the records owned by the name asked
+/// say (so a secure CNAME into an unsigned zone is secure, as RFC 7672 §2.2.2 has
+/// it).
+fn security_at(
+    asked: &Name,
+    records: &[Record],
+    name: &str,
+    what: &str,
+) -> Result<Security, DnsError> {
     use hickory_proto::dnssec::Proof;
     let data = records
         .iter()
         .filter(|r| r.record_type() != RecordType::RRSIG);
     if data.clone().any(|r| r.proof() == Proof::Bogus) {
-        return Ok(Security::Bogus);
+        return Err(DnsError::new(name, what, DnsErrorKind::Bogus, ""));
     }
     let mut at_name = data.filter(|r| r.name() == asked).peekable();
     if at_name.peek().is_some() && at_name.all(|r| r.proof() == Proof::Secure) {
@@ -302,7 +291,7 @@ fn hickory_backend(cfg: &NameServersConfig) -> Result<Backend, ResolverBuildErro
     opts.timeout = o.timeout.unwrap_or(Duration::from_secs(5));
     opts.attempts = o.attempts.unwrap_or(2);
     opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-    let validates = o.validate || o.trust_anchor_file.is_some();
+    let validates = o.validates();
     opts.validate = validates;
     opts.edns0 = o.edns0.unwrap_or(false) || validates;
     set(&mut opts.cache_size, o.cache_size);
@@ -349,10 +338,7 @@ fn hickory_backend(cfg: &NameServersConfig) -> Result<Backend, ResolverBuildErro
         }
         builder = builder.with_trust_anchor(Arc::new(anchors));
     }
-    Ok(Backend::Hickory {
-        resolver: Box::new(builder.build()),
-        validates,
-    })
+    Ok(Backend::Hickory(Box::new(builder.build())))
 }
 
 fn set<T>(slot: &mut T, value: Option<T>) {

@@ -51,10 +51,6 @@ impl TestZones {
         Ok(TestZones { zones, servfail })
     }
 
-    pub(crate) fn has_secure_zone(&self) -> bool {
-        self.zones.iter().any(|z| z.secure)
-    }
-
     /// The zone with the longest origin that contains `name`.
     fn zone_of(&self, name: &LowerName) -> Option<&Zone> {
         self.zones

@@ -50,11 +50,6 @@ impl Dns {
         })
     }
 
-    /// Whether answers can be DNSSEC-secure (DANE needs it).
-    pub fn validates(&self) -> bool {
-        self.resolver.validates()
-    }
-
     /// Addresses of `host` (A and AAAA), in the resolver's order.
     pub async fn addresses(&self, host: &str) -> io::Result<Vec<IpAddr>> {
         if let Ok(ip) = host.parse::<IpAddr>() {
@@ -174,14 +169,6 @@ impl Dns {
         until: &mut Option<Instant>,
     ) -> Result<Vec<Destination>, DnsError> {
         let found = self.resolver.ip(host).await?;
-        if found.security == Security::Bogus {
-            return Err(DnsError::new(
-                host,
-                "address record",
-                DnsErrorKind::Bogus,
-                "",
-            ));
-        }
         expires(until, found.valid_until);
         let secure_chain = chosen_securely && found.security == Security::Secure;
         Ok(found

@@ -76,15 +76,7 @@ fn tlsa_records_over_a_validated_chain_decide_the_session() {
         },
     ]);
     let results = Arc::new(TlsPolicyEvents::default());
-    let d = relay(
-        &format!(
-            "{{ name_servers = {{ '{}' }}, options = {{ validate = true, trust_anchor_file = '{}' }} }}",
-            zones.addr,
-            zones.trust_anchor().display()
-        ),
-        postfix.addr.port(),
-        &results,
-    );
+    let d = relay(&zones.validating_resolver(), postfix.addr.port(), &results);
 
     // Secure chain, a matching 3 1 1 record: TLS although the path disables it,
     // and the log names the record that matched.
@@ -213,15 +205,7 @@ fn dane_ta_checks_the_chain_to_the_published_anchor_and_the_mx_name() {
         tamper: None,
     }]);
     let results = Arc::new(TlsPolicyEvents::default());
-    let d = relay(
-        &format!(
-            "{{ name_servers = {{ '{}' }}, options = {{ validate = true, trust_anchor_file = '{}' }} }}",
-            zones.addr,
-            zones.trust_anchor().display()
-        ),
-        postfix.addr.port(),
-        &results,
-    );
+    let d = relay(&zones.validating_resolver(), postfix.addr.port(), &results);
     let s = swaks(d.addr, "u@ta.dane.test", &["--header", "Subject: ta"]);
     assert!(s.ok, "{}\n{}", s.transcript, d.log());
     assert!(sink.wait_for(1)[0].contains("using TLS"));

@@ -78,7 +78,7 @@ impl Transaction {
     /// RCPT: a local refusal (relay permission, recipient limit) or the
     /// destination's answer; either way it goes into the log. `ahead`: the
     /// recipients of the RCPTs a pipelining client sent after this one (see
-    /// [`send_ahead`](Self::send_ahead)); `room`: how many more this transaction
+    /// [`Outbound::send_ahead`]); `room`: how many more this transaction
     /// may accept.
     pub async fn rcpt(
         &mut self,

@@ -34,26 +34,15 @@ pub async fn demand(dns: &Dns, dest: &Destination) -> Result<Demand, String> {
         return Ok(Demand::None);
     }
     match dns.tlsa(&dest.host).await {
-        Ok(found) => match found.security {
-            Security::Secure => {
-                let usable: Vec<Tlsa> = found
-                    .records
-                    .iter()
-                    .filter(|r| verify::usable(r))
-                    .cloned()
-                    .collect();
-                if usable.is_empty() {
-                    Ok(Demand::EncryptOnly)
-                } else {
-                    Ok(Demand::Authenticate(usable.into()))
-                }
+        Ok(found) if found.security == Security::Secure => {
+            let usable: Vec<Tlsa> = found.records.into_iter().filter(verify::usable).collect();
+            if usable.is_empty() {
+                Ok(Demand::EncryptOnly)
+            } else {
+                Ok(Demand::Authenticate(usable.into()))
             }
-            Security::Insecure => Ok(Demand::None),
-            Security::Bogus => Err(format!(
-                "DANE: the TLSA records of {} failed DNSSEC validation (bogus); not sent",
-                dest.host
-            )),
-        },
+        }
+        Ok(_insecure) => Ok(Demand::None),
         Err(e) if e.is_no_records() => Ok(Demand::None),
         Err(e) => Err(format!(
             "DANE: the TLSA records of {}, whose MX and address records are DNSSEC-secure, \

@@ -491,7 +491,8 @@ impl Route<'_> {
         match &demand {
             Ok(dane::Demand::EncryptOnly) => {
                 log.note(&format!(
-                    "dane=encrypt_only: {} publishes TLSA records, none usable (TLS required,                      certificate not checked by DANE)",
+                    "dane=encrypt_only: {} publishes TLSA records, none usable (TLS required, \
+                     certificate not checked by DANE)",
                     dest.host
                 ));
                 self.ctx.report.dane("encrypt_only");
