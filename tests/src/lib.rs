@@ -133,12 +133,17 @@ impl Peer {
             );
         }
     }
+
+    /// Kills the process and waits for it (what dropping it does).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Drop for Peer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -423,14 +428,27 @@ impl Danted {
 pub struct Dnsmasq {
     /// Where it answers.
     pub addr: SocketAddr,
-    _peer: Peer,
+    peer: Peer,
 }
 
 impl Dnsmasq {
     /// Starts dnsmasq with `records` (dnsmasq flags).
     pub fn start(records: &[&str]) -> Dnsmasq {
+        Self::start_on(free_port(), records)
+    }
+
+    /// Replaces the records: dnsmasq reads `--txt-record` and the like only at
+    /// start, so it is started again on the same address (as a zone changing
+    /// under a resolver that keeps asking the same server).
+    pub fn restart(&mut self, records: &[&str]) {
+        let port = self.addr.port();
+        // The old one goes first: the new one binds the same port.
+        self.peer.stop();
+        *self = Self::start_on(port, records);
+    }
+
+    fn start_on(port: u16, records: &[&str]) -> Dnsmasq {
         let bin = require("dnsmasq");
-        let port = free_port();
         let mut cmd = Command::new(bin);
         cmd.args([
             "-d",
@@ -452,7 +470,7 @@ impl Dnsmasq {
         let mut peer = Peer::spawn("dnsmasq", &mut cmd);
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         wait_listening("dnsmasq", addr, &mut peer);
-        Dnsmasq { addr, _peer: peer }
+        Dnsmasq { addr, peer }
     }
 }
 

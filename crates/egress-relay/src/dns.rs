@@ -63,12 +63,12 @@ impl Dns {
             .records)
     }
 
-    /// The TXT records of `name` (each record's strings joined); none when it has
-    /// none.
-    pub async fn txt(&self, name: &str) -> io::Result<Vec<String>> {
+    /// The TXT records of `name` (each record's strings joined) and until when DNS
+    /// says they hold (their TTL); none, and `None`, when it has none.
+    pub async fn txt(&self, name: &str) -> io::Result<(Vec<String>, Option<Instant>)> {
         match self.resolver.txt(name).await {
-            Ok(found) => Ok(found.records),
-            Err(e) if e.is_no_records() => Ok(Vec::new()),
+            Ok(found) => Ok((found.records, Some(found.valid_until))),
+            Err(e) if e.is_no_records() => Ok((Vec::new(), None)),
             Err(e) => Err(io::Error::other(e)),
         }
     }

@@ -129,6 +129,28 @@ fn tlsa_records_over_a_validated_chain_decide_the_session() {
         ),
         (1, 1, 1)
     );
+    // What TLS reporting says, per domain: the DANE policy of each MX host.
+    assert_eq!(
+        d.tls_reported("good.dane.test"),
+        ("tlsa".into(), (1, 0), None)
+    );
+    assert_eq!(
+        d.tls_reported("bad.dane.test"),
+        ("tlsa".into(), (0, 1), Some("validation-failure".into()))
+    );
+    assert_eq!(
+        d.tls_reported("bogus.dane.test"),
+        ("tlsa".into(), (0, 1), Some("dnssec-invalid".into()))
+    );
+    let report = d.tls_report();
+    let good = report["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["policy"]["policy-domain"] == "good.dane.test")
+        .unwrap();
+    assert_eq!(good["policy"]["policy-string"][0], format!("3 1 1 {key}"));
+    assert_eq!(good["policy"]["mx-host"][0], "mx-good.dane.test");
 }
 
 #[test]

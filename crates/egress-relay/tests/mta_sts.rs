@@ -195,6 +195,35 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
         ),
         (3, 1, 2)
     );
+    // What TLS reporting says: sessions under each domain's MTA-STS policy (the
+    // second message to sts.test may have reused the first one's session).
+    let (kind, (ok, failed), _) = d.tls_reported("sts.test");
+    assert!(
+        kind == "sts" && ok >= 1 && failed == 0,
+        "{:#}",
+        d.tls_report()
+    );
+    assert_eq!(
+        d.tls_reported("wrongmx.test"),
+        ("sts".into(), (0, 1), Some("validation-failure".into()))
+    );
+    assert_eq!(
+        d.tls_reported("bad.test"),
+        ("sts".into(), (0, 1), Some("certificate-not-trusted".into()))
+    );
+    let report = d.tls_report();
+    let bad = report["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["policy"]["policy-domain"] == "bad.test")
+        .unwrap();
+    assert_eq!(bad["policy"]["mx-host"][0], "mx.bad.test");
+    assert_eq!(bad["policy"]["policy-string"][1], "mode: enforce");
+    assert_eq!(
+        bad["failure-details"][0]["receiving-mx-hostname"],
+        "mx.bad.test"
+    );
 }
 
 #[test]
@@ -224,6 +253,69 @@ fn testing_mode_delivers_and_notes_what_enforce_would_refuse() {
     assert!(
         log.contains("mta_sts=testing")
             && log.contains("no MX host matches")
+            && log.contains("delivering anyway (testing)"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_policy_is_fetched_again_when_its_txt_id_changes_and_only_then() {
+    let sink = SmtpSink::start();
+    let dest = destination(
+        "renew.test",
+        "127.0.0.46",
+        trusted(),
+        &policy_text("enforce", "mx.renew.test"),
+        &sink,
+    );
+    let records: Vec<&str> = dest.records.iter().map(String::as_str).collect();
+    let mut dns = Dnsmasq::start(&records);
+    let d = relay(
+        &dns,
+        &[("renew.test", dest.postfix.addr.port())],
+        &Arc::new(TlsPolicyEvents::default()),
+    );
+    let send = |n: usize| {
+        let s = swaks(
+            d.addr,
+            "u@renew.test",
+            &["--header", &format!("Subject: renew {n}")],
+        );
+        assert!(s.ok, "{}\n{}", s.transcript, d.log());
+        sink.wait_for(n);
+    };
+    send(1);
+    assert_eq!(dest.policy.fetches(), 1);
+
+    // The policy host now serves another policy, but the TXT id is the same: the
+    // cached policy stays in force (dnsmasq serves its records with a TTL of 0,
+    // so the id is asked again once the least recheck interval has passed).
+    dest.policy
+        .set_policy(&policy_text("testing", "mx.elsewhere.test"));
+    std::thread::sleep(Duration::from_millis(1200));
+    send(2);
+    assert_eq!(dest.policy.fetches(), 1, "same id: not fetched again");
+    assert_eq!(d.resolve("renew.test", None)["mta_sts"]["mode"], "enforce");
+
+    // A new id: fetched again, and the new policy is the one in force.
+    let renewed: Vec<String> = dest
+        .records
+        .iter()
+        .map(|r| r.replace("id=20261202", "id=20261203"))
+        .collect();
+    dns.restart(&renewed.iter().map(String::as_str).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_millis(1200));
+    send(3);
+    assert_eq!(dest.policy.fetches(), 2, "a new id: fetched again");
+    let resolved = d.resolve("renew.test", None);
+    assert_eq!(
+        (&resolved["mta_sts"]["mode"], &resolved["mta_sts"]["id"]),
+        (&"testing".into(), &"20261203".into()),
+        "{resolved:#}"
+    );
+    let log = d.log();
+    assert!(
+        log.contains("mta_sts=testing (id 20261203)")
             && log.contains("delivering anyway (testing)"),
         "{log}"
     );

@@ -29,4 +29,6 @@ pub use client::{ClientSession, Extensions, Phase, RefusedGreeting, StartTlsErro
 pub use reply::{parse_one, Reply, ReplyBuffer};
 pub use smtp_proto::response::parser::ResponseReceiver;
 pub use smtp_proto::Response;
-pub use tls::{describe_tls_error, subject, MaybeTls, TlsInfo};
+pub use tls::{
+    certificate_fault, describe_tls_error, subject, CertificateFault, MaybeTls, TlsInfo,
+};

@@ -151,6 +151,39 @@ pub fn subject(cert: &CertificateDer<'_>) -> Option<String> {
     Some(parsed.subject().to_string())
 }
 
+/// What made a certificate unacceptable, in the kinds TLS reporting (RFC 8460
+/// §4.3.2.1) counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateFault {
+    /// It does not name the host.
+    HostMismatch,
+    /// It has expired.
+    Expired,
+    /// It does not chain to a trusted root.
+    NotTrusted,
+    /// Anything else wrong with it (not yet valid, revoked, a bad signature).
+    Other,
+}
+
+/// The certificate fault behind a failed handshake, when that is what failed.
+pub fn certificate_fault(e: &io::Error) -> Option<CertificateFault> {
+    use rustls::{CertificateError, Error};
+    let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
+    let Error::InvalidCertificate(cert) = tls else {
+        return None;
+    };
+    Some(match cert {
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            CertificateFault::HostMismatch
+        }
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+            CertificateFault::Expired
+        }
+        CertificateError::UnknownIssuer => CertificateFault::NotTrusted,
+        _ => CertificateFault::Other,
+    })
+}
+
 /// A TLS failure in words: what an operator can act on, not rustls' enum names.
 pub fn describe_tls_error(e: &io::Error) -> String {
     let Some(tls) = e

@@ -1,6 +1,6 @@
 //! STARTTLS on the client side, against a TLS server in the same process.
 
-use egress_smtp::{ClientSession, StartTlsError, Timeouts};
+use egress_smtp::{CertificateFault, ClientSession, StartTlsError, Timeouts};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,6 +141,16 @@ async fn data_after_the_220_is_refused_and_a_wrong_name_fails_in_words() {
         err.to_string()
             .contains("certificate not valid for the host name"),
         "{err}"
+    );
+    assert!(
+        matches!(
+            err,
+            StartTlsError::Certificate {
+                fault: CertificateFault::HostMismatch,
+                ..
+            }
+        ),
+        "what TLS reporting counts: {err:?}"
     );
 }
 

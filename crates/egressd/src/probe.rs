@@ -80,7 +80,7 @@ pub async fn probe(
             smtp.quit().await;
             return Ok(());
         }
-        Err(StartTlsError::Handshake(why)) => why,
+        Err(StartTlsError::Handshake(why) | StartTlsError::Certificate { text: why, .. }) => why,
         Err(e) => return Err(format!("{addr}: {e}")),
     };
     // Once more without verification, to show what the destination presents.

@@ -6,7 +6,7 @@
 mod common;
 
 use common::Egressd;
-use egress_e2e::{swaks, Raw};
+use egress_e2e::{http_get, swaks, Raw};
 use egress_e2e::{Postfix, SmtpSink, TestCa, IP2_POOL};
 use std::net::SocketAddr;
 use std::process::Command;
@@ -57,7 +57,10 @@ fn outbound_starttls_modes_against_a_real_postfix() {
     let untrusted = tls_postfix(&other_ca, &sink);
     let plain = SmtpSink::start();
     let policy = format!(
-        "kumo.on('init', function() kumo.start_esmtp_listener {{ listen = '{{listen}}' }} end)
+        "kumo.on('init', function()
+           kumo.start_esmtp_listener {{ listen = '{{listen}}' }}
+           kumo.start_http_listener {{ listen = '{{http}}' }}
+         end)
          local routes = {{
            ['trusted.test'] = {{ mx = '{trusted}', tls = 'Opportunistic' }},
            ['untrusted.test'] = {{ mx = '{untrusted}', tls = 'Opportunistic' }},
@@ -138,6 +141,56 @@ fn outbound_starttls_modes_against_a_real_postfix() {
         "{reply}"
     );
     assert!(plain.messages().is_empty());
+
+    // What TLS reporting (RFC 8460) would say of these sessions, per domain (no
+    // MTA-STS or DANE here: every policy is "no-policy-found").
+    let answer = http_get(d.http.unwrap(), "/api/admin/tls-report/v1");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let report: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
+    let policies = report["policies"].as_array().expect("policies");
+    let of = |domain: &str| {
+        policies
+            .iter()
+            .find(|p| p["policy"]["policy-domain"] == domain)
+            .unwrap_or_else(|| panic!("{domain} in {report:#}"))
+    };
+    let summary = |domain: &str| {
+        let s = &of(domain)["summary"];
+        (
+            s["total-successful-session-count"].as_u64().unwrap(),
+            s["total-failure-session-count"].as_u64().unwrap(),
+        )
+    };
+    let failure = |domain: &str| of(domain)["failure-details"][0].clone();
+    assert_eq!(
+        of("trusted.test")["policy"]["policy-type"],
+        "no-policy-found"
+    );
+    assert_eq!(summary("trusted.test"), (1, 0));
+    assert_eq!(summary("insecure.test"), (1, 0));
+    assert_eq!(summary("untrusted.test"), (0, 1));
+    let untrusted_failure = failure("untrusted.test");
+    assert_eq!(untrusted_failure["result-type"], "certificate-not-trusted");
+    assert_eq!(untrusted_failure["sending-mta-ip"], "127.0.0.2");
+    assert_eq!(untrusted_failure["receiving-mx-hostname"], "mx.tls.test");
+    assert_eq!(untrusted_failure["receiving-ip"], "127.0.0.1");
+    // The handshake failed before the session went on in clear.
+    assert_eq!(summary("reconnect.test"), (0, 1));
+    assert_eq!(summary("required.test"), (0, 1));
+    assert_eq!(
+        failure("required.test")["result-type"],
+        "starttls-not-supported"
+    );
+    assert!(
+        !policies
+            .iter()
+            .any(|p| p["policy"]["policy-domain"] == "disabled.test"),
+        "no TLS was tried for disabled.test: {report:#}"
+    );
+    assert_eq!(
+        report["date-range"]["end-datetime"].as_str().map(str::len),
+        Some(20)
+    );
 }
 
 #[test]

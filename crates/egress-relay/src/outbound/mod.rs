@@ -15,6 +15,7 @@ pub mod mta_sts;
 pub(crate) mod route;
 pub mod shaping;
 pub mod tls;
+pub mod tls_report;
 
 use crate::dns::Dns;
 use crate::report::{NoReport, PathHandle, Report};
@@ -62,6 +63,8 @@ pub struct Context {
     pub sites: memory::SiteMemory,
     /// MTA-STS policies, by domain.
     pub mta_sts: mta_sts::MtaSts,
+    /// What TLS reporting (RFC 8460) would say of the sessions made.
+    pub tls_reports: tls_report::TlsReports,
 }
 
 /// A pool definition and the rotation built from its entries.
@@ -103,6 +106,7 @@ impl Context {
             own_addresses: hosts::OwnAddresses::default(),
             sites: memory::SiteMemory::default(),
             mta_sts: mta_sts::MtaSts::default(),
+            tls_reports: tls_report::TlsReports::default(),
         }
     }
 

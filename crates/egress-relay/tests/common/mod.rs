@@ -130,6 +130,36 @@ impl Embedded {
         self.runtime.as_ref().expect("running").block_on(future)
     }
 
+    /// What TLS reporting (RFC 8460) would say now, as JSON.
+    pub fn tls_report(&self) -> serde_json::Value {
+        let now = std::time::SystemTime::now();
+        self.relay.context().tls_reports.report("relay.test", now)
+    }
+
+    /// What the TLS report says of `domain`'s policy: its type, (successes,
+    /// failures), and the result type of its first failure.
+    pub fn tls_reported(&self, domain: &str) -> (String, (u64, u64), Option<String>) {
+        let report = self.tls_report();
+        let policy = report["policies"]
+            .as_array()
+            .and_then(|all| all.iter().find(|p| p["policy"]["policy-domain"] == domain))
+            .unwrap_or_else(|| panic!("no policy for {domain} in {report:#}"));
+        let count = |name: &str| policy["summary"][name].as_u64().unwrap_or(0);
+        (
+            policy["policy"]["policy-type"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+            (
+                count("total-successful-session-count"),
+                count("total-failure-session-count"),
+            ),
+            policy["failure-details"][0]["result-type"]
+                .as_str()
+                .map(str::to_owned),
+        )
+    }
+
     /// Everything the relay logged so far.
     pub fn log(&self) -> String {
         String::from_utf8_lossy(&self.log.lock().unwrap_or_else(|e| e.into_inner())).into_owned()

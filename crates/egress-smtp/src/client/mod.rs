@@ -145,8 +145,15 @@ pub enum StartTlsError {
     NotOffered,
     /// It answered STARTTLS with something other than 220 (its words).
     Refused(String),
-    /// The handshake or the certificate check failed (in words).
+    /// The handshake failed (in words).
     Handshake(String),
+    /// The certificate was refused: what was wrong with it, and in words.
+    Certificate {
+        /// What was wrong with it.
+        fault: crate::tls::CertificateFault,
+        /// The failure in words.
+        text: String,
+    },
     /// The connection failed around it.
     Io(io::Error),
 }
@@ -156,7 +163,9 @@ impl std::fmt::Display for StartTlsError {
         match self {
             StartTlsError::NotOffered => write!(f, "STARTTLS required but not offered"),
             StartTlsError::Refused(r) => write!(f, "STARTTLS refused: {r}"),
-            StartTlsError::Handshake(e) => write!(f, "TLS handshake: {e}"),
+            StartTlsError::Handshake(e) | StartTlsError::Certificate { text: e, .. } => {
+                write!(f, "TLS handshake: {e}")
+            }
             StartTlsError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -268,7 +277,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
         self.phase = Phase::Broken;
         let tls = match tokio::time::timeout(timeout, connector.connect(name, plain)).await {
             Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return Err(StartTlsError::Handshake(describe_tls_error(&e))),
+            Ok(Err(e)) => {
+                let text = describe_tls_error(&e);
+                return Err(match crate::tls::certificate_fault(&e) {
+                    Some(fault) => StartTlsError::Certificate { fault, text },
+                    None => StartTlsError::Handshake(text),
+                });
+            }
             Err(_) => {
                 return Err(StartTlsError::Handshake(format!(
                     "no handshake within {} (starttls_timeout)",

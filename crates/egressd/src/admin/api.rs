@@ -31,6 +31,7 @@ pub(crate) async fn route(admin: &Admin, call: Call<'_>) -> Answer {
         }
         "/api/admin/suspend-ready-q/v1" if m == Method::GET => suspend::list(admin).await,
         "/api/admin/spool/v1" if m == Method::GET => spool(admin),
+        "/api/admin/tls-report/v1" if m == Method::GET => tls_report(admin),
         "/api/admin/suspend-ready-q/v1" if m == Method::POST => {
             suspend::create(admin, call.body).await
         }
@@ -47,6 +48,7 @@ pub(crate) async fn route(admin: &Admin, call: Call<'_>) -> Answer {
         | "/api/admin/resolve-egress-path/v1"
         | "/api/admin/suspend-ready-q/v1"
         | "/api/admin/spool/v1"
+        | "/api/admin/tls-report/v1"
         | "/api/admin/set-diagnostic-log-filter/v1" => Answer::error(
             StatusCode::METHOD_NOT_ALLOWED,
             None,
@@ -222,6 +224,16 @@ async fn status(admin: &Admin) -> Answer {
 }
 
 /// The spooled messages, oldest first, with each domain's next attempt.
+/// What RFC 8460 reports would say of this relay's TLS sessions since it started,
+/// in their JSON shape, from our own host name.
+fn tls_report(admin: &Admin) -> Answer {
+    let ctx = admin.relay.context();
+    Answer::ok(
+        ctx.tls_reports
+            .report(&ctx.hostname, std::time::SystemTime::now()),
+    )
+}
+
 fn spool(admin: &Admin) -> Answer {
     let Some(delivery) = admin.relay.delivery() else {
         return Answer::ok(json!({ "defined": false, "messages": [] }));

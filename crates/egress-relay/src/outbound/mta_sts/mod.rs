@@ -2,8 +2,8 @@
 //! over TLS, to its listed MX hosts (`enable_mta_sts`, default true as in
 //! KumoMTA). `parse.rs` reads the texts, `fetch.rs` gets the policy over HTTPS,
 //! and this module keeps policies per domain: for `max_age`, refetched when the
-//! TXT record's id changes (asked at most once a minute), and kept when a
-//! refetch fails (§5.1).
+//! TXT record's id changes (asked again when its DNS TTL runs out, at most once
+//! a second), and kept when a refetch fails (§5.1).
 //!
 //! It applies to routes by MX only: an `mx_list` (a smarthost) is not the
 //! domain's MX, so its policy says nothing about it.
@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 
 /// How long "no policy" (no TXT record) is remembered.
 const NO_POLICY_FOR: Duration = Duration::from_secs(300);
-/// How long a cached policy is used before the TXT record is asked again whether
-/// it changed: a DNS round trip per transaction would cost more than the rest of
-/// the routing (and many TXT records are served with a TTL of zero).
-const RECHECK_AFTER: Duration = Duration::from_secs(60);
+/// The least time a cached policy is used before the TXT record is asked again
+/// whether its id changed. Otherwise the record's TTL decides (as a resolver's
+/// cache would); many are served with a TTL of zero, and a DNS round trip per
+/// transaction would cost more than the rest of the routing.
+const RECHECK_AT_LEAST_AFTER: Duration = Duration::from_secs(1);
 /// Domains remembered at most (expired entries go first, then all).
 const MAX_DOMAINS: usize = 10_000;
 
@@ -36,8 +37,8 @@ pub struct InForce {
     pub policy: Arc<Policy>,
     /// Until when it may be used.
     pub until: Instant,
-    /// When the TXT record last confirmed its id.
-    checked: Instant,
+    /// When the TXT record is to be asked again whether the id changed.
+    recheck_at: Instant,
 }
 
 #[derive(Clone)]
@@ -81,14 +82,17 @@ impl MtaSts {
             _ => None,
         };
         if let Some(p) = &cached {
-            if now.duration_since(p.checked) < RECHECK_AFTER {
+            if now < p.recheck_at {
                 report.mta_sts("cache_hit");
                 return in_force(Some(p.clone()));
             }
         }
-        // The TXT record says whether the policy changed (the resolver caches it).
-        let id = match dns.txt(&format!("_mta-sts.{domain}")).await {
-            Ok(records) => records.iter().find_map(|t| parse::txt_id(t)),
+        // The TXT record says whether the policy changed.
+        let (id, recheck_at) = match dns.txt(&format!("_mta-sts.{domain}")).await {
+            Ok((records, until)) => (
+                records.iter().find_map(|t| parse::txt_id(t)),
+                until.unwrap_or(now).max(now + RECHECK_AT_LEAST_AFTER),
+            ),
             Err(e) => {
                 tracing::debug!(domain, "MTA-STS TXT lookup: {e}");
                 return in_force(cached);
@@ -109,7 +113,7 @@ impl MtaSts {
         if let Some(mut p) = cached.clone() {
             if p.id == id {
                 report.mta_sts("cache_hit");
-                p.checked = now;
+                p.recheck_at = recheck_at;
                 self.remember(domain, Known::Policy(p.clone()));
                 return in_force(Some(p));
             }
@@ -124,7 +128,7 @@ impl MtaSts {
                 report.mta_sts("fetched");
                 let policy_now = InForce {
                     id,
-                    checked: now,
+                    recheck_at,
                     until: now + policy.max_age,
                     policy: Arc::new(policy),
                 };

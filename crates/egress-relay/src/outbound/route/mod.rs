@@ -8,12 +8,14 @@
 //! each, before the client gets a 4xx.
 
 mod session;
+mod tls_rpt;
 
 use super::automation::Watch;
 use super::dane;
 use super::hosts;
 use super::mta_sts;
 use super::shaping::Ineligible;
+use super::tls_report::{PolicyInForce, ResultType};
 use super::{auth, idle::SessionKey, Context, OpenError, Outbound};
 use crate::dns::Destination;
 use crate::txlog::TxLog;
@@ -248,8 +250,8 @@ enum HostFailure {
     /// idle), up to `connect_timeout`.
     Busy(Reply),
     /// STARTTLS failed (refused, handshake, certificate) or was required and not
-    /// offered.
-    Handshake(String),
+    /// offered; what TLS reporting counts it as (None: our own configuration).
+    Handshake(String, Option<ResultType>),
     /// See [`Tried::Refused`].
     Refused(Reply),
     /// Connect, proxy, banner, EHLO: our side of things. `connected`: the TCP
@@ -324,6 +326,13 @@ impl Route<'_> {
             let dane = match self.dane(dest, log).await {
                 Ok(demand) => demand,
                 Err(text) => {
+                    let tlsa = PolicyInForce {
+                        kind: "tlsa",
+                        domain: self.domain.to_owned(),
+                        strings: Vec::new(),
+                        mx_host: vec![dest.host.trim_end_matches('.').to_owned()],
+                    };
+                    self.tls_failed_under(&tlsa, dest, addr, Some(ResultType::DnssecInvalid));
                     log.note(&text);
                     last = (text, [4, 7, 5]);
                     continue;
@@ -381,7 +390,7 @@ impl Route<'_> {
                     break result;
                 }
                 let connected = self.connect(dest, key, started.elapsed(), log).await;
-                if let (Err(HostFailure::Handshake(_)), Some(how_long)) =
+                if let (Err(HostFailure::Handshake(..)), Some(how_long)) =
                     (&connected, self.path.remember_broken_tls)
                 {
                     ctx.sites.tls_failed(self.site, how_long);
@@ -400,11 +409,12 @@ impl Route<'_> {
                         // A session may come back idle, or a slot free up.
                         tokio::time::sleep(Duration::from_millis(20)).await;
                     }
-                    Err(HostFailure::Handshake(e))
+                    Err(HostFailure::Handshake(e, result))
                         if !mode.is_required()
                             && mode != Tls::Disabled
                             && self.path.opportunistic_tls_reconnect_on_failed_handshake =>
                     {
+                        self.tls_failed(&sts, &dane, dest, addr, result);
                         log.note(&format!(
                             "{addr}: {e}; reconnecting in clear (opportunistic_tls_reconnect_on_failed_handshake)"
                         ));
@@ -416,6 +426,9 @@ impl Route<'_> {
             match opened {
                 Ok(out) => {
                     ctx.sites.connected(self.site);
+                    if !log.reused && out.smtp.tls().is_some() {
+                        ctx.tls_reports.success(&self.tls_policy(&sts, &dane, dest));
+                    }
                     return Ok(out);
                 }
                 Err(HostFailure::Refused(reply)) => return Err(Tried::Refused(reply)),
@@ -423,7 +436,8 @@ impl Route<'_> {
                 Err(HostFailure::Shaping(reply)) | Err(HostFailure::Busy(reply)) => {
                     return Err(Tried::Shaping(reply))
                 }
-                Err(HostFailure::Handshake(e)) => {
+                Err(HostFailure::Handshake(e, result)) => {
+                    self.tls_failed(&sts, &dane, dest, addr, result);
                     if dane.is_some() {
                         self.ctx.report.dane("failed");
                     } else if sts.is_some() {
@@ -548,6 +562,11 @@ impl Route<'_> {
             mta_sts::parse::Mode::Enforce => match refusal {
                 Some(text) => {
                     self.ctx.report.mta_sts("refused");
+                    if let Some((dest, addr)) = hosts.first() {
+                        let policy = tls_rpt::sts_policy(self.domain, &sts);
+                        let result = Some(ResultType::ValidationFailure);
+                        self.tls_failed_under(&policy, dest, *addr, result);
+                    }
                     Err(Tried::Refused(Reply::new(451, [4, 7, 5], text)))
                 }
                 None => Ok((matching, Some(sts))),

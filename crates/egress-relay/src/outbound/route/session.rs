@@ -2,6 +2,7 @@
 //! (`reuse`), or a new connection through the source (`connect`: banner,
 //! EHLO/LHLO, STARTTLS, AUTH, the 8-bit check), then MAIL FROM (`begin`).
 
+use super::tls_rpt::tls_report_result;
 use super::{is_positive, HostFailure, Route};
 use crate::dns::Destination;
 use crate::outbound::auth::{self, AuthFailure};
@@ -192,7 +193,7 @@ impl Route<'_> {
                 Ok(c) => c,
                 Err(e) => {
                     tokio::spawn(out.quit());
-                    return Err(HostFailure::Handshake(e));
+                    return Err(HostFailure::Handshake(e, None));
                 }
             };
             let sni = server_name(&dest.host, dest.ip);
@@ -218,7 +219,8 @@ impl Route<'_> {
                 }
                 Err(e) => {
                     tokio::spawn(out.quit());
-                    return Err(HostFailure::Handshake(e.to_string()));
+                    let result = tls_report_result(&e);
+                    return Err(HostFailure::Handshake(e.to_string(), Some(result)));
                 }
             }
         }
