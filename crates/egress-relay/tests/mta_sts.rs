@@ -256,6 +256,12 @@ fn testing_mode_delivers_and_notes_what_enforce_would_refuse() {
             && log.contains("delivering anyway (testing)"),
         "{log}"
     );
+    // Testing mode is what TLS reporting is for: the session is reported as the
+    // failure enforce would have made (and not also as a success).
+    assert_eq!(
+        d.tls_reported("testing.test"),
+        ("sts".into(), (0, 1), Some("validation-failure".into()))
+    );
 }
 
 #[test]

@@ -13,7 +13,7 @@ mod tls_rpt;
 use super::automation::Watch;
 use super::dane;
 use super::hosts;
-use super::mta_sts;
+use super::mta_sts::{self, InForce};
 use super::shaping::Ineligible;
 use super::tls_report::{PolicyInForce, ResultType};
 use super::{auth, idle::SessionKey, Context, OpenError, Outbound};
@@ -313,7 +313,16 @@ impl Route<'_> {
             &ctx.own_addresses,
         )
         .map_err(Tried::Refused)?;
-        let (hosts, sts) = self.mta_sts(hosts, log).await?;
+        let StsApplied {
+            hosts,
+            enforced: sts,
+            reported,
+        } = self.mta_sts(hosts, log).await?;
+        // The MTA-STS policy TLS reporting names (testing mode exists for it).
+        let sts_reported = match &reported {
+            Reported::Policy(p) => Some(p),
+            _ => None,
+        };
         let mut last = (String::from("no host"), [4, 4, 1]);
         let mut refused_connections = 0;
         for (dest, addr) in hosts.iter().copied() {
@@ -414,7 +423,7 @@ impl Route<'_> {
                             && mode != Tls::Disabled
                             && self.path.opportunistic_tls_reconnect_on_failed_handshake =>
                     {
-                        self.tls_failed(&sts, &dane, dest, addr, result);
+                        self.tls_failed(sts_reported, &dane, dest, addr, result);
                         log.note(&format!(
                             "{addr}: {e}; reconnecting in clear (opportunistic_tls_reconnect_on_failed_handshake)"
                         ));
@@ -426,8 +435,9 @@ impl Route<'_> {
             match opened {
                 Ok(out) => {
                     ctx.sites.connected(self.site);
-                    if !log.reused && out.smtp.tls().is_some() {
-                        ctx.tls_reports.success(&self.tls_policy(&sts, &dane, dest));
+                    if !log.reused && out.smtp.tls().is_some() && !reported.is_counted() {
+                        let policy = self.tls_policy(sts_reported, &dane, dest);
+                        ctx.tls_reports.success(&policy);
                     }
                     return Ok(out);
                 }
@@ -437,7 +447,7 @@ impl Route<'_> {
                     return Err(Tried::Shaping(reply))
                 }
                 Err(HostFailure::Handshake(e, result)) => {
-                    self.tls_failed(&sts, &dane, dest, addr, result);
+                    self.tls_failed(sts_reported, &dane, dest, addr, result);
                     if dane.is_some() {
                         self.ctx.report.dane("failed");
                     } else if sts.is_some() {
@@ -524,9 +534,14 @@ impl Route<'_> {
         &self,
         hosts: Vec<(&'h Destination, SocketAddr)>,
         log: &mut TxLog,
-    ) -> Result<(Vec<(&'h Destination, SocketAddr)>, Option<mta_sts::InForce>), Tried> {
+    ) -> Result<StsApplied<'h>, Tried> {
+        let unchanged = |hosts| StsApplied {
+            hosts,
+            enforced: None,
+            reported: Reported::NoPolicy,
+        };
         if !(self.path.enable_mta_sts && self.by_mx) {
-            return Ok((hosts, None));
+            return Ok(unchanged(hosts));
         }
         let budget = self.path.connect_timeout.min(Duration::from_secs(10));
         let Some(sts) = self
@@ -535,7 +550,7 @@ impl Route<'_> {
             .policy(&self.ctx.dns, &*self.ctx.report, self.domain, budget)
             .await
         else {
-            return Ok((hosts, None));
+            return Ok(unchanged(hosts));
         };
         let policy = &sts.policy;
         log.note(&format!("mta_sts={} (id {})", policy.mode, sts.id));
@@ -562,22 +577,68 @@ impl Route<'_> {
             mta_sts::parse::Mode::Enforce => match refusal {
                 Some(text) => {
                     self.ctx.report.mta_sts("refused");
-                    if let Some((dest, addr)) = hosts.first() {
-                        let policy = tls_rpt::sts_policy(self.domain, &sts);
-                        let result = Some(ResultType::ValidationFailure);
-                        self.tls_failed_under(&policy, dest, *addr, result);
-                    }
+                    self.mx_not_listed(&sts, &hosts);
                     Err(Tried::Refused(Reply::new(451, [4, 7, 5], text)))
                 }
-                None => Ok((matching, Some(sts))),
+                None => Ok(StsApplied {
+                    hosts: matching,
+                    enforced: Some(sts.clone()),
+                    reported: Reported::Policy(sts),
+                }),
             },
             _ => {
-                if let Some(text) = refusal {
-                    log.note(&format!("{text}; delivering anyway (testing)"));
-                }
-                Ok((hosts, None))
+                let reported = match refusal {
+                    Some(text) => {
+                        log.note(&format!("{text}; delivering anyway (testing)"));
+                        self.mx_not_listed(&sts, &hosts);
+                        Reported::Counted
+                    }
+                    None => Reported::Policy(sts),
+                };
+                Ok(StsApplied {
+                    hosts,
+                    enforced: None,
+                    reported,
+                })
             }
         }
+    }
+
+    /// TLS reporting hears that no MX host is one the policy lists (once per
+    /// transaction, as the first host's failure).
+    fn mx_not_listed(&self, sts: &InForce, hosts: &[(&Destination, SocketAddr)]) {
+        if let Some((dest, addr)) = hosts.first() {
+            let policy = tls_rpt::sts_policy(self.domain, sts);
+            let result = Some(ResultType::ValidationFailure);
+            self.tls_failed_under(&policy, dest, *addr, result);
+        }
+    }
+}
+
+/// What a domain's MTA-STS policy made of its MX hosts.
+struct StsApplied<'h> {
+    /// The hosts that may be tried.
+    hosts: Vec<(&'h Destination, SocketAddr)>,
+    /// The policy when its mode is `enforce`.
+    enforced: Option<InForce>,
+    /// What TLS reporting is told of the sessions.
+    reported: Reported,
+}
+
+/// The MTA-STS side of what TLS reporting hears of a transaction's sessions.
+enum Reported {
+    /// No policy: sessions are counted under "no-policy-found".
+    NoPolicy,
+    /// Sessions are counted under this policy (enforce or testing).
+    Policy(InForce),
+    /// Already counted: a testing policy that lists none of the MX hosts is
+    /// reported as the failure enforce would have made, not also as a success.
+    Counted,
+}
+
+impl Reported {
+    fn is_counted(&self) -> bool {
+        matches!(self, Reported::Counted)
     }
 }
 

@@ -28,11 +28,11 @@ pub(super) fn sts_policy(domain: &str, sts: &mta_sts::InForce) -> PolicyInForce 
 
 impl Route<'_> {
     /// The policy a session to `dest` is made under, as TLS reporting names it:
-    /// usable DANE records first (they override MTA-STS for their host), then an
-    /// enforced MTA-STS policy, else none.
+    /// usable DANE records first (they override MTA-STS for their host), then the
+    /// MTA-STS policy (enforce or testing), else none.
     pub(super) fn tls_policy(
         &self,
-        sts: &Option<mta_sts::InForce>,
+        sts: Option<&mta_sts::InForce>,
         dane: &Option<Arc<[Tlsa]>>,
         dest: &Destination,
     ) -> PolicyInForce {
@@ -50,7 +50,7 @@ impl Route<'_> {
 
     pub(super) fn tls_failed(
         &self,
-        sts: &Option<mta_sts::InForce>,
+        sts: Option<&mta_sts::InForce>,
         dane: &Option<Arc<[Tlsa]>>,
         dest: &Destination,
         addr: SocketAddr,
