@@ -1,8 +1,9 @@
 //! What a route tells TLS reporting (`outbound::tls_report`): under which
 //! policy a destination session was made or failed, and as what.
 
-use super::{mta_sts, Route};
+use super::Route;
 use crate::dns::Destination;
+use crate::outbound::mta_sts;
 use crate::outbound::tls_report::{Failure, PolicyInForce, ResultType};
 use egress_dns::Tlsa;
 use egress_smtp::{CertificateFault, StartTlsError};
