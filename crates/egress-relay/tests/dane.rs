@@ -142,13 +142,7 @@ fn tlsa_records_over_a_validated_chain_decide_the_session() {
         d.tls_reported("bogus.dane.test"),
         ("tlsa".into(), (0, 1), Some("dnssec-invalid".into()))
     );
-    let report = d.tls_report();
-    let good = report["policies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["policy"]["policy-domain"] == "good.dane.test")
-        .unwrap();
+    let good = d.tls_policy("good.dane.test");
     assert_eq!(good["policy"]["policy-string"][0], format!("3 1 1 {key}"));
     assert_eq!(good["policy"]["mx-host"][0], "mx-good.dane.test");
 }

@@ -88,6 +88,25 @@ fn relay(dns: &Dnsmasq, ports: &[(&str, u16)], events: &Arc<TlsPolicyEvents>) ->
     ), events.clone())
 }
 
+/// One destination domain (certificate from the trusted CA), its DNS, and a
+/// relay that routes to it.
+fn only_destination(
+    domain: &str,
+    policy_ip: &str,
+    policy: &str,
+    sink: &SmtpSink,
+) -> (Destination, Dnsmasq, Embedded) {
+    let dest = destination(domain, policy_ip, trusted(), policy, sink);
+    let records: Vec<&str> = dest.records.iter().map(String::as_str).collect();
+    let dns = Dnsmasq::start(&records);
+    let d = relay(
+        &dns,
+        &[(domain, dest.postfix.addr.port())],
+        &Arc::new(TlsPolicyEvents::default()),
+    );
+    (dest, dns, d)
+}
+
 #[test]
 fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
     let sink = SmtpSink::start();
@@ -211,13 +230,7 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
         d.tls_reported("bad.test"),
         ("sts".into(), (0, 1), Some("certificate-not-trusted".into()))
     );
-    let report = d.tls_report();
-    let bad = report["policies"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["policy"]["policy-domain"] == "bad.test")
-        .unwrap();
+    let bad = d.tls_policy("bad.test");
     assert_eq!(bad["policy"]["mx-host"][0], "mx.bad.test");
     assert_eq!(bad["policy"]["policy-string"][1], "mode: enforce");
     assert_eq!(
@@ -229,19 +242,11 @@ fn enforce_delivers_only_over_verified_tls_to_listed_mx_hosts() {
 #[test]
 fn testing_mode_delivers_and_notes_what_enforce_would_refuse() {
     let sink = SmtpSink::start();
-    let dest = destination(
+    let (_dest, _dns, d) = only_destination(
         "testing.test",
         "127.0.0.44",
-        trusted(),
         &policy_text("testing", "mx.other.test"),
         &sink,
-    );
-    let records: Vec<&str> = dest.records.iter().map(String::as_str).collect();
-    let dns = Dnsmasq::start(&records);
-    let d = relay(
-        &dns,
-        &[("testing.test", dest.postfix.addr.port())],
-        &Arc::new(TlsPolicyEvents::default()),
     );
     let s = swaks(d.addr, "u@testing.test", &[]);
     assert!(s.ok, "{}\n{}", s.transcript, d.log());
@@ -267,19 +272,11 @@ fn testing_mode_delivers_and_notes_what_enforce_would_refuse() {
 #[test]
 fn a_policy_is_fetched_again_when_its_txt_id_changes_and_only_then() {
     let sink = SmtpSink::start();
-    let dest = destination(
+    let (dest, mut dns, d) = only_destination(
         "renew.test",
         "127.0.0.46",
-        trusted(),
         &policy_text("enforce", "mx.renew.test"),
         &sink,
-    );
-    let records: Vec<&str> = dest.records.iter().map(String::as_str).collect();
-    let mut dns = Dnsmasq::start(&records);
-    let d = relay(
-        &dns,
-        &[("renew.test", dest.postfix.addr.port())],
-        &Arc::new(TlsPolicyEvents::default()),
     );
     let send = |n: usize| {
         let s = swaks(

@@ -136,14 +136,20 @@ impl Embedded {
         self.relay.context().tls_reports.report("relay.test", now)
     }
 
+    /// The TLS report's entry for `domain` (the first, when it has several).
+    pub fn tls_policy(&self, domain: &str) -> serde_json::Value {
+        let report = self.tls_report();
+        report["policies"]
+            .as_array()
+            .and_then(|all| all.iter().find(|p| p["policy"]["policy-domain"] == domain))
+            .unwrap_or_else(|| panic!("no policy for {domain} in {report:#}"))
+            .clone()
+    }
+
     /// What the TLS report says of `domain`'s policy: its type, (successes,
     /// failures), and the result type of its first failure.
     pub fn tls_reported(&self, domain: &str) -> (String, (u64, u64), Option<String>) {
-        let report = self.tls_report();
-        let policy = report["policies"]
-            .as_array()
-            .and_then(|all| all.iter().find(|p| p["policy"]["policy-domain"] == domain))
-            .unwrap_or_else(|| panic!("no policy for {domain} in {report:#}"));
+        let policy = self.tls_policy(domain);
         let count = |name: &str| policy["summary"][name].as_u64().unwrap_or(0);
         (
             policy["policy"]["policy-type"]
