@@ -161,13 +161,14 @@ impl TlsReports {
     }
 
     /// The counts as an RFC 8460 report (§4.4's JSON) from `organization`, for the
-    /// period from the relay's start to `now`. Policies are sorted by domain, so
-    /// two reports of the same counts read the same.
+    /// period from the relay's start to `now`. Policies are sorted (by domain, type
+    /// and text), so two reports of the same counts read the same.
     pub fn report(&self, organization: &str, now: SystemTime) -> Value {
         let by_policy = self.by_policy.lock().unwrap_or_else(|e| e.into_inner());
         let mut policies: Vec<(&PolicyInForce, &Tally)> = by_policy.iter().collect();
-        policies.sort_by(|a, b| (&a.0.domain, a.0.kind).cmp(&(&b.0.domain, b.0.kind)));
+        policies.sort_by_key(|&(p, _)| (&p.domain, p.kind, &p.strings));
         let start = humantime::format_rfc3339_seconds(self.since).to_string();
+        let end = humantime::format_rfc3339_seconds(now).to_string();
         let policies: Vec<Value> = policies
             .into_iter()
             .map(|(policy, tally)| {
@@ -210,12 +211,10 @@ impl TlsReports {
             .collect();
         let mut report = json!({
             "organization-name": organization,
-            "date-range": {
-                "start-datetime": start,
-                "end-datetime": humantime::format_rfc3339_seconds(now).to_string(),
-            },
             "contact-info": format!("postmaster@{organization}"),
-            "report-id": format!("{start}@{organization}"),
+            // Each report covers a different period (they all start at the start).
+            "report-id": format!("{start}_{end}@{organization}"),
+            "date-range": { "start-datetime": start, "end-datetime": end },
             "policies": policies,
         });
         let uncounted = self.uncounted.load(std::sync::atomic::Ordering::Relaxed);
