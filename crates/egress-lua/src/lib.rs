@@ -52,6 +52,16 @@ use states::LuaStates;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+/// A future compiled in the crate that makes it, whatever crate awaits it.
+///
+/// The public async methods here (and egress-relay's entry points) return it
+/// rather than being `async fn`s: a crate that awaits an `async fn` of another
+/// compiles every future beneath it again — release builds share no generic code
+/// between crates, and a future's `poll` is generic code — so a release build of
+/// egressd compiled the relay, and the Lua calls and caches, once per crate on
+/// the way to the binary. One allocation per call is the price.
+pub type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
 /// The event names, as `kumo.on` knows them.
 pub mod events {
     /// `init()`
@@ -247,82 +257,90 @@ impl Policy {
     /// `authz == authc`). `conn_meta` becomes a table of string fields. `Ok(None)`
     /// when the policy has no handler. Never cached; the password never appears in
     /// an error message.
-    pub async fn auth_plain(
-        &self,
-        authz: &str,
-        authc: &str,
-        password: &str,
-        conn_meta: &[(&str, String)],
-    ) -> Result<Option<bool>, PolicyError> {
-        use states::Arg;
-        let args = vec![
-            Arg::Str(Some(authz.to_owned())),
-            Arg::Str(Some(authc.to_owned())),
-            Arg::Secret(password.to_owned()),
-            Arg::Table(
-                conn_meta
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                    .collect(),
-            ),
-        ];
-        self.yes_or_no(SMTP_SERVER_AUTH_PLAIN, args).await
+    pub fn auth_plain<'a>(
+        &'a self,
+        authz: &'a str,
+        authc: &'a str,
+        password: &'a str,
+        conn_meta: &'a [(&'a str, String)],
+    ) -> Boxed<'a, Result<Option<bool>, PolicyError>> {
+        Box::pin(async move {
+            use states::Arg;
+            let args = vec![
+                Arg::Str(Some(authz.to_owned())),
+                Arg::Str(Some(authc.to_owned())),
+                Arg::Secret(password.to_owned()),
+                Arg::Table(
+                    conn_meta
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                        .collect(),
+                ),
+            ];
+            self.yes_or_no(SMTP_SERVER_AUTH_PLAIN, args).await
+        })
     }
 
     /// `http_server_validate_auth_basic(user, password)`: whether HTTP Basic
     /// credentials are good (KumoMTA's event; the password may be empty). `Ok(None)`
     /// when the policy has no handler. Never cached; the password never appears in
     /// an error message.
-    pub async fn http_auth_basic(
-        &self,
-        user: &str,
-        password: &str,
-    ) -> Result<Option<bool>, PolicyError> {
-        use states::Arg;
-        let args = vec![
-            Arg::Str(Some(user.to_owned())),
-            Arg::Secret(password.to_owned()),
-        ];
-        self.yes_or_no(HTTP_SERVER_VALIDATE_AUTH_BASIC, args).await
+    pub fn http_auth_basic<'a>(
+        &'a self,
+        user: &'a str,
+        password: &'a str,
+    ) -> Boxed<'a, Result<Option<bool>, PolicyError>> {
+        Box::pin(async move {
+            use states::Arg;
+            let args = vec![
+                Arg::Str(Some(user.to_owned())),
+                Arg::Secret(password.to_owned()),
+            ];
+            self.yes_or_no(HTTP_SERVER_VALIDATE_AUTH_BASIC, args).await
+        })
     }
 
     /// `proxy_server_auth_rfc1929(username, password, conn_meta)` (KumoProxy's
     /// event): whether a SOCKS5 client's credentials are good. `conn_meta` has
     /// `peer_address` and `local_address`. `Ok(None)` when the policy has no
     /// handler. Never cached; the password never appears in an error message.
-    pub async fn proxy_auth(
-        &self,
-        username: &str,
-        password: &str,
+    pub fn proxy_auth<'a>(
+        &'a self,
+        username: &'a str,
+        password: &'a str,
         peer: std::net::SocketAddr,
         local: std::net::SocketAddr,
-    ) -> Result<Option<bool>, PolicyError> {
-        use states::Arg;
-        let args = vec![
-            Arg::Str(Some(username.to_owned())),
-            Arg::Secret(password.to_owned()),
-            Arg::Table(vec![
-                ("peer_address".to_owned(), peer.to_string()),
-                ("local_address".to_owned(), local.to_string()),
-            ]),
-        ];
-        self.yes_or_no(PROXY_SERVER_AUTH_RFC1929, args).await
+    ) -> Boxed<'a, Result<Option<bool>, PolicyError>> {
+        Box::pin(async move {
+            use states::Arg;
+            let args = vec![
+                Arg::Str(Some(username.to_owned())),
+                Arg::Secret(password.to_owned()),
+                Arg::Table(vec![
+                    ("peer_address".to_owned(), peer.to_string()),
+                    ("local_address".to_owned(), local.to_string()),
+                ]),
+            ];
+            self.yes_or_no(PROXY_SERVER_AUTH_RFC1929, args).await
+        })
     }
 
     /// `validate_config()` (KumoMTA's `kumod --validate`): runs the handler, if
     /// any; `Ok(false)` when it (or the policy's top level) called
     /// `kumo.validation_failed()`. A handler error is the error.
-    pub async fn validate(&self) -> Result<bool, PolicyError> {
-        let passed = self
-            .states()
-            .invoke(VALIDATE_CONFIG, Vec::new(), |lua, _, _, _| {
-                let failed = lua
-                    .remove_app_data::<utility::ValidationFailed>()
-                    .is_some_and(|f| f.0);
-                Ok(!failed)
-            })
-            .await?;
-        Ok(passed.unwrap_or_else(|| self.states().top_level_passed()))
+    pub fn validate<'a>(&'a self) -> Boxed<'a, Result<bool, PolicyError>> {
+        Box::pin(async move {
+            let passed = self
+                .states()
+                .invoke(VALIDATE_CONFIG, Vec::new(), |lua, _, _, _| {
+                    let failed = lua
+                        .remove_app_data::<utility::ValidationFailed>()
+                        .is_some_and(|f| f.0);
+                    Ok(!failed)
+                })
+                .await?;
+            Ok(passed.unwrap_or_else(|| self.states().top_level_passed()))
+        })
     }
 
     /// Calls an event whose handler must return a boolean.
@@ -355,99 +373,113 @@ impl Policy {
 
     /// `get_egress_source(name)`. Without a handler, only `unspecified` resolves (to a
     /// source with a kernel-chosen address).
-    pub async fn egress_source(&self, name: &str) -> Result<Arc<EgressSource>, PolicyError> {
-        let fallback = || match name {
-            DEFAULT_POOL => Ok(EgressSource::named(DEFAULT_POOL)),
-            _ => Err(PolicyError::MissingHandler {
-                event: GET_EGRESS_SOURCE,
-                args: format!("source '{name}'"),
-            }),
-        };
-        let args = || vec![Some(name.to_owned())];
-        self.resolve(
-            &self.sources,
-            name.to_owned(),
-            GET_EGRESS_SOURCE,
-            args,
-            fallback,
-        )
-        .await
+    pub fn egress_source<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Boxed<'a, Result<Arc<EgressSource>, PolicyError>> {
+        Box::pin(async move {
+            let fallback = || match name {
+                DEFAULT_POOL => Ok(EgressSource::named(DEFAULT_POOL)),
+                _ => Err(PolicyError::MissingHandler {
+                    event: GET_EGRESS_SOURCE,
+                    args: format!("source '{name}'"),
+                }),
+            };
+            let args = || vec![Some(name.to_owned())];
+            self.resolve(
+                &self.sources,
+                name.to_owned(),
+                GET_EGRESS_SOURCE,
+                args,
+                fallback,
+            )
+            .await
+        })
     }
 
     /// `get_egress_pool(name)`. Without a handler, only `unspecified` resolves (one
     /// source, `unspecified`).
-    pub async fn egress_pool(&self, name: &str) -> Result<Arc<EgressPool>, PolicyError> {
-        let fallback = || match name {
-            DEFAULT_POOL => Ok(EgressPool::unspecified()),
-            _ => Err(PolicyError::MissingHandler {
-                event: GET_EGRESS_POOL,
-                args: format!("pool '{name}'"),
-            }),
-        };
-        let args = || vec![Some(name.to_owned())];
-        self.resolve(
-            &self.pools,
-            name.to_owned(),
-            GET_EGRESS_POOL,
-            args,
-            fallback,
-        )
-        .await
+    pub fn egress_pool<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Boxed<'a, Result<Arc<EgressPool>, PolicyError>> {
+        Box::pin(async move {
+            let fallback = || match name {
+                DEFAULT_POOL => Ok(EgressPool::unspecified()),
+                _ => Err(PolicyError::MissingHandler {
+                    event: GET_EGRESS_POOL,
+                    args: format!("pool '{name}'"),
+                }),
+            };
+            let args = || vec![Some(name.to_owned())];
+            self.resolve(
+                &self.pools,
+                name.to_owned(),
+                GET_EGRESS_POOL,
+                args,
+                fallback,
+            )
+            .await
+        })
     }
 
     /// `get_egress_path_config(domain, source_name, site_name)`; defaults without a handler.
-    pub async fn egress_path_config(
-        &self,
-        domain: &str,
-        source: &str,
-        site: Option<&str>,
-    ) -> Result<Arc<EgressPathConfig>, PolicyError> {
-        let key: PathKey = (
-            domain.to_owned(),
-            source.to_owned(),
-            site.map(str::to_owned),
-        );
-        let args = || {
-            vec![
-                Some(domain.to_owned()),
-                Some(source.to_owned()),
+    pub fn egress_path_config<'a>(
+        &'a self,
+        domain: &'a str,
+        source: &'a str,
+        site: Option<&'a str>,
+    ) -> Boxed<'a, Result<Arc<EgressPathConfig>, PolicyError>> {
+        Box::pin(async move {
+            let key: PathKey = (
+                domain.to_owned(),
+                source.to_owned(),
                 site.map(str::to_owned),
-            ]
-        };
-        self.resolve(&self.paths, key, GET_EGRESS_PATH_CONFIG, args, || {
-            Ok(EgressPathConfig::default())
+            );
+            let args = || {
+                vec![
+                    Some(domain.to_owned()),
+                    Some(source.to_owned()),
+                    site.map(str::to_owned),
+                ]
+            };
+            self.resolve(&self.paths, key, GET_EGRESS_PATH_CONFIG, args, || {
+                Ok(EgressPathConfig::default())
+            })
+            .await
         })
-        .await
     }
 
     /// `get_queue_config(domain, tenant, campaign, routing_domain)`; defaults (pool
     /// `unspecified`, MX routing) without a handler.
-    pub async fn queue_config(
-        &self,
-        domain: &str,
-        tenant: Option<&str>,
-        campaign: Option<&str>,
-        routing_domain: Option<&str>,
-    ) -> Result<Arc<QueueConfig>, PolicyError> {
-        let own = |s: Option<&str>| s.map(str::to_owned);
-        let key: QueueKey = (
-            domain.to_owned(),
-            own(tenant),
-            own(campaign),
-            own(routing_domain),
-        );
-        let args = || {
-            vec![
-                Some(domain.to_owned()),
+    pub fn queue_config<'a>(
+        &'a self,
+        domain: &'a str,
+        tenant: Option<&'a str>,
+        campaign: Option<&'a str>,
+        routing_domain: Option<&'a str>,
+    ) -> Boxed<'a, Result<Arc<QueueConfig>, PolicyError>> {
+        Box::pin(async move {
+            let own = |s: Option<&str>| s.map(str::to_owned);
+            let key: QueueKey = (
+                domain.to_owned(),
                 own(tenant),
                 own(campaign),
                 own(routing_domain),
-            ]
-        };
-        self.resolve(&self.queues, key, GET_QUEUE_CONFIG, args, || {
-            Ok(QueueConfig::default())
+            );
+            let args = || {
+                vec![
+                    Some(domain.to_owned()),
+                    own(tenant),
+                    own(campaign),
+                    own(routing_domain),
+                ]
+            };
+            self.resolve(&self.queues, key, GET_QUEUE_CONFIG, args, || {
+                Ok(QueueConfig::default())
+            })
+            .await
         })
-        .await
     }
 
     /// One cached event call: the handler's definition, or `fallback()` when the

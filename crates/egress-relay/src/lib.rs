@@ -53,6 +53,7 @@ pub mod shutdown;
 pub mod txlog;
 
 pub use delivery::Delivery;
+pub use egress_lua::Boxed;
 pub use dns::Dns;
 pub use egress_lua::{EsmtpListener, Policy};
 pub use inbound::Listener;
@@ -205,9 +206,18 @@ impl Relay {
     /// begins; then the socket is closed. An accept error (out of descriptors, say)
     /// is logged and retried after 100 ms rather than spun on.
     ///
-    /// The TCP case lives here, not only in the embedder, so the whole session is
-    /// compiled and optimised within this crate.
-    pub async fn accept(self: Arc<Self>, socket: TcpListener, listener: Arc<Listener>) {
+    /// The TCP case lives here, not only in the embedder, and the future is
+    /// [`Boxed`], so the whole session is compiled and optimised within this crate
+    /// once (as an `async fn`, every crate that awaited it compiled it again).
+    pub fn accept(
+        self: Arc<Self>,
+        socket: TcpListener,
+        listener: Arc<Listener>,
+    ) -> Boxed<'static, ()> {
+        Box::pin(self.accept_until_shutdown(socket, listener))
+    }
+
+    async fn accept_until_shutdown(self: Arc<Self>, socket: TcpListener, listener: Arc<Listener>) {
         if let Ok(addr) = socket.local_addr() {
             self.ctx.own_addresses.add(addr);
         }
@@ -254,20 +264,23 @@ impl Relay {
     }
 
     /// What routing would do for a message to `domain` (for `source`, or every
-    /// source its pool can pick), as JSON; nothing is connected or counted.
-    pub async fn resolve(
-        &self,
-        domain: &str,
-        source: Option<&str>,
-    ) -> Result<serde_json::Value, ResolveError> {
-        let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
-        if domain.is_empty() {
-            return Err(ResolveError::Asked {
-                field: "domain",
-                message: "expected a domain, e.g. example.com".into(),
-            });
-        }
-        resolve::resolve(&self.ctx, &domain, source.map(str::trim)).await
+    /// source its pool can pick), as JSON; nothing is connected or counted. (Boxed
+    /// for the reason [`accept`](Self::accept) is.)
+    pub fn resolve<'a>(
+        &'a self,
+        domain: &'a str,
+        source: Option<&'a str>,
+    ) -> Boxed<'a, Result<serde_json::Value, ResolveError>> {
+        Box::pin(async move {
+            let domain = domain.trim().trim_end_matches('.').to_ascii_lowercase();
+            if domain.is_empty() {
+                return Err(ResolveError::Asked {
+                    field: "domain",
+                    message: "expected a domain, e.g. example.com".into(),
+                });
+            }
+            resolve::resolve(&self.ctx, &domain, source.map(str::trim)).await
+        })
     }
 
     /// The shared state: policy, DNS, shaping, idle sessions (what an operations

@@ -3,7 +3,7 @@
 use egress_lua::Policy;
 use egress_relay::outbound::tls::{server_name, Check};
 use egress_relay::outbound::{timeouts, Context};
-use egress_relay::Dns;
+use egress_relay::{Boxed, Dns};
 use egress_smtp::{ClientSession, Reply, StartTlsError, TlsInfo};
 use egress_source::{effective_ehlo_domain, effective_port, MxListEntry};
 use std::net::SocketAddr;
@@ -13,7 +13,20 @@ use std::sync::Arc;
 /// egress address, then QUITs. With `tls`, also STARTTLS: protocol, cipher, the
 /// certificate's subject and whether it verified against the trust store (when it
 /// does not, the handshake is repeated without verification to show what is there).
-pub async fn probe(
+///
+/// Boxed, so the binary does not compile the probe's futures again (see
+/// `egress_relay::Relay::accept`).
+pub fn probe<'a>(
+    policy: Arc<Policy>,
+    source_name: &'a str,
+    target: &'a str,
+    host_name: String,
+    tls: bool,
+) -> Boxed<'a, Result<(), String>> {
+    Box::pin(probe_target(policy, source_name, target, host_name, tls))
+}
+
+async fn probe_target(
     policy: Arc<Policy>,
     source_name: &str,
     target: &str,

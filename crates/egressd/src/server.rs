@@ -3,7 +3,7 @@
 use crate::admin::{Admin, HttpServer, LogFilter};
 use crate::listen;
 use crate::metrics::Metrics;
-use egress_relay::{EsmtpListener, Policy, Relay};
+use egress_relay::{Boxed, EsmtpListener, Policy, Relay};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -23,8 +23,13 @@ pub struct ServeOptions {
     pub log_filter: Option<LogFilter>,
 }
 
-/// Serves until SIGTERM or SIGINT.
-pub async fn serve(policy: Arc<Policy>, options: ServeOptions) -> Result<(), String> {
+/// Serves until SIGTERM or SIGINT. (Boxed, so the binary does not compile the
+/// server's futures again: see `egress_relay::Relay::accept`.)
+pub fn serve(policy: Arc<Policy>, options: ServeOptions) -> Boxed<'static, Result<(), String>> {
+    Box::pin(serve_until_signalled(policy, options))
+}
+
+async fn serve_until_signalled(policy: Arc<Policy>, options: ServeOptions) -> Result<(), String> {
     let ServeOptions {
         host_name,
         metrics,
