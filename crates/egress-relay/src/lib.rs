@@ -53,9 +53,8 @@ pub mod shutdown;
 pub mod txlog;
 
 pub use delivery::Delivery;
-pub use egress_lua::Boxed;
 pub use dns::Dns;
-pub use egress_lua::{EsmtpListener, Policy};
+pub use egress_lua::{Boxed, EsmtpListener, Policy};
 pub use inbound::Listener;
 pub use outbound::Context;
 pub use resolve::ResolveError;
