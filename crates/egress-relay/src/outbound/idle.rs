@@ -102,6 +102,24 @@ impl IdleSessions {
         }
     }
 
+    /// The idle session that has waited longest among those holding a slot of the
+    /// connection limit `limit_key`, taken out of the set.
+    pub fn take_holding(&self, limit_key: &str) -> Option<Outbound> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let (key, index) = slots
+            .iter()
+            .flat_map(|(key, slot)| slot.iter().enumerate().map(move |(i, s)| (key, i, s)))
+            .filter(|(_, _, (_, out))| out.leases.iter().any(|l| l.key == limit_key))
+            .min_by_key(|(_, _, (until, _))| *until)
+            .map(|(key, i, _)| (key.clone(), i))?;
+        let slot = slots.get_mut(&key)?;
+        let (_, out) = slot.remove(index);
+        if slot.is_empty() {
+            slots.remove(&key);
+        }
+        Some(out)
+    }
+
     /// Sessions idle now.
     pub fn len(&self) -> usize {
         let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());

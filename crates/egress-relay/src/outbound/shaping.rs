@@ -231,7 +231,7 @@ impl Shaper {
         site: &str,
         path: &EgressPathConfig,
         waited: Duration,
-    ) -> Result<Vec<Lease>, Reply> {
+    ) -> Result<Vec<Lease>, (Reply, String)> {
         let limits = connection_limits(source, site, path);
         let mut held = Vec::new();
         for Limit { key, limit, what } in limits {
@@ -245,7 +245,7 @@ impl Shaper {
                 }
                 None => {
                     self.release(&held).await;
-                    return Err(Reply::new(
+                    let reply = Reply::new(
                         451,
                         [4, 7, 1],
                         format!(
@@ -253,7 +253,8 @@ impl Shaper {
                             limit.limit,
                             words::duration(waited)
                         ),
-                    ));
+                    );
+                    return Err((reply, key));
                 }
             }
         }

@@ -246,9 +246,9 @@ enum Tried {
 enum HostFailure {
     Destination(Reply),
     Shaping(Reply),
-    /// Every connection slot is taken: wait for one (or for a session to come back
-    /// idle), up to `connect_timeout`.
-    Busy(Reply),
+    /// Every connection slot of the limit named (its key) is taken: wait for one
+    /// (or for a session to come back idle), up to `connect_timeout`.
+    Busy(Reply, String),
     /// STARTTLS failed (refused, handshake, certificate) or was required and not
     /// offered; what TLS reporting counts it as (None: our own configuration).
     Handshake(String, Option<ResultType>),
@@ -405,7 +405,7 @@ impl Route<'_> {
                     ctx.sites.tls_failed(self.site, how_long);
                 }
                 match connected {
-                    Err(HostFailure::Busy(reply)) => {
+                    Err(HostFailure::Busy(reply, limit)) => {
                         let report = &self.ctx.report;
                         if started.elapsed() >= self.path.connect_timeout {
                             report.throttle_refusal(&self.source.name, "connection_limit");
@@ -414,6 +414,17 @@ impl Route<'_> {
                         if !waited {
                             waited = true;
                             report.throttle_wait(&self.source.name, "connection_limit");
+                        }
+                        // A limit that spans hosts (a provider's, a source's) may be
+                        // held by an idle session to another host, which this
+                        // transaction cannot reuse: it is closed now rather than at
+                        // its idle_timeout (else waiters for one site starve while
+                        // another site's sessions sit idle). Its slot comes back
+                        // once its QUIT is answered, so the limit is never exceeded,
+                        // not even for a moment.
+                        if let Some(idle) = ctx.idle.take_holding(&limit) {
+                            idle.quit().await;
+                            continue;
                         }
                         // A session may come back idle, or a slot free up.
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -443,7 +454,7 @@ impl Route<'_> {
                 }
                 Err(HostFailure::Refused(reply)) => return Err(Tried::Refused(reply)),
                 Err(HostFailure::Destination(reply)) => return Err(Tried::Destination(reply)),
-                Err(HostFailure::Shaping(reply)) | Err(HostFailure::Busy(reply)) => {
+                Err(HostFailure::Shaping(reply)) | Err(HostFailure::Busy(reply, _)) => {
                     return Err(Tried::Shaping(reply))
                 }
                 Err(HostFailure::Handshake(e, result)) => {

@@ -105,7 +105,7 @@ impl Route<'_> {
             .shaper
             .connection_slots(name, self.site, self.path, waited)
             .await
-            .map_err(HostFailure::Busy)?;
+            .map_err(|(reply, limit)| HostFailure::Busy(reply, limit))?;
         if let Err(reply) = ctx.shaper.connection_rate(name, self.site, self.path).await {
             ctx.shaper.release(&leases).await;
             return Err(HostFailure::Shaping(reply));
