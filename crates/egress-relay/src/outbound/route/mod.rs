@@ -14,8 +14,9 @@ mod tls_rpt;
 use super::automation::Watch;
 use super::dane;
 use super::hosts;
+use super::mta_sts::parse::Mode;
 use super::shaping::Ineligible;
-use super::tls_report::{PolicyInForce, ResultType};
+use super::tls_report::ResultType;
 use super::{auth, idle::SessionKey, Context, OpenError, Outbound};
 use crate::dns::Destination;
 use crate::txlog::TxLog;
@@ -313,16 +314,14 @@ impl Route<'_> {
             &ctx.own_addresses,
         )
         .map_err(Tried::Refused)?;
-        let StsApplied {
-            hosts,
-            enforced: sts,
-            reported,
-        } = self.mta_sts(hosts, log).await?;
-        // The MTA-STS policy TLS reporting names (testing mode exists for it).
+        let StsApplied { hosts, reported } = self.mta_sts(hosts, log).await?;
+        // The MTA-STS policy TLS reporting names (testing mode exists for it), and
+        // the one that is enforced.
         let sts_reported = match &reported {
             Reported::Policy(p) => Some(p),
             _ => None,
         };
+        let sts = sts_reported.filter(|p| p.policy.mode == Mode::Enforce);
         let mut last = (String::from("no host"), [4, 4, 1]);
         let mut refused_connections = 0;
         for (dest, addr) in hosts.iter().copied() {
@@ -335,12 +334,7 @@ impl Route<'_> {
             let dane = match self.dane(dest, log).await {
                 Ok(demand) => demand,
                 Err(text) => {
-                    let tlsa = PolicyInForce {
-                        kind: "tlsa",
-                        domain: self.domain.to_owned(),
-                        strings: Vec::new(),
-                        mx_host: vec![dest.host.trim_end_matches('.').to_owned()],
-                    };
+                    let tlsa = self.tlsa_policy(&[], dest);
                     self.tls_failed_under(&tlsa, dest, addr, Some(ResultType::DnssecInvalid));
                     log.note(&text);
                     last = (text, [4, 7, 5]);

@@ -49,7 +49,6 @@ impl Route<'_> {
     ) -> Result<StsApplied<'h>, Tried> {
         let unchanged = |hosts| StsApplied {
             hosts,
-            enforced: None,
             reported: Reported::NoPolicy,
         };
         if !(self.path.enable_mta_sts && self.by_mx) {
@@ -94,7 +93,6 @@ impl Route<'_> {
                 }
                 None => Ok(StsApplied {
                     hosts: matching,
-                    enforced: Some(sts.clone()),
                     reported: Reported::Policy(sts),
                 }),
             },
@@ -107,11 +105,7 @@ impl Route<'_> {
                     }
                     None => Reported::Policy(sts),
                 };
-                Ok(StsApplied {
-                    hosts,
-                    enforced: None,
-                    reported,
-                })
+                Ok(StsApplied { hosts, reported })
             }
         }
     }
@@ -131,8 +125,6 @@ impl Route<'_> {
 pub(super) struct StsApplied<'h> {
     /// The hosts that may be tried.
     pub hosts: Vec<(&'h Destination, SocketAddr)>,
-    /// The policy when its mode is `enforce`.
-    pub enforced: Option<InForce>,
     /// What TLS reporting is told of the sessions.
     pub reported: Reported,
 }

@@ -10,6 +10,11 @@ use egress_smtp::{CertificateFault, StartTlsError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// An MX host as reports name it (without the final dot of a DNS answer).
+fn mx_name(dest: &Destination) -> String {
+    dest.host.trim_end_matches('.').to_owned()
+}
+
 /// How TLS reporting names an MTA-STS policy.
 pub(super) fn sts_policy(domain: &str, sts: &mta_sts::InForce) -> PolicyInForce {
     let policy = &sts.policy;
@@ -38,14 +43,20 @@ impl Route<'_> {
         dest: &Destination,
     ) -> PolicyInForce {
         match (dane, sts) {
-            (Some(records), _) => PolicyInForce {
-                kind: "tlsa",
-                domain: self.domain.to_owned(),
-                strings: records.iter().map(|r| r.to_string()).collect(),
-                mx_host: vec![dest.host.trim_end_matches('.').to_owned()],
-            },
+            (Some(records), _) => self.tlsa_policy(records, dest),
             (None, Some(sts)) => sts_policy(self.domain, sts),
             (None, None) => PolicyInForce::none_found(self.domain),
+        }
+    }
+
+    /// How TLS reporting names `dest`'s DANE policy: its TLSA `records` (none when
+    /// they could not be had).
+    pub(super) fn tlsa_policy(&self, records: &[Tlsa], dest: &Destination) -> PolicyInForce {
+        PolicyInForce {
+            kind: "tlsa",
+            domain: self.domain.to_owned(),
+            strings: records.iter().map(|r| r.to_string()).collect(),
+            mx_host: vec![mx_name(dest)],
         }
     }
 
@@ -75,7 +86,7 @@ impl Route<'_> {
                 .source_address
                 .or(source.ha_proxy_source_address)
                 .or(source.socks5_proxy_source_address),
-            mx_host: dest.host.trim_end_matches('.').to_owned(),
+            mx_host: mx_name(dest),
             receiving_ip: addr.ip(),
         };
         self.ctx.tls_reports.failure(policy, failure);
