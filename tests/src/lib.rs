@@ -173,6 +173,8 @@ pub struct SmtpSink {
     /// Where it listens.
     pub addr: SocketAddr,
     dir: tempfile::TempDir,
+    /// smtp-sink's `-v` output, when started to record the commands it hears.
+    conversation: Option<tempfile::NamedTempFile>,
     _peer: Peer,
 }
 
@@ -204,6 +206,35 @@ impl SmtpSink {
         Self::launch(addr, flags, true)
     }
 
+    /// A sink on `127.0.0.1:<free port>` that also records every command it hears
+    /// (smtp-sink `-v`), for [`commands`](Self::commands). smtp-sink offers
+    /// `AUTH PLAIN LOGIN` and accepts any credential.
+    pub fn start_recording_commands() -> SmtpSink {
+        Self::launch(
+            SocketAddr::new(IpAddr::from([127, 0, 0, 1]), free_port()),
+            &["-v"],
+            true,
+        )
+    }
+
+    /// The commands heard so far, in order (only for
+    /// [`start_recording_commands`](Self::start_recording_commands)).
+    pub fn commands(&self) -> Vec<String> {
+        let Some(file) = &self.conversation else {
+            return Vec::new();
+        };
+        let text = fs::read_to_string(file.path()).unwrap_or_default();
+        text.lines()
+            // Each line is `PROGRAM: text`, PROGRAM as smtp-sink was invoked.
+            .filter_map(|l| l.split_once("smtp-sink: ").map(|(_, text)| text))
+            .filter(|l| {
+                let verb = l.split(' ').next().unwrap_or("");
+                verb.len() >= 4 && verb.bytes().all(|b| b.is_ascii_uppercase())
+            })
+            .map(str::to_owned)
+            .collect()
+    }
+
     fn launch(addr: SocketAddr, flags: &[&str], dump: bool) -> SmtpSink {
         let bin = require("smtp-sink");
         require_root("smtp-sink (-u nobody)");
@@ -221,11 +252,19 @@ impl SmtpSink {
             cmd.args(["-d", &template]);
         }
         cmd.args(flags).args([&listen, "100"]);
-        let mut peer = Peer::spawn("smtp-sink", &mut cmd);
+        let (mut peer, conversation) = if flags.contains(&"-v") {
+            let log = tempfile::NamedTempFile::new().expect("smtp-sink log file");
+            let err = log.reopen().expect("smtp-sink log file");
+            cmd.stdout(Stdio::null()).stderr(err);
+            (Peer::spawn_logged("smtp-sink", &mut cmd), Some(log))
+        } else {
+            (Peer::spawn("smtp-sink", &mut cmd), None)
+        };
         wait_listening("smtp-sink", addr, &mut peer);
         SmtpSink {
             addr,
             dir,
+            conversation,
             _peer: peer,
         }
     }

@@ -334,8 +334,8 @@ max_deliveries_per_connection = 7
             "match[1]: expected one of {MXSuffix",
         ),
         (
-            "[provider.\"x\"]\nconnection_limit = 3\n",
-            "[provider.\"x\"]: no match list",
+            "[provider.\"x\"]\nmatch = \"gmail.com\"\n",
+            "[provider.\"x\"]: match: expected a list",
         ),
     ] {
         let file = write(dir.path(), "bad.toml", bad);

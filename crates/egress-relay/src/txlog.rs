@@ -113,6 +113,14 @@ impl TxLog {
         if !tracing::enabled!(target: "transaction", tracing::Level::INFO) {
             return;
         }
+        // A local failure noted on the way out is also the refusal a recipient
+        // heard: the line carries it once, as that recipient's reply.
+        let notes: Vec<&str> = self
+            .notes
+            .iter()
+            .map(String::as_str)
+            .filter(|n| !self.recipients.iter().any(|(_, r)| r.contains(n)))
+            .collect();
         let recipients: Vec<String> = self
             .recipients
             .iter()
@@ -148,7 +156,7 @@ impl TxLog {
             tls_peer = %self.tls.as_ref().and_then(|t| t.verified.then(|| t.peer_subject.clone()).flatten()).unwrap_or_else(|| "-".into()),
             total_ms = took.as_millis() as u64,
             outcome = %self.outcome.as_deref().unwrap_or(outcome),
-            notes = %self.notes.join(" ; "),
+            notes = %notes.join(" ; "),
             "transaction"
         );
     }

@@ -58,9 +58,25 @@ fn relay_with(
     entries: &str,
     extra: &str,
 ) -> (Embedded, tempfile::TempDir) {
+    relay_over_files(dns, &[shaping], init, entries, extra)
+}
+
+/// As [`relay_with`], over several shaping files loaded in order (as KumoMTA's
+/// default file, then its community file).
+fn relay_over_files(
+    dns: &Dnsmasq,
+    shapings: &[&str],
+    init: &str,
+    entries: &str,
+    extra: &str,
+) -> (Embedded, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("shaping.toml");
-    std::fs::write(&file, shaping).unwrap();
+    let mut files = Vec::new();
+    for (i, text) in shapings.iter().enumerate() {
+        let file = dir.path().join(format!("shaping-{i}.toml"));
+        std::fs::write(&file, text).unwrap();
+        files.push(format!("'{}'", file.display()));
+    }
     let relay = Embedded::start(&format!(
         "kumo.on('init', function()
            kumo.start_esmtp_listener {{ listen = '{{listen}}' }}
@@ -77,10 +93,10 @@ fn relay_with(
            local addr = {{ ['ip-2'] = '127.0.0.2', ['ip-3'] = '127.0.0.3' }}
            return kumo.make_egress_source {{ name = name, source_address = addr[name] }}
          end)
-         kumo.on('get_egress_path_config', require('policy-extras.shaping'):setup {{ '{}' }})
+         kumo.on('get_egress_path_config', require('policy-extras.shaping'):setup {{ {} }})
          {extra}",
         dns.addr,
-        file.display()
+        files.join(", ")
     ));
     (relay, dir)
 }
@@ -180,6 +196,94 @@ fn tss04_suspends_the_source_at_the_providers_sites_on_every_node_sharing_redis(
     assert!(send(&a, "other.test", 4).is_empty());
     let counts = by_client_addr(&other.wait_for(4));
     assert_eq!(counts.get("127.0.0.2"), Some(&2), "{counts:?}");
+}
+
+/// The shapes of KumoMTA's shipped community file, written here: rules added to a
+/// provider the default file matches, a provider with rules and no match list
+/// (its "gmail" — the default file says "google"), a provider with an MXSuffix
+/// ending in a dot, a provider-wide limit, and a domain block with its own rules.
+const COMMUNITY: &str = r#"
+[[provider."gmail".automation]]
+regex = "\\[TSS04\\]"
+trigger = {Threshold="1/hr"}
+action = "Suspend"
+duration = "1 hour"
+
+[[provider."gmail".automation]]
+regex = "unusual rate"
+trigger = {Threshold="2/hr"}
+action = {SetConfig={name="max_message_rate", value="10/minute"}}
+duration = "30m"
+
+[[provider."yahoo".automation]]
+regex = "421 4\\.7\\.0 \\[TSS04\\]"
+trigger = {Threshold="2/hr"}
+action = "Suspend"
+duration = "2 hours"
+
+["other.test"]
+max_deliveries_per_connection = 20
+
+[["other.test".automation]]
+regex = "VS98-IP0 deferred"
+trigger = {Threshold="2/hr"}
+action = "Suspend"
+duration = "1 hour"
+
+[provider."netvigator"]
+match=[
+        {MXSuffix=".netvigator.test."},
+]
+provider_connection_limit = 5
+max_deliveries_per_connection = 8
+consecutive_connection_failures_before_delay = 5
+enable_tls = 'Required'
+
+[[provider."netvigator".automation]]
+regex = "try again later"
+trigger = {Threshold="3/hr"}
+action = "Suspend"
+duration = "1 hour"
+"#;
+
+#[test]
+fn a_provider_with_no_match_list_loads_and_its_rules_never_fire() {
+    let dns = dns();
+    let yahoo = ScriptedDestination::refusing_mail_from(&[ip("127.0.0.2")], TSS04);
+    let other = SmtpSink::start();
+    let default = shaping(
+        &yahoo,
+        &other,
+        "[provider.\"google\"]\nmatch = [ {MXSuffix = \".google.test\"} ]\n",
+    );
+    let (d, _dir) = relay_over_files(
+        &dns,
+        &[&default, COMMUNITY],
+        "",
+        "{ name = 'ip-2' }, { name = 'ip-3' }",
+        "",
+    );
+    // Yahoo's rule (from the community file, matched by the default file's block)
+    // fires on ip-2's second TSS04; "gmail"'s rule for the same words never does.
+    let refused = send(&d, "yahoo.test", 8);
+    assert_eq!(refused.len(), 2, "{refused:?}\n{}", d.log());
+    assert_eq!(yahoo.connections_from(ip("127.0.0.2")), 2);
+    let log = d.log();
+    assert!(log.contains("[provider.\"yahoo\"].automation[1]"), "{log}");
+    assert!(!log.contains("provider.\"gmail\""), "{log}");
+    let keys: Vec<String> = d
+        .block_on(d.relay.context().shaper.throttles.suspensions())
+        .into_iter()
+        .map(|s| s.key)
+        .collect();
+    assert_eq!(keys, vec!["ip-2->provider:yahoo".to_owned()]);
+    // The other providers' settings apply where they match.
+    assert!(send(&d, "other.test", 2).is_empty());
+    let resolved = d.resolve("other.test", Some("ip-3"));
+    assert_eq!(
+        resolved["sources"][0]["path_config"]["max_deliveries_per_connection"], 20,
+        "{resolved}"
+    );
 }
 
 #[test]

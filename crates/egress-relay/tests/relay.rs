@@ -288,6 +288,19 @@ fn local_failures_are_4xx_naming_the_source_and_the_server_keeps_serving() {
     let reply = s.first_reply("451");
     assert!(reply.starts_with("451 4.4.1"), "{}", s.transcript);
     assert!(reply.contains("'unplumbed'"), "{reply}");
+    // swaks ends with QUIT after the refused RCPT: the log line says so, and
+    // carries the refusal once (as the recipient's reply).
+    let log = d.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("transaction") && l.contains("rcpt@dest.test"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("outcome=client ended the transaction (QUIT)"),
+        "{line}"
+    );
+    let refusal = reply.split_once(' ').unwrap().1;
+    assert_eq!(line.matches(refusal).count(), 1, "{line}");
 
     // A handler that raises: 4xx, and the next transaction works.
     let d = Embedded::start(&routed(

@@ -111,6 +111,36 @@ fn a_smarthost_that_wants_a_password_gets_it_over_verified_tls_only() {
     assert_eq!(sink.messages().len(), 2);
 }
 
+/// KumoMTA sends AUTH PLAIN with an empty password when a path sets only
+/// `smtp_auth_plain_username`; so does egressd. smtp-sink offers AUTH PLAIN and
+/// records the command it hears.
+#[test]
+fn a_username_alone_is_sent_with_an_empty_password() {
+    use base64::Engine;
+    let sink = SmtpSink::start_recording_commands();
+    let d = with_path(
+        &mx_entry(sink.addr),
+        "enable_tls = 'Disabled', allow_smtp_auth_plain_without_tls = true, \
+         smtp_auth_plain_username = 'alice'",
+    );
+    let s = swaks(d.addr, "u@dest.test", &[]);
+    assert!(s.ok, "{}\n{}", s.transcript, d.log());
+    let commands = sink.commands();
+    let auth: Vec<&String> = commands.iter().filter(|c| c.starts_with("AUTH ")).collect();
+    assert_eq!(auth.len(), 1, "{commands:?}");
+    let response = auth[0].strip_prefix("AUTH PLAIN ").expect("AUTH PLAIN");
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(response)
+        .unwrap();
+    assert_eq!(decoded, b"\0alice\0", "{commands:?}");
+    // AUTH comes after EHLO and before MAIL.
+    let at = |verb: &str| commands.iter().position(|c| c.starts_with(verb));
+    assert!(
+        at("EHLO") < at("AUTH") && at("AUTH") < at("MAIL"),
+        "{commands:?}"
+    );
+}
+
 /// A destination whose certificate does not verify: with `remember_broken_tls`
 /// the second message goes in clear without another handshake; without it,
 /// every message meets the same failure.

@@ -184,11 +184,11 @@ pub struct EgressPathConfig {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub additional_source_selection_rates: BTreeMap<String, ThrottleSpec>,
     /// Username for AUTH PLAIN to the destination (a smarthost that wants a
-    /// password); with `smtp_auth_plain_password`.
+    /// password). Alone, AUTH PLAIN is sent with an empty password, as KumoMTA does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp_auth_plain_username: Option<String>,
     /// The password: a file path, or `{ key_data = '…' }` ([`KeySource`]); never
-    /// printed.
+    /// printed. Without a username it is accepted and unused, as in KumoMTA.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smtp_auth_plain_password: Option<KeySource>,
     /// Send the credential over a session without TLS; default false (refused
@@ -439,18 +439,6 @@ impl EgressPathConfig {
                 missing,
             });
         }
-        if self.smtp_auth_plain_username.is_some() != self.smtp_auth_plain_password.is_some() {
-            let (given, missing) = if self.smtp_auth_plain_username.is_some() {
-                ("smtp_auth_plain_username", "smtp_auth_plain_password")
-            } else {
-                ("smtp_auth_plain_password", "smtp_auth_plain_username")
-            };
-            return Err(ValidationError::MissingPair {
-                owner: "egress path config".into(),
-                present: given,
-                missing,
-            });
-        }
         if self.max_recipients_per_batch == 0 {
             return Err(ValidationError::Invalid {
                 owner: "egress path config".into(),
@@ -516,9 +504,10 @@ mod tests {
     }
 
     #[test]
-    fn credentials_come_in_pairs_and_are_never_shown() {
-        let err = path(r#"{ "smtp_auth_plain_username": "relay" }"#).unwrap_err();
-        assert!(err.contains("`smtp_auth_plain_password`"), "{err}");
+    fn credentials_load_as_kumomta_takes_them_and_are_never_shown() {
+        // A username alone (empty password) and a password alone (unused) load.
+        assert!(path(r#"{ "smtp_auth_plain_username": "relay" }"#).is_ok());
+        assert!(path(r#"{ "smtp_auth_plain_password": { "key_data": "pw" } }"#).is_ok());
         let p = path(
             r#"{ "smtp_auth_plain_username": "relay", "smtp_auth_plain_password": { "key_data": "pw-9f2" } }"#,
         )

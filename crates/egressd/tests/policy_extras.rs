@@ -227,3 +227,85 @@ fn check_validate_runs_validate_config_with_dns_lookups_through_the_policy_resol
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("policy validation failed"));
 }
+
+/// KumoMTA's shipped community shaping file names a provider "gmail" that has
+/// rules and no match list (the default file calls it "google"). KumoMTA loads
+/// it; so does egressd, saying once what it means.
+#[test]
+fn check_loads_a_provider_without_a_match_list_and_says_so_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let default = dir.path().join("shaping.toml");
+    std::fs::write(
+        &default,
+        r#"
+["default"]
+connection_limit = 10
+
+[provider."google"]
+match = [ {MXSuffix = ".google.com"} ]
+max_deliveries_per_connection = 50
+
+[provider."yahoo"]
+match = [ {MXSuffix = ".yahoodns.net"} ]
+"#,
+    )
+    .unwrap();
+    let community = dir.path().join("community.toml");
+    std::fs::write(
+        &community,
+        r#"
+[[provider."gmail".automation]]
+regex = "Our system has detected that this message"
+trigger = {Threshold="5/hr"}
+action = "Suspend"
+duration = "1 hour"
+
+[[provider."gmail".automation]]
+regex = "Our system has detected an unusual rate"
+trigger = {Threshold="2/hr"}
+action = {SetConfig={name="max_message_rate", value="10/minute"}}
+duration = "30m"
+
+[[provider."yahoo".automation]]
+regex = "\\[TS02\\]"
+trigger = {Threshold="3/hr"}
+action = {SetConfig={name="max_message_rate", value="1/minute"}}
+duration = "30m"
+
+[provider."empty"]
+match = []
+"#,
+    )
+    .unwrap();
+    let policy = dir.path().join("policy.lua");
+    std::fs::write(
+        &policy,
+        format!(
+            "local shaping = require 'policy-extras.shaping'
+             local shaper = shaping:setup_with_automation {{
+               extra_files = {{ '{}', '{}' }},
+             }}
+             kumo.on('get_egress_path_config', shaper.get_egress_path_config)",
+            default.display(),
+            community.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .args(["check", "--policy"])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let warning = "provider \"gmail\" has no match list, so it matches no destination (as in KumoMTA); did you mean \"google\"?";
+    assert_eq!(err.matches(warning).count(), 1, "{err}");
+    assert!(err.contains(&community.display().to_string()), "{err}");
+    // An empty list is the same, and with no near name there is no hint.
+    assert_eq!(
+        err.matches("provider \"empty\" has no match list, so it matches no destination (as in KumoMTA) (first defined in")
+            .count(),
+        1,
+        "{err}"
+    );
+}

@@ -130,9 +130,58 @@ local function ends_with(s, suffix)
   return suffix == '' or s:sub(-#suffix) == suffix
 end
 
+-- What KumoMTA's default shaping file calls the providers that operators (and
+-- its community file) often name after a brand or domain.
+local PROVIDER_ALIASES = {
+  gmail = 'google', googlemail = 'google', hotmail = 'outlook', live = 'outlook',
+  msn = 'outlook', microsoft = 'office365', icloud = 'apple', me = 'apple',
+  aol = 'yahoo', ymail = 'yahoo',
+}
+
+-- Edit distance (Levenshtein) between two short names.
+local function distance(a, b)
+  local prev = {}
+  for j = 0, #b do
+    prev[j] = j
+  end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    for j = 1, #b do
+      local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+-- The provider name among `candidates` that `name` most likely meant, if any: a
+-- near spelling, else the name KumoMTA's default file uses for that brand.
+local function near_miss(name, candidates)
+  local lname = name:lower()
+  local best, best_d
+  for _, c in ipairs(candidates) do
+    local d = distance(lname, c:lower())
+    if d <= math.max(2, #lname // 3) and (not best_d or d < best_d) then
+      best, best_d = c, d
+    end
+  end
+  if best then
+    return best
+  end
+  local alias = PROVIDER_ALIASES[lname]
+  for _, c in ipairs(candidates) do
+    if c == alias then
+      return c
+    end
+  end
+  return nil
+end
+
 -- A provider's `match` list, checked: { domain = {suffixes}, mx = {suffixes}, hosts = {names} }.
 local function matchers(list, where)
-  if type(list) ~= 'table' or #list == 0 then
+  -- An empty list is allowed, as in KumoMTA: the provider matches nothing.
+  if type(list) ~= 'table' then
     error(string.format('%s: match: expected a list such as [ {MXSuffix = ".example.net"} ], got %s', where, type(list)), 0)
   end
   local m = { domain = {}, mx = {}, hosts = {} }
@@ -217,6 +266,7 @@ function mod:setup(files)
           if not p then
             p = new_target()
             p.name = pname
+            p.first_file = path
             providers[pname] = p
             table.insert(provider_order, pname)
           end
@@ -258,10 +308,22 @@ function mod:setup(files)
     end
   end
   local wants_mx = false
+  local matched = {}
+  for _, pname in ipairs(provider_order) do
+    local m = providers[pname].match
+    if m and #m.domain + #m.mx + #m.hosts > 0 then
+      table.insert(matched, pname)
+    end
+  end
   for _, pname in ipairs(provider_order) do
     local p = providers[pname]
-    if not p.match then
-      error(string.format('[provider.%q]: no match list; say which destinations it covers, e.g. match = [ {MXSuffix = ".example.net"} ]', pname), 0)
+    if not p.match or #p.match.domain + #p.match.mx + #p.match.hosts == 0 then
+      -- KumoMTA loads such a block (its shipped community file has several), and
+      -- its rules never fire: say so once, with the name the operator may have meant.
+      p.match = p.match or { domain = {}, mx = {}, hosts = {} }
+      local hint = near_miss(pname, matched)
+      common.warn_once(string.format('provider %q has no match list, so it matches no destination (as in KumoMTA)%s (first defined in %s)',
+        pname, hint and string.format('; did you mean %q?', hint) or '', p.first_file))
     end
     wants_mx = wants_mx or #p.match.mx > 0 or #p.match.hosts > 0
   end

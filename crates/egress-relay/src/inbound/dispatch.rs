@@ -139,6 +139,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             }
             Request::Noop { .. } => Reply::new(250, [2, 0, 0], "OK"),
             Request::Quit => {
+                if let Some(t) = self.tx.take() {
+                    t.end("client ended the transaction (QUIT)");
+                }
                 self.conn.reply(&Reply::new(221, [2, 0, 0], "bye"));
                 let _ = self.conn.flush().await;
                 return Next::Close;

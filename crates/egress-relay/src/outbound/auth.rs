@@ -11,13 +11,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The credential a path authenticates with: sessions are shared only between
 /// transactions with the same one.
-pub type Credential = (String, KeySource);
+pub type Credential = (String, Option<KeySource>);
 
-/// The path's credential, if it has one.
+/// The path's credential, if it has one: a username, with or without a password
+/// (KumoMTA sends AUTH PLAIN with an empty password when only the username is
+/// set; a password without a username is accepted and unused, as there).
 pub fn credential(path: &EgressPathConfig) -> Option<Credential> {
-    path.smtp_auth_plain_username
-        .clone()
-        .zip(path.smtp_auth_plain_password.clone())
+    let username = path.smtp_auth_plain_username.clone()?;
+    Some((username, path.smtp_auth_plain_password.clone()))
 }
 
 /// Why AUTH did not happen or did not succeed.
@@ -67,9 +68,12 @@ pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
              AUTH PLAIN"
         )));
     }
-    let password = password
-        .load()
-        .map_err(|e| refused(format!("smtp_auth_plain_password: {e}")))?;
+    let password = match password {
+        Some(password) => password
+            .load()
+            .map_err(|e| refused(format!("smtp_auth_plain_password: {e}")))?,
+        None => String::new(),
+    };
     match smtp.auth_plain(&username, &password).await {
         Ok(reply) if (200..300).contains(&reply.code) => Ok(()),
         Ok(reply) => Err(AuthFailure::Destination(Reply::relayed(&reply))),
