@@ -18,7 +18,7 @@ mod stores;
 mod sts;
 pub use clients::{by_client_addr, smtplib_send, spool_files, swaks, wait_until, Raw, Swaks};
 pub use dnssec::{tlsa_2_0_1, tlsa_3_1_1, SignedZones, Zone};
-pub use pki::{Issued, TestCa};
+pub use pki::{Issued, SelfSigned, TestCa};
 pub use policies::{
     mx_entry, path_policy, relay_policy, shaping_policy, spool_policy, three_connections, IP2_POOL,
 };

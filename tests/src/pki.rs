@@ -74,6 +74,61 @@ impl TestCa {
     }
 }
 
+/// How a [`TestCa::self_signed`] certificate is odd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SelfSigned {
+    /// Made by `openssl req -x509`, which marks it `CA:TRUE` (as most
+    /// hand-made MX certificates are).
+    OpensslCa,
+    /// Expired a year ago.
+    Expired,
+    /// Valid, for the name given (callers give one the MX is not called).
+    Plain,
+}
+
+impl TestCa {
+    /// A self-signed certificate (no CA of this one) for `dns_name`, written as
+    /// `NAME.pem` and `NAME.key` in this CA's directory.
+    pub fn self_signed(&self, dns_name: &str, kind: SelfSigned) -> Issued {
+        let out = Issued {
+            cert: self.dir.path().join(format!("{dns_name}.pem")),
+            key: self.dir.path().join(format!("{dns_name}.key")),
+        };
+        if kind == SelfSigned::OpensslCa {
+            let status = std::process::Command::new(crate::require("openssl"))
+                .args([
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+                ])
+                .arg("-subj")
+                .arg(format!("/CN={dns_name}"))
+                .arg("-keyout")
+                .arg(&out.key)
+                .arg("-out")
+                .arg(&out.cert)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl req -x509");
+            assert!(status.success(), "openssl req -x509 failed");
+        } else {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let mut params =
+                rcgen::CertificateParams::new(vec![dns_name.to_owned()]).expect("params");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, dns_name);
+            if kind == SelfSigned::Expired {
+                params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+                params.not_after = rcgen::date_time_ymd(2025, 1, 1);
+            }
+            let cert = params.self_signed(&key).expect("self-signed");
+            std::fs::write(&out.cert, cert.pem()).expect("write cert");
+            std::fs::write(&out.key, key.serialize_pem()).expect("write key");
+        }
+        crate::set_mode(&out.key, 0o644);
+        out
+    }
+}
+
 impl Default for TestCa {
     fn default() -> Self {
         Self::new()

@@ -27,8 +27,26 @@ pub struct Resolver {
 
 #[derive(Clone)]
 enum Backend {
-    Hickory(Box<TokioResolver>),
+    Hickory(Box<TokioResolver>, Anchors),
     Test(Arc<TestZones>),
+}
+
+/// The zones whose trust anchors a validating resolver holds: the names DNSSEC
+/// can vouch for, or fail, are those at or under one of them. `None`: the
+/// built-in root anchors, which cover every name.
+#[derive(Clone, Default)]
+struct Anchors(Option<Arc<[Name]>>);
+
+impl Anchors {
+    /// Whether a trust anchor covers `name`. For one that none covers, RFC 4035
+    /// §4.3 says *indeterminate*: nothing could vouch for it, so what the
+    /// validator makes of it is not a verdict, and it counts as insecure.
+    fn cover(&self, name: &Name) -> bool {
+        match &self.0 {
+            None => true,
+            Some(zones) => zones.iter().any(|zone| zone.zone_of(name)),
+        }
+    }
 }
 
 /// Why a resolver could not be built, naming the setting.
@@ -53,11 +71,17 @@ impl Resolver {
                         ResolverBuildError(format!("reading the system DNS configuration: {e}"))
                     })?;
                 opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
-                Backend::Hickory(Box::new(
-                    TokioResolver::builder_with_config(hickory, TokioConnectionProvider::default())
+                Backend::Hickory(
+                    Box::new(
+                        TokioResolver::builder_with_config(
+                            hickory,
+                            TokioConnectionProvider::default(),
+                        )
                         .with_options(opts)
                         .build(),
-                ))
+                    ),
+                    Anchors::default(),
+                )
             }
             Some(ResolverConfig::Hickory(cfg)) => hickory_backend(cfg)?,
             Some(ResolverConfig::Test(cfg)) => {
@@ -71,16 +95,17 @@ impl Resolver {
     pub async fn ip(&self, host: &str) -> Result<Answer<IpAddr>, DnsError> {
         const WHAT: &str = "address record";
         match &self.backend {
-            Backend::Hickory(resolver) => {
+            Backend::Hickory(resolver, anchors) => {
                 let name = absolute(host, WHAT)?;
+                let covered = anchors.cover(&name);
                 let found = resolver
                     .lookup_ip(name.clone())
                     .await
-                    .map_err(|e| hickory_error(host, WHAT, &e))?;
+                    .map_err(|e| hickory_error(host, WHAT, &e, covered))?;
                 let lookup = found.as_lookup();
                 Ok(Answer {
                     records: found.iter().collect(),
-                    security: security_at(&name, lookup.records(), host, WHAT)?,
+                    security: security_at(&name, lookup.records(), host, WHAT, covered)?,
                     valid_until: lookup.valid_until(),
                 })
             }
@@ -166,13 +191,14 @@ impl Resolver {
         pick: impl Fn(&RData) -> Option<T>,
     ) -> Result<Answer<T>, DnsError> {
         let (records, security, valid_until) = match &self.backend {
-            Backend::Hickory(resolver) => {
+            Backend::Hickory(resolver, anchors) => {
                 let asked = absolute(name, what)?;
+                let covered = anchors.cover(&asked);
                 let found = resolver
                     .lookup(asked.clone(), rtype)
                     .await
-                    .map_err(|e| hickory_error(name, what, &e))?;
-                let security = security_at(&asked, found.records(), name, what)?;
+                    .map_err(|e| hickory_error(name, what, &e, covered))?;
+                let security = security_at(&asked, found.records(), name, what, covered)?;
                 (found.records().to_vec(), security, found.valid_until())
             }
             Backend::Test(zones) => {
@@ -218,14 +244,19 @@ fn absolute(name: &str, what: &str) -> Result<Name, DnsError> {
 /// What DNSSEC says of an answer: an error if any record is bogus (a bogus answer
 /// is never returned as records), else what the records owned by the name asked
 /// say (so a secure CNAME into an unsigned zone is secure, as RFC 7672 §2.2.2 has
-/// it).
+/// it). A name no trust anchor `covered` is insecure whatever the validator
+/// thought of it (RFC 4035 §4.3, indeterminate).
 fn security_at(
     asked: &Name,
     records: &[Record],
     name: &str,
     what: &str,
+    covered: bool,
 ) -> Result<Security, DnsError> {
     use hickory_proto::dnssec::Proof;
+    if !covered {
+        return Ok(Security::Insecure);
+    }
     let data = records
         .iter()
         .filter(|r| r.record_type() != RecordType::RRSIG);
@@ -240,7 +271,9 @@ fn security_at(
     }
 }
 
-fn hickory_error(name: &str, what: &str, e: &ResolveError) -> DnsError {
+/// A failed lookup in words; a denial the validator found bogus is plainly "no
+/// records" for a name no trust anchor `covered` (indeterminate, as above).
+fn hickory_error(name: &str, what: &str, e: &ResolveError, covered: bool) -> DnsError {
     let proto = match e.kind() {
         ResolveErrorKind::Proto(p) => p,
         ResolveErrorKind::Message(m) => {
@@ -255,7 +288,7 @@ fn hickory_error(name: &str, what: &str, e: &ResolveError) -> DnsError {
             ResponseCode::NoError => (DnsErrorKind::NoRecords { nxdomain: false }, String::new()),
             code => (DnsErrorKind::ServerFailure, code.to_string()),
         },
-        ProtoErrorKind::Nsec { proof, .. } if proof.is_bogus() => (
+        ProtoErrorKind::Nsec { proof, .. } if proof.is_bogus() && covered => (
             DnsErrorKind::Bogus,
             "the denial of existence does not validate".to_owned(),
         ),
@@ -322,7 +355,9 @@ fn hickory_backend(cfg: &NameServersConfig) -> Result<Backend, ResolverBuildErro
     let mut builder =
         TokioResolver::builder_with_config(hickory, TokioConnectionProvider::default())
             .with_options(opts);
+    let mut zones = Anchors::default();
     if let Some(path) = &o.trust_anchor_file {
+        zones = anchor_zones(path)?;
         let anchors = hickory_proto::dnssec::TrustAnchors::from_file(path).map_err(|e| {
             ResolverBuildError(format!(
                 "options.trust_anchor_file {}: {e} (expected DNSKEY records in zone-file \
@@ -338,7 +373,35 @@ fn hickory_backend(cfg: &NameServersConfig) -> Result<Backend, ResolverBuildErro
         }
         builder = builder.with_trust_anchor(Arc::new(anchors));
     }
-    Ok(Backend::Hickory(Box::new(builder.build())))
+    Ok(Backend::Hickory(Box::new(builder.build()), zones))
+}
+
+/// The owner names of the DNSKEY records in a trust anchor file (hickory keeps
+/// only the keys), read with hickory's own parser for that file.
+fn anchor_zones(path: &std::path::Path) -> Result<Anchors, ResolverBuildError> {
+    use hickory_proto::serialize::txt::trust_anchor::{Entry, Parser};
+    let failed = |e: &dyn std::fmt::Display| {
+        ResolverBuildError(format!(
+            "options.trust_anchor_file {}: {e} (expected DNSKEY records in zone-file \
+             syntax, such as a key file written by ldns-keygen or dnssec-keygen)",
+            path.display()
+        ))
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| failed(&e))?;
+    let entries = Parser::new(text).parse().map_err(|e| failed(&e))?;
+    let names: Vec<Name> = entries
+        .iter()
+        .filter_map(|entry| match entry {
+            Entry::DNSKEY(record) => {
+                let mut name = record.name().clone();
+                name.set_fqdn(true);
+                Some(name)
+            }
+            #[allow(unreachable_patterns)] // the enum is non-exhaustive
+            _ => None,
+        })
+        .collect();
+    Ok(Anchors(Some(names.into())))
 }
 
 fn set<T>(slot: &mut T, value: Option<T>) {

@@ -6,6 +6,7 @@
 mod common;
 
 use common::{Embedded, TlsPolicyEvents};
+use egress_e2e::SelfSigned;
 use egress_e2e::Zone;
 use egress_e2e::{postfix_tls_main_cf, swaks, tlsa_3_1_1, Postfix, SignedZones, SmtpSink, TestCa};
 use std::sync::Arc;
@@ -14,6 +15,20 @@ use std::time::Duration;
 /// A relay whose paths enable DANE and otherwise disable TLS: TLS in a session
 /// can only come from DANE.
 fn relay(resolver: &str, port: u16, results: &Arc<TlsPolicyEvents>) -> Embedded {
+    relay_with_ports(resolver, port, &[], results)
+}
+
+/// As [`relay`], with a destination port per recipient domain (`port` for the rest).
+fn relay_with_ports(
+    resolver: &str,
+    port: u16,
+    by_domain: &[(&str, u16)],
+    results: &Arc<TlsPolicyEvents>,
+) -> Embedded {
+    let ports: String = by_domain
+        .iter()
+        .map(|(domain, port)| format!("['{domain}'] = {port}, "))
+        .collect();
     Embedded::start_reporting(
         &format!(
             "kumo.on('init', function()
@@ -24,9 +39,10 @@ fn relay(resolver: &str, port: u16, results: &Arc<TlsPolicyEvents>) -> Embedded 
                return kumo.make_queue_config {{ egress_pool = 'main' }}
              end)
              {}
+             local ports = {{ {ports} }}
              kumo.on('get_egress_path_config', function(domain, source, site)
                return kumo.make_egress_path {{
-                 smtp_port = {port}, enable_tls = 'Disabled', enable_dane = true,
+                 smtp_port = ports[domain] or {port}, enable_tls = 'Disabled', enable_dane = true,
                  enable_mta_sts = false,
                }}
              end)",
@@ -239,4 +255,104 @@ fn dane_ta_checks_the_chain_to_the_published_anchor_and_the_mx_name() {
         s.transcript
     );
     assert_eq!((results.count("verified"), results.count("failed")), (1, 1));
+}
+
+/// RFC 7672 §3.1.1: with DANE-EE the TLSA match alone authenticates the server —
+/// no name, expiry, CA or basic-constraints checks. Three Postfix MXs present a
+/// self-signed certificate made by `openssl req -x509` (marked CA:TRUE), an
+/// expired one and one for another name: each is delivered over TLS as verified;
+/// a record that matches none is still refused. A domain in a zone no trust
+/// anchor covers (RFC 4035 §4.3: indeterminate) is insecure, so the path's
+/// `enable_tls` decides — not refused as bogus.
+#[test]
+fn dane_ee_trusts_the_key_whatever_the_certificate_says() {
+    let sink = SmtpSink::start();
+    let ca = TestCa::new();
+    let kinds = [
+        ("ca", SelfSigned::OpensslCa, "mx-ca.dane.test"),
+        ("expired", SelfSigned::Expired, "mx-expired.dane.test"),
+        ("elsewhere", SelfSigned::Plain, "somewhere-else.example"),
+    ];
+    let mut mxs = Vec::new();
+    let mut records = String::from("@ IN NS ns\nns IN A 127.0.0.1\n");
+    for (label, kind, cert_name) in kinds {
+        let issued = ca.self_signed(cert_name, kind);
+        let key = tlsa_3_1_1(&issued.cert);
+        records.push_str(&format!(
+            "{label} IN MX 10 mx-{label}\nmx-{label} IN A 127.0.0.1\n\
+             _25._tcp.mx-{label} IN TLSA 3 1 1 {key}\n"
+        ));
+        mxs.push((
+            label,
+            Postfix::start_with(sink.addr, &postfix_tls_main_cf(&issued)),
+        ));
+    }
+    records.push_str(&format!(
+        "mismatch IN MX 10 mx-mismatch\nmx-mismatch IN A 127.0.0.1\n\
+         _25._tcp.mx-mismatch IN TLSA 3 1 1 {}\n",
+        "22".repeat(32)
+    ));
+    let zones = SignedZones::start(&[
+        Zone {
+            origin: "dane.test",
+            records: &records,
+            signed: true,
+            tamper: None,
+        },
+        // Served by the same server, neither signed nor under dane.test: no
+        // trust anchor covers it.
+        Zone {
+            origin: "outside.test",
+            records: "@ IN NS ns\nns IN A 127.0.0.1\n@ IN MX 10 mx\nmx IN A 127.0.0.1\n",
+            signed: false,
+            tamper: None,
+        },
+    ]);
+    let domains: Vec<(String, u16)> = mxs
+        .iter()
+        .map(|(label, postfix)| (format!("{label}.dane.test"), postfix.addr.port()))
+        .chain([
+            ("mismatch.dane.test".to_owned(), mxs[0].1.addr.port()),
+            ("outside.test".to_owned(), sink.addr.port()),
+        ])
+        .collect();
+    let by_domain: Vec<(&str, u16)> = domains.iter().map(|(d, p)| (d.as_str(), *p)).collect();
+    let results = Arc::new(TlsPolicyEvents::default());
+    let d = relay_with_ports(&zones.validating_resolver(), 9, &by_domain, &results);
+
+    for (i, (label, _)) in mxs.iter().enumerate() {
+        let subject = format!("Subject: {label}");
+        let s = swaks(
+            d.addr,
+            &format!("u@{label}.dane.test"),
+            &["--header", &subject],
+        );
+        assert!(s.ok, "{label}: {}\n{}", s.transcript, d.log());
+        let delivered = sink.wait_for(i + 1);
+        let m = delivered
+            .iter()
+            .find(|m| m.contains(&subject))
+            .unwrap_or_else(|| panic!("{label} was not delivered"));
+        assert!(m.contains("using TLS"), "{label}: {m}");
+    }
+    assert_eq!(results.count("verified"), 3, "{}", d.log());
+    assert_eq!(d.log().matches("dane=verified (TLSA 3 1 1 ").count(), 3);
+
+    let s = swaks(d.addr, "u@mismatch.dane.test", &[]);
+    let reply = s.first_reply("451");
+    assert!(
+        reply.contains("4.7.5") && reply.contains("DANE: no TLSA record matches"),
+        "{}",
+        s.transcript
+    );
+
+    let s = swaks(d.addr, "u@outside.test", &["--header", "Subject: outside"]);
+    assert!(s.ok, "{}\n{}", s.transcript, d.log());
+    let delivered = sink.wait_for(4);
+    let outside = delivered
+        .iter()
+        .find(|m| m.contains("Subject: outside"))
+        .expect("the message to outside.test");
+    assert!(!outside.contains("using TLS"), "{outside}");
+    assert_eq!(sink.messages().len(), 4, "the mismatch was not delivered");
 }
