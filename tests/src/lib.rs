@@ -12,6 +12,7 @@ mod dnssec;
 mod pki;
 mod policies;
 mod prometheus;
+mod redis;
 mod scripted;
 mod source_socks;
 mod stores;
@@ -23,6 +24,7 @@ pub use policies::{
     mx_entry, path_policy, relay_policy, shaping_policy, spool_policy, three_connections, IP2_POOL,
 };
 pub use prometheus::{http_get, http_request, query_escape, HttpAnswer, Prometheus};
+pub use redis::{RedisCluster, RedisServer, SharedRedis};
 pub use scripted::{Received, ScriptedDestination};
 pub use source_socks::SourceBindingSocks;
 pub use stores::{sasl_smarthost, Dovecot};
@@ -34,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const INSTALL: &str = "run `cargo xtask peers` (apt-get install -y haproxy dante-server microsocks swaks postfix dnsmasq nsd ldnsutils openssl)";
+const INSTALL: &str = "run `cargo xtask peers` (apt-get install -y haproxy dante-server microsocks swaks postfix dnsmasq nsd ldnsutils openssl redis-server redis-tools)";
 
 /// The path of a peer binary, or a panic that says how to install it.
 pub fn require(binary: &str) -> PathBuf {
@@ -742,50 +744,6 @@ pub fn connect_from(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> 
     socket.bind(&SocketAddr::new(from, 0).into())?;
     socket.connect_timeout(&to.into(), Duration::from_secs(10))?;
     Ok(socket.into())
-}
-
-/// `redis-server` on `127.0.0.1:<free port>`, nothing persisted, stopped on drop
-/// (and by [`stop`](Self::stop), to test what happens when Redis goes away).
-pub struct RedisServer {
-    /// Where it listens.
-    pub addr: SocketAddr,
-    peer: Option<Peer>,
-}
-
-impl RedisServer {
-    /// Starts one.
-    pub fn start() -> RedisServer {
-        let bin = require("redis-server");
-        let port = free_port();
-        let mut cmd = Command::new(bin);
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]);
-        let mut peer = Peer::spawn("redis-server", &mut cmd);
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        wait_listening("redis-server", addr, &mut peer);
-        RedisServer {
-            addr,
-            peer: Some(peer),
-        }
-    }
-
-    /// `redis://127.0.0.1:PORT/`.
-    pub fn url(&self) -> String {
-        format!("redis://{}/", self.addr)
-    }
-
-    /// Stops it now.
-    pub fn stop(&mut self) {
-        self.peer.take();
-    }
 }
 
 /// Runs `systemd-analyze verify` on `unit` (a unit file's text) with its

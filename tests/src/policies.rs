@@ -1,7 +1,7 @@
 //! Policies the relay tests share (the listener on `{listen}`, filled in by the
 //! harness that starts the relay).
 
-use crate::{RedisServer, ScriptedDestination};
+use crate::{ScriptedDestination, SharedRedis};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -77,16 +77,13 @@ pub fn shaping_policy(mx: &str, pool: &str, sources: &str, path: &str, init: &st
 /// `dest`, shared through `redis`. An idle session keeps its slot for its
 /// `idle_timeout`, so with so few slots shared by two nodes it is short: the other
 /// node's transactions get the slots within seconds, not a minute.
-pub fn three_connections(dest: &ScriptedDestination, redis: &RedisServer) -> String {
+pub fn three_connections(dest: &ScriptedDestination, redis: &impl SharedRedis) -> String {
     shaping_policy(
         &mx_entry(dest.addr),
         "{ name = 'ip-2' }",
         "['ip-2'] = { source_address = '127.0.0.2' }",
         "return kumo.make_egress_path { connection_limit = 3, idle_timeout = '3s' }",
-        &format!(
-            "kumo.configure_redis_throttles {{ node = '{}' }}",
-            redis.url()
-        ),
+        &redis.throttles_init(),
     )
 }
 

@@ -86,6 +86,8 @@ const PEERS: &[(&str, &str)] = &[
     ("curl", "curl"),
     // shared throttles, leases and suspensions
     ("redis-server", "redis-server"),
+    // a Redis Cluster made by the tests (`redis-cli --cluster create`)
+    ("redis-cli", "redis-tools"),
     // smtplib clients in the TLS and AUTH tests
     ("python3", "python3"),
     // the operations tests: a real Prometheus scraping egressd, and promtool
@@ -281,7 +283,7 @@ fn peers() -> Result {
         return Ok(());
     }
     println!("xtask peers: installing {}", missing.join(" "));
-    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks libnet-ssleay-perl postfix libsasl2-modules dovecot-core dovecot-lmtpd dnsmasq nsd ldnsutils openssl strace curl redis-server python3 prometheus systemd";
+    let hint = "install them by hand: apt-get install -y haproxy dante-server microsocks swaks libnet-ssleay-perl postfix libsasl2-modules dovecot-core dovecot-lmtpd dnsmasq nsd ldnsutils openssl strace curl redis-server redis-tools python3 prometheus systemd";
     // One script, run as root (directly or through `sudo -n`). policy-rc.d keeps the
     // packages' own services from starting: the tests start every peer themselves, and
     // danted's service fails to start with its stock configuration, which would make

@@ -58,16 +58,10 @@ fn default_max_spool_bytes() -> u64 {
     1 << 30
 }
 
-/// `kumo.configure_redis_throttles { node = 'redis://127.0.0.1:6379/' }`: share
-/// throttles, connection limits and suspensions through one Redis (KumoMTA's name).
-/// A Redis cluster is not supported; credentials go in the URL
-/// (`redis://user:password@host:port/`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisThrottles {
-    /// The Redis URL.
-    pub node: String,
-}
+/// `kumo.configure_redis_throttles { node = … }`: share throttles, connection
+/// limits and suspensions through one Redis or a Redis Cluster, with KumoMTA's
+/// `redis.open` parameters (see [`egress_source::RedisParams`]).
+pub type RedisThrottles = egress_source::RedisParams;
 
 /// `kumo.start_esmtp_listener { listen, relay_hosts, hostname, banner, max_message_size,
 /// max_recipients_per_message, max_connections, client_timeout, invalid_line_endings,

@@ -101,6 +101,9 @@ pub(crate) fn install(lua: &Lua, memo: std::sync::Arc<crate::utility::Memo>) -> 
         "configure_redis_throttles",
         lua.create_function(|lua, params: Value| {
             let redis: RedisThrottles = from_lua(lua, params, "kumo.configure_redis_throttles")?;
+            redis
+                .validate()
+                .map_err(|e| located(lua, format!("kumo.configure_redis_throttles: {e}")))?;
             declare(lua, |init| init.redis_throttles = Some(redis))
         })?,
     )?;

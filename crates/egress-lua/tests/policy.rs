@@ -721,20 +721,24 @@ async fn redis_throttles_are_declared_and_unknown_keys_refused() {
     let p = policy(
         "kumo.on('init', function() kumo.configure_redis_throttles { node = 'redis://127.0.0.1:6379/' } end)",
     );
-    assert_eq!(
-        p.init().redis_throttles.unwrap().node,
-        "redis://127.0.0.1:6379/"
+    let redis = p.init().redis_throttles.unwrap();
+    assert_eq!(redis.nodes(), ["redis://127.0.0.1:6379/"]);
+    assert!(!redis.is_cluster());
+    // KumoMTA's cluster form: a list of nodes (or cluster = true).
+    let p = policy(
+        "kumo.on('init', function() kumo.configure_redis_throttles { node = { 'redis://a:7000/', 'redis://b:7000/' } } end)",
     );
+    assert!(p.init().redis_throttles.unwrap().is_cluster());
     let err = Policy::from_source(
         "policy.lua",
-        "kumo.on('init', function() kumo.configure_redis_throttles { cluster = true, node = 'redis://x/' } end)",
+        "kumo.on('init', function() kumo.configure_redis_throttles { clustr = true, node = 'redis://x/' } end)",
         PolicyOptions::default(),
     )
     .err()
     .unwrap()
     .to_string();
     assert!(
-        err.contains("cluster") && err.contains("kumo.configure_redis_throttles"),
+        err.contains("clustr") && err.contains("kumo.configure_redis_throttles"),
         "{err}"
     );
 }

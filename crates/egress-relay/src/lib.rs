@@ -118,9 +118,13 @@ impl RelayBuilder {
         let throttles = match (self.throttles, &init.redis_throttles) {
             (Some(t), _) => t,
             (None, Some(redis)) => {
-                let t = Throttles::with_redis(&redis.node)
+                let t = Throttles::with_redis_params(redis)
                     .map_err(|e| format!("kumo.configure_redis_throttles: {e}"))?;
-                tracing::info!(node = %redis.node, "throttles, connection limits and suspensions are shared through Redis");
+                tracing::info!(
+                    node = %redis.describe(),
+                    cluster = redis.is_cluster(),
+                    "throttles, connection limits and suspensions are shared through Redis"
+                );
                 Arc::new(t)
             }
             (None, None) => Arc::new(Throttles::local()),

@@ -10,7 +10,8 @@
 mod common;
 
 use common::Embedded;
-use egress_e2e::{by_client_addr, swaks, Dnsmasq, RedisServer, ScriptedDestination, SmtpSink};
+use egress_e2e::{by_client_addr, swaks, Dnsmasq, ScriptedDestination, SmtpSink};
+use egress_e2e::{RedisCluster, RedisServer, SharedRedis};
 use std::net::IpAddr;
 
 const TSS04: &str = "421 4.7.0 [TSS04] Messages from 127.0.0.2 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.example/421-ts04";
@@ -140,14 +141,20 @@ fn send(d: &Embedded, domain: &str, n: usize) -> Vec<String> {
 
 #[test]
 fn tss04_suspends_the_source_at_the_providers_sites_on_every_node_sharing_redis() {
-    let (dns, redis) = (dns(), RedisServer::start());
+    tss04_suspends_on_every_node(&RedisServer::start());
+}
+
+#[test]
+fn tss04_suspends_the_source_on_every_node_sharing_a_redis_cluster() {
+    tss04_suspends_on_every_node(&RedisCluster::start());
+}
+
+fn tss04_suspends_on_every_node(redis: &impl SharedRedis) {
+    let dns = dns();
     let yahoo = ScriptedDestination::refusing_mail_from(&[ip("127.0.0.2")], TSS04);
     let other = SmtpSink::start();
     let text = shaping(&yahoo, &other, SUSPEND_ON_TSS04);
-    let init = format!(
-        "kumo.configure_redis_throttles {{ node = '{}' }}",
-        redis.url()
-    );
+    let init = redis.throttles_init();
     let (a, _da) = relay(&dns, &text, &init);
     let (b, _db) = relay(&dns, &text, &init);
 

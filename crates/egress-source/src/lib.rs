@@ -29,6 +29,7 @@ mod path;
 mod pool;
 mod precedence;
 mod queue;
+mod redis;
 mod site;
 mod source;
 mod suspend;
@@ -49,6 +50,7 @@ pub use path::{EgressPathConfig, IpLookupStrategy, Tls, INERT_PATH_KEYS, RUSTLS_
 pub use pool::{EgressPool, EgressPoolEntry};
 pub use precedence::{effective_ehlo_domain, effective_port};
 pub use queue::{DeliveryProtocol, MxListEntry, QueueConfig, SmtpProtocol, DEFAULT_POOL};
+pub use redis::{RedisParams, REDIS_CONNECT_TIMEOUT, REDIS_RESPONSE_TIMEOUT, REDIS_WAIT_TIMEOUT};
 pub use site::site_name;
 pub use source::{EgressSource, Route, DEFAULT_TTL};
 pub use suspend::{SuspensionRule, Trigger};

@@ -1,22 +1,30 @@
-//! The shared store: Redis, with every decision made by a script on the server (so
-//! it is atomic across nodes and uses the server's clock, not each node's).
+//! The shared store: Redis or a Redis Cluster, with every decision made by a
+//! script on the server (so it is atomic across nodes and uses the server's
+//! clock, not each node's).
 //!
 //! GCRA runs as a Lua script on a stock redis-server; the redis-cell module's
 //! `CL.THROTTLE` is not required. Connection leases are a sorted set per key whose
 //! scores are expiry times: a node that dies stops renewing, and its slots free
-//! themselves when the lease time passes. Suspensions are keys with a TTL.
+//! themselves when the lease time passes. Suspensions are keys with a TTL, listed
+//! in an index (a sorted set by expiry) so that listing them needs no `SCAN` of
+//! every cluster node. Each script touches one key, so in a cluster every
+//! decision is made on the one master that owns its slot.
 
 use crate::gcra::{capacity, Capacity, Cell, Decision};
 use crate::{Store, StoreError, StoreFuture, Suspension, ThrottleSpec};
-use redis::aio::ConnectionManager;
+use egress_source::RedisParams;
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Mutex;
 
-/// How long one Redis round trip may take before the caller falls back.
-const ROUND_TRIP: Duration = Duration::from_secs(1);
 /// After a failed connect, how long to wait before trying again.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(2);
+
+/// The suspensions in force, by expiry (ms since the epoch): the index listing reads.
+const SUSPENSION_INDEX: &str = "egress:suspensions";
 
 const GCRA: &str = r#"
 local t = redis.call('TIME')
@@ -65,11 +73,56 @@ local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 return {redis.call('GET', KEYS[1]) or '-1', string.format('%.0f', now)}
 "#;
 
-/// Throttles, leases and suspensions shared by every node using the same Redis.
+/// One Redis (a multiplexed connection that reconnects by itself) or a Redis
+/// Cluster (a connection per master, following slot moves).
+#[derive(Clone)]
+enum Connection {
+    Node(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Node(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Node(c) => c.req_packed_commands(cmd, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Node(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How to make a [`Connection`].
+enum Client {
+    Node(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// Throttles, leases and suspensions shared by every node using the same Redis
+/// (or Redis Cluster).
 pub struct RedisStore {
-    url: String,
-    client: redis::Client,
-    connection: Mutex<(Option<ConnectionManager>, Option<Instant>)>,
+    params: RedisParams,
+    /// The nodes, for messages (no passwords).
+    described: String,
+    client: Client,
+    connection: Mutex<(Option<Connection>, Option<Instant>)>,
     gcra: redis::Script,
     acquire: redis::Script,
     renew: redis::Script,
@@ -79,15 +132,56 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// A store for `url` (`redis://127.0.0.1:6379/`). Nothing is connected yet: a
-    /// Redis that is down at start is the same as one that goes down later.
+    /// A store for one Redis at `url` (`redis://127.0.0.1:6379/`).
     pub fn new(url: &str) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError {
-            store: url.to_owned(),
-            message: format!("not a Redis URL ({e}); expected e.g. redis://127.0.0.1:6379/"),
-        })?;
+        Self::open(&RedisParams::single(url))
+    }
+
+    /// A store for what `kumo.configure_redis_throttles` declares: one Redis, or a
+    /// Redis Cluster (several nodes, or `cluster = true`). Nothing is connected
+    /// yet: a Redis that is down at start is the same as one that goes down later.
+    pub fn open(params: &RedisParams) -> Result<RedisStore, StoreError> {
+        let described = params.describe();
+        let bad_url = |e: redis::RedisError| StoreError {
+            store: described.clone(),
+            message: format!(
+                "not a Redis URL ({e}); expected e.g. redis://127.0.0.1:6379/ (or a list of \
+                 them for a Redis Cluster)"
+            ),
+        };
+        let client = if params.is_cluster() {
+            let mut builder = redis::cluster::ClusterClientBuilder::new(params.nodes().to_vec())
+                .connection_timeout(params.connect_timeout())
+                .response_timeout(params.response_timeout())
+                // A round trip is bounded by response_timeout as a whole: a few
+                // quick retries follow a moved slot, not a dead master.
+                .retries(2)
+                .min_retry_wait(10)
+                .max_retry_wait(100);
+            if let Some(user) = &params.username {
+                builder = builder.username(user.clone());
+            }
+            if let Some(password) = &params.password {
+                builder = builder.password(password.clone());
+            }
+            if params.read_from_replicas {
+                builder = builder.read_from_replicas();
+            }
+            Client::Cluster(builder.build().map_err(bad_url)?)
+        } else {
+            if params.username.is_some() || params.password.is_some() {
+                tracing::warn!(
+                    node = %described,
+                    "kumo.configure_redis_throttles: username and password are for a Redis \
+                     Cluster and are not used for one node (as in KumoMTA); put them in the URL: \
+                     redis://user:password@host:port/"
+                );
+            }
+            Client::Node(redis::Client::open(params.nodes()[0].as_str()).map_err(bad_url)?)
+        };
         Ok(RedisStore {
-            url: url.to_owned(),
+            params: params.clone(),
+            described,
             client,
             connection: Mutex::new((None, None)),
             gcra: redis::Script::new(GCRA),
@@ -108,41 +202,67 @@ impl RedisStore {
         Ok(())
     }
 
-    /// The URL, for messages.
+    /// The node URLs (without passwords), for messages.
     pub fn url(&self) -> &str {
-        &self.url
+        &self.described
+    }
+
+    /// Whether this is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.client, Client::Cluster(_))
     }
 
     fn error(&self, message: impl std::fmt::Display) -> StoreError {
         StoreError {
-            store: self.url.clone(),
+            store: if self.is_cluster() {
+                format!("Redis Cluster {}", self.described)
+            } else {
+                self.described.clone()
+            },
             message: message.to_string(),
         }
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
-        let mut slot = self.connection.lock().await;
-        if let Some(manager) = &slot.0 {
-            return Ok(manager.clone());
+    async fn connection(&self) -> Result<Connection, StoreError> {
+        let wait = self.params.wait_timeout();
+        let mut slot = match tokio::time::timeout(wait, self.connection.lock()).await {
+            Ok(slot) => slot,
+            Err(_) => {
+                return Err(self.error(format!(
+                    "no connection within wait_timeout ({})",
+                    humanize(wait)
+                )))
+            }
+        };
+        if let Some(connection) = &slot.0 {
+            return Ok(connection.clone());
         }
         if let Some(failed) = slot.1 {
             if failed.elapsed() < RECONNECT_PAUSE {
                 return Err(self.error("unreachable (retrying shortly)"));
             }
         }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(ROUND_TRIP)
-            .set_response_timeout(ROUND_TRIP)
-            .set_number_of_retries(1);
-        match tokio::time::timeout(
-            ROUND_TRIP * 2,
-            self.client.get_connection_manager_with_config(config),
-        )
-        .await
-        {
-            Ok(Ok(manager)) => {
-                *slot = (Some(manager.clone()), None);
-                Ok(manager)
+        let connect = async {
+            match &self.client {
+                Client::Node(client) => {
+                    let config = redis::aio::ConnectionManagerConfig::new()
+                        .set_connection_timeout(self.params.connect_timeout())
+                        .set_response_timeout(self.params.response_timeout())
+                        .set_number_of_retries(1);
+                    client
+                        .get_connection_manager_with_config(config)
+                        .await
+                        .map(Connection::Node)
+                }
+                Client::Cluster(client) => {
+                    client.get_async_connection().await.map(Connection::Cluster)
+                }
+            }
+        };
+        match tokio::time::timeout(wait, connect).await {
+            Ok(Ok(connection)) => {
+                *slot = (Some(connection.clone()), None);
+                Ok(connection)
             }
             Ok(Err(e)) => {
                 slot.1 = Some(Instant::now());
@@ -150,27 +270,65 @@ impl RedisStore {
             }
             Err(_) => {
                 slot.1 = Some(Instant::now());
-                Err(self.error("cannot connect: no answer within 2s"))
+                Err(self.error(format!(
+                    "cannot connect: no answer within wait_timeout ({})",
+                    humanize(wait)
+                )))
             }
         }
     }
 
-    /// Waits for one command or script, within [`ROUND_TRIP`].
+    /// Waits for one command or script, within `response_timeout`.
     async fn timed<T>(
         &self,
         what: &str,
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(ROUND_TRIP, call).await {
+        let limit = self.params.response_timeout();
+        match tokio::time::timeout(limit, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.error(format!("{what}: {e}"))),
-            Err(_) => Err(self.error(format!("{what}: no answer within 1s"))),
+            Err(_) => Err(self.error(format!(
+                "{what}: no answer within response_timeout ({})",
+                humanize(limit)
+            ))),
         }
     }
 }
 
+fn humanize(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 fn key(kind: &str, key: &str) -> String {
     format!("egress:{kind}:{key}")
+}
+
+fn epoch_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl RedisStore {
+    /// The suspension under `k`, if in force: its reason and how long it has left
+    /// (GET and PTTL of one key: one slot, one round trip).
+    async fn read_suspension(
+        &self,
+        con: &mut Connection,
+        k: &str,
+    ) -> Result<Option<Suspension>, StoreError> {
+        let rkey = key("suspend", k);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(&rkey).cmd("PTTL").arg(&rkey);
+        let (reason, pttl): (Option<String>, i64) =
+            self.timed("suspension", pipe.query_async(con)).await?;
+        Ok(reason.filter(|_| pttl > 0).map(|reason| Suspension {
+            key: k.to_owned(),
+            reason,
+            until: SystemTime::now() + Duration::from_millis(pttl as u64),
+        }))
+    }
 }
 
 impl Store for RedisStore {
@@ -263,23 +421,20 @@ impl Store for RedisStore {
             let mut cmd = redis::cmd("SET");
             cmd.arg(&rkey).arg(reason).arg("PX").arg(ms);
             let _: () = self.timed("suspend", cmd.query_async(&mut con)).await?;
+            // The index lives in another slot than the suspension: a second
+            // command, not a pipeline (a cluster answers a pipeline on one node).
+            let until = epoch_ms(SystemTime::now() + duration);
+            let mut index = redis::cmd("ZADD");
+            index.arg(SUSPENSION_INDEX).arg(until).arg(k);
+            let _: i64 = self.timed("suspend", index.query_async(&mut con)).await?;
             Ok(())
         })
     }
 
     fn suspension<'a>(&'a self, k: &'a str) -> StoreFuture<'a, Option<Suspension>> {
         Box::pin(async move {
-            let rkey = key("suspend", k);
             let mut con = self.connection().await?;
-            let mut pipe = redis::pipe();
-            pipe.cmd("GET").arg(&rkey).cmd("PTTL").arg(&rkey);
-            let (reason, pttl): (Option<String>, i64) =
-                self.timed("suspension", pipe.query_async(&mut con)).await?;
-            Ok(reason.filter(|_| pttl > 0).map(|reason| Suspension {
-                key: k.to_owned(),
-                reason,
-                until: SystemTime::now() + Duration::from_millis(pttl as u64),
-            }))
+            self.read_suspension(&mut con, k).await
         })
     }
 
@@ -290,54 +445,35 @@ impl Store for RedisStore {
             let mut cmd = redis::cmd("DEL");
             cmd.arg(&rkey);
             let _: i64 = self.timed("resume", cmd.query_async(&mut con)).await?;
+            let mut index = redis::cmd("ZREM");
+            index.arg(SUSPENSION_INDEX).arg(k);
+            let _: i64 = self.timed("resume", index.query_async(&mut con)).await?;
             Ok(())
         })
     }
 
     fn suspensions(&self) -> StoreFuture<'_, Vec<Suspension>> {
         Box::pin(async move {
-            let prefix = key("suspend", "");
             let mut con = self.connection().await?;
-            let mut keys: Vec<String> = Vec::new();
-            let mut cursor: u64 = 0;
-            // SCAN, not KEYS: a large Redis shared with other work is never blocked.
-            loop {
-                let mut cmd = redis::cmd("SCAN");
-                cmd.arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{prefix}*"))
-                    .arg("COUNT")
-                    .arg(1000);
-                let (next, batch): (u64, Vec<String>) =
-                    self.timed("suspensions", cmd.query_async(&mut con)).await?;
-                keys.extend(batch);
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-            if keys.is_empty() {
-                return Ok(Vec::new());
-            }
-            let mut pipe = redis::pipe();
-            for k in &keys {
-                pipe.cmd("GET").arg(k).cmd("PTTL").arg(k);
-            }
-            let answers: Vec<(Option<String>, i64)> = self
-                .timed("suspensions", pipe.query_async(&mut con))
+            let now = epoch_ms(SystemTime::now());
+            let mut trim = redis::cmd("ZREMRANGEBYSCORE");
+            trim.arg(SUSPENSION_INDEX).arg("-inf").arg(now);
+            let _: i64 = self
+                .timed("suspensions", trim.query_async(&mut con))
                 .await?;
-            let now = SystemTime::now();
-            Ok(keys
-                .iter()
-                .zip(answers)
-                .filter_map(|(k, (reason, pttl))| {
-                    Some(Suspension {
-                        key: k.strip_prefix(&prefix)?.to_owned(),
-                        reason: reason.filter(|_| pttl > 0)?,
-                        until: now + Duration::from_millis(pttl as u64),
-                    })
-                })
-                .collect())
+            let mut list = redis::cmd("ZRANGE");
+            list.arg(SUSPENSION_INDEX).arg(0).arg(-1);
+            let keys: Vec<String> = self
+                .timed("suspensions", list.query_async(&mut con))
+                .await?;
+            // One request per suspension, each to the node that owns its slot, all
+            // at once on the multiplexed connection(s): about one round trip.
+            let reads = keys.iter().map(|k| {
+                let mut con = con.clone();
+                async move { self.read_suspension(&mut con, k).await }
+            });
+            let found = futures::future::try_join_all(reads).await?;
+            Ok(found.into_iter().flatten().collect())
         })
     }
 

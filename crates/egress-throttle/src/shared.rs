@@ -109,8 +109,16 @@ impl Throttles {
 
     /// Shared through the Redis at `url` (`kumo.configure_redis_throttles { node = url }`).
     pub fn with_redis(url: &str) -> Result<Throttles, crate::StoreError> {
+        Self::with_redis_params(&egress_source::RedisParams::single(url))
+    }
+
+    /// Shared through the Redis or Redis Cluster `params` name (all of
+    /// `kumo.configure_redis_throttles`'s parameters).
+    pub fn with_redis_params(
+        params: &egress_source::RedisParams,
+    ) -> Result<Throttles, crate::StoreError> {
         Ok(Throttles {
-            redis: Some(RedisStore::new(url)?),
+            redis: Some(RedisStore::open(params)?),
             ..Throttles::local()
         })
     }

@@ -1,6 +1,9 @@
-//! Shared throttles against a real redis-server: two `Throttles` are two nodes.
+//! Shared throttles against a real redis-server and a real Redis Cluster (three
+//! masters): two `Throttles` are two nodes. Each behaviour is checked against
+//! both stores with the same assertions.
 
-use egress_e2e::RedisServer;
+use egress_e2e::{RedisCluster, RedisServer};
+use egress_source::RedisParams;
 use egress_throttle::{ConnectionLimit, Throttles};
 use std::time::Duration;
 
@@ -11,10 +14,31 @@ fn two_nodes(redis: &RedisServer) -> (Throttles, Throttles) {
     )
 }
 
+/// Two nodes on `cluster`, as `kumo.configure_redis_throttles { node = { … } }`
+/// declares them.
+fn two_cluster_nodes(cluster: &RedisCluster) -> (Throttles, Throttles) {
+    let params: RedisParams =
+        serde_json::from_value(serde_json::json!({ "node": cluster.urls() })).unwrap();
+    assert!(params.is_cluster());
+    (
+        Throttles::with_redis_params(&params).unwrap(),
+        Throttles::with_redis_params(&params).unwrap(),
+    )
+}
+
 #[tokio::test]
 async fn a_shared_rate_holds_across_nodes() {
     let redis = RedisServer::start();
-    let (a, b) = two_nodes(&redis);
+    shared_rate(two_nodes(&redis)).await;
+}
+
+#[tokio::test]
+async fn a_shared_rate_holds_across_nodes_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    shared_rate(two_cluster_nodes(&cluster)).await;
+}
+
+async fn shared_rate((a, b): (Throttles, Throttles)) {
     let spec = "10/hr".parse().unwrap();
     let mut allowed = 0;
     for i in 0..30 {
@@ -34,7 +58,16 @@ async fn a_shared_rate_holds_across_nodes() {
 #[tokio::test]
 async fn a_shared_connection_limit_holds_and_dead_nodes_free_their_slots() {
     let redis = RedisServer::start();
-    let (a, b) = two_nodes(&redis);
+    shared_connection_limit(two_nodes(&redis)).await;
+}
+
+#[tokio::test]
+async fn a_shared_connection_limit_holds_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    shared_connection_limit(two_cluster_nodes(&cluster)).await;
+}
+
+async fn shared_connection_limit((a, b): (Throttles, Throttles)) {
     let limit: ConnectionLimit = "3".parse().unwrap();
     let long = Duration::from_secs(60);
     let l1 = a.acquire("ip-1@site", limit, long).await.unwrap();
@@ -83,7 +116,16 @@ async fn a_suspension_raised_on_one_node_is_honoured_by_another() {
 #[tokio::test]
 async fn every_node_lists_the_same_suspensions_and_sees_the_same_capacity() {
     let redis = RedisServer::start();
-    let (a, b) = two_nodes(&redis);
+    same_suspensions_and_capacity(two_nodes(&redis)).await;
+}
+
+#[tokio::test]
+async fn every_node_lists_the_same_suspensions_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    same_suspensions_and_capacity(two_cluster_nodes(&cluster)).await;
+}
+
+async fn same_suspensions_and_capacity((a, b): (Throttles, Throttles)) {
     a.suspend(
         "ip-1",
         "admin: blocked at example.net",
@@ -141,6 +183,34 @@ async fn when_redis_goes_away_each_node_falls_back_to_its_own_numbers() {
     let limit: ConnectionLimit = "1".parse().unwrap();
     let lease = a.acquire("c", limit, Duration::from_secs(5)).await.unwrap();
     assert!(!lease.shared);
+}
+
+/// A master dies: the keys it owned (and, once the cluster notices, all of
+/// them) cannot be reached; each node uses its own numbers and says so.
+#[tokio::test]
+async fn when_a_cluster_master_dies_each_node_falls_back_to_its_own_numbers() {
+    let mut cluster = RedisCluster::start();
+    let (a, _) = two_cluster_nodes(&cluster);
+    let spec = "1000/hr".parse().unwrap();
+    // Keys spread over the three masters' slots.
+    let keys: Vec<String> = (0..30).map(|i| format!("ip-{i}@site")).collect();
+    for k in &keys {
+        assert!(a.throttle(k, &spec, true).await.allowed);
+    }
+    assert_eq!(a.fallbacks(), 0);
+    cluster.kill(0);
+    for k in &keys {
+        assert!(
+            a.throttle(k, &spec, true).await.allowed,
+            "mail keeps flowing"
+        );
+    }
+    assert!(a.fallbacks() >= 1, "some keys lived on the dead master");
+    let limit: ConnectionLimit = "1".parse().unwrap();
+    assert!(a
+        .acquire("c", limit, Duration::from_secs(5))
+        .await
+        .is_some());
 }
 
 #[tokio::test]

@@ -420,3 +420,63 @@ fn json_log_has_one_record_per_transaction() {
         "{fields}"
     );
 }
+
+/// `kumo.configure_redis_throttles` takes every parameter of KumoMTA's
+/// `redis.open`; `egressd check` prints them, never a password (the field's or
+/// one in a URL).
+#[test]
+fn check_takes_every_redis_open_parameter_and_prints_no_password() {
+    let (_dir, path) = write_policy(
+        "kumo.on('init', function()
+           kumo.configure_redis_throttles {
+             node = { 'redis://ops:url-secret@127.0.0.1:7001/', 'redis://127.0.0.1:7002/',
+                      'redis://127.0.0.1:7003/' },
+             cluster = true, pool_size = 20, username = 'egress', password = 'field-secret',
+             connect_timeout = '5 seconds', wait_timeout = '10s', response_timeout = '2s',
+             recycle_timeout = '1s', read_from_replicas = true,
+           }
+         end)",
+    );
+    let (ok, out, err) = egressd(&["check", "--policy", &path]);
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let redis = &json["init"]["redis_throttles"];
+    assert_eq!(
+        redis["node"][0], "redis://ops:(redacted)@127.0.0.1:7001/",
+        "{out}"
+    );
+    assert_eq!(redis["node"][2], "redis://127.0.0.1:7003/");
+    assert_eq!(redis["cluster"], true);
+    assert_eq!(redis["pool_size"], 20);
+    assert_eq!(redis["username"], "egress");
+    assert_eq!(redis["password"], "(redacted)");
+    assert_eq!(redis["connect_timeout"], "5s");
+    assert_eq!(redis["wait_timeout"], "10s");
+    assert_eq!(redis["response_timeout"], "2s");
+    assert_eq!(redis["recycle_timeout"], "1s");
+    assert_eq!(redis["read_from_replicas"], true);
+    assert!(
+        !out.contains("secret") && !err.contains("secret"),
+        "{out}{err}"
+    );
+
+    // A misspelt parameter, and a list of nodes with cluster = false, are refused
+    // naming what to do.
+    let (_dir, path) = write_policy(
+        "kumo.on('init', function()
+           kumo.configure_redis_throttles { node = 'redis://127.0.0.1/', pool_sise = 3 }
+         end)",
+    );
+    let (ok, _, err) = egressd(&["check", "--policy", &path]);
+    assert!(
+        !ok && err.contains("pool_sise") && err.contains("pool_size"),
+        "{err}"
+    );
+    let (_dir, path) = write_policy(
+        "kumo.on('init', function()
+           kumo.configure_redis_throttles { node = { 'redis://a/', 'redis://b/' }, cluster = false }
+         end)",
+    );
+    let (ok, _, err) = egressd(&["check", "--policy", &path]);
+    assert!(!ok && err.contains("cluster = false"), "{err}");
+}
