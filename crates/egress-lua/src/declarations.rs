@@ -29,6 +29,10 @@ pub struct InitConfig {
     pub config_monitor_globs: Vec<String>,
     /// `proxy.start_proxy_listener{}` calls in `proxy_init` (egress-proxy's).
     pub proxy_listeners: Vec<ProxyListenerParams>,
+    /// What `policy-extras.listener_domains` loaded, by listener (`"*"`: every
+    /// listener) then domain: printed by `egressd check`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listener_domains: Option<serde_json::Value>,
 }
 
 /// `kumo.define_spool { name, path, kind, max_spool_bytes }` (KumoMTA's function;

@@ -1,8 +1,8 @@
-//! The four kinds of definition a policy returns, and how a handler's return value
+//! The kinds of definition a policy returns, and how a handler's return value
 //! becomes one.
 
 use crate::error::{Describe, PolicyError};
-use egress_source::{EgressPathConfig, EgressPool, EgressSource, QueueConfig};
+use egress_source::{EgressPathConfig, EgressPool, EgressSource, ListenerDomain, QueueConfig};
 use mlua::{Lua, LuaSerdeExt, UserData, Value};
 use serde::de::DeserializeOwned;
 
@@ -97,6 +97,28 @@ impl Definition for QueueConfig {
     }
     fn check(&self, _: &Lua) -> Result<(), String> {
         Ok(())
+    }
+}
+
+impl Definition for ListenerDomain {
+    const MAKER: &'static str = "kumo.make_listener_domain";
+    fn example(_: Option<&str>) -> String {
+        "kumo.make_listener_domain { relay_to = true }".into()
+    }
+    fn check(&self, _: &Lua) -> Result<(), String> {
+        Ok(())
+    }
+    fn notice(table: &mlua::Table) {
+        for key in ["log_oob", "log_arf"] {
+            if matches!(table.get::<Value>(key), Ok(Value::Boolean(true))) {
+                crate::extras::warn_once(&format!(
+                    "{}: `{key} = true` is accepted and has no effect in egressd yet: it keeps \
+                     no log of inbound reports, so mail to such a domain is relayed or refused \
+                     as relay_to, relay_from and relay_hosts say",
+                    Self::MAKER
+                ));
+            }
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! egressd's built-in `policy-extras` helpers — `sources`, `queue`, `shaping` —
+//! egressd's built-in `policy-extras` helpers — `sources`, `queue`, `shaping`,
+//! `listener_domains` —
 //! written here in Lua from KumoMTA's documented file formats (`extras/*.lua`),
 //! so `require 'policy-extras.sources'` resolves without any file on disk.
 
@@ -9,6 +10,10 @@ const MODULES: &[(&str, &str)] = &[
     ("policy-extras.sources", include_str!("extras/sources.lua")),
     ("policy-extras.queue", include_str!("extras/queue.lua")),
     ("policy-extras.shaping", include_str!("extras/shaping.lua")),
+    (
+        "policy-extras.listener_domains",
+        include_str!("extras/listener_domains.lua"),
+    ),
 ];
 
 /// Logs `text` at WARN the first time this process sees it. Every Lua state loads
@@ -46,6 +51,15 @@ pub(crate) fn install(lua: &Lua, package: &Table) -> mlua::Result<()> {
                             Ok(())
                         })?,
                     )?;
+                    // What listener_domains loaded, for `egressd check` to print.
+                    common.set(
+                        "declare_listener_domains",
+                        lua.create_function(|lua, data: Value| {
+                            use mlua::LuaSerdeExt;
+                            let json: serde_json::Value = lua.from_value(data)?;
+                            crate::kumo::declare(lua, |init| init.listener_domains = Some(json))
+                        })?,
+                    )?;
                 }
                 Ok(module)
             })?,
@@ -55,7 +69,7 @@ pub(crate) fn install(lua: &Lua, package: &Table) -> mlua::Result<()> {
     searchers.push(lua.create_function(|_, name: String| {
         Ok(match name.strip_prefix("policy-extras.") {
             Some(_) => format!(
-                "\n\tegressd does not provide '{name}'; its built-in helpers are policy-extras.sources, policy-extras.queue and policy-extras.shaping"
+                "\n\tegressd does not provide '{name}'; its built-in helpers are policy-extras.sources, policy-extras.queue, policy-extras.shaping and policy-extras.listener_domains"
             ),
             None => String::new(),
         })

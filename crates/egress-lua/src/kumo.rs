@@ -67,6 +67,10 @@ pub(crate) fn install(lua: &Lua, memo: std::sync::Arc<crate::utility::Memo>) -> 
     kumo.set("make_egress_pool", maker::<EgressPool>(lua)?)?;
     kumo.set("make_egress_path", maker::<EgressPathConfig>(lua)?)?;
     kumo.set("make_queue_config", maker::<QueueConfig>(lua)?)?;
+    kumo.set(
+        "make_listener_domain",
+        maker::<egress_source::ListenerDomain>(lua)?,
+    )?;
 
     kumo.set(
         "start_esmtp_listener",

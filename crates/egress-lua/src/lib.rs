@@ -47,7 +47,9 @@ pub use egress_dns::ResolverConfig;
 pub use error::PolicyError;
 
 use egress_cache::{CacheStats, TtlCache};
-use egress_source::{EgressPathConfig, EgressPool, EgressSource, QueueConfig, DEFAULT_POOL};
+use egress_source::{
+    EgressPathConfig, EgressPool, EgressSource, ListenerDomain, QueueConfig, DEFAULT_POOL,
+};
 use states::LuaStates;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -86,6 +88,8 @@ pub mod events {
     pub const PROXY_INIT: &str = "proxy_init";
     /// `proxy_server_auth_rfc1929(username, password, conn_meta)` → boolean
     pub const PROXY_SERVER_AUTH_RFC1929: &str = "proxy_server_auth_rfc1929";
+    /// `get_listener_domain(domain, listener, conn_meta)` → a listener domain or nil
+    pub const GET_LISTENER_DOMAIN: &str = "get_listener_domain";
     /// Every event egress raises.
     pub const ALL: &[&str] = &[
         PRE_INIT,
@@ -98,6 +102,7 @@ pub mod events {
         SMTP_SERVER_AUTH_PLAIN,
         HTTP_SERVER_VALIDATE_AUTH_BASIC,
         PROXY_INIT,
+        GET_LISTENER_DOMAIN,
         PROXY_SERVER_AUTH_RFC1929,
     ];
 }
@@ -322,6 +327,44 @@ impl Policy {
                 ]),
             ];
             self.yes_or_no(PROXY_SERVER_AUTH_RFC1929, args).await
+        })
+    }
+
+    /// `get_listener_domain(domain, listener, conn_meta)` (KumoMTA's event): what
+    /// the policy says of `domain` on the listener at `listener` (`ip:port`) —
+    /// `Ok(None)` when it says nothing (the handler returned nil, or there is
+    /// none). `conn_meta` becomes a table with KumoMTA's `get_meta(name)` method.
+    /// Not cached: the answer may depend on the session (`authz_id`).
+    pub fn listener_domain<'a>(
+        &'a self,
+        domain: &'a str,
+        listener: &'a str,
+        conn_meta: &'a [(&'a str, String)],
+    ) -> Boxed<'a, Result<Option<ListenerDomain>, PolicyError>> {
+        Box::pin(async move {
+            use states::Arg;
+            let args = vec![
+                Arg::Str(Some(domain.to_owned())),
+                Arg::Str(Some(listener.to_owned())),
+                Arg::Table(
+                    conn_meta
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                        .collect(),
+                ),
+            ];
+            let found = self
+                .states()
+                .invoke(GET_LISTENER_DOMAIN, args, |lua, event, shown, value| {
+                    if value.is_nil() {
+                        return Ok(None);
+                    }
+                    let borrowed: Vec<Option<&str>> = shown.iter().map(|a| a.as_deref()).collect();
+                    definition::from_return::<ListenerDomain>(lua, event, &borrowed, value)
+                        .map(Some)
+                })
+                .await?;
+            Ok(found.flatten())
         })
     }
 

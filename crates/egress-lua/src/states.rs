@@ -321,6 +321,18 @@ impl Arg {
                 for (k, v) in fields {
                     t.set(k.as_str(), v.as_str())?;
                 }
+                // KumoMTA's connection metadata is an object: `conn_meta:get_meta(name)`
+                // (what its policy-extras call) reads the same fields.
+                let methods = lua.create_table()?;
+                methods.set(
+                    "get_meta",
+                    lua.create_function(|_, (this, name): (mlua::Table, String)| {
+                        this.raw_get::<Value>(name)
+                    })?,
+                )?;
+                let meta = lua.create_table()?;
+                meta.set("__index", methods)?;
+                t.set_metatable(Some(meta));
                 Value::Table(t)
             }
         })

@@ -478,3 +478,117 @@ async fn validate_config_reports_what_the_policy_found_wrong() {
     .unwrap();
     assert!(!many.validate().await.unwrap());
 }
+
+/// policy-extras.listener_domains in KumoMTA's documented format: the answer for
+/// a domain on a listener, `relay_from_authz` through `conn_meta:get_meta`, and
+/// the mistakes that fail the load.
+#[tokio::test]
+async fn listener_domains_answer_per_listener_and_per_authenticated_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "listener_domains.toml",
+        r#"
+["*"]
+relay_to = true
+
+["somewhere.com"]
+relay_to = false
+relay_from = ['10.0.0.0/24']
+
+["elsewhere.com"]
+relay_to = false
+relay_from_authz = ["john"]
+
+[listener."127.0.0.1:25"."*.example.com"]
+log_oob = false
+"#,
+    );
+    let p = policy_in(
+        dir.path(),
+        &format!(
+            "kumo.on('get_listener_domain', require('policy-extras.listener_domains'):setup {{ '{file}' }})"
+        ),
+    )
+    .unwrap();
+    let ask = |domain: &'static str, listener: &'static str, meta: Vec<(&'static str, String)>| {
+        let p = &p;
+        async move { p.listener_domain(domain, listener, &meta).await.unwrap() }
+    };
+    // The "*" default.
+    let d = ask("example.com", "127.0.0.1:25", vec![]).await.unwrap();
+    assert!(d.relay_to);
+    // The listener's own wildcard entry, whole (relay_to is its default, false).
+    let d = ask("woof.example.com", "127.0.0.1:25", vec![])
+        .await
+        .unwrap();
+    assert!(!d.relay_to && !d.log_oob);
+    // On another listener, the same name falls to the "*" default.
+    assert!(
+        ask("woof.example.com", "10.0.0.1:25", vec![])
+            .await
+            .unwrap()
+            .relay_to
+    );
+    let d = ask("somewhere.com", "127.0.0.1:25", vec![]).await.unwrap();
+    assert!(!d.relay_to && d.relays_from("10.0.0.9".parse().unwrap()));
+    // relay_from_authz: a session authenticated as john relays from its address.
+    let d = ask("elsewhere.com", "10.0.0.1:25", vec![]).await.unwrap();
+    assert!(d.relay_from.is_empty());
+    let john = vec![
+        ("authz_id", "john".to_owned()),
+        ("received_from", "192.0.2.7:50123".to_owned()),
+    ];
+    let d = ask("elsewhere.com", "10.0.0.1:25", john).await.unwrap();
+    assert!(d.relays_from("192.0.2.7".parse().unwrap()), "{d:?}");
+    assert!(!d.relays_from("192.0.2.8".parse().unwrap()));
+    let mary = vec![
+        ("authz_id", "mary".to_owned()),
+        ("received_from", "[2001:db8::7]:50123".to_owned()),
+    ];
+    assert!(ask("elsewhere.com", "10.0.0.1:25", mary)
+        .await
+        .unwrap()
+        .relay_from
+        .is_empty());
+
+    // A policy without the handler says nothing; one whose handler returns nil too.
+    let none = policy_in(dir.path(), "").unwrap();
+    assert_eq!(none.listener_domain("a.com", "x", &[]).await.unwrap(), None);
+    let nil = policy_in(
+        dir.path(),
+        "kumo.on('get_listener_domain', function(domain, listener, conn_meta)
+           if conn_meta:get_meta('authz_id') then return kumo.make_listener_domain { relay_to = true } end
+         end)",
+    )
+    .unwrap();
+    assert_eq!(nil.listener_domain("a.com", "x", &[]).await.unwrap(), None);
+    let meta = [("authz_id", "daniel".to_owned())];
+    assert!(
+        nil.listener_domain("a.com", "x", &meta)
+            .await
+            .unwrap()
+            .unwrap()
+            .relay_to
+    );
+
+    for (bad, expect) in [
+        ("[\"a.com\"]\nrelay_too = true\n", "relay_too"),
+        ("[\"a.com\"]\nlog_arf = \"yes\"\n", "log_arf"),
+        ("[\"a.com\"]\nrelay_from = ['10.0.0.0/33']\n", "10.0.0.0/33"),
+        (
+            "[\"a.com\"]\nrelay_from_authz = \"john\"\n",
+            "relay_from_authz",
+        ),
+    ] {
+        let file = write(dir.path(), "bad.toml", bad);
+        let err = load_error(
+            dir.path(),
+            &format!("kumo.on('get_listener_domain', require('policy-extras.listener_domains'):setup {{ '{file}' }})"),
+        );
+        assert!(
+            err.contains(expect) && err.contains("bad.toml"),
+            "{bad}: {err}"
+        );
+    }
+}

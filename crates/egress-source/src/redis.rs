@@ -2,6 +2,7 @@
 //! parameters are KumoMTA's `redis.open` ones — one Redis (a URL) or a Redis
 //! Cluster (a list of URLs, or `cluster = true`).
 
+use crate::keys::strict_table;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use std::time::Duration;
 /// assert!(!serde_json::to_string(&p).unwrap().contains("s3cret"));
 /// ```
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self")]
 pub struct RedisParams {
     /// A Redis URL (`redis://[user][:password@]host[:port][/db]`), or a list of
     /// them: the nodes of a Redis Cluster.
@@ -86,6 +87,23 @@ pub struct RedisParams {
     #[serde(default)]
     pub read_from_replicas: bool,
 }
+
+strict_table!(
+    RedisParams,
+    "Redis (kumo.configure_redis_throttles)",
+    [
+        "node",
+        "cluster",
+        "pool_size",
+        "username",
+        "password",
+        "connect_timeout",
+        "wait_timeout",
+        "response_timeout",
+        "recycle_timeout",
+        "read_from_replicas"
+    ]
+);
 
 /// Defaults for the timeouts (see the fields).
 pub const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);

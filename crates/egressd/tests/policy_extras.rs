@@ -309,3 +309,96 @@ match = []
         "{err}"
     );
 }
+
+/// KumoMTA's docker-swarm example policy, in its shape (written here): its docker
+/// helpers replaced by constants, and its `kumo.configure_local_logs` call left
+/// out (delivery records are another issue's). `egressd check` loads it, prints
+/// the listener domains its file defines, and says once that `log_oob`/`log_arf`
+/// have no effect.
+#[test]
+fn kumomtas_docker_swarm_example_loads_with_its_listener_domains() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("listener_domains.toml"),
+        r#"
+# The default for every domain without an entry.
+["*"]
+relay_to = false
+log_oob = true
+log_arf = true
+
+["example.com"]
+relay_to = true
+"#,
+    )
+    .unwrap();
+    std::fs::write(d.join("shaping.toml"), "# the operator's rules go here\n").unwrap();
+    let policy = d.join("init.lua");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"
+local kumo = require 'kumo'
+local listener_domains = require 'policy-extras.listener_domains'
+local shaping = require 'policy-extras.shaping'
+
+-- What the docker helpers would have found.
+local DOCKER_NETWORK = '10.11.0.0/16'
+local tsa_publish = {{ 'http://10.11.0.5:8008' }}
+
+local shaper = shaping:setup_with_automation {{
+  publish = tsa_publish,
+  subscribe = tsa_publish,
+  extra_files = {{ '{d}/shaping.toml' }},
+}}
+
+kumo.on('init', function()
+  kumo.configure_redis_throttles {{ node = 'redis://redis/' }}
+  kumo.start_esmtp_listener {{
+    listen = '0.0.0.0:2525',
+    relay_hosts = {{ '127.0.0.0/24', '::1', DOCKER_NETWORK }},
+  }}
+  kumo.start_http_listener {{
+    listen = '0.0.0.0:8000',
+    trusted_hosts = {{ '127.0.0.0/24', '::1', DOCKER_NETWORK }},
+  }}
+  local slot = os.getenv 'SWARM_SLOT'
+  kumo.define_spool {{ name = 'data', path = string.format('{d}/data-%d', slot) }}
+  kumo.define_spool {{ name = 'meta', path = string.format('{d}/meta-%d', slot) }}
+  shaper.setup_publish()
+end)
+
+kumo.on(
+  'get_listener_domain',
+  listener_domains:setup {{ '{d}/listener_domains.toml' }}
+)
+"#,
+            d = d.display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .args(["check", "--policy"])
+        .arg(&policy)
+        .env("SWARM_SLOT", "3")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let domains = &json["init"]["listener_domains"]["*"];
+    assert_eq!(domains["example.com"]["relay_to"], true, "{json}");
+    assert_eq!(domains["*"]["relay_to"], false, "{json}");
+    assert_eq!(domains["*"]["log_oob"], true, "{json}");
+    assert_eq!(
+        json["init"]["spool"]["path"],
+        format!("{}/data-3", d.display())
+    );
+    assert_eq!(
+        err.matches("`log_oob = true` is accepted and has no effect in egressd yet")
+            .count(),
+        1,
+        "{err}"
+    );
+}

@@ -4,6 +4,7 @@
 
 use super::auth::{self, Authenticated};
 use super::body::{self, Trace};
+use super::listener_domains;
 use super::transaction::Transaction;
 use super::transport::{Conn, Ended, Limits};
 use super::Listener;
@@ -268,7 +269,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
     }
 
-    /// What the `smtp_server_auth_plain` handler gets as `conn_meta`.
+    /// What the `smtp_server_auth_plain` and `get_listener_domain` handlers get as
+    /// `conn_meta` (KumoMTA's names).
     fn conn_meta(&self) -> Vec<(&'static str, String)> {
         let mut meta = vec![
             ("received_from", self.peer.to_string()),
@@ -277,6 +279,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         ];
         if let Some(tls) = &self.tls {
             meta.push(("tls", tls.to_string()));
+        }
+        if let Some(identity) = &self.authenticated {
+            meta.push(("authz_id", identity.clone()));
         }
         meta
     }
@@ -292,7 +297,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Reply::new(503, [5, 5, 1], "send EHLO or HELO first")
         } else if self.tx.is_some() {
             Reply::new(503, [5, 5, 1], "a transaction is already open; RSET first")
-        } else if !self.may_relay() && self.listener.auth {
+        } else if !self.may_relay() && self.listener.auth && !self.listener.listener_domains {
+            // (With listener domains RCPT decides: a domain may be open to anyone.)
             Reply::new(
                 530,
                 [5, 7, 0],
@@ -321,8 +327,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     }
 
     async fn rcpt(&mut self, address: &str) -> Reply {
-        let may_relay = self.may_relay();
         let client_ip = self.peer.ip().to_canonical();
+        let mut may_relay = self.may_relay();
+        if let (false, true, Some(t)) = (may_relay, self.listener.listener_domains, &self.tx) {
+            let meta = self.conn_meta();
+            let listen = self.listener.config.listen.to_string();
+            match listener_domains::permits(
+                &self.ctx.policy,
+                &listen,
+                &meta,
+                client_ip,
+                &t.log.sender,
+                address,
+            )
+            .await
+            {
+                Ok(permitted) => may_relay = permitted,
+                Err(reply) => {
+                    let t = self.tx.as_mut().expect("checked above");
+                    return t.rcpt(&self.ctx, address, Some(reply), &[], 0).await;
+                }
+            }
+        }
         let max = self.listener.config.max_recipients_per_message;
         let Some(t) = self.tx.as_mut() else {
             return Reply::new(503, [5, 5, 1], "send MAIL FROM first");

@@ -9,6 +9,7 @@
 mod auth;
 mod body;
 mod dispatch;
+mod listener_domains;
 pub mod tls;
 mod transaction;
 mod transport;
@@ -36,6 +37,9 @@ pub struct Listener {
     pub tls: tokio_rustls::TlsAcceptor,
     /// AUTH is offered (over TLS): the policy handles `smtp_server_auth_plain`.
     pub auth: bool,
+    /// The policy handles `get_listener_domain`: clients outside `relay_hosts`
+    /// may relay to (or from) the domains it names.
+    pub listener_domains: bool,
     /// Where transactions for several domains go (none: one domain each).
     pub spool: Option<Arc<Delivery>>,
     /// Sessions and refusals (none when the embedder records nothing).
@@ -73,6 +77,9 @@ impl Listener {
         let auth = ctx
             .policy
             .has_handler(egress_lua::events::SMTP_SERVER_AUTH_PLAIN);
+        let listener_domains = ctx
+            .policy
+            .has_handler(egress_lua::events::GET_LISTENER_DOMAIN);
         let report = ctx.report.listener(&config.listen.to_string());
         let per_client = ClientLimits::new(
             config.max_connections_per_client,
@@ -86,6 +93,7 @@ impl Listener {
             hostname,
             tls,
             auth,
+            listener_domains,
             spool,
             report,
         })
