@@ -275,12 +275,7 @@ impl Policy {
                 Arg::Str(Some(authz.to_owned())),
                 Arg::Str(Some(authc.to_owned())),
                 Arg::Secret(password.to_owned()),
-                Arg::Table(
-                    conn_meta
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                        .collect(),
-                ),
+                Arg::conn_meta(conn_meta),
             ];
             self.yes_or_no(SMTP_SERVER_AUTH_PLAIN, args).await
         })
@@ -346,12 +341,7 @@ impl Policy {
             let args = vec![
                 Arg::Str(Some(domain.to_owned())),
                 Arg::Str(Some(listener.to_owned())),
-                Arg::Table(
-                    conn_meta
-                        .iter()
-                        .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                        .collect(),
-                ),
+                Arg::conn_meta(conn_meta),
             ];
             let found = self
                 .states()

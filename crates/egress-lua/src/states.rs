@@ -303,6 +303,16 @@ pub(crate) enum Arg {
 }
 
 impl Arg {
+    /// A connection's metadata (`conn_meta`), as KumoMTA's handlers get it.
+    pub(crate) fn conn_meta(fields: &[(&str, String)]) -> Arg {
+        Arg::Table(
+            fields
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
+        )
+    }
+
     /// How the argument appears in error messages.
     fn shown(&self) -> Option<String> {
         match self {
