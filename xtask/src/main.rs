@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo xtask peers          install the real test peers (apt), idempotent
-//! cargo xtask ci             peers, fmt, clippy, each crate's tests alone, end-to-end tests
+//! cargo xtask ci             peers, fmt, clippy, doc, package, rust-version, each crate's tests alone, end-to-end tests
 //! cargo xtask test -p NAME   one crate's tests
 //! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, throttle, relay, load, metrics, spooled, proxy, mta-sts)
 //! cargo xtask fuzz [TARGET] [--time SECONDS]   libFuzzer targets (cargo-fuzz, nightly)
@@ -207,6 +207,21 @@ fn ci() -> Result {
             }),
         ),
     ];
+    steps.push((
+        // Every crate of the workspace as crates.io would take it: packaged (the
+        // files it needs are in it; path dependencies carry versions) and built
+        // from the package alone.
+        "package".into(),
+        Box::new(|| {
+            let mut args = vec!["package", "--allow-dirty"];
+            let names = crates();
+            for name in &names {
+                args.extend(["-p", name.as_str()]);
+            }
+            cargo(&args)
+        }),
+    ));
+    steps.push(("rust-version".into(), Box::new(rust_version)));
     for name in crates() {
         let step = format!("test -p {name}");
         steps.push((step, Box::new(move || cargo(&["test", "-p", &name]))));
@@ -325,6 +340,48 @@ apt-get install -y -qq --no-install-recommends {}
     }
     println!("xtask peers: installed");
     Ok(())
+}
+
+/// The declared `rust-version` is one CI checks: the toolchain it runs on is that
+/// version (everything above was built with it), or — on a newer one — the
+/// workspace is also checked with that version through rustup.
+fn rust_version() -> Result {
+    let manifest = std::fs::read_to_string(root().join("Cargo.toml"))
+        .map_err(|e| format!("reading Cargo.toml: {e}"))?;
+    let declared = manifest
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rust-version = "))
+        .map(|v| v.trim_matches('"').to_owned())
+        .ok_or("Cargo.toml: no rust-version in [workspace.package]")?;
+    let out = Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("rustc --version: {e}"))?;
+    let running = String::from_utf8_lossy(&out.stdout).to_string();
+    // `rustc 1.95.0 (…)`: compare major.minor (and patch when declared).
+    let version = running.split_whitespace().nth(1).unwrap_or("");
+    let same = version == declared || version.starts_with(&format!("{declared}."));
+    if same {
+        println!("xtask ci: rust-version {declared} is the toolchain this run built and tested with ({})", running.trim());
+        return Ok(());
+    }
+    println!("xtask ci: running {version}, declared {declared}: checking with {declared} too");
+    let toolchain = format!("+{declared}");
+    let installed = run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        &declared,
+        "--profile",
+        "minimal",
+    ]));
+    installed.map_err(|e| {
+        format!(
+            "the declared rust-version {declared} cannot be checked here ({e}); install that \
+             toolchain, or set rust-version in Cargo.toml to the toolchain CI runs ({version})"
+        )
+    })?;
+    // `+TOOLCHAIN` is understood by rustup's cargo proxy, not by the cargo running xtask.
+    run(Command::new("cargo").args([toolchain.as_str(), "check", "--workspace", "--all-targets"]))
 }
 
 fn is_root() -> bool {
