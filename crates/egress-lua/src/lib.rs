@@ -31,6 +31,7 @@
 
 mod declarations;
 mod definition;
+mod engine;
 mod error;
 mod extras;
 mod kumo;
@@ -54,15 +55,9 @@ use states::LuaStates;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-/// A future compiled in the crate that makes it, whatever crate awaits it.
-///
-/// The public async methods here (and egress-relay's entry points) return it
-/// rather than being `async fn`s: a crate that awaits an `async fn` of another
-/// compiles every future beneath it again — release builds share no generic code
-/// between crates, and a future's `poll` is generic code — so a release build of
-/// egressd compiled the relay, and the Lua calls and caches, once per crate on
-/// the way to the binary. One allocation per call is the price.
-pub type Boxed<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+/// A future compiled in the crate that makes it, whatever crate awaits it (see
+/// [`egress_policy::Boxed`]).
+pub use egress_policy::Boxed;
 
 /// The event names, as `kumo.on` knows them.
 pub mod events {

@@ -32,7 +32,6 @@ mod session;
 pub mod socks5;
 #[cfg(target_os = "linux")]
 mod splice;
-pub mod tls;
 
 pub use rules::Rules;
 pub use session::Summary;

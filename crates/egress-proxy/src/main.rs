@@ -126,11 +126,11 @@ fn plan(
     let mut planned = Vec::new();
     for params in &config.listeners {
         let tls = match params.use_tls {
-            true => Some(egress_proxy::tls::acceptor(
+            true => Some(egress_tls::acceptor(
                 params.tls_certificate.as_ref(),
                 params.tls_private_key.as_ref(),
                 params.hostname.as_deref().unwrap_or("localhost"),
-                &params.listen.to_string(),
+                &format!("listener {}", params.listen),
             )?),
             false => None,
         };

@@ -1,19 +1,77 @@
-//! Embeds the relay in a program of your own: a policy, a `Relay`, a listener on a
-//! `TcpListener`, and one message sent through it to a small destination that
-//! prints what it saw. Everything is on loopback.
+//! Embeds the relay in a program of your own, with a policy written in Rust (no
+//! Lua): a `Relay`, a listener on a `TcpListener`, and one message sent through it
+//! to a small destination that prints what it saw. Everything is on loopback.
 //!
 //! ```text
 //! cargo run -p egress-relay --example embed
 //! ```
 
-use egress_lua::{EsmtpListener, Policy, PolicyOptions};
-use egress_relay::Relay;
+use egress_relay::{Boxed, Declarations, EsmtpListener, Policy, PolicyError, Relay};
 use egress_smtp::{ClientSession, Timeouts};
+use egress_source::{EgressPathConfig, EgressPool, EgressSource, MxListEntry, QueueConfig};
 use std::error::Error;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
+
+/// Every domain goes to one next hop, through pool "main" = one source that
+/// leaves from 127.0.0.2 as mta2.example.test. Your MTA would answer from its own
+/// configuration; the relay asks these four questions per transaction.
+struct OneNextHop {
+    next_hop: SocketAddr,
+}
+
+fn answer<'a, T: Send + 'a>(value: T) -> Boxed<'a, Result<Arc<T>, PolicyError>> {
+    Box::pin(async move { Ok(Arc::new(value)) })
+}
+
+impl Policy for OneNextHop {
+    fn declarations(&self) -> Declarations {
+        Declarations::default() // the system's resolver, no Redis, no spool
+    }
+
+    fn queue_config<'a>(
+        &'a self,
+        _domain: &'a str,
+        _tenant: Option<&'a str>,
+        _campaign: Option<&'a str>,
+        _routing_domain: Option<&'a str>,
+    ) -> Boxed<'a, Result<Arc<QueueConfig>, PolicyError>> {
+        let literal = format!("[{}]:{}", self.next_hop.ip(), self.next_hop.port());
+        let hop: MxListEntry = match literal.parse() {
+            Ok(hop) => hop,
+            Err(e) => return Box::pin(async move { Err(PolicyError::new(e)) }),
+        };
+        let queue = QueueConfig::for_pool("main").with_mx_list(vec![hop]);
+        answer(queue)
+    }
+
+    fn egress_pool<'a>(&'a self, name: &'a str) -> Boxed<'a, Result<Arc<EgressPool>, PolicyError>> {
+        let pool = EgressPool::of(name, [("ip-2", 1)]);
+        Box::pin(async move { pool.map(Arc::new).map_err(PolicyError::new) })
+    }
+
+    fn egress_source<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Boxed<'a, Result<Arc<EgressSource>, PolicyError>> {
+        let mut source = EgressSource::named(name);
+        source.source_address = Some("127.0.0.2".parse().expect("an address"));
+        source.ehlo_domain = Some("mta2.example.test".into());
+        answer(source)
+    }
+
+    fn egress_path_config<'a>(
+        &'a self,
+        _domain: &'a str,
+        _source: &'a str,
+        _site: Option<&'a str>,
+    ) -> Boxed<'a, Result<Arc<EgressPathConfig>, PolicyError>> {
+        answer(EgressPathConfig::default())
+    }
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn Error>> {
@@ -21,26 +79,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let next_hop = destination.local_addr()?;
     tokio::spawn(print_what_arrives(destination));
 
-    // Every domain goes to the destination above, from 127.0.0.2 as mta2.example.test.
-    let policy = Policy::from_source(
-        "embed.lua",
-        &format!(
-            "kumo.on('get_queue_config', function(domain)
-               return kumo.make_queue_config {{ egress_pool = 'main',
-                 protocol = {{ smtp = {{ mx_list = {{ '[{}]:{}' }} }} }} }}
-             end)
-             kumo.on('get_egress_pool', function(name)
-               return kumo.make_egress_pool {{ name = name, entries = {{ {{ name = 'ip-2' }} }} }}
-             end)
-             kumo.on('get_egress_source', function(name)
-               return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2',
-                                                 ehlo_domain = 'mta2.example.test' }}
-             end)",
-            next_hop.ip(),
-            next_hop.port()
-        ),
-        PolicyOptions::default(),
-    )?;
+    let policy = OneNextHop { next_hop };
     let relay = Relay::builder(Arc::new(policy))
         .hostname("relay.example.test")
         .build()?;

@@ -1,15 +1,20 @@
 //! The relay engine: an ESMTP session that relays each transaction through an
-//! egress source picked from a weighted pool, as a KumoMTA-style Lua policy
-//! defines them — with the routing, destination sessions, shaping, DNS, limits per
-//! client, spooled delivery (for several-domain mail) and the transaction log that
-//! takes. egressd is a thin server over it; any Rust MTA can embed it.
+//! egress source picked from a weighted pool — with the routing, destination
+//! sessions, shaping, DNS, limits per client, spooled delivery (for
+//! several-domain mail) and the transaction log that takes. egressd is a thin
+//! server over it; any Rust MTA can embed it.
 //!
-//! [`Relay`] is the face: built from a [`Policy`], it reads what the policy's
-//! `init` declares (resolver, Redis throttles, spool), and serves one inbound
-//! connection at a time on [`Listener`]s made from the policy's
-//! `kumo.start_esmtp_listener` declarations (or your own [`EsmtpListener`]).
-//! What happens is reported through [`report::Report`]; the relay itself has no
-//! HTTP, no metrics library and no CLI.
+//! [`Relay`] is the face: built from a [`Policy`] — the trait the engine asks
+//! (egress-lua implements it for KumoMTA-style Lua policies; your MTA can in
+//! plain Rust, see `examples/embed.rs`) — it reads what the policy declares
+//! (resolver, Redis throttles, spool), and serves inbound connections on
+//! [`Listener`]s. [`Relay::resolve`] and [`Relay::probe`] follow the same route
+//! decision a transaction does; [`Relay::admin`] lists, raises and ends
+//! suspensions and overrides. What happens is reported through [`Report`]; the
+//! relay itself has no HTTP, no metrics library, no CLI and no Lua. Everything
+//! public is re-exported here; the modules are private.
+//!
+//! With a Lua policy (egress-lua):
 //!
 //! ```no_run
 //! use egress_lua::{EsmtpListener, Policy, PolicyOptions};
@@ -42,26 +47,38 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod client_limits;
-pub mod delivery;
-pub mod dns;
-pub mod inbound;
-pub mod outbound;
-pub mod report;
+mod admin;
+mod client_limits;
+mod delivery;
+mod dns;
+mod inbound;
+mod outbound;
+mod probe;
+mod report;
 mod resolve;
-pub mod shutdown;
-pub mod txlog;
+mod shutdown;
+mod suspension;
+mod txlog;
 
-pub use delivery::Delivery;
-pub use dns::Dns;
-pub use egress_lua::{Boxed, EsmtpListener, Policy};
+// The face: everything an embedder uses, and nothing else (modules are private).
+pub use admin::{Admin, OverrideScope};
+pub use delivery::{Delivery, DRAIN};
+pub use egress_policy::{
+    Boxed, Declarations, EsmtpListener, InvalidLineEndings, Policy, PolicyError,
+};
+pub use egress_throttle::{Block, BlockKind, InForce, Override};
 pub use inbound::Listener;
-pub use outbound::Context;
+pub use probe::{ProbeReport, ProbeTls};
+pub use report::{ListenerReport, NoReport, Origin, PathReport, Refusal, Report, Unrouted};
 pub use resolve::ResolveError;
+pub use shutdown::State;
+pub use suspension::{Suspension, SuspensionKey};
+
+use dns::Dns;
+use outbound::Context;
 
 use egress_throttle::Throttles;
-use report::{NoReport, Report};
-use shutdown::{Shutdown, State, Trigger};
+use shutdown::{Shutdown, Trigger};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -81,8 +98,9 @@ pub struct Relay {
 
 /// Builds a [`Relay`]; see [`Relay::builder`].
 pub struct RelayBuilder {
-    policy: Arc<Policy>,
+    policy: Arc<dyn Policy>,
     hostname: Option<String>,
+    product: Option<String>,
     report: Arc<dyn Report>,
     throttles: Option<Arc<Throttles>>,
 }
@@ -92,6 +110,14 @@ impl RelayBuilder {
     /// the host's name.
     pub fn hostname(mut self, name: impl Into<String>) -> Self {
         self.hostname = Some(name.into());
+        self
+    }
+
+    /// The server's name in what the relay writes — the banner (`ESMTP NAME`),
+    /// `Received: … (NAME)`, DSNs, the MTA-STS `User-Agent`, the TLS report's own
+    /// field; default `egress-relay`.
+    pub fn product(mut self, name: impl Into<String>) -> Self {
+        self.product = Some(name.into());
         self
     }
 
@@ -113,22 +139,7 @@ impl RelayBuilder {
     /// spool's schedule, and closing idle destination sessions. Call it within a
     /// Tokio runtime. Errors name the declaration at fault.
     pub fn build(self) -> Result<Arc<Relay>, String> {
-        let init = self.policy.init();
-        let dns = Dns::new(init.resolver.as_ref()).map_err(|e| format!("DNS: {e}"))?;
-        let throttles = match (self.throttles, &init.redis_throttles) {
-            (Some(t), _) => t,
-            (None, Some(redis)) => {
-                let t = Throttles::with_redis_params(redis)
-                    .map_err(|e| format!("kumo.configure_redis_throttles: {e}"))?;
-                tracing::info!(
-                    node = %redis.describe(),
-                    cluster = redis.is_cluster(),
-                    "throttles, connection limits and suspensions are shared through Redis"
-                );
-                Arc::new(t)
-            }
-            (None, None) => Arc::new(Throttles::local()),
-        };
+        let init = self.policy.declarations();
         let delivery = match &init.spool {
             Some(def) => {
                 let (spool, found) =
@@ -144,14 +155,7 @@ impl RelayBuilder {
             }
             None => None,
         };
-        let hostname = self.hostname.unwrap_or_else(host_name);
-        let ctx = Arc::new(Context::with_throttles(
-            self.policy,
-            dns,
-            hostname,
-            throttles,
-            self.report,
-        ));
+        let ctx = self.into_context(&init)?;
         ctx.shaper.spawn_renewal();
         let (trigger, shutdown) = shutdown::channel();
         let deliveries = delivery
@@ -179,12 +183,60 @@ impl RelayBuilder {
     }
 }
 
+impl RelayBuilder {
+    /// The shared state every session uses: DNS and the throttle store as the
+    /// policy declares them, our names, the report.
+    fn into_context(self, init: &Declarations) -> Result<Arc<Context>, String> {
+        let dns = Dns::new(init.resolver.as_ref()).map_err(|e| format!("DNS: {e}"))?;
+        let throttles = match (self.throttles, &init.redis_throttles) {
+            (Some(t), _) => t,
+            (None, Some(redis)) => {
+                let t = Throttles::with_redis_params(redis)
+                    .map_err(|e| format!("kumo.configure_redis_throttles: {e}"))?;
+                tracing::info!(
+                    node = %redis.describe(),
+                    cluster = redis.is_cluster(),
+                    "throttles, connection limits and suspensions are shared through Redis"
+                );
+                Arc::new(t)
+            }
+            (None, None) => Arc::new(Throttles::local()),
+        };
+        let hostname = self.hostname.unwrap_or_else(host_name);
+        let product = self.product.as_deref().unwrap_or(outbound::PRODUCT);
+        Ok(Arc::new(Context::with_throttles(
+            self.policy,
+            dns,
+            hostname,
+            product,
+            throttles,
+            self.report,
+        )))
+    }
+
+    /// [`Relay::probe`] without a running relay (no spool opened, no background
+    /// work): what a command-line probe wants. The resolver and throttle store
+    /// are the policy's, so automation's overrides shared through Redis apply.
+    pub fn probe(
+        self,
+        source: &str,
+        target: &str,
+        tls: bool,
+    ) -> Boxed<'static, Result<ProbeReport, String>> {
+        let (source, target) = (source.to_owned(), target.to_owned());
+        let init = self.policy.declarations();
+        let ctx = self.into_context(&init);
+        Box::pin(async move { probe::probe(&*ctx?, &source, &target, tls).await })
+    }
+}
+
 impl Relay {
     /// A builder over a loaded policy.
-    pub fn builder(policy: Arc<Policy>) -> RelayBuilder {
+    pub fn builder(policy: Arc<dyn Policy>) -> RelayBuilder {
         RelayBuilder {
             policy,
             hostname: None,
+            product: None,
             report: Arc::new(NoReport),
             throttles: None,
         }
@@ -286,10 +338,27 @@ impl Relay {
         })
     }
 
-    /// The shared state: policy, DNS, shaping, idle sessions (what an operations
-    /// surface reads and where operator suspensions are written).
-    pub fn context(&self) -> &Arc<Context> {
-        &self.ctx
+    /// One connection through `source` to `target`, along the route a
+    /// transaction would follow: a bare name is a domain (its queue config,
+    /// `mx_list` or MX hosts), `HOST:PORT` or `[IP]` one host; the path config
+    /// with automation's overrides, `skip_hosts`/`prohibited_hosts`, every
+    /// address in order until one answers; the banner and EHLO reply, then QUIT.
+    /// With `tls`, STARTTLS too (verified against the system trust store; when
+    /// that fails, repeated without verification to show what is presented).
+    /// Nothing is counted against a limit.
+    pub fn probe<'a>(
+        &'a self,
+        source: &'a str,
+        target: &'a str,
+        tls: bool,
+    ) -> Boxed<'a, Result<ProbeReport, String>> {
+        Box::pin(probe::probe(&self.ctx, source, target, tls))
+    }
+
+    /// The operator's handle: suspensions, automation in force, idle sessions,
+    /// the throttle store's health, the TLS report.
+    pub fn admin(&self) -> Admin<'_> {
+        Admin { ctx: &self.ctx }
     }
 
     /// The spool's delivery, when the policy defines a spool.
@@ -304,7 +373,7 @@ impl Relay {
 
     /// Stops gracefully: sessions end at their next transaction boundary with
     /// `421`; after `deadline`, at their next read. Then the spool's attempts in
-    /// flight get [`delivery::DRAIN`] to finish, and idle destination sessions
+    /// flight get [`DRAIN`] to finish, and idle destination sessions
     /// are closed. Stop accepting connections before calling it.
     pub async fn shutdown(&self, deadline: Duration) {
         self.trigger.set(State::Draining);

@@ -11,7 +11,7 @@
 //! one dynamic call on the handle — no lock, no allocation, no label lookup.
 //!
 //! ```
-//! use egress_relay::report::{Origin, PathReport, Report};
+//! use egress_relay::{Origin, PathReport, Report};
 //! use std::sync::atomic::{AtomicU64, Ordering};
 //! use std::sync::Arc;
 //! use std::time::Duration;

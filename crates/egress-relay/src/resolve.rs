@@ -9,12 +9,14 @@
 //! heaviest first.
 
 use crate::outbound::in_force::{domain_scope, site_scope};
+use crate::outbound::plan::{self, Unplanned};
 use crate::outbound::route::heaviest_first;
 use crate::outbound::shaping::{
-    connection_limits, connection_rates, message_rates, ready_queue, selection_rates, Rate,
+    connection_limits, connection_rates, message_rates, selection_rates, Rate,
 };
 use crate::outbound::Context;
-use egress_source::{effective_ehlo_domain, effective_port, EgressPathConfig};
+use crate::suspension::SuspensionKey;
+use egress_source::EgressPathConfig;
 use serde_json::{json, Value};
 
 /// Why a resolution could not be made.
@@ -51,49 +53,35 @@ pub async fn resolve(
     domain: &str,
     source: Option<&str>,
 ) -> Result<Value, ResolveError> {
-    let policy = &ctx.policy;
     let failed =
         |what: &str, e: &dyn std::fmt::Display| ResolveError::Failed(format!("{what}: {e}"));
-    let queue = policy
-        .queue_config(domain, None, None, None)
+    let routed = plan::route(ctx, domain, None)
         .await
-        .map_err(|e| failed("get_queue_config", &e))?;
-    let pool = policy
-        .egress_pool(&queue.egress_pool)
-        .await
-        .map_err(|e| failed(&format!("pool '{}'", queue.egress_pool), &e))?;
-    let routing = ctx
-        .routing
-        .get(&ctx.dns, domain, &queue)
-        .await
-        .map_err(|e| failed(&format!("cannot route {domain}"), &e))?;
+        .map_err(|e| ResolveError::Failed(e.text))?;
+    let (queue, pool) = (&routed.queue, &routed.pool);
+    let routing = &routed.routing;
     let (hosts, site) = (&routing.hosts, routing.site.clone());
 
     let names: Vec<String> = match source {
         Some(source) => vec![source.to_owned()],
-        None => heaviest_first(&pool)
+        None => heaviest_first(pool)
             .into_iter()
             .map(str::to_owned)
             .collect(),
     };
     let mut sources = Vec::new();
     for name in names {
-        let source = policy
-            .egress_source(&name)
+        let plan = plan::for_source(ctx, &routed.routing, domain, &name)
             .await
-            .map_err(|e| ResolveError::Asked {
-                field: "source",
-                message: format!("no egress source {name:?}: {e}"),
+            .map_err(|e| match e {
+                Unplanned::Source(e) => ResolveError::Asked {
+                    field: "source",
+                    message: format!("no egress source {name:?}: {e}"),
+                },
+                Unplanned::Path(e) => failed("get_egress_path_config", &e),
             })?;
-        let path = policy
-            .egress_path_config(domain, &name, Some(&site))
-            .await
-            .map_err(|e| failed("get_egress_path_config", &e))?;
+        let (source, path) = (&plan.source, &plan.path);
         let shaper = &ctx.shaper;
-        let path = shaper
-            .automated
-            .apply(&shaper.throttles, path, &name, &site, domain)
-            .await;
         let scopes = [site_scope(&name, &site), domain_scope(&name, domain)];
         let overrides: Vec<Value> = shaper
             .automated
@@ -111,20 +99,34 @@ pub async fn resolve(
                 })
             })
             .collect();
-        let destinations: Vec<Value> = hosts
-            .iter()
-            .map(|h| {
-                json!({
-                    "host": h.host,
-                    "address": h.ip.to_string(),
-                    "port": effective_port(&source, h.entry.as_ref(), &path),
-                    "mx_list_entry": h.entry.as_ref().map(|e| e.to_string()),
-                })
-            })
-            .collect();
+        // The hosts this source's path lets it try, in order (skip_hosts,
+        // prohibited_hosts and ip_lookup_strategy applied), or why none.
+        let (destinations, refused): (Vec<Value>, Option<String>) = match &plan.hosts {
+            Ok(list) => (
+                list.iter()
+                    .map(|(h, addr)| {
+                        json!({
+                            "host": h.host,
+                            "address": h.ip.to_string(),
+                            "port": addr.port(),
+                            "mx_list_entry": h.entry.as_ref().map(|e| e.to_string()),
+                        })
+                    })
+                    .collect(),
+                None,
+            ),
+            Err(reply) => (Vec::new(), Some(reply.to_string())),
+        };
         let mut suspensions = Vec::new();
-        for key in [name.clone(), ready_queue(&name, &site)] {
-            if let Some(s) = ctx.shaper.throttles.suspension(&key).await {
+        let keys = [
+            SuspensionKey::Source(name.clone()),
+            SuspensionKey::Site {
+                source: name.clone(),
+                site: site.clone(),
+            },
+        ];
+        for key in keys {
+            if let Some(s) = ctx.shaper.throttles.suspension(&key.id()).await {
                 suspensions.push(json!({
                     "id": s.key,
                     "reason": s.reason,
@@ -136,11 +138,12 @@ pub async fn resolve(
             "name": name,
             "in_pool": pool.entries.iter().any(|e| e.name == name),
             "weight": pool.entries.iter().find(|e| e.name == name).map(|e| e.weight),
-            "ehlo_domain": effective_ehlo_domain(&path, &source, &ctx.hostname),
+            "ehlo_domain": plan.ehlo,
             "destinations": destinations,
+            "refused": refused,
             "suspensions": suspensions,
             "overrides": overrides,
-            "throttles": throttles(ctx, &name, &site, &path).await,
+            "throttles": throttles(ctx, &name, &site, path).await,
             "source": source.as_ref(),
             "path_config": path.as_ref(),
         }));

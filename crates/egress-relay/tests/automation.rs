@@ -173,10 +173,10 @@ fn tss04_suspends_on_every_node(redis: &impl SharedRedis) {
     );
 
     // The suspension is in the shared store, with the rule as its reason.
-    let suspensions = a.block_on(a.relay.context().shaper.throttles.suspensions());
+    let suspensions = a.block_on(a.relay.admin().suspensions());
     let s = suspensions
         .iter()
-        .find(|s| s.key == "ip-2->provider:yahoo")
+        .find(|s| s.key.id() == "ip-2->provider:yahoo")
         .unwrap_or_else(|| panic!("{suspensions:?}"));
     assert!(
         s.reason.contains("automation") && s.reason.contains("[TSS04]"),
@@ -279,9 +279,9 @@ fn a_provider_with_no_match_list_loads_and_its_rules_never_fire() {
     assert!(log.contains("[provider.\"yahoo\"].automation[1]"), "{log}");
     assert!(!log.contains("provider.\"gmail\""), "{log}");
     let keys: Vec<String> = d
-        .block_on(d.relay.context().shaper.throttles.suspensions())
+        .block_on(d.relay.admin().suspensions())
         .into_iter()
-        .map(|s| s.key)
+        .map(|s| s.key.id())
         .collect();
     assert_eq!(keys, vec!["ip-2->provider:yahoo".to_owned()]);
     // The other providers' settings apply where they match.
@@ -343,9 +343,9 @@ match_internal = true
 "#;
     let (d, _dir) = relay(&dns, &shaping(&yahoo, &other, rules), "");
     let suspended = || -> Vec<String> {
-        d.block_on(d.relay.context().shaper.throttles.suspensions())
+        d.block_on(d.relay.admin().suspensions())
             .into_iter()
-            .map(|s| s.key)
+            .map(|s| s.key.id())
             .collect()
     };
     assert_eq!(send(&d, "down.test", 1).len(), 1);

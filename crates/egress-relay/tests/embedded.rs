@@ -6,7 +6,7 @@ mod common;
 
 use common::Embedded;
 use egress_e2e::{connect_from, header, mx_entry, send_mail, SmtpSink};
-use egress_relay::report::{Origin, PathReport, Report};
+use egress_relay::{Origin, PathReport, Report};
 use std::net::{IpAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

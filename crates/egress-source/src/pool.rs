@@ -64,6 +64,33 @@ fn weight<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 strict_table!(EgressPoolEntry, "egress pool entry", ["name", "weight"]);
 
 impl EgressPool {
+    /// A pool of `entries` (source name, weight), validated — for a policy
+    /// written in Rust.
+    ///
+    /// ```
+    /// let pool = egress_source::EgressPool::of("main", [("ip-1", 3), ("ip-2", 1)]).unwrap();
+    /// assert_eq!(pool.entries[0].weight, 3);
+    /// assert!(egress_source::EgressPool::of("main", [("ip-1", 1), ("ip-1", 2)]).is_err());
+    /// ```
+    pub fn of<N: Into<String>>(
+        name: impl Into<String>,
+        entries: impl IntoIterator<Item = (N, u32)>,
+    ) -> Result<EgressPool, ValidationError> {
+        let pool = EgressPool {
+            name: name.into(),
+            entries: entries
+                .into_iter()
+                .map(|(name, weight)| EgressPoolEntry {
+                    name: name.into(),
+                    weight,
+                })
+                .collect(),
+            ttl: default_ttl(),
+        };
+        pool.validate()?;
+        Ok(pool)
+    }
+
     /// The built-in pool `unspecified`: one source `unspecified` (kernel-chosen address).
     pub fn unspecified() -> Self {
         EgressPool {

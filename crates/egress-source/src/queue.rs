@@ -75,6 +75,32 @@ impl Default for QueueConfig {
 }
 
 impl QueueConfig {
+    /// Mail through `pool`, every other setting at its default — for a policy
+    /// written in Rust.
+    pub fn for_pool(pool: impl Into<String>) -> QueueConfig {
+        QueueConfig {
+            egress_pool: pool.into(),
+            ..QueueConfig::default()
+        }
+    }
+
+    /// The same, delivered to `hosts` in order instead of the domain's MX hosts
+    /// (KumoMTA's `protocol.smtp.mx_list`).
+    ///
+    /// ```
+    /// use egress_source::QueueConfig;
+    /// let q = QueueConfig::for_pool("main").with_mx_list(vec!["[10.0.0.9]:2525".parse().unwrap()]);
+    /// assert_eq!(q.mx_list()[0].port(), Some(2525));
+    /// ```
+    pub fn with_mx_list(mut self, hosts: Vec<MxListEntry>) -> QueueConfig {
+        let protocol = self.protocol.get_or_insert_with(DeliveryProtocol::default);
+        protocol
+            .smtp
+            .get_or_insert_with(SmtpProtocol::default)
+            .mx_list = hosts;
+        self
+    }
+
     /// The wait before retry number `attempt` (1 for the first retry): the retry
     /// interval doubled for each earlier failure, at most `max_retry_interval`.
     ///

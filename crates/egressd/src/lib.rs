@@ -4,7 +4,7 @@
 //! - [`server`]: process wiring — listeners bound, the relay built, signals,
 //!   reload, shutdown. [`listen`] makes the sockets (backlog, descriptor limit).
 //! - [`admin`]: the HTTP API and `/metrics`; [`metrics`] is the Prometheus
-//!   registry the relay reports into (it implements `egress_relay::report::Report`);
+//!   registry the relay reports into (it implements `egress_relay::Report`);
 //!   [`ctl`] is the CLI's client for the API.
 //! - [`probe`]: `egressd probe`, one connection through a source.
 //!

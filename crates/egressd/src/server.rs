@@ -3,7 +3,8 @@
 use crate::admin::{Admin, HttpServer, LogFilter};
 use crate::listen;
 use crate::metrics::Metrics;
-use egress_relay::{Boxed, EsmtpListener, Policy, Relay};
+use egress_lua::Policy;
+use egress_relay::{Boxed, EsmtpListener, Relay};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -46,6 +47,7 @@ async fn serve_until_signalled(policy: Arc<Policy>, options: ServeOptions) -> Re
         init.esmtp_listeners.clone()
     };
     let relay = Relay::builder(policy.clone())
+        .product("egressd")
         .hostname(host_name.clone())
         .report(metrics.clone())
         .build()?;
@@ -83,6 +85,7 @@ async fn serve_until_signalled(policy: Arc<Policy>, options: ServeOptions) -> Re
 
     let admin = Arc::new(Admin {
         relay: relay.clone(),
+        policy: policy.clone(),
         metrics,
         log_filter,
         started: std::time::SystemTime::now(),

@@ -22,7 +22,7 @@ pub struct Message {
 }
 
 /// The notification for `env`'s failed recipients, if one is due.
-pub fn for_failures(env: &Envelope, hostname: &str, data: &Path) -> Option<Message> {
+pub fn for_failures(env: &Envelope, hostname: &str, product: &str, data: &Path) -> Option<Message> {
     if env.sender.is_empty() {
         return None;
     }
@@ -39,7 +39,7 @@ pub fn for_failures(env: &Envelope, hostname: &str, data: &Path) -> Option<Messa
         return None;
     }
     let domain = env.sender.rsplit_once('@')?.1.to_ascii_lowercase();
-    let text = report(env, hostname, &failed, &original_headers(data));
+    let text = report(env, hostname, product, &failed, &original_headers(data));
     Some(Message {
         wire: frame(&text),
         domain,
@@ -63,8 +63,14 @@ fn status(reply: &str) -> String {
         .to_owned()
 }
 
-fn report(env: &Envelope, hostname: &str, failed: &[(&str, &str)], headers: &str) -> String {
-    let boundary = format!("{}.{hostname}/egressd", env.id);
+fn report(
+    env: &Envelope,
+    hostname: &str,
+    product: &str,
+    failed: &[(&str, &str)],
+    headers: &str,
+) -> String {
+    let boundary = format!("{}.{hostname}/{product}", env.id);
     let date = httpdate::fmt_http_date(std::time::SystemTime::now());
     let arrival = httpdate::fmt_http_date(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(env.created),
@@ -93,7 +99,7 @@ fn report(env: &Envelope, hostname: &str, failed: &[(&str, &str)], headers: &str
          --{boundary}\r\n\
          Content-Type: text/plain; charset=us-ascii\r\n\
          \r\n\
-         This is egressd at {hostname}. Your message (spool id {id}) could not be\r\n\
+         This is {product} at {hostname}. Your message (spool id {id}) could not be\r\n\
          delivered to the following recipients:\r\n\
          \r\n\
          {listing}\
@@ -170,7 +176,7 @@ mod tests {
         env.domains[0].recipients[0].state = RecipientState::Failed {
             reply: "550 5.1.1 no such user".into(),
         };
-        let dsn = for_failures(&env, "relay.test", &data).unwrap();
+        let dsn = for_failures(&env, "relay.test", "egressd", &data).unwrap();
         assert_eq!(
             (dsn.domain.as_str(), dsn.recipient.as_str()),
             ("a.test", "alice@a.test")
@@ -184,7 +190,7 @@ mod tests {
         assert!(text.ends_with("--\r\n.\r\n"));
         env.sender.clear();
         assert!(
-            for_failures(&env, "relay.test", &data).is_none(),
+            for_failures(&env, "relay.test", "egressd", &data).is_none(),
             "never for <>"
         );
     }

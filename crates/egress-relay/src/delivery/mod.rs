@@ -270,8 +270,12 @@ impl Delivery {
 
     /// Every recipient has an answer: bounce what failed, then let the message go.
     async fn finish(&self, ctx: &Context, env: Envelope) {
-        if let Some(bounce) = dsn::for_failures(&env, &ctx.hostname, &self.spool.data_path(&env.id))
-        {
+        if let Some(bounce) = dsn::for_failures(
+            &env,
+            &ctx.hostname,
+            &ctx.product,
+            &self.spool.data_path(&env.id),
+        ) {
             match self.spool_message(bounce).await {
                 Ok(id) => {
                     tracing::info!(id = %env.id, dsn = %id, "spool: delivery status notification spooled for the sender")

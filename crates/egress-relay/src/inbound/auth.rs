@@ -4,7 +4,7 @@
 
 use super::transport::{Conn, Ended};
 use base64::Engine;
-use egress_lua::Policy;
+use egress_policy::Policy;
 use egress_smtp::Reply;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -24,7 +24,7 @@ pub enum Authenticated {
 /// response (possibly empty, `=` for an empty one).
 pub async fn authenticate<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut Conn<S>,
-    policy: &Policy,
+    policy: &dyn Policy,
     mechanism: u64,
     initial: &str,
     conn_meta: &[(&str, String)],

@@ -17,7 +17,7 @@ use super::Listener;
 use crate::delivery::OpenSession;
 use crate::outbound::{Context, Outbound};
 use crate::report::{Origin, Refusal};
-use egress_lua::InvalidLineEndings;
+use egress_policy::InvalidLineEndings;
 use egress_smtp::{BodyReader, LineEndings, Reply, TlsInfo};
 use egress_spool::{Envelope, SpoolError, SpoolWriter};
 use std::net::SocketAddr;
@@ -34,6 +34,7 @@ pub struct Trace<'a> {
     pub helo: &'a str,
     pub peer: SocketAddr,
     pub hostname: &'a str,
+    pub product: &'a str,
     pub tls: Option<&'a TlsInfo>,
     pub authenticated: bool,
 }
@@ -494,9 +495,10 @@ fn received_header(trace: &Trace<'_>, id: &str) -> String {
     };
     DATE.with_borrow_mut(|date| {
         format!(
-            "Received: from {helo} ([{}])\r\n\tby {} (egressd) with {protocol} id {id}{tls};\r\n\t{}\r\n",
+            "Received: from {helo} ([{}])\r\n\tby {} ({}) with {protocol} id {id}{tls};\r\n\t{}\r\n",
             trace.peer.ip().to_canonical(),
             trace.hostname,
+            trace.product,
             date.now()
         )
     })

@@ -83,7 +83,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             .config
             .banner
             .as_deref()
-            .unwrap_or("ESMTP egressd");
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("ESMTP {}", self.ctx.product));
         let welcome: String = format!("{} {banner}", self.listener.hostname)
             .chars()
             .filter(|c| !c.is_control())
@@ -238,7 +239,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         }
         let meta = self.conn_meta();
         let policy = self.ctx.policy.clone();
-        match auth::authenticate(&mut self.conn, &policy, mechanism, initial, &meta).await {
+        match auth::authenticate(&mut self.conn, &*policy, mechanism, initial, &meta).await {
             Err(Ended) => Next::Close,
             Ok(Authenticated::Yes(identity)) => {
                 tracing::info!(client = %self.peer, identity = %identity, "authenticated");
@@ -333,7 +334,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             let meta = self.conn_meta();
             let listen = self.listener.config.listen.to_string();
             match listener_domains::permits(
-                &self.ctx.policy,
+                &*self.ctx.policy,
                 &listen,
                 &meta,
                 client_ip,
@@ -395,6 +396,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     helo: self.helo.as_deref().unwrap_or(""),
                     peer: self.peer,
                     hostname: &self.listener.hostname,
+                    product: &self.ctx.product,
                     tls: self.tls.as_ref(),
                     authenticated: self.authenticated.is_some(),
                 };

@@ -3,7 +3,7 @@
 //! domain to anyone (an MX backup, an inbound relay); `relay_from` lets clients
 //! in its networks relay anywhere when the sender's domain is the one named.
 
-use egress_lua::Policy;
+use egress_policy::{Policy, PolicyError};
 use egress_smtp::Reply;
 use std::net::IpAddr;
 
@@ -11,14 +11,14 @@ use std::net::IpAddr;
 /// recipient's domain (`relay_to`), then of the sender's (`relay_from`). A
 /// policy error is a 4xx (the client keeps the message), never a refusal.
 pub async fn permits(
-    policy: &Policy,
+    policy: &dyn Policy,
     listener: &str,
     conn_meta: &[(&str, String)],
     client: IpAddr,
     sender: &str,
     recipient: &str,
 ) -> Result<bool, Reply> {
-    let failed = |e: egress_lua::PolicyError| {
+    let failed = |e: PolicyError| {
         Reply::new(
             451,
             [4, 3, 0],

@@ -10,7 +10,6 @@ mod auth;
 mod body;
 mod dispatch;
 mod listener_domains;
-pub mod tls;
 mod transaction;
 mod transport;
 
@@ -19,7 +18,7 @@ use crate::delivery::Delivery;
 use crate::outbound::Context;
 use crate::report::{ActiveSession, ListenerReport, Refusal};
 use crate::shutdown::Shutdown;
-use egress_lua::EsmtpListener;
+use egress_policy::EsmtpListener;
 use egress_smtp::Reply;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -67,19 +66,16 @@ impl Listener {
             .hostname
             .clone()
             .unwrap_or_else(|| ctx.hostname.clone());
-        let tls = tls::acceptor(
-            config.tls_certificate.as_deref(),
-            config.tls_private_key.as_deref(),
+        let file = |path: &Option<String>| path.clone().map(egress_source::KeySource::File);
+        let tls = egress_tls::acceptor(
+            file(&config.tls_certificate).as_ref(),
+            file(&config.tls_private_key).as_ref(),
             &hostname,
             "kumo.start_esmtp_listener",
         )
         .map_err(|e| format!("listener {}: {e}", config.listen))?;
-        let auth = ctx
-            .policy
-            .has_handler(egress_lua::events::SMTP_SERVER_AUTH_PLAIN);
-        let listener_domains = ctx
-            .policy
-            .has_handler(egress_lua::events::GET_LISTENER_DOMAIN);
+        let auth = ctx.policy.authenticates();
+        let listener_domains = ctx.policy.names_listener_domains();
         let report = ctx.report.listener(&config.listen.to_string());
         let per_client = ClientLimits::new(
             config.max_connections_per_client,

@@ -164,7 +164,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                     .close(Reply::new(
                         421,
                         [4, 3, 2],
-                        "egressd is shutting down; please try again later",
+                        "this server is shutting down; please try again later",
                     ))
                     .await;
             }

@@ -251,7 +251,7 @@ fn no_campaigns(rule: &AutomationRule, action: &AutomationAction) {
         tracing::warn!(
             rule = %rule.label(),
             action = action.name(),
-            "automation: the rule matched; egressd has no campaigns, so this action does nothing"
+            "automation: the rule matched; this relay has no campaigns, so this action does nothing"
         );
     }
 }

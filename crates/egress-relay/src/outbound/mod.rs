@@ -12,6 +12,7 @@ mod idle;
 pub mod in_force;
 pub mod memory;
 pub mod mta_sts;
+pub mod plan;
 pub(crate) mod route;
 pub mod shaping;
 pub mod tls;
@@ -21,7 +22,7 @@ use crate::dns::Dns;
 use crate::report::{NoReport, PathHandle, Report};
 use crate::txlog::TxLog;
 use egress_connect::{Connector, EgressAddress};
-use egress_lua::Policy;
+use egress_policy::Policy;
 use egress_smtp::{smtp_path, ClientSession, Reply, Timeouts};
 use egress_source::{EgressPathConfig, EgressPool, WeightedRoundRobin};
 use egress_throttle::{Lease, Throttles};
@@ -36,13 +37,16 @@ use tokio::net::TcpStream;
 /// What every session shares.
 pub struct Context {
     /// The policy.
-    pub policy: Arc<Policy>,
+    pub policy: Arc<dyn Policy>,
     /// DNS for routing and proxy names.
     pub dns: Dns,
     /// Connects through sources, resolving proxy names with `dns`.
     pub connector: Connector,
     /// Our name: banner, `Received:`, EHLO when nothing else says.
     pub hostname: String,
+    /// The server's name in what the relay writes (the banner, `Received:`, DSNs,
+    /// the MTA-STS `User-Agent`, TLS reports).
+    pub product: String,
     /// One selector per pool, so the weighted rotation continues across
     /// transactions; rebuilt when the pool's entries change.
     selectors: Mutex<HashMap<String, PoolSelector>>,
@@ -67,16 +71,20 @@ pub struct Context {
     pub tls_reports: tls_report::TlsReports,
 }
 
+/// The product name when the server gives none.
+pub const PRODUCT: &str = "egress-relay";
+
 /// A pool definition and the rotation built from its entries.
 type PoolSelector = (Arc<EgressPool>, Arc<WeightedRoundRobin<String>>);
 
 impl Context {
     /// A context over a loaded policy, shaping on this node only, reporting nothing.
-    pub fn new(policy: Arc<Policy>, dns: Dns, hostname: String) -> Context {
+    pub fn new(policy: Arc<dyn Policy>, dns: Dns, hostname: String) -> Context {
         Self::with_throttles(
             policy,
             dns,
             hostname,
+            PRODUCT,
             Arc::new(Throttles::local()),
             Arc::new(NoReport),
         )
@@ -85,9 +93,10 @@ impl Context {
     /// A context whose shaping uses `throttles` (shared through Redis or not) and
     /// that reports to `report`.
     pub fn with_throttles(
-        policy: Arc<Policy>,
+        policy: Arc<dyn Policy>,
         dns: Dns,
         hostname: String,
+        product: &str,
         throttles: Arc<Throttles>,
         report: Arc<dyn Report>,
     ) -> Context {
@@ -97,6 +106,7 @@ impl Context {
             dns,
             connector,
             hostname,
+            product: product.to_owned(),
             selectors: Mutex::default(),
             idle: IdleSessions::default(),
             routing: destinations::RoutingCache::default(),
@@ -105,7 +115,7 @@ impl Context {
             report,
             own_addresses: hosts::OwnAddresses::default(),
             sites: memory::SiteMemory::default(),
-            mta_sts: mta_sts::MtaSts::default(),
+            mta_sts: mta_sts::MtaSts::new(product),
             tls_reports: tls_report::TlsReports::default(),
         }
     }

@@ -10,6 +10,7 @@
 //! sites) or `SOURCE->SITE`.
 
 use crate::report::Report;
+use crate::suspension::SuspensionKey;
 use egress_connect::{ConnectError, Phase};
 use egress_smtp::{words, Reply};
 use egress_source::{
@@ -53,15 +54,23 @@ pub struct Shaper {
     pub report: Arc<dyn Report>,
 }
 
-/// The suspension key for a source at a site.
+/// The suspension key for a source at a site (see [`SuspensionKey`]).
 pub fn ready_queue(source: &str, site: &str) -> String {
-    format!("{source}->{site}")
+    SuspensionKey::Site {
+        source: source.to_owned(),
+        site: site.to_owned(),
+    }
+    .id()
 }
 
 /// The suspension key of `source` at every site of `provider` (a provider's
 /// automation rule suspends there).
 pub fn provider_queue(source: &str, provider: &str) -> String {
-    format!("{source}->provider:{provider}")
+    SuspensionKey::Provider {
+        source: source.to_owned(),
+        provider: provider.to_owned(),
+    }
+    .id()
 }
 
 fn until_now(until: SystemTime) -> Duration {

@@ -18,11 +18,8 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use tokio_rustls::TlsConnector;
 
-/// The provider every TLS configuration here uses: ring (see the workspace
-/// Cargo.toml for why).
-pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+/// The provider every TLS configuration here uses (see egress-tls).
+pub use egress_tls::provider;
 
 /// What a client configuration depends on: whether certificates are verified,
 /// the client certificate and key paths, if any, and `rustls_cipher_suites`.
@@ -147,18 +144,9 @@ pub fn verified_connector() -> Result<TlsConnector, String> {
         .clone()
 }
 
-/// A PEM certificate chain from a file, with the file named in errors.
+/// The certificate chain in the PEM file at `path` (a client certificate).
 pub fn load_chain(path: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let chain: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("tls_certificate {path:?}: {e}"))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("tls_certificate {path:?}: {e}"))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "tls_certificate {path:?}: no PEM certificate in the file"
-        ));
-    }
-    Ok(chain)
+    egress_tls::chain(&egress_source::KeySource::File(path.to_owned()))
 }
 
 /// The system trust store (read once).

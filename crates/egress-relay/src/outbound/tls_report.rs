@@ -8,28 +8,6 @@
 //! No I/O here; the report is built on demand (egressd serves it at
 //! `GET /api/admin/tls-report/v1`). Counts are since the relay started: a
 //! process restart starts a new report period.
-//!
-//! ```
-//! use egress_relay::outbound::tls_report::{Failure, PolicyInForce, ResultType, TlsReports};
-//!
-//! let reports = TlsReports::default();
-//! let policy = PolicyInForce::none_found("example.test");
-//! reports.success(&policy);
-//! reports.failure(
-//!     &policy,
-//!     Failure {
-//!         result: ResultType::CertificateExpired,
-//!         sending_ip: Some("192.0.2.1".parse().unwrap()),
-//!         mx_host: "mx.example.test".into(),
-//!         receiving_ip: "198.51.100.7".parse().unwrap(),
-//!     },
-//! );
-//! let json = reports.report("sender.test", std::time::SystemTime::now());
-//! let policy = &json["policies"][0];
-//! assert_eq!(policy["policy"]["policy-type"], "no-policy-found");
-//! assert_eq!(policy["summary"]["total-successful-session-count"], 1);
-//! assert_eq!(policy["failure-details"][0]["result-type"], "certificate-expired");
-//! ```
 
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
@@ -163,7 +141,7 @@ impl TlsReports {
     /// The counts as an RFC 8460 report (§4.4's JSON) from `organization`, for the
     /// period from the relay's start to `now`. Policies are sorted (by domain, type
     /// and text), so two reports of the same counts read the same.
-    pub fn report(&self, organization: &str, now: SystemTime) -> Value {
+    pub fn report(&self, organization: &str, product: &str, now: SystemTime) -> Value {
         let by_policy = self.by_policy.lock().unwrap_or_else(|e| e.into_inner());
         let mut policies: Vec<(&PolicyInForce, &Tally)> = by_policy.iter().collect();
         policies.sort_by_key(|&(p, _)| (&p.domain, p.kind, &p.strings));
@@ -220,7 +198,7 @@ impl TlsReports {
         let uncounted = self.uncounted.load(std::sync::atomic::Ordering::Relaxed);
         if uncounted > 0 {
             // Not in RFC 8460: what the bound on policies left out.
-            report["egressd-uncounted-sessions"] = uncounted.into();
+            report[format!("{product}-uncounted-sessions")] = uncounted.into();
         }
         report
     }
@@ -229,6 +207,30 @@ impl TlsReports {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn documented_report_shape() {
+        let reports = TlsReports::default();
+        let policy = PolicyInForce::none_found("example.test");
+        reports.success(&policy);
+        reports.failure(
+            &policy,
+            Failure {
+                result: ResultType::CertificateExpired,
+                sending_ip: Some("192.0.2.1".parse().unwrap()),
+                mx_host: "mx.example.test".into(),
+                receiving_ip: "198.51.100.7".parse().unwrap(),
+            },
+        );
+        let json = reports.report("sender.test", "egressd", std::time::SystemTime::now());
+        let policy = &json["policies"][0];
+        assert_eq!(policy["policy"]["policy-type"], "no-policy-found");
+        assert_eq!(policy["summary"]["total-successful-session-count"], 1);
+        assert_eq!(
+            policy["failure-details"][0]["result-type"],
+            "certificate-expired"
+        );
+    }
 
     fn sts(domain: &str) -> PolicyInForce {
         PolicyInForce {
@@ -265,7 +267,7 @@ mod tests {
             failure(ResultType::CertificateExpired, "a.mx.test"),
         );
         reports.success(&PolicyInForce::none_found("a.test"));
-        let json = reports.report("us.test", SystemTime::now());
+        let json = reports.report("us.test", "egressd", SystemTime::now());
         let policies = json["policies"].as_array().unwrap();
         assert_eq!(policies[0]["policy"]["policy-domain"], "a.test", "sorted");
         let b = &policies[1];
@@ -290,7 +292,7 @@ mod tests {
         for n in 0..MAX_POLICIES + 5 {
             reports.success(&PolicyInForce::none_found(&format!("d{n}.test")));
         }
-        let json = reports.report("us.test", SystemTime::now());
+        let json = reports.report("us.test", "egressd", SystemTime::now());
         assert_eq!(json["policies"].as_array().unwrap().len(), MAX_POLICIES);
         assert_eq!(json["egressd-uncounted-sessions"], 5);
     }

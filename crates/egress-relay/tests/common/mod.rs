@@ -5,8 +5,8 @@
 #![allow(dead_code)]
 
 use egress_lua::{EsmtpListener, Policy, PolicyOptions};
-use egress_relay::report::{NoReport, Report};
 use egress_relay::Relay;
+use egress_relay::{NoReport, Report};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -95,6 +95,7 @@ impl Embedded {
                     false => init.esmtp_listeners.clone(),
                 };
                 let relay = Relay::builder(Arc::new(policy))
+                    .product("egressd")
                     .report(report)
                     .build()
                     .expect("the relay builds");
@@ -133,7 +134,7 @@ impl Embedded {
     /// What TLS reporting (RFC 8460) would say now, as JSON.
     pub fn tls_report(&self) -> serde_json::Value {
         let now = std::time::SystemTime::now();
-        self.relay.context().tls_reports.report("relay.test", now)
+        self.relay.admin().tls_report(now)
     }
 
     /// The TLS report's entry for `domain` (the first, when it has several).

@@ -3,7 +3,7 @@
 
 use super::{parse_body, resolve, suspend, Admin, Answer};
 use crate::metrics::{classic_text, Snapshot};
-use egress_relay::shutdown::State;
+use egress_relay::State;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -63,30 +63,25 @@ pub(crate) async fn route(admin: &Admin, call: Call<'_>) -> Answer {
 }
 
 async fn snapshot(admin: &Admin) -> Snapshot {
-    let ctx = admin.relay.context();
-    let suspended = ctx
-        .shaper
-        .throttles
+    let relay = admin.relay.admin();
+    let suspended = relay
         .suspensions()
         .await
         .into_iter()
-        .map(|s| match s.key.split_once("->") {
-            Some((source, site)) => (source.to_owned(), site.to_owned()),
-            None => (s.key, "all".to_owned()),
-        })
+        .map(|s| (s.key.source().to_owned(), s.key.scope()))
         .collect();
     Snapshot {
-        idle_sessions: ctx.idle.len(),
-        cache: ctx.policy.cache_stats(),
-        throttle_fallbacks: ctx.shaper.throttles.fallbacks(),
+        idle_sessions: relay.idle_destination_sessions(),
+        cache: admin.policy.cache_stats(),
+        throttle_fallbacks: relay.throttle_fallbacks(),
         suspended,
-        health_suspended: ctx.shaper.health_suspended(),
+        health_suspended: relay.health_suspended(),
         spool: admin
             .relay
             .delivery()
             .map(|d| (d.len(), d.spool().used(), d.spool().fsyncs())),
         automation_in_force: {
-            let found = ctx.shaper.throttles.in_force().await;
+            let found = relay.automation_in_force().await;
             (found.overrides.len(), found.blocks.len())
         },
     }
@@ -216,10 +211,10 @@ async fn status(admin: &Admin) -> Answer {
         },
         "uptime_seconds": uptime,
         "listeners": listeners,
-        "idle_destination_sessions": admin.relay.context().idle.len(),
+        "idle_destination_sessions": admin.relay.admin().idle_destination_sessions(),
         "sources": admin.metrics.source_counts(),
         "suspensions": suspensions,
-        "throttle_store_fallbacks": admin.relay.context().shaper.throttles.fallbacks(),
+        "throttle_store_fallbacks": admin.relay.admin().throttle_fallbacks(),
     }))
 }
 
@@ -227,11 +222,7 @@ async fn status(admin: &Admin) -> Answer {
 /// What RFC 8460 reports would say of this relay's TLS sessions since it started,
 /// in their JSON shape, from our own host name.
 fn tls_report(admin: &Admin) -> Answer {
-    let ctx = admin.relay.context();
-    Answer::ok(
-        ctx.tls_reports
-            .report(&ctx.hostname, std::time::SystemTime::now()),
-    )
+    Answer::ok(admin.relay.admin().tls_report(std::time::SystemTime::now()))
 }
 
 fn spool(admin: &Admin) -> Answer {

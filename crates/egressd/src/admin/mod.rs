@@ -19,7 +19,8 @@ mod suspend;
 use crate::metrics::Metrics;
 use base64::Engine;
 use egress_lua::HttpListener;
-use egress_relay::{inbound, Relay};
+use egress_relay::Relay;
+use egress_source::KeySource;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
@@ -48,6 +49,8 @@ pub type LogFilter = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
 pub struct Admin {
     /// The relay: its shared state, listeners, spool and shutdown state.
     pub relay: Arc<Relay>,
+    /// The Lua policy the relay asks (its caches, the HTTP Basic handler).
+    pub policy: Arc<egress_lua::Policy>,
     /// What the relay reported.
     pub metrics: Arc<Metrics>,
     /// Live log filter changes (none when logging was set up elsewhere).
@@ -73,9 +76,9 @@ impl HttpServer {
             )
         })?;
         let tls = match config.use_tls {
-            true => Some(inbound::tls::acceptor(
-                config.tls_certificate.as_deref(),
-                config.tls_private_key.as_deref(),
+            true => Some(egress_tls::acceptor(
+                config.tls_certificate.clone().map(KeySource::File).as_ref(),
+                config.tls_private_key.clone().map(KeySource::File).as_ref(),
                 config.hostname.as_deref().unwrap_or(hostname),
                 "kumo.start_http_listener",
             )?),
@@ -304,7 +307,7 @@ async fn authorize(
             "the Authorization header is not HTTP Basic (base64 of user:password)",
         ));
     };
-    match admin.relay.context().policy.http_auth_basic(&user, &password).await {
+    match admin.policy.http_auth_basic(&user, &password).await {
         Ok(Some(true)) => Ok(()),
         Ok(Some(false)) => Err(unauthorized("the credentials were refused")),
         Ok(None) => Err(unauthorized(

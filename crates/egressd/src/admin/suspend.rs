@@ -11,13 +11,10 @@
 //! Suspending the same name again replaces the earlier suspension.
 
 use super::{parse_body, Admin, Answer};
-use egress_relay::outbound::shaping::ready_queue;
+use egress_relay::SuspensionKey;
 use hyper::StatusCode;
 use serde_json::{json, Value};
 use std::time::{Duration, SystemTime};
-
-/// The protocol suffix of KumoMTA's ready-queue names.
-const SMTP_CLIENT: &str = "@smtp_client";
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,60 +33,24 @@ struct CancelRequest {
     id: String,
 }
 
-/// `SOURCE->SITE@smtp_client` or `SOURCE` → (source, site).
-fn parse_name(name: &str) -> Result<(String, Option<String>), String> {
-    let name = name.trim();
-    let (queue, protocol) = match name.rsplit_once('@') {
-        // Site names never contain '@'; anything after it is a protocol.
-        Some((queue, protocol)) if !protocol.contains("->") => (queue, Some(protocol)),
-        _ => (name, None),
-    };
-    if let Some(protocol) = protocol {
-        if format!("@{protocol}") != SMTP_CLIENT {
-            return Err(format!(
-                "{name:?}: egressd has only the smtp_client protocol; expected SOURCE->SITE@smtp_client or SOURCE"
-            ));
-        }
-    }
-    match queue.split_once("->") {
-        Some((source, site)) if !source.is_empty() && !site.is_empty() => {
-            Ok((source.to_owned(), Some(site.to_owned())))
-        }
-        Some(_) => Err(format!(
-            "{name:?}: expected SOURCE->SITE@smtp_client (both parts non-empty) or SOURCE"
-        )),
-        None if !queue.is_empty() && !queue.contains(char::is_whitespace) => {
-            Ok((queue.to_owned(), None))
-        }
-        None => Err(format!(
-            "{name:?}: expected SOURCE->SITE@smtp_client or SOURCE"
-        )),
-    }
-}
-
-/// The KumoMTA name for a stored key.
-fn display_name(key: &str) -> String {
-    match key.contains("->") {
-        true => format!("{key}{SMTP_CLIENT}"),
-        false => key.to_owned(),
-    }
-}
-
 fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// Every suspension in force, as the list endpoint shows them.
 pub(crate) async fn entries(admin: &Admin) -> Vec<Value> {
-    let mut list = admin.relay.context().shaper.throttles.suspensions().await;
-    list.sort_by(|a, b| a.key.cmp(&b.key));
     let now = SystemTime::now();
-    list.into_iter()
+    admin
+        .relay
+        .admin()
+        .suspensions()
+        .await
+        .into_iter()
         .map(|s| {
             let left = s.until.duration_since(now).unwrap_or_default();
             json!({
-                "id": s.key,
-                "name": display_name(&s.key),
+                "id": s.key.id(),
+                "name": s.key.to_string(),
                 "reason": s.reason,
                 "duration": humantime::format_duration(Duration::from_secs(left.as_secs())).to_string(),
                 "expires": rfc3339(s.until),
@@ -108,8 +69,8 @@ pub(crate) async fn create(admin: &Admin, body: &[u8]) -> Answer {
         Ok(r) => r,
         Err(answer) => return answer,
     };
-    let (source, site) = match parse_name(&request.name) {
-        Ok(parsed) => parsed,
+    let key: SuspensionKey = match request.name.parse() {
+        Ok(key) => key,
         Err(e) => return Answer::bad("name", e),
     };
     if request.reason.trim().is_empty() {
@@ -157,25 +118,16 @@ pub(crate) async fn create(admin: &Admin, body: &[u8]) -> Answer {
         }
     };
     // A typo must not look like a suspension that worked.
-    if let Err(e) = admin.relay.context().policy.egress_source(&source).await {
+    let source = key.source();
+    if let Err(e) = admin.policy.egress_source(source).await {
         return Answer::bad("name", format!("no egress source {source:?}: {e}"));
     }
-    let key = match &site {
-        Some(site) => ready_queue(&source, site),
-        None => source.clone(),
-    };
-    let throttles = &admin.relay.context().shaper.throttles;
-    throttles
+    admin
+        .relay
+        .admin()
         .suspend(&key, request.reason.trim(), duration)
         .await;
-    tracing::warn!(
-        source = %source,
-        site = site.as_deref().unwrap_or("all"),
-        duration = %humantime::format_duration(duration),
-        reason = %request.reason,
-        "egress source suspended by an operator"
-    );
-    Answer::ok(json!({ "id": key }))
+    Answer::ok(json!({ "id": key.id() }))
 }
 
 pub(crate) async fn cancel(admin: &Admin, body: &[u8]) -> Answer {
@@ -183,13 +135,7 @@ pub(crate) async fn cancel(admin: &Admin, body: &[u8]) -> Answer {
         Ok(r) => r,
         Err(answer) => return answer,
     };
-    let throttles = &admin.relay.context().shaper.throttles;
-    let known = throttles
-        .suspensions()
-        .await
-        .into_iter()
-        .any(|s| s.key == request.id);
-    if !known {
+    if !admin.relay.admin().resume(&request.id).await {
         return Answer::error(
             StatusCode::NOT_FOUND,
             Some("id"),
@@ -199,33 +145,5 @@ pub(crate) async fn cancel(admin: &Admin, body: &[u8]) -> Answer {
             ),
         );
     }
-    throttles.resume(&request.id).await;
-    tracing::warn!(id = %request.id, "suspension cancelled by an operator");
     Answer::ok(json!({ "id": request.id, "cancelled": true }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_name;
-
-    #[test]
-    fn names_take_kumomtas_ready_queue_form_or_a_bare_source() {
-        assert_eq!(
-            parse_name("ip-1->(alt1|alt2)?.gmail-smtp-in.l.google.com@smtp_client").unwrap(),
-            (
-                "ip-1".into(),
-                Some("(alt1|alt2)?.gmail-smtp-in.l.google.com".into())
-            )
-        );
-        assert_eq!(
-            parse_name("ip-1->mx.example.com").unwrap(),
-            ("ip-1".into(), Some("mx.example.com".into()))
-        );
-        assert_eq!(parse_name("ip-2").unwrap(), ("ip-2".into(), None));
-        assert!(parse_name("ip-1->mx@lmtp")
-            .unwrap_err()
-            .contains("smtp_client"));
-        assert!(parse_name("->mx").is_err());
-        assert!(parse_name("").is_err());
-    }
 }

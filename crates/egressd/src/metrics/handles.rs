@@ -7,7 +7,7 @@ use super::{
     class, source_limit, ActionLabels, EventLabels, Histogram, ListenerReason, Metrics, PathLabels,
     ResultLabels, SourceKind, SourceReason, TransactionLabels,
 };
-use egress_relay::report::{ListenerReport, Origin, PathReport, Refusal, Report, Unrouted};
+use egress_relay::{ListenerReport, Origin, PathReport, Refusal, Report, Unrouted};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;

@@ -22,7 +22,7 @@ mod registry;
 pub use handles::{ListenerMetrics, PathMetrics};
 pub use histogram::Histogram;
 
-use egress_relay::report::{Origin, Unrouted};
+use egress_relay::{Origin, Unrouted};
 use histogram::NewHistogram;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -404,7 +404,7 @@ fn catch_up(counter: &Counter, value: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use egress_relay::report::Report;
+    use egress_relay::Report;
     use std::time::Duration;
 
     fn snapshot() -> Snapshot {

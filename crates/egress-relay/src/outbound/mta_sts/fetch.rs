@@ -17,9 +17,14 @@ use tokio::net::TcpStream;
 const MAX_BODY: usize = 64 * 1024;
 
 /// The policy text for `domain`, or why not.
-pub async fn policy_text(dns: &Dns, domain: &str, deadline: Duration) -> Result<String, String> {
+pub async fn policy_text(
+    dns: &Dns,
+    domain: &str,
+    user_agent: &str,
+    deadline: Duration,
+) -> Result<String, String> {
     let host = format!("mta-sts.{domain}");
-    tokio::time::timeout(deadline, get(dns, &host))
+    tokio::time::timeout(deadline, get(dns, &host, user_agent))
         .await
         .unwrap_or_else(|_| {
             Err(format!(
@@ -29,7 +34,7 @@ pub async fn policy_text(dns: &Dns, domain: &str, deadline: Duration) -> Result<
         })
 }
 
-async fn get(dns: &Dns, host: &str) -> Result<String, String> {
+async fn get(dns: &Dns, host: &str, user_agent: &str) -> Result<String, String> {
     let url = format!("https://{host}/.well-known/mta-sts.txt");
     let fail = |what: String| format!("{url}: {what}");
     let addrs = dns.addresses(host).await.map_err(|e| fail(e.to_string()))?;
@@ -53,7 +58,7 @@ async fn get(dns: &Dns, host: &str) -> Result<String, String> {
         .await
         .map_err(|e| fail(format!("TLS: {}", egress_smtp::describe_tls_error(&e))))?;
     let request = format!(
-        "GET /.well-known/mta-sts.txt HTTP/1.0\r\nHost: {host}\r\nUser-Agent: egressd\r\nAccept: text/plain\r\n\r\n"
+        "GET /.well-known/mta-sts.txt HTTP/1.0\r\nHost: {host}\r\nUser-Agent: {user_agent}\r\nAccept: text/plain\r\n\r\n"
     );
     tls.write_all(request.as_bytes())
         .await

@@ -53,14 +53,24 @@ fn in_force(policy: Option<InForce>) -> Option<InForce> {
 }
 
 /// Policies by domain.
-#[derive(Default)]
 pub struct MtaSts {
     known: Mutex<HashMap<String, Known>>,
+    /// The `User-Agent` of policy fetches: the server's product name.
+    user_agent: String,
     /// Policies fetched (for tests and counts).
     pub fetches: std::sync::atomic::AtomicU64,
 }
 
 impl MtaSts {
+    /// Nothing known yet; fetches say `user_agent`.
+    pub fn new(user_agent: &str) -> MtaSts {
+        MtaSts {
+            known: Mutex::default(),
+            user_agent: user_agent.to_owned(),
+            fetches: Default::default(),
+        }
+    }
+
     /// The policy in force for `domain` (None: no policy, or mode none), looking
     /// it up within `budget` when what is known is stale.
     pub async fn policy(
@@ -120,7 +130,7 @@ impl MtaSts {
         }
         self.fetches
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let fetched = fetch::policy_text(dns, domain, budget)
+        let fetched = fetch::policy_text(dns, domain, &self.user_agent, budget)
             .await
             .and_then(|text| parse::parse_policy(&text));
         match fetched {

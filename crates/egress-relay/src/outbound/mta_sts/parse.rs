@@ -39,14 +39,6 @@ pub struct Policy {
 const MAX_AGE_LIMIT: u64 = 31_557_600;
 
 /// The policy file (`key: value` lines, CRLF or LF).
-///
-/// ```
-/// use egress_relay::outbound::mta_sts::parse::{parse_policy, Mode};
-/// let p = parse_policy("version: STSv1\r\nmode: enforce\r\nmx: mx1.example.com\r\nmx: *.example.net\r\nmax_age: 86400\r\n").unwrap();
-/// assert_eq!(p.mode, Mode::Enforce);
-/// assert_eq!(p.mx.len(), 2);
-/// assert!(parse_policy("version: STSv1\nmode: enforce\nmax_age: 60\n").unwrap_err().contains("mx"));
-/// ```
 pub fn parse_policy(text: &str) -> Result<Policy, String> {
     let (mut version, mut mode, mut max_age) = (None, None, None);
     let mut mx = Vec::new();
@@ -98,12 +90,6 @@ pub fn parse_policy(text: &str) -> Result<Policy, String> {
 
 /// The policy id from a `_mta-sts` TXT record (`v=STSv1; id=20240101T0000;`), or
 /// None when it is not an STSv1 record.
-///
-/// ```
-/// use egress_relay::outbound::mta_sts::parse::txt_id;
-/// assert_eq!(txt_id("v=STSv1; id=20240101;").as_deref(), Some("20240101"));
-/// assert_eq!(txt_id("v=spf1 -all"), None);
-/// ```
 pub fn txt_id(txt: &str) -> Option<String> {
     let mut fields = txt.split(';').map(str::trim).filter(|f| !f.is_empty());
     if fields.next()? != "v=STSv1" {
@@ -119,14 +105,6 @@ pub fn txt_id(txt: &str) -> Option<String> {
 
 /// Whether MX host `host` matches `pattern` (RFC 8461 §4.1: a leading `*.`
 /// matches exactly one label).
-///
-/// ```
-/// use egress_relay::outbound::mta_sts::parse::mx_matches;
-/// assert!(mx_matches("*.example.net", "mx1.example.net"));
-/// assert!(!mx_matches("*.example.net", "a.b.example.net"));
-/// assert!(!mx_matches("*.example.net", "example.net"));
-/// assert!(mx_matches("MX.example.com", "mx.example.com."));
-/// ```
 pub fn mx_matches(pattern: &str, host: &str) -> bool {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let pattern = pattern.trim_end_matches('.').to_ascii_lowercase();
@@ -141,6 +119,30 @@ pub fn mx_matches(pattern: &str, host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn documented_policy_parsing() {
+        let p = parse_policy("version: STSv1\r\nmode: enforce\r\nmx: mx1.example.com\r\nmx: *.example.net\r\nmax_age: 86400\r\n").unwrap();
+        assert_eq!(p.mode, Mode::Enforce);
+        assert_eq!(p.mx.len(), 2);
+        assert!(parse_policy("version: STSv1\nmode: enforce\nmax_age: 60\n")
+            .unwrap_err()
+            .contains("mx"));
+    }
+
+    #[test]
+    fn documented_txt_ids() {
+        assert_eq!(txt_id("v=STSv1; id=20240101;").as_deref(), Some("20240101"));
+        assert_eq!(txt_id("v=spf1 -all"), None);
+    }
+
+    #[test]
+    fn documented_mx_patterns() {
+        assert!(mx_matches("*.example.net", "mx1.example.net"));
+        assert!(!mx_matches("*.example.net", "a.b.example.net"));
+        assert!(!mx_matches("*.example.net", "example.net"));
+        assert!(mx_matches("MX.example.com", "mx.example.com."));
+    }
 
     #[test]
     fn policies_that_are_not_stsv1_or_miss_a_field_are_refused() {

@@ -13,17 +13,16 @@ mod tls_rpt;
 
 use super::automation::Watch;
 use super::dane;
-use super::hosts;
 use super::mta_sts::parse::Mode;
+use super::plan::{self, NoRoute};
 use super::shaping::Ineligible;
 use super::tls_report::ResultType;
 use super::{auth, idle::SessionKey, Context, OpenError, Outbound};
 use crate::dns::Destination;
 use crate::txlog::TxLog;
 use egress_smtp::{words, Reply, Response};
-use egress_source::{
-    effective_ehlo_domain, effective_port, EgressPathConfig, EgressPool, EgressSource, Tls,
-};
+use egress_source::{EgressPathConfig, EgressPool, EgressSource, Tls};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tls_policy::{Reported, StsApplied};
@@ -42,37 +41,21 @@ pub async fn open(
     first_rcpts: &[&str],
     log: &mut TxLog,
 ) -> Result<Outbound, OpenError> {
-    let policy = &ctx.policy;
     let first_rcpts: Vec<String> = first_rcpts.iter().map(|r| super::bracketed(r)).collect();
-    let queue = policy
-        .queue_config(domain, log.tenant.as_deref(), None, None)
+    let routed = plan::route(ctx, domain, log.tenant.as_deref())
         .await
-        .map_err(|e| local([4, 3, 0], format!("policy error: {e}"), log))?;
-    log.pool = Some(queue.egress_pool.clone());
-    let pool = policy
-        .egress_pool(&queue.egress_pool)
-        .await
-        .map_err(|e| local([4, 3, 0], format!("pool '{}': {e}", queue.egress_pool), log))?;
-    let selector = ctx.selector(&pool).map_err(|e| local([4, 3, 0], e, log))?;
-    let routing = ctx
-        .routing
-        .get(&ctx.dns, domain, &queue)
-        .await
-        .map_err(|e| {
-            local(
-                [4, 4, 3],
-                format!("pool '{}': cannot route {domain}: {e}", pool.name),
-                log,
-            )
-        })?;
-    let (hosts, site) = (&routing.hosts, &routing.site);
+        .map_err(|NoRoute { esc, text }| local(esc, text, log))?;
+    let pool = &routed.pool;
+    log.pool = Some(pool.name.clone());
+    let selector = ctx.selector(pool).map_err(|e| local([4, 3, 0], e, log))?;
+    let site = &routed.routing.site;
     log.site = Some(site.clone());
     let mail_from = super::bracketed(from);
 
     // The rotation proposes; the rest of the pool (heaviest first) stands by in
     // case the proposed source is not eligible or fails.
     let candidates = Candidates {
-        pool: &pool,
+        pool,
         proposed: selector.pick(),
         started: false,
         standby: None,
@@ -82,49 +65,38 @@ pub async fn open(
     let mut earliest: Option<Duration> = None;
     let mut failure: Option<(String, [u8; 3], String)> = None;
     for name in candidates {
-        let source = match policy.egress_source(name).await {
-            Ok(source) => source,
+        let plan = match plan::for_source(ctx, &routed.routing, domain, name).await {
+            Ok(plan) => plan,
             Err(e) => {
-                failure = Some((name.to_owned(), [4, 3, 0], e.to_string()));
+                failure = Some((name.to_owned(), [4, 3, 0], e.into_text()));
                 continue;
             }
         };
-        let path = match policy.egress_path_config(domain, name, Some(site)).await {
-            Ok(path) => {
-                ctx.shaper
-                    .automated
-                    .apply(&ctx.shaper.throttles, path, name, site, domain)
-                    .await
-            }
-            Err(e) => {
-                failure = Some((name.to_owned(), [4, 3, 0], e.to_string()));
-                continue;
-            }
-        };
+        let path = &plan.path;
         if let Err(Ineligible {
             reason,
             retry_after,
-        }) = ctx.shaper.eligible(name, site, &path).await
+        }) = ctx.shaper.eligible(name, site, path).await
         {
             earliest = Some(earliest.map_or(retry_after, |e| e.min(retry_after)));
             skipped.push(reason);
             continue;
         }
         log.source = Some(name.to_owned());
-        if let Err(reply) = ctx.shaper.message(name, site, &path).await {
+        if let Err(reply) = ctx.shaper.message(name, site, path).await {
             log.note(&reply.to_string());
             return Err(OpenError::Local(reply));
         }
-        let watch = Watch::over(&path, name, site, domain, log.tenant.as_deref());
+        let watch = Watch::over(path, name, site, domain, log.tenant.as_deref());
         let route = Route {
             ctx,
             domain,
-            by_mx: routing.by_mx,
+            by_mx: routed.routing.by_mx,
             pool: &pool.name,
-            source: &source,
-            path: &path,
+            source: &plan.source,
+            path,
             site,
-            ehlo: effective_ehlo_domain(&path, &source, &ctx.hostname).to_owned(),
+            ehlo: plan.ehlo.clone(),
             mail_from: &mail_from,
             // An LMTP store answers each recipient after the message: one at a
             // time there; elsewhere at most the path's batch.
@@ -144,7 +116,7 @@ pub async fn open(
                 }
             }
         };
-        match route.through_hosts(hosts, log).await {
+        match route.through_hosts(&plan.hosts, log).await {
             Ok(mut out) => {
                 out.watch = watch;
                 out.idle_timeout = path.idle_timeout;
@@ -290,7 +262,7 @@ impl Route<'_> {
     /// Each host in turn (next on failure), each with the reconnect-in-clear option.
     async fn through_hosts(
         &self,
-        hosts: &[Destination],
+        hosts: &Result<Vec<(Destination, SocketAddr)>, Reply>,
         log: &mut TxLog,
     ) -> Result<Outbound, Tried> {
         let ctx = self.ctx;
@@ -307,13 +279,12 @@ impl Route<'_> {
                 ),
             )));
         }
-        let hosts = hosts::for_path(
-            hosts,
-            self.path,
-            |d| effective_port(self.source, d.entry.as_ref(), self.path),
-            &ctx.own_addresses,
-        )
-        .map_err(Tried::Refused)?;
+        let hosts = hosts
+            .as_ref()
+            .map_err(|refused| Tried::Refused(refused.clone()))?
+            .iter()
+            .map(|(dest, addr)| (dest, *addr))
+            .collect();
         let StsApplied { hosts, reported } = self.mta_sts(hosts, log).await?;
         // The MTA-STS policy TLS reporting names (testing mode exists for it), and
         // the one that is enforced.
