@@ -182,3 +182,12 @@ fn five_minutes() -> Duration {
 fn thirty_seconds() -> Duration {
     Duration::from_secs(30)
 }
+
+/// Records what a `kumo.*` call declares in the state's [`InitConfig`].
+pub(crate) fn declare(lua: &mlua::Lua, record: impl FnOnce(&mut InitConfig)) -> mlua::Result<()> {
+    let mut init = lua
+        .app_data_mut::<InitConfig>()
+        .ok_or_else(|| mlua::Error::runtime("kumo module is not installed in this state"))?;
+    record(&mut init);
+    Ok(())
+}

@@ -57,7 +57,9 @@ pub(crate) fn install(lua: &Lua, package: &Table) -> mlua::Result<()> {
                         lua.create_function(|lua, data: Value| {
                             use mlua::LuaSerdeExt;
                             let json: serde_json::Value = lua.from_value(data)?;
-                            crate::kumo::declare(lua, |init| init.listener_domains = Some(json))
+                            crate::declarations::declare(lua, |init| {
+                                init.listener_domains = Some(json)
+                            })
                         })?,
                     )?;
                 }

@@ -2,7 +2,7 @@
 //! argument orders, so egress policies written for KumoMTA run here unchanged.
 
 use crate::declarations::{
-    EsmtpListener, HttpListener, InitConfig, RedisThrottles, SpoolDefinition,
+    declare, EsmtpListener, HttpListener, InitConfig, RedisThrottles, SpoolDefinition,
 };
 use crate::definition::{Definition, Made};
 use crate::error::located;
@@ -197,14 +197,6 @@ pub(crate) fn from_lua<T: DeserializeOwned>(
             format!("{function}: {}", crate::error::serde_message(&e)),
         )
     })
-}
-
-pub(crate) fn declare(lua: &Lua, record: impl FnOnce(&mut InitConfig)) -> mlua::Result<()> {
-    let mut init = lua
-        .app_data_mut::<InitConfig>()
-        .ok_or_else(|| mlua::Error::runtime("kumo module is not installed in this state"))?;
-    record(&mut init);
-    Ok(())
 }
 
 fn logger(lua: &Lua, level: tracing::Level) -> mlua::Result<Function> {

@@ -2,8 +2,9 @@
 //! `proxy.start_proxy_listener { … }` and `proxy.start_http_listener { … }`,
 //! called from `kumo.on('proxy_init', …)`. egressd ignores what it declares.
 
+use crate::declarations::declare;
 use crate::declarations::{HttpListener, InitConfig, ProxyListenerParams};
-use crate::kumo::{declare, from_lua};
+use crate::kumo::from_lua;
 use mlua::{Lua, Table, Value};
 
 /// Installs `proxy` as a global and as `require 'proxy'`.

@@ -169,13 +169,20 @@ async fn serve(args: Args, rules: Rules) -> ExitCode {
         }
     };
     for h in http {
-        match tokio::net::TcpListener::bind(h.listen).await {
-            Ok(socket) => {
+        let bound = egress_http::HttpListener::bind(
+            h.listen,
+            None,
+            h.trusted_hosts.clone(),
+            "HTTP listener",
+        )
+        .await;
+        match bound {
+            Ok(listener) => {
                 tracing::info!(listen = %h.listen, "HTTP listening: /metrics, /api/check-liveness/v1, /proxy/status");
-                tokio::spawn(egress_proxy::http::serve(socket, h.trusted_hosts.clone()));
+                tokio::spawn(egress_proxy::http::serve(listener));
             }
             Err(e) => {
-                eprintln!("egress-proxy: HTTP listening on {}: {e}", h.listen);
+                eprintln!("egress-proxy: {e}");
                 return ExitCode::FAILURE;
             }
         }

@@ -1,68 +1,104 @@
 //! Counters per listener, under KumoProxy's metric names (so its dashboards
 //! work), with egress-proxy's labels where it says more: failures by `reason`,
-//! outbound connections by `source` address. Rendered in the Prometheus text
-//! format; no metrics library, a dozen atomics.
+//! outbound connections by `source` address. On prometheus-client, as egressd's
+//! are; egress-http writes the exposition.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// One listener's counters.
-#[derive(Default)]
-pub struct ListenerMetrics {
-    accepted: AtomicU64,
-    completed: AtomicU64,
-    active: AtomicI64,
-    up: AtomicU64,
-    down: AtomicU64,
-    failed: Mutex<BTreeMap<&'static str, u64>>,
-    tls_failures: AtomicU64,
-    /// By source address (None: the client chose none).
-    outbound: Mutex<BTreeMap<Option<std::net::IpAddr>, u64>>,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Listener {
+    listener: String,
 }
 
-impl ListenerMetrics {
-    /// A connection was accepted (and is active until [`ended`](Self::ended)).
-    pub fn accepted(&self) {
-        self.accepted.fetch_add(1, Ordering::Relaxed);
-        self.active.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A TLS handshake with a client failed (the connection ends there).
-    pub fn tls_failed(&self) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
-        self.tls_failures.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// An outbound connection was made from `source` (`default` when the client
-    /// did not choose one).
-    pub fn outbound(&self, source: Option<std::net::IpAddr>) {
-        *lock(&self.outbound).entry(source).or_default() += 1;
-    }
-
-    /// A session ended: relayed (`failure` none) or failed for `failure`.
-    pub fn ended(&self, up: u64, down: u64, failure: Option<&'static str>) {
-        self.active.fetch_sub(1, Ordering::Relaxed);
-        self.up.fetch_add(up, Ordering::Relaxed);
-        self.down.fetch_add(down, Ordering::Relaxed);
-        match failure {
-            None => {
-                self.completed.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(reason) => *lock(&self.failed).entry(reason).or_default() += 1,
-        }
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Failure {
+    listener: String,
+    reason: String,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outbound {
+    listener: String,
+    source: String,
 }
 
-/// Every listener's counters, by listen address.
-#[derive(Default)]
+/// Every listener's counters (families labelled by listener), and the
+/// prometheus-client registry they are registered in.
 pub struct Registry {
-    listeners: Mutex<Vec<(String, Arc<ListenerMetrics>)>>,
+    registry: Mutex<prometheus_client::registry::Registry>,
+    tls_failures: Family<Listener, Counter>,
+    accepted: Family<Listener, Counter>,
+    completed: Family<Listener, Counter>,
+    active: Family<Listener, Gauge>,
+    up: Family<Listener, Counter>,
+    down: Family<Listener, Counter>,
+    failed: Family<Failure, Counter>,
+    outbound: Family<Outbound, Counter>,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let r = Registry {
+            registry: Mutex::new(prometheus_client::registry::Registry::default()),
+            tls_failures: Family::default(),
+            accepted: Family::default(),
+            completed: Family::default(),
+            active: Family::default(),
+            up: Family::default(),
+            down: Family::default(),
+            failed: Family::default(),
+            outbound: Family::default(),
+        };
+        // Counters are registered without their `_total`: the encoder adds it
+        // to the samples, which keep KumoProxy's names.
+        registry.register(
+            "proxy_tls_handshake_failures",
+            "TLS handshakes with clients that failed.",
+            r.tls_failures.clone(),
+        );
+        registry.register(
+            "proxy_connections_accepted",
+            "Incoming connections accepted.",
+            r.accepted.clone(),
+        );
+        registry.register(
+            "proxy_connections_completed",
+            "Sessions relayed to their end.",
+            r.completed.clone(),
+        );
+        registry.register(
+            "proxy_active_connections",
+            "Sessions in progress.",
+            r.active.clone(),
+        );
+        registry.register(
+            "proxy_bytes_client_to_dest",
+            "Bytes from clients to destinations.",
+            r.up.clone(),
+        );
+        registry.register(
+            "proxy_bytes_dest_to_client",
+            "Bytes from destinations to clients.",
+            r.down.clone(),
+        );
+        registry.register(
+            "proxy_connections_failed",
+            "Sessions that failed or were refused, by reason.",
+            r.failed.clone(),
+        );
+        registry.register(
+            "proxy_outbound_connections",
+            "Outbound connections made, by source address.",
+            r.outbound.clone(),
+        );
+        *r.registry.lock().unwrap_or_else(|e| e.into_inner()) = registry;
+        r
+    }
 }
 
 impl Registry {
@@ -72,136 +108,90 @@ impl Registry {
         GLOBAL.get_or_init(Registry::default)
     }
 
-    /// The counters of the listener on `listen` (made on first use).
-    pub fn listener(&self, listen: &str) -> Arc<ListenerMetrics> {
-        let mut all = lock(&self.listeners);
-        if let Some((_, m)) = all.iter().find(|(l, _)| l == listen) {
-            return m.clone();
+    /// The counters of the listener on `listen`.
+    pub fn listener(&'static self, listen: &str) -> Arc<ListenerMetrics> {
+        let listener = Listener {
+            listener: listen.to_owned(),
+        };
+        // Every family has a sample for the listener from the start (0s).
+        for family in [
+            &self.tls_failures,
+            &self.accepted,
+            &self.completed,
+            &self.up,
+            &self.down,
+        ] {
+            let _ = family.get_or_create(&listener);
         }
-        let m = Arc::new(ListenerMetrics::default());
-        all.push((listen.to_owned(), m.clone()));
-        m
+        let _ = self.active.get_or_create(&listener);
+        Arc::new(ListenerMetrics {
+            registry: self,
+            listener,
+        })
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
-        let all = lock(&self.listeners).clone();
-        let mut out = String::new();
-        for family in PER_LISTENER {
-            family.head(&mut out);
-            for (listener, m) in &all {
-                let _ = writeln!(
-                    out,
-                    "{}{{listener=\"{listener}\"}} {}",
-                    family.name,
-                    (family.read)(m)
-                );
+    /// The exposition in the format `accept` asks for: (content type, body).
+    pub fn exposition(&self, accept: &str) -> (&'static str, String) {
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        egress_http::exposition(&registry, accept)
+    }
+}
+
+/// One listener's counters.
+pub struct ListenerMetrics {
+    registry: &'static Registry,
+    listener: Listener,
+}
+
+impl ListenerMetrics {
+    fn labelled(&self) -> &Listener {
+        &self.listener
+    }
+
+    /// A connection was accepted (and is active until [`ended`](Self::ended)).
+    pub fn accepted(&self) {
+        let r = self.registry;
+        r.accepted.get_or_create(self.labelled()).inc();
+        r.active.get_or_create(self.labelled()).inc();
+    }
+
+    /// A TLS handshake with a client failed (the connection ends there).
+    pub fn tls_failed(&self) {
+        let r = self.registry;
+        r.active.get_or_create(self.labelled()).dec();
+        r.tls_failures.get_or_create(self.labelled()).inc();
+    }
+
+    /// An outbound connection was made from `source` (`default` when the client
+    /// did not choose one).
+    pub fn outbound(&self, source: Option<std::net::IpAddr>) {
+        let labels = Outbound {
+            listener: self.listener.listener.clone(),
+            source: source.map_or("default".to_owned(), |s| s.to_string()),
+        };
+        self.registry.outbound.get_or_create(&labels).inc();
+    }
+
+    /// A session ended: relayed (`failure` none) or failed for `failure`.
+    pub fn ended(&self, up: u64, down: u64, failure: Option<&'static str>) {
+        let r = self.registry;
+        r.active.get_or_create(self.labelled()).dec();
+        r.up.get_or_create(self.labelled()).inc_by(up);
+        r.down.get_or_create(self.labelled()).inc_by(down);
+        match failure {
+            None => {
+                r.completed.get_or_create(self.labelled()).inc();
+            }
+            Some(reason) => {
+                let labels = Failure {
+                    listener: self.listener.listener.clone(),
+                    reason: reason.to_owned(),
+                };
+                r.failed.get_or_create(&labels).inc();
             }
         }
-        let labelled: [(Family, &str, LabelledReading); 2] = [
-            (FAILED, "reason", |m| labelled(&lock(&m.failed))),
-            (OUTBOUND, "source", |m| {
-                lock(&m.outbound)
-                    .iter()
-                    .map(|(s, n)| (s.map_or("default".to_owned(), |s| s.to_string()), *n))
-                    .collect()
-            }),
-        ];
-        for (family, label, read) in labelled {
-            family.head(&mut out);
-            for (listener, m) in &all {
-                for (value, n) in read(m) {
-                    let _ = writeln!(
-                        out,
-                        "{}{{listener=\"{listener}\",{label}=\"{value}\"}} {n}",
-                        family.name
-                    );
-                }
-            }
-        }
-        out
     }
 }
-
-/// One metric family: its name, type, help, and how a listener's value is read.
-struct Family {
-    name: &'static str,
-    kind: &'static str,
-    help: &'static str,
-    read: fn(&ListenerMetrics) -> i64,
-}
-
-impl Family {
-    fn head(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP {} {}\n# TYPE {} {}",
-            self.name, self.help, self.name, self.kind
-        );
-    }
-}
-
-/// A listener's values of a labelled family: (label value, count).
-type LabelledReading = fn(&ListenerMetrics) -> Vec<(String, u64)>;
-
-fn count(a: &AtomicU64) -> i64 {
-    a.load(Ordering::Relaxed) as i64
-}
-
-fn labelled<K: ToString>(map: &BTreeMap<K, u64>) -> Vec<(String, u64)> {
-    map.iter().map(|(k, n)| (k.to_string(), *n)).collect()
-}
-
-const PER_LISTENER: [Family; 6] = [
-    Family {
-        name: "proxy_tls_handshake_failures_total",
-        kind: "counter",
-        help: "TLS handshakes with clients that failed.",
-        read: |m| count(&m.tls_failures),
-    },
-    Family {
-        name: "proxy_connections_accepted_total",
-        kind: "counter",
-        help: "Incoming connections accepted.",
-        read: |m| count(&m.accepted),
-    },
-    Family {
-        name: "proxy_connections_completed_total",
-        kind: "counter",
-        help: "Sessions relayed to their end.",
-        read: |m| count(&m.completed),
-    },
-    Family {
-        name: "proxy_active_connections",
-        kind: "gauge",
-        help: "Sessions in progress.",
-        read: |m| m.active.load(Ordering::Relaxed),
-    },
-    Family {
-        name: "proxy_bytes_client_to_dest_total",
-        kind: "counter",
-        help: "Bytes from clients to destinations.",
-        read: |m| count(&m.up),
-    },
-    Family {
-        name: "proxy_bytes_dest_to_client_total",
-        kind: "counter",
-        help: "Bytes from destinations to clients.",
-        read: |m| count(&m.down),
-    },
-];
-const FAILED: Family = Family {
-    name: "proxy_connections_failed_total",
-    kind: "counter",
-    help: "Sessions that failed or were refused, by reason.",
-    read: |_| 0,
-};
-const OUTBOUND: Family = Family {
-    name: "proxy_outbound_connections_total",
-    kind: "counter",
-    help: "Outbound connections made, by source address.",
-    read: |_| 0,
-};
 
 #[cfg(test)]
 mod tests {
@@ -209,21 +199,28 @@ mod tests {
 
     #[test]
     fn renders_each_listener_with_its_labels() {
-        let r = Registry::default();
+        let r: &'static Registry = Box::leak(Box::default());
         let m = r.listener("127.0.0.1:5000");
         m.accepted();
         m.outbound(Some("127.0.0.5".parse().unwrap()));
         m.ended(10, 20, None);
         m.accepted();
         m.ended(0, 0, Some("not_allowed"));
-        let text = r.render();
+        let (_, text) = r.exposition("text/plain");
         assert!(
             text.contains("proxy_connections_accepted_total{listener=\"127.0.0.1:5000\"} 2"),
             "{text}"
         );
+        assert!(
+            text.contains("# TYPE proxy_connections_accepted_total counter"),
+            "{text}"
+        );
         assert!(text.contains("proxy_active_connections{listener=\"127.0.0.1:5000\"} 0"));
         assert!(text.contains("proxy_bytes_dest_to_client_total{listener=\"127.0.0.1:5000\"} 20"));
-        assert!(text.contains("reason=\"not_allowed\"} 1"));
+        assert!(text.contains("reason=\"not_allowed\"} 1"), "{text}");
         assert!(text.contains("source=\"127.0.0.5\"} 1"));
+        let (kind, open) = r.exposition("application/openmetrics-text");
+        assert_eq!(kind, egress_http::OPENMETRICS);
+        assert!(open.ends_with("# EOF\n"), "{open}");
     }
 }

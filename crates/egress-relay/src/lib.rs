@@ -398,7 +398,10 @@ impl Relay {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// A mutex's guard, poisoned or not: every lock here guards plain data that a
+/// panicking holder cannot leave half-changed in a way that matters more than
+/// stopping the relay would.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -58,9 +58,7 @@ pub struct Delivery {
     writes: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::lock;
 
 impl Delivery {
     /// Delivery over an opened spool and the messages found in it.

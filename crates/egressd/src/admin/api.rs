@@ -2,7 +2,7 @@
 //! endpoints.
 
 use super::{parse_body, resolve, suspend, Admin, Answer};
-use crate::metrics::{classic_text, Snapshot};
+use crate::metrics::Snapshot;
 use egress_relay::State;
 use hyper::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -16,8 +16,7 @@ pub(crate) struct Call<'a> {
     pub body: &'a [u8],
 }
 
-const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+use egress_http::{classic_text, OPENMETRICS, PROMETHEUS_TEXT};
 
 pub(crate) async fn route(admin: &Admin, call: Call<'_>) -> Answer {
     let m = call.method;

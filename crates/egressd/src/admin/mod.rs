@@ -1,11 +1,12 @@
 //! The HTTP listener `kumo.start_http_listener` declares: metrics and the admin
 //! API, under KumoMTA's paths where KumoMTA has the endpoint.
 //!
-//! hyper serves HTTP/1.1 directly (a handful of routes need no framework). Every
-//! client outside `trusted_hosts` authenticates with HTTP Basic, checked by the
-//! policy's `http_server_validate_auth_basic` event; anything else gets 401.
-//! Headers must arrive within [`HEADER_TIMEOUT`], a body within [`BODY_TIMEOUT`]
-//! and [`MAX_BODY`] octets; at most [`MAX_CONNECTIONS`] clients at once.
+//! The listener is egress-http's (HTTP/1.1 on hyper, TLS from egress-tls,
+//! headers within ten seconds, a bounded number of clients; egress-proxy serves
+//! on the same one). Every client outside `trusted_hosts` authenticates with HTTP
+//! Basic, checked by the policy's `http_server_validate_auth_basic` event;
+//! anything else gets 401. A body must arrive within [`BODY_TIMEOUT`] and
+//! [`MAX_BODY`] octets.
 //!
 //! - `api.rs`: the routes and their JSON.
 //! - `resolve.rs`: `resolve-egress-path`, what the relay would do for a domain
@@ -18,29 +19,21 @@ mod suspend;
 
 use crate::metrics::Metrics;
 use base64::Engine;
+use egress_http::{Client, Handler};
 use egress_lua::HttpListener;
 use egress_relay::Relay;
 use egress_source::KeySource;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::{Bytes, Incoming};
-use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use hyper::{Request, StatusCode};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 
-/// Longest a client may take to send a request's headers.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a client may take to send a request's body.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
-/// Clients served at once per HTTP listener.
-pub const MAX_CONNECTIONS: usize = 64;
 
 /// Changes the tracing filter; returns the filter now in force.
 pub type LogFilter = Arc<dyn Fn(&str) -> Result<String, String> + Send + Sync>;
@@ -61,20 +54,12 @@ pub struct Admin {
 
 /// One HTTP listener, bound and ready to serve.
 pub struct HttpServer {
-    socket: TcpListener,
-    config: HttpListener,
-    tls: Option<TlsAcceptor>,
+    listener: egress_http::HttpListener,
 }
 
 impl HttpServer {
     /// Binds `config.listen` and prepares TLS when `use_tls`.
     pub async fn bind(config: HttpListener, hostname: &str) -> Result<HttpServer, String> {
-        let socket = TcpListener::bind(config.listen).await.map_err(|e| {
-            format!(
-                "kumo.start_http_listener: cannot listen on {}: {e}",
-                config.listen
-            )
-        })?;
         let tls = match config.use_tls {
             true => Some(egress_tls::acceptor(
                 config.tls_certificate.clone().map(KeySource::File).as_ref(),
@@ -84,74 +69,40 @@ impl HttpServer {
             )?),
             false => None,
         };
-        Ok(HttpServer {
-            socket,
-            config,
+        let listener = egress_http::HttpListener::bind(
+            config.listen,
             tls,
-        })
+            config.trusted_hosts.clone(),
+            "kumo.start_http_listener",
+        )
+        .await?;
+        Ok(HttpServer { listener })
     }
 
     /// The address it listens on.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.socket.local_addr().ok()
+        self.listener.local_addr()
     }
 
     /// Serves until the process ends (liveness says 503 while draining, so the
     /// API stays up for the drain).
     pub async fn serve(self, admin: Arc<Admin>) {
-        let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let config = Arc::new(self.config);
-        loop {
-            let (stream, peer) = match self.socket.accept().await {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::warn!("accept on {}: {e}", config.listen);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let Ok(permit) = limit.clone().try_acquire_owned() else {
-                tracing::debug!(client = %peer, "HTTP: too many clients; closing");
-                continue;
-            };
-            let (admin, config, tls) = (admin.clone(), config.clone(), self.tls.clone());
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let (admin, config) = (admin.clone(), config.clone());
-                    async move { Ok::<_, Infallible>(handle(&admin, &config, req, peer).await) }
-                });
-                let builder = {
-                    let mut b = hyper::server::conn::http1::Builder::new();
-                    b.timer(TokioTimer::new())
-                        .header_read_timeout(HEADER_TIMEOUT);
-                    b
-                };
-                let served = match tls {
-                    Some(tls) => {
-                        match tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await {
-                            Ok(Ok(stream)) => {
-                                builder
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .await
-                            }
-                            _ => {
-                                tracing::debug!(client = %peer, "HTTP: TLS handshake failed or timed out");
-                                return;
-                            }
-                        }
-                    }
-                    None => {
-                        builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await
-                    }
-                };
-                if let Err(e) = served {
-                    tracing::debug!(client = %peer, "HTTP: {e}");
-                }
-                drop(permit);
-            });
-        }
+        self.listener.serve(Arc::new(AdminApi { admin })).await
+    }
+}
+
+/// The admin API as egress-http's handler.
+struct AdminApi {
+    admin: Arc<Admin>,
+}
+
+impl Handler for AdminApi {
+    fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: Client,
+    ) -> egress_http::Boxed<'_, egress_http::Response> {
+        Box::pin(handle(&self.admin, req, client))
     }
 }
 
@@ -220,15 +171,11 @@ impl Answer {
     }
 }
 
-async fn handle(
-    admin: &Admin,
-    config: &HttpListener,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-) -> Response<Full<Bytes>> {
+async fn handle(admin: &Admin, req: Request<Incoming>, client: Client) -> egress_http::Response {
+    let peer = client.addr;
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let answer = match authorize(admin, config, &req, peer.ip()).await {
+    let answer = match authorize(admin, &req, client).await {
         Err(answer) => answer,
         Ok(()) => {
             let query = req.uri().query().unwrap_or("").to_owned();
@@ -261,15 +208,9 @@ async fn handle(
     } else {
         tracing::debug!(client = %peer, %method, path, status = answer.status.as_u16(), "HTTP request");
     }
-    let mut response = Response::new(Full::new(Bytes::from(answer.body)));
-    *response.status_mut() = answer.status;
-    let headers = response.headers_mut();
-    headers.insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static(answer.content_type),
-    );
+    let mut response = egress_http::text(answer.status, answer.content_type, answer.body);
     if answer.status == StatusCode::UNAUTHORIZED {
-        headers.insert(
+        response.headers_mut().insert(
             hyper::header::WWW_AUTHENTICATE,
             hyper::header::HeaderValue::from_static("Basic realm=\"egressd\""),
         );
@@ -278,16 +219,11 @@ async fn handle(
 }
 
 /// Trusted by address, else by HTTP Basic through the policy.
-async fn authorize(
-    admin: &Admin,
-    config: &HttpListener,
-    req: &Request<Incoming>,
-    ip: IpAddr,
-) -> Result<(), Answer> {
-    let ip = ip.to_canonical();
-    if config.trusted_hosts.iter().any(|net| net.contains(&ip)) {
+async fn authorize(admin: &Admin, req: &Request<Incoming>, client: Client) -> Result<(), Answer> {
+    if client.trusted {
         return Ok(());
     }
+    let ip = client.addr.ip().to_canonical();
     let unauthorized = |why: &str| {
         Answer::error(
             StatusCode::UNAUTHORIZED,

@@ -354,38 +354,6 @@ impl Metrics {
     }
 }
 
-/// The classic Prometheus text format (0.0.4) from an OpenMetrics exposition, for
-/// clients that do not ask for OpenMetrics (`promtool`, `curl`, older scrapers): a
-/// counter family is named with its `_total` suffix there, and there is no `# EOF`.
-pub fn classic_text(openmetrics: &str) -> String {
-    let mut out = String::with_capacity(openmetrics.len());
-    let mut help: Option<&str> = None;
-    for line in openmetrics.lines() {
-        if line == "# EOF" || line.starts_with("# UNIT ") {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            help = Some(rest);
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
-            let name = match kind {
-                "counter" => format!("{name}_total"),
-                _ => name.to_owned(),
-            };
-            if let Some(text) = help.take().and_then(|h| h.split_once(' ').map(|(_, t)| t)) {
-                out.push_str(&format!("# HELP {name} {text}\n"));
-            }
-            out.push_str(&format!("# TYPE {name} {kind}\n"));
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
 fn source_limit(source: &str, limit: &str) -> SourceLimit {
     SourceLimit {
         source: source.to_owned(),
