@@ -216,6 +216,7 @@ fn ci() -> Result {
         // from the package alone.
         "package".into(),
         Box::new(|| {
+            forget_unpacked_packages();
             let mut args = vec!["package", "--allow-dirty"];
             let names = crates();
             for name in &names {
@@ -343,6 +344,42 @@ apt-get install -y -qq --no-install-recommends {}
     }
     println!("xtask peers: installed");
     Ok(())
+}
+
+/// `cargo package` builds each crate against the others through a local registry
+/// whose crates it unpacks under `$CARGO_HOME/registry/src/` — and reuses what is
+/// unpacked there for the same name and version, so a second run on one machine
+/// would verify against the first run's sources. Those unpacked copies go first
+/// (never crates.io's: its directories are named for its index).
+fn forget_unpacked_packages() {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(src) = home.map(|h| h.join("registry/src")) else {
+        return;
+    };
+    let names = crates();
+    let Ok(registries) = std::fs::read_dir(&src) else {
+        return;
+    };
+    for registry in registries.flatten() {
+        if registry.file_name().to_string_lossy().starts_with("index.") {
+            continue;
+        }
+        let Ok(unpacked) = std::fs::read_dir(registry.path()) else {
+            continue;
+        };
+        for dir in unpacked.flatten() {
+            let name = dir.file_name().to_string_lossy().into_owned();
+            let ours = names.iter().any(|n| {
+                name.strip_prefix(n.as_str())
+                    .is_some_and(|v| v.starts_with("-0") || v.starts_with("-1"))
+            });
+            if ours {
+                let _ = std::fs::remove_dir_all(dir.path());
+            }
+        }
+    }
 }
 
 /// The declared `rust-version` is one CI checks: the toolchain it runs on is that
