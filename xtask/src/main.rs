@@ -217,7 +217,13 @@ fn ci() -> Result {
         "package".into(),
         Box::new(|| {
             forget_unpacked_packages();
-            let mut args = vec!["package", "--allow-dirty"];
+            // Its own target directory, emptied first: cargo never rebuilds a
+            // registry crate it has built once, so a package verified on an
+            // earlier run would be linked again as it was.
+            let target = root().join("target/package-check");
+            let _ = std::fs::remove_dir_all(&target);
+            let target = target.display().to_string();
+            let mut args = vec!["package", "--allow-dirty", "--target-dir", target.as_str()];
             let names = crates();
             for name in &names {
                 args.extend(["-p", name.as_str()]);
