@@ -137,22 +137,97 @@ pub async fn for_source(
         .automated
         .apply(&ctx.shaper.throttles, path, name, site, domain)
         .await;
-    let ehlo = effective_ehlo_domain(&path, &source, &ctx.hostname).to_owned();
+    Ok(decide(
+        routing,
+        source,
+        path,
+        &ctx.hostname,
+        &ctx.own_addresses,
+    ))
+}
+
+/// The decision itself, from the answers gathered — no I/O, so it is tested
+/// alone: the EHLO name (path, else source, else our host name), and the hosts
+/// the path lets the source try, in order, each with its port (source's
+/// `remote_port`, else the `mx_list` entry's, else the path's `smtp_port`).
+pub fn decide(
+    routing: &Routing,
+    source: Arc<EgressSource>,
+    path: Arc<EgressPathConfig>,
+    hostname: &str,
+    own: &hosts::OwnAddresses,
+) -> SourcePlan {
+    let ehlo = effective_ehlo_domain(&path, &source, hostname).to_owned();
     let hosts = hosts::for_path(
         &routing.hosts,
         &path,
         |d| effective_port(&source, d.entry.as_ref(), &path),
-        &ctx.own_addresses,
+        own,
     )
     .map(|kept| {
         kept.into_iter()
             .map(|(dest, addr)| (dest.clone(), addr))
             .collect()
     });
-    Ok(SourcePlan {
+    SourcePlan {
         source,
         path,
         ehlo,
         hosts,
-    })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dest(host: &str, ip: &str) -> Destination {
+        Destination {
+            host: host.into(),
+            ip: ip.parse().unwrap(),
+            entry: None,
+            secure_chain: false,
+        }
+    }
+
+    #[test]
+    fn the_plan_skips_hosts_and_names_the_ehlo_and_ports() {
+        let routing = Routing {
+            hosts: vec![
+                dest("mx-a.test", "192.0.2.1"),
+                dest("mx-b.test", "192.0.2.2"),
+            ],
+            site: "(mx-a|mx-b).test".into(),
+            by_mx: true,
+        };
+        let mut source = EgressSource::named("ip-2");
+        source.ehlo_domain = Some("mta2.example.test".into());
+        let path: EgressPathConfig =
+            serde_json::from_str(r#"{ "skip_hosts": ["192.0.2.1"], "smtp_port": 2525 }"#).unwrap();
+        let plan = decide(
+            &routing,
+            Arc::new(source),
+            Arc::new(path),
+            "relay.test",
+            &hosts::OwnAddresses::default(),
+        );
+        assert_eq!(plan.ehlo, "mta2.example.test");
+        let hosts = plan.hosts.unwrap();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].0.host, "mx-b.test");
+        assert_eq!(hosts[0].1, "192.0.2.2:2525".parse().unwrap());
+
+        // Every host skipped: the refusal, not an empty plan.
+        let all: EgressPathConfig =
+            serde_json::from_str(r#"{ "skip_hosts": ["192.0.2.0/24"] }"#).unwrap();
+        let plan = decide(
+            &routing,
+            Arc::new(EgressSource::named("ip-2")),
+            Arc::new(all),
+            "relay.test",
+            &hosts::OwnAddresses::default(),
+        );
+        assert_eq!(plan.ehlo, "relay.test");
+        assert!(plan.hosts.unwrap_err().to_string().contains("skip_hosts"));
+    }
 }
