@@ -12,6 +12,18 @@ use std::time::{Duration, SystemTime};
 
 /// Where a path override applies: a source at a site (automation's `SetConfig`)
 /// or a source sending to a domain (`SetDomainConfig`).
+///
+/// ```no_run
+/// # async fn run(relay: std::sync::Arc<egress_relay::Relay>) -> Result<(), String> {
+/// use egress_relay::OverrideScope;
+/// use std::time::Duration;
+/// // ip-2 sends to example.com at most ten a minute, for an hour.
+/// let scope = OverrideScope::Domain { source: "ip-2".into(), domain: "example.com".into() };
+/// relay.admin()
+///     .set_override(&scope, "max_message_rate", "10/minute".into(), Duration::from_secs(3600))
+///     .await?;
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OverrideScope {
     /// `source` at every destination of `site`.

@@ -12,6 +12,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// What a probe found (see [`Relay::probe`](crate::Relay::probe)).
+///
+/// ```no_run
+/// # async fn run(relay: std::sync::Arc<egress_relay::Relay>) -> Result<(), String> {
+/// let report = relay.probe("ip-2", "example.com", false).await?;
+/// println!("{} greeted {} at {} from {}", report.ehlo, report.host, report.destination, report.egress);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct ProbeReport {
     /// The source probed.

@@ -9,34 +9,6 @@
 //! it opens, for the handle of its (source, pool, site), and carries that handle
 //! ([`PathHandle`]) across the transactions it serves. Per message the relay makes
 //! one dynamic call on the handle — no lock, no allocation, no label lookup.
-//!
-//! ```
-//! use egress_relay::{Origin, PathReport, Report};
-//! use std::sync::atomic::{AtomicU64, Ordering};
-//! use std::sync::Arc;
-//! use std::time::Duration;
-//!
-//! /// Counts messages the destinations accepted, over every path.
-//! #[derive(Default)]
-//! struct Delivered(Arc<AtomicU64>);
-//!
-//! struct DeliveredOnPath(Arc<AtomicU64>);
-//!
-//! impl PathReport for DeliveredOnPath {
-//!     fn transaction(&self, code: Option<u16>, origin: Origin, _size: u64, _took: Duration) {
-//!         if origin == Origin::Destination && code.is_some_and(|c| c / 100 == 2) {
-//!             self.0.fetch_add(1, Ordering::Relaxed);
-//!         }
-//!     }
-//! }
-//!
-//! impl Report for Delivered {
-//!     fn path(&self, _source: &str, _pool: &str, _site: &str) -> Option<Arc<dyn PathReport>> {
-//!         Some(Arc::new(DeliveredOnPath(self.0.clone())))
-//!     }
-//! }
-//! # let _: Arc<dyn Report> = Arc::new(Delivered::default());
-//! ```
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,7 +84,36 @@ pub struct Unrouted<'a> {
 }
 
 /// Where the relay reports. Implementations must be cheap and must not block:
-/// they are called on the relay's tasks.
+/// they are called on the relay's tasks. Every method has a default that does
+/// nothing, so an embedder implements only what it counts:
+///
+/// ```
+/// use egress_relay::{Origin, PathReport, Report};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+/// use std::time::Duration;
+///
+/// /// Counts messages the destinations accepted, over every path.
+/// #[derive(Default)]
+/// struct Delivered(Arc<AtomicU64>);
+///
+/// struct DeliveredOnPath(Arc<AtomicU64>);
+///
+/// impl PathReport for DeliveredOnPath {
+///     fn transaction(&self, code: Option<u16>, origin: Origin, _size: u64, _took: Duration) {
+///         if origin == Origin::Destination && code.is_some_and(|c| c / 100 == 2) {
+///             self.0.fetch_add(1, Ordering::Relaxed);
+///         }
+///     }
+/// }
+///
+/// impl Report for Delivered {
+///     fn path(&self, _source: &str, _pool: &str, _site: &str) -> Option<Arc<dyn PathReport>> {
+///         Some(Arc::new(DeliveredOnPath(self.0.clone())))
+///     }
+/// }
+/// # let _: Arc<dyn Report> = Arc::new(Delivered::default());
+/// ```
 pub trait Report: Send + Sync + 'static {
     /// The handle a destination session for `source` in `pool` at `site` records
     /// into; asked once per new session (and again when a kept session serves
