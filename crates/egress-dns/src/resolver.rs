@@ -357,28 +357,21 @@ fn hickory_backend(cfg: &NameServersConfig) -> Result<Backend, ResolverBuildErro
             .with_options(opts);
     let mut zones = Anchors::default();
     if let Some(path) = &o.trust_anchor_file {
-        zones = anchor_zones(path)?;
-        let anchors = hickory_proto::dnssec::TrustAnchors::from_file(path).map_err(|e| {
-            ResolverBuildError(format!(
-                "options.trust_anchor_file {}: {e} (expected DNSKEY records in zone-file \
-                 syntax, such as a key file written by ldns-keygen or dnssec-keygen)",
-                path.display()
-            ))
-        })?;
-        if anchors.is_empty() {
-            return Err(ResolverBuildError(format!(
-                "options.trust_anchor_file {}: no DNSKEY record in it",
-                path.display()
-            )));
-        }
-        builder = builder.with_trust_anchor(Arc::new(anchors));
+        let (keys, anchored) = trust_anchors(path)?;
+        zones = anchored;
+        builder = builder.with_trust_anchor(Arc::new(keys));
     }
     Ok(Backend::Hickory(Box::new(builder.build()), zones))
 }
 
-/// The owner names of the DNSKEY records in a trust anchor file (hickory keeps
-/// only the keys), read with hickory's own parser for that file.
-fn anchor_zones(path: &std::path::Path) -> Result<Anchors, ResolverBuildError> {
+/// The keys of a trust anchor file (DNSKEY records in zone-file syntax) and the
+/// zones they anchor — hickory keeps only the keys; the zones say which names
+/// DNSSEC can speak for. The file is read and parsed once, with hickory's own
+/// parser for it; a key that does not decode is an error, as hickory's loader has it.
+fn trust_anchors(
+    path: &std::path::Path,
+) -> Result<(hickory_proto::dnssec::TrustAnchors, Anchors), ResolverBuildError> {
+    use hickory_proto::dnssec::{TrustAnchors, Verifier};
     use hickory_proto::serialize::txt::trust_anchor::{Entry, Parser};
     let failed = |e: &dyn std::fmt::Display| {
         ResolverBuildError(format!(
@@ -389,19 +382,27 @@ fn anchor_zones(path: &std::path::Path) -> Result<Anchors, ResolverBuildError> {
     };
     let text = std::fs::read_to_string(path).map_err(|e| failed(&e))?;
     let entries = Parser::new(text).parse().map_err(|e| failed(&e))?;
-    let names: Vec<Name> = entries
-        .iter()
-        .filter_map(|entry| match entry {
-            Entry::DNSKEY(record) => {
-                let mut name = record.name().clone();
-                name.set_fqdn(true);
-                Some(name)
-            }
-            #[allow(unreachable_patterns)] // the enum is non-exhaustive
-            _ => None,
-        })
-        .collect();
-    Ok(Anchors(Some(names.into())))
+    let mut keys = TrustAnchors::empty();
+    let mut zones = Vec::new();
+    for entry in &entries {
+        #[allow(unreachable_patterns)] // the enum is non-exhaustive
+        let Entry::DNSKEY(record) = entry
+        else {
+            continue;
+        };
+        let key = record.data().key().map_err(|e| failed(&e))?;
+        keys.insert(&*key);
+        let mut zone = record.name().clone();
+        zone.set_fqdn(true);
+        zones.push(zone);
+    }
+    if keys.is_empty() {
+        return Err(ResolverBuildError(format!(
+            "options.trust_anchor_file {}: no DNSKEY record in it",
+            path.display()
+        )));
+    }
+    Ok((keys, Anchors(Some(zones.into()))))
 }
 
 fn set<T>(slot: &mut T, value: Option<T>) {
