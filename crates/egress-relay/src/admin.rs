@@ -3,7 +3,7 @@
 //! overrides in force, idle destination sessions, the throttle store's health and
 //! the TLS report — without reaching into the engine.
 
-use crate::outbound::in_force::{domain_scope, site_scope};
+use crate::outbound::in_force::{domain_scope, fits, site_scope};
 use crate::outbound::Context;
 use crate::suspension::{Suspension, SuspensionKey};
 use crate::Boxed;
@@ -142,19 +142,14 @@ impl Admin<'_> {
         duration: Duration,
     ) -> Boxed<'a, Result<(), String>> {
         Box::pin(async move {
-            // Tried on a default path config first: a mistake is the caller's
-            // error now, not a WARN at every transaction.
-            let mut probe = serde_json::to_value(egress_source::EgressPathConfig::default())
-                .map_err(|e| e.to_string())?;
-            if let Some(map) = probe.as_object_mut() {
-                map.insert(name.to_owned(), value.clone());
-            }
-            serde_json::from_value::<egress_source::EgressPathConfig>(probe)
-                .map_err(|e| format!("{name}: {e}"))?;
+            // Tried as applying it would try it: a mistake is the caller's error
+            // now, not a WARN at every transaction.
+            let value = value.to_string();
+            fits(name, &value).map_err(|e| format!("{name}: {e}"))?;
             self.ctx
                 .shaper
                 .throttles
-                .set_override(&scope.key(), name, &value.to_string(), duration)
+                .set_override(&scope.key(), name, &value, duration)
                 .await;
             self.ctx.shaper.automated.invalidate();
             tracing::warn!(scope = %scope.key(), name, value = %value, "path setting overridden by an operator");

@@ -162,6 +162,18 @@ impl Automated {
 }
 
 /// `path` with each override's key set to its value, checked as any path config is.
+/// Whether path key `name` takes `value` (JSON text) — what applying it as an
+/// override would find, asked before it is stored (`Admin::set_override`).
+pub fn fits(name: &str, value: &str) -> Result<(), String> {
+    let probe = Override {
+        scope: String::new(),
+        name: name.to_owned(),
+        value: value.to_owned(),
+        until: SystemTime::now(),
+    };
+    overridden(&EgressPathConfig::default(), &[&probe]).map(|_| ())
+}
+
 fn overridden(
     path: &EgressPathConfig,
     overrides: &[&Override],
