@@ -146,3 +146,35 @@ fn listener_domains_open_relaying_to_and_from_the_domains_they_name() {
         "nothing refused arrived"
     );
 }
+
+/// A handler that fails is a local failure: `451 4.3.0` naming the event (the
+/// client keeps the message), never a refusal, and nothing is relayed.
+#[test]
+fn a_failing_listener_domain_handler_defers() {
+    let sink = SmtpSink::start();
+    let d = Embedded::start(&format!(
+        "kumo.on('init', function()
+           kumo.start_esmtp_listener {{ listen = '{{listen}}', relay_hosts = {{ '127.0.0.1/32' }} }}
+         end)
+         kumo.on('get_queue_config', function(domain)
+           return kumo.make_queue_config {{ egress_pool = 'main', protocol = {{ smtp = {{ mx_list = {{ '[127.0.0.1]:{}' }} }} }} }}
+         end)
+         {}
+         kumo.on('get_listener_domain', function(domain, listener, conn_meta)
+           error('the domain table is unreachable')
+         end)",
+        sink.addr.port(),
+        egress_e2e::IP2_POOL,
+    ));
+    let s = from(&d, "127.0.0.50", "a@client.test", "u@example.test");
+    let reply = s.first_reply("451");
+    assert!(
+        reply.starts_with("451 4.3.0")
+            && reply.contains("get_listener_domain")
+            && reply.contains("the domain table is unreachable"),
+        "{}",
+        s.transcript
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(sink.messages().is_empty());
+}

@@ -329,11 +329,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     async fn rcpt(&mut self, address: &str) -> Reply {
         let client_ip = self.peer.ip().to_canonical();
-        let mut may_relay = self.may_relay();
-        if let (false, true, Some(t)) = (may_relay, self.listener.listener_domains, &self.tx) {
+        let mut may_relay = Ok(self.may_relay());
+        if let (Ok(false), true, Some(t)) = (&may_relay, self.listener.listener_domains, &self.tx) {
             let meta = self.conn_meta();
             let listen = self.listener.config.listen.to_string();
-            match listener_domains::permits(
+            may_relay = listener_domains::permits(
                 &*self.ctx.policy,
                 &listen,
                 &meta,
@@ -341,36 +341,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 &t.log.sender,
                 address,
             )
-            .await
-            {
-                Ok(permitted) => may_relay = permitted,
-                Err(reply) => {
-                    let t = self.tx.as_mut().expect("checked above");
-                    return t.rcpt(&self.ctx, address, Some(reply), &[], 0).await;
-                }
-            }
+            .await;
         }
         let max = self.listener.config.max_recipients_per_message;
         let Some(t) = self.tx.as_mut() else {
             return Reply::new(503, [5, 5, 1], "send MAIL FROM first");
         };
-        let refusal = if !may_relay {
-            self.listener.refused(Refusal::RelayDenied);
-            Some(Reply::new(
-                550,
-                [5, 7, 1],
-                format!("relaying denied for {client_ip}"),
-            ))
-        } else if t.accepted >= max {
-            Some(Reply::new(
+        let refusal = match may_relay {
+            // The policy could not say: a 4xx, the client keeps the message.
+            Err(policy_failed) => Some(policy_failed),
+            Ok(false) => {
+                self.listener.refused(Refusal::RelayDenied);
+                Some(Reply::new(
+                    550,
+                    [5, 7, 1],
+                    format!("relaying denied for {client_ip}"),
+                ))
+            }
+            Ok(true) if t.accepted >= max => Some(Reply::new(
                 452,
                 [4, 5, 3],
                 format!(
                     "too many recipients (at most {max} per message); send the rest in another transaction"
                 ),
-            ))
-        } else {
-            None
+            )),
+            Ok(true) => None,
         };
         // Recipients a pipelining client has sent after this one, which may go to
         // the destination with it; never past the recipient limit.
