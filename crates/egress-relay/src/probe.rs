@@ -84,20 +84,13 @@ pub async fn probe(
     let hosts = plan.hosts.clone().map_err(|refused| refused.to_string())?;
     let mut failed = Vec::new();
     for (dest, addr) in hosts {
-        let connected = ctx
-            .connector
-            .connect(&plan.source, addr, plan.path.connect_timeout)
-            .await;
-        let conn = match connected {
-            Ok(conn) => conn,
+        let (smtp, egress, greeted) = match greet(ctx, &plan, addr).await {
+            Ok(session) => session,
             Err(e) => {
-                failed.push((addr, e.to_string()));
+                failed.push((addr, e));
                 continue;
             }
         };
-        let egress = conn.egress;
-        let mut smtp = ClientSession::new(conn.stream, timeouts(&plan.path));
-        let greeted = smtp.greet(&plan.ehlo).await;
         let banner = smtp.banner().map(|b| Reply::relayed(b).to_wire());
         let reply = match greeted {
             Ok(reply) => Reply::relayed(&reply).to_wire(),
@@ -135,6 +128,30 @@ pub async fn probe(
     ))
 }
 
+/// A connection through the plan's source to `addr`, and the destination's
+/// answer to EHLO (kept apart: a refused greeting is still a session to show).
+async fn greet(
+    ctx: &Context,
+    plan: &plan::SourcePlan,
+    addr: SocketAddr,
+) -> Result<
+    (
+        ClientSession<tokio::net::TcpStream>,
+        egress_connect::EgressAddress,
+        std::io::Result<egress_smtp::Response<String>>,
+    ),
+    String,
+> {
+    let conn = ctx
+        .connector
+        .connect(&plan.source, addr, plan.path.connect_timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut smtp = ClientSession::new(conn.stream, timeouts(&plan.path));
+    let greeted = smtp.greet(&plan.ehlo).await;
+    Ok((smtp, conn.egress, greeted))
+}
+
 /// STARTTLS verified against the trust store; when that fails, once more on a
 /// new connection without verification, to show what the destination presents.
 async fn starttls(
@@ -165,15 +182,8 @@ async fn starttls(
         Err(StartTlsError::Handshake(why) | StartTlsError::Certificate { text: why, .. }) => why,
         Err(e) => return Err(format!("{addr}: {e}")),
     };
-    let conn = ctx
-        .connector
-        .connect(&plan.source, addr, path.connect_timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut smtp = ClientSession::new(conn.stream, timeouts(path));
-    smtp.greet(&plan.ehlo)
-        .await
-        .map_err(|e| format!("{addr}: {e}"))?;
+    let (mut smtp, _, greeted) = greet(ctx, plan, addr).await?;
+    greeted.map_err(|e| format!("{addr}: {e}"))?;
     let insecure = ctx.tls.connector(path, &Check::Nothing)?;
     let info = smtp
         .starttls(&insecure, name, false, &plan.ehlo, path.starttls_timeout)

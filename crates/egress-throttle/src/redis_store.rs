@@ -142,6 +142,12 @@ impl RedisStore {
     /// yet: a Redis that is down at start is the same as one that goes down later.
     pub fn open(params: &RedisParams) -> Result<RedisStore, StoreError> {
         let described = params.describe();
+        // A policy's parameters were checked where it declared them; an
+        // embedder's are checked here (an empty node list has no first node).
+        params.validate().map_err(|message| StoreError {
+            store: described.clone(),
+            message,
+        })?;
         let bad_url = |e: redis::RedisError| StoreError {
             store: described.clone(),
             message: format!(
