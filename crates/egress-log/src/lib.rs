@@ -43,11 +43,12 @@ mod render;
 mod segment;
 mod space;
 
-pub use egress_record::{LocalLogParams, LogHookParams, LogRecord, RecordType};
+pub use egress_record::{
+    LocalLogParams, LogHookParams, LogRecord, Message, RecordSink, RecordType,
+};
 pub use nodeid::node_id;
 pub use segment::segment_name;
 
-use serde_json::{Map, Value};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -95,27 +96,23 @@ pub enum LogError {
     },
 }
 
-/// What a logger may copy from the message a record is about.
-#[derive(Debug, Clone, Default)]
-pub struct Message {
-    /// The header section (up to the blank line), when the message was seen.
-    pub head: Option<Arc<[u8]>>,
-    /// Meta values (`reception_protocol`, `received_from`, …).
-    pub meta: Arc<Map<String, Value>>,
-}
-
 /// A boxed future, as every engine crate's async entry points return.
 pub type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Decides per logger whether a record is taken: `event` is the local log's
 /// `filter_event`, or `should_enqueue_log_record` with the hook's name.
 pub trait RecordFilter: Send + Sync {
-    /// Whether the logger takes `record`.
+    /// Whether anything answers `event` (asked once, when a logger starts; a
+    /// logger whose event has no answer takes every record without asking).
+    fn handles(&self, event: &str) -> bool;
+
+    /// Whether the logger takes `record`, about `message`.
     fn keep<'a>(
         &'a self,
         event: &'a str,
         hook: Option<&'a str>,
         record: &'a LogRecord,
+        message: &'a Message,
     ) -> Boxed<'a, bool>;
 }
 
@@ -211,19 +208,12 @@ impl Loggers {
         self.local.is_empty() && self.hooks.is_empty()
     }
 
-    /// Whether some logger copies headers (only then need the caller keep a
-    /// message's header section).
-    pub fn wants_head(&self) -> bool {
-        self.wants_head
-    }
-
     /// The node id stamped on every record.
     pub fn nodeid(&self) -> &str {
         &self.nodeid
     }
 
-    /// Hands `record` to every logger. Waits only when a logger's queue is full.
-    pub fn record(&self, mut record: LogRecord, message: &Message) {
+    fn hand_out(&self, mut record: LogRecord, message: &Message) {
         if self.is_empty() {
             return;
         }
@@ -240,10 +230,9 @@ impl Loggers {
         }
     }
 
-    /// Why mail should be refused now (a log's file system is below
-    /// `min_free_space` or `min_free_inodes`); `None` when all is well.
-    pub fn refusal(&self) -> Option<String> {
-        self.space.refusal()
+    /// Hands `record` to every logger. Waits only when a logger's queue is full.
+    pub fn record(&self, record: LogRecord, message: &Message) {
+        self.hand_out(record, message)
     }
 
     /// Every logger and its counts.
@@ -282,5 +271,24 @@ impl Loggers {
         for hook in self.hooks {
             hook.finish();
         }
+    }
+}
+
+impl RecordSink for Loggers {
+    fn enabled(&self) -> bool {
+        !self.is_empty()
+    }
+
+    fn record(&self, record: LogRecord, message: &Message) {
+        self.hand_out(record, message)
+    }
+
+    fn wants_head(&self) -> bool {
+        self.wants_head
+    }
+
+    /// A log's file system below `min_free_space` or `min_free_inodes`.
+    fn refusal(&self) -> Option<String> {
+        self.space.refusal()
     }
 }

@@ -31,6 +31,11 @@ impl Preparer {
         meta: &[String],
         per_record: &BTreeMap<RecordType, PerRecord>,
     ) -> Result<Preparer, LogError> {
+        // An event nothing answers is not asked (a Lua call per record saved).
+        let event = match &filter {
+            Some((f, _)) => event.filter(|(name, _)| f.handles(name)),
+            None => None,
+        };
         Ok(Preparer {
             renderer: Renderer::new(per_record, what)?,
             filter,
@@ -56,7 +61,8 @@ impl Preparer {
         if let (Some((filter, runtime)), Some((name, hook))) = (&self.filter, &self.event) {
             // On the logger's own thread, never a runtime worker: blocking here
             // is what the thread is for.
-            if !runtime.block_on(filter.keep(name, hook.as_deref(), &event.record)) {
+            let keep = filter.keep(name, hook.as_deref(), &event.record, &event.message);
+            if !runtime.block_on(keep) {
                 return None;
             }
         }

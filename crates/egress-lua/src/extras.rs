@@ -1,5 +1,5 @@
 //! egressd's built-in `policy-extras` helpers — `sources`, `queue`, `shaping`,
-//! `listener_domains` —
+//! `listener_domains`, `log_hooks` —
 //! written here in Lua from KumoMTA's documented file formats (`extras/*.lua`),
 //! so `require 'policy-extras.sources'` resolves without any file on disk.
 
@@ -13,6 +13,10 @@ const MODULES: &[(&str, &str)] = &[
     (
         "policy-extras.listener_domains",
         include_str!("extras/listener_domains.lua"),
+    ),
+    (
+        "policy-extras.log_hooks",
+        include_str!("extras/log_hooks.lua"),
     ),
 ];
 
@@ -71,7 +75,7 @@ pub(crate) fn install(lua: &Lua, package: &Table) -> mlua::Result<()> {
     searchers.push(lua.create_function(|_, name: String| {
         Ok(match name.strip_prefix("policy-extras.") {
             Some(_) => format!(
-                "\n\tegressd does not provide '{name}'; its built-in helpers are policy-extras.sources, policy-extras.queue, policy-extras.shaping and policy-extras.listener_domains"
+                "\n\tegressd does not provide '{name}'; its built-in helpers are policy-extras.sources, policy-extras.queue, policy-extras.shaping, policy-extras.listener_domains and policy-extras.log_hooks"
             ),
             None => String::new(),
         })

@@ -18,6 +18,11 @@ pub(crate) const HANDLERS: &str = "egress.handlers";
 /// registered many times: helper modules each add theirs).
 pub(crate) const PRE_INIT: &str = "egress.pre_init";
 
+/// Registry key of the list of `should_enqueue_log_record` handlers: each
+/// `log_hooks:new_json` registers one; the first that answers (true or false)
+/// decides, nil passes to the next, as in KumoMTA.
+const SHOULD_ENQUEUE: &str = "egress.should_enqueue_log_record";
+
 /// Registry key of the list of `validate_config` handlers: KumoMTA's sources,
 /// queue and shaping helpers each register one, and every one must run.
 const VALIDATE_CONFIG: &str = "egress.validate_config";
@@ -30,6 +35,7 @@ pub(crate) fn install(lua: &Lua, memo: std::sync::Arc<crate::utility::Memo>) -> 
     lua.set_named_registry_value(HANDLERS, lua.create_table()?)?;
     lua.set_named_registry_value(PRE_INIT, lua.create_table()?)?;
     lua.set_named_registry_value(VALIDATE_CONFIG, lua.create_table()?)?;
+    lua.set_named_registry_value(SHOULD_ENQUEUE, lua.create_table()?)?;
 
     let kumo = lua.create_table()?;
     kumo.set(
@@ -41,6 +47,21 @@ pub(crate) fn install(lua: &Lua, memo: std::sync::Arc<crate::utility::Memo>) -> 
                 return list.push(handler);
             }
             let handlers: Table = lua.named_registry_value(HANDLERS)?;
+            if event == crate::events::SHOULD_ENQUEUE_LOG_RECORD {
+                let list: Table = lua.named_registry_value(SHOULD_ENQUEUE)?;
+                list.push(handler)?;
+                let first = lua.create_function(|lua, args: Variadic<Value>| {
+                    let list: Table = lua.named_registry_value(SHOULD_ENQUEUE)?;
+                    for handler in list.sequence_values::<Function>() {
+                        let answer: Value = handler?.call(args.clone())?;
+                        if !answer.is_nil() {
+                            return Ok(answer);
+                        }
+                    }
+                    Ok(Value::Nil)
+                })?;
+                return handlers.set(event, first);
+            }
             if event == crate::events::VALIDATE_CONFIG {
                 // One handler that runs every registered one, in order.
                 let list: Table = lua.named_registry_value(VALIDATE_CONFIG)?;
@@ -133,6 +154,46 @@ pub(crate) fn install(lua: &Lua, memo: std::sync::Arc<crate::utility::Memo>) -> 
                     format!("kumo.define_spool: name {other:?}: expected \"data\" (or \"meta\", which egressd keeps beside the data)"),
                 )),
             }
+        })?,
+    )?;
+
+    kumo.set(
+        "configure_local_logs",
+        lua.create_function(|lua, params: Value| {
+            let log: egress_record::LocalLogParams =
+                from_lua(lua, params, "kumo.configure_local_logs")?;
+            if !(0..=21).contains(&log.compression_level) {
+                return Err(located(
+                    lua,
+                    format!(
+                        "kumo.configure_local_logs: compression_level {}: expected 0 (zstd's default) or 1 to 21",
+                        log.compression_level
+                    ),
+                ));
+            }
+            declare(lua, |init| init.local_logs.push(log))
+        })?,
+    )?;
+    kumo.set(
+        "configure_log_hook",
+        lua.create_function(|lua, params: Value| {
+            let hook: egress_record::LogHookParams =
+                from_lua(lua, params, "kumo.configure_log_hook")?;
+            let name = hook.name.clone();
+            let mut duplicate = false;
+            declare(lua, |init| {
+                duplicate = init.log_hooks.iter().any(|h| h.name == name);
+                if !duplicate {
+                    init.log_hooks.push(hook)
+                }
+            })?;
+            if duplicate {
+                return Err(located(
+                    lua,
+                    format!("kumo.configure_log_hook: a log hook named {name:?} is already configured; give each hook its own name"),
+                ));
+            }
+            Ok(())
         })?,
     )?;
 

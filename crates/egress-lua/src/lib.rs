@@ -85,8 +85,12 @@ pub mod events {
     pub const PROXY_SERVER_AUTH_RFC1929: &str = "proxy_server_auth_rfc1929";
     /// `get_listener_domain(domain, listener, conn_meta)` → a listener domain or nil
     pub const GET_LISTENER_DOMAIN: &str = "get_listener_domain";
+    /// `should_enqueue_log_record(msg, hook_name)` → boolean: whether a log hook
+    /// takes a record (may be registered many times)
+    pub const SHOULD_ENQUEUE_LOG_RECORD: &str = "should_enqueue_log_record";
     /// Every event egress raises.
     pub const ALL: &[&str] = &[
+        SHOULD_ENQUEUE_LOG_RECORD,
         PRE_INIT,
         VALIDATE_CONFIG,
         INIT,
@@ -102,6 +106,23 @@ pub mod events {
     ];
 }
 use events::*;
+
+/// An event name that lives as long as the process: a local log's
+/// `filter_event` is the policy's own name; each distinct name is kept once.
+fn intern(name: &str) -> &'static str {
+    static NAMES: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<&'static str>>> =
+        std::sync::OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+    names.insert(leaked);
+    leaked
+}
 
 /// Told of every handler call: the event, how long the caller waited for the
 /// answer (a free Lua state, then the handler), and whether it succeeded.
@@ -390,6 +411,61 @@ impl Policy {
                 }
             })
             .await
+    }
+
+    /// A logger's filter: `should_enqueue_log_record(msg, hook_name)` for a log
+    /// hook (`msg` is the record's message: meta `log_record` the record,
+    /// `reception_protocol` `"LogRecord"`, its data the record's JSON), or a local
+    /// log's `filter_event(msg)` (`msg` the message the record is about, with its
+    /// meta). `Ok(None)`: no handler, or it returned nil.
+    pub fn log_filter<'a>(
+        &'a self,
+        event: &'a str,
+        hook: Option<&'a str>,
+        record: &'a egress_record::LogRecord,
+        message: &'a egress_record::Message,
+    ) -> Boxed<'a, Result<Option<bool>, PolicyError>> {
+        Box::pin(async move {
+            use states::{Arg, MessageArg};
+            let event = intern(event);
+            let mut arg = MessageArg {
+                id: record.id.clone(),
+                sender: record.sender.clone(),
+                recipient: record.recipient.first().cloned().unwrap_or_default(),
+                meta: (*message.meta).clone(),
+                data: String::new(),
+            };
+            let mut args = Vec::with_capacity(2);
+            if let Some(hook) = hook {
+                let json = serde_json::to_value(record)
+                    .map_err(|e| PolicyError::Internal(e.to_string()))?;
+                arg.data = json.to_string();
+                arg.meta = serde_json::Map::new();
+                arg.meta.insert("log_record".into(), json);
+                arg.meta
+                    .insert("reception_protocol".into(), "LogRecord".into());
+                args.push(Arg::Message(Box::new(arg)));
+                args.push(Arg::Str(Some(hook.to_owned())));
+            } else {
+                args.push(Arg::Message(Box::new(arg)));
+            }
+            self.states()
+                .invoke(event, args, |_, event, shown, value| match value {
+                    mlua::Value::Boolean(b) => Ok(Some(b)),
+                    mlua::Value::Nil => Ok(None),
+                    other => {
+                        let borrowed: Vec<Option<&str>> =
+                            shown.iter().map(|a| a.as_deref()).collect();
+                        Err(PolicyError::NotBoolean {
+                            event,
+                            args: error::quote_args(&borrowed),
+                            got: error::Describe(&other).to_string(),
+                        })
+                    }
+                })
+                .await
+                .map(Option::flatten)
+        })
     }
 
     fn states(&self) -> Arc<LuaStates> {

@@ -300,6 +300,19 @@ pub(crate) enum Arg {
     Secret(String),
     /// A table of string fields.
     Table(Vec<(String, String)>),
+    /// A message, as KumoMTA's `Message` object (`get_meta`, `set_meta`,
+    /// `sender`, `recipient`, `id`, `get_data`).
+    Message(Box<MessageArg>),
+}
+
+/// What a message argument holds.
+#[derive(Debug, Clone)]
+pub(crate) struct MessageArg {
+    pub id: String,
+    pub sender: String,
+    pub recipient: String,
+    pub meta: serde_json::Map<String, serde_json::Value>,
+    pub data: String,
 }
 
 impl Arg {
@@ -319,11 +332,13 @@ impl Arg {
             Arg::Str(s) => s.clone(),
             Arg::Secret(_) => Some("(hidden)".into()),
             Arg::Table(_) => Some("{...}".into()),
+            Arg::Message(m) => Some(format!("message {}", m.id)),
         }
     }
 
     fn to_lua(&self, lua: &Lua) -> mlua::Result<Value> {
         Ok(match self {
+            Arg::Message(m) => message_to_lua(lua, m)?,
             Arg::Str(Some(s)) | Arg::Secret(s) => Value::String(lua.create_string(s)?),
             Arg::Str(None) => Value::Nil,
             Arg::Table(fields) => {
@@ -347,6 +362,49 @@ impl Arg {
             }
         })
     }
+}
+
+/// A message object: fields in a table, KumoMTA's methods in its metatable.
+fn message_to_lua(lua: &Lua, m: &MessageArg) -> mlua::Result<Value> {
+    use mlua::LuaSerdeExt;
+    let t = lua.create_table()?;
+    let meta = lua.create_table()?;
+    for (k, v) in &m.meta {
+        meta.set(k.as_str(), lua.to_value(v)?)?;
+    }
+    t.set("_meta", meta)?;
+    t.set("_id", m.id.as_str())?;
+    t.set("_sender", m.sender.as_str())?;
+    t.set("_recipient", m.recipient.as_str())?;
+    t.set("_data", m.data.as_str())?;
+    let methods = lua.create_table()?;
+    methods.set(
+        "get_meta",
+        lua.create_function(|_, (this, name): (mlua::Table, String)| {
+            this.get::<mlua::Table>("_meta")?.get::<Value>(name)
+        })?,
+    )?;
+    methods.set(
+        "set_meta",
+        lua.create_function(|_, (this, name, value): (mlua::Table, String, Value)| {
+            this.get::<mlua::Table>("_meta")?.set(name, value)
+        })?,
+    )?;
+    for (method, field) in [
+        ("id", "_id"),
+        ("sender", "_sender"),
+        ("recipient", "_recipient"),
+        ("get_data", "_data"),
+    ] {
+        methods.set(
+            method,
+            lua.create_function(move |_, this: mlua::Table| this.get::<Value>(field))?,
+        )?;
+    }
+    let mt = lua.create_table()?;
+    mt.set("__index", methods)?;
+    t.set_metatable(Some(mt));
+    Ok(Value::Table(t))
 }
 
 fn time_limit_error(event: &'static str, args: String, limit: Duration) -> PolicyError {

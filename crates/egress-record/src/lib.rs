@@ -21,9 +21,11 @@
 
 mod params;
 mod record;
+mod sink;
 
 pub use params::{selected, LocalLogParams, LogHookParams, MinFree, PerRecord, Webhook};
 pub use record::{
     EnhancedCode, LogRecord, PeerAddress, RecordType, Response, SourceAddress, NIL_UUID,
     UNCATEGORIZED,
 };
+pub use sink::{Message, RecordSink};

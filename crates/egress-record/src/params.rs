@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// `kumo.configure_local_logs { … }`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalLogParams {
     /// Where segments are written (required).
@@ -81,7 +81,7 @@ pub struct PerRecord {
 }
 
 /// `kumo.configure_log_hook { … }`, and how egressd delivers it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogHookParams {
     /// The hook's name (required): `should_enqueue_log_record`'s `hook_name`.

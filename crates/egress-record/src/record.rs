@@ -144,6 +144,32 @@ impl Response {
     }
 }
 
+impl Response {
+    /// A reply in its one-line form, `"451 4.4.2 text"` (the enhanced code
+    /// optional), as the spool keeps replies.
+    pub fn from_line(line: &str, command: Option<&str>) -> Response {
+        let (code, rest) = match line.split_once(' ') {
+            Some((c, rest)) => (c.parse().unwrap_or(0), rest),
+            None => (line.parse().unwrap_or(0), ""),
+        };
+        let (esc, content) = match rest.split_once(' ').unwrap_or((rest, "")) {
+            (first, text) => match parse_esc(first) {
+                Some(esc) => (Some(esc), text),
+                None => (None, rest),
+            },
+        };
+        Response::new(code, esc, content, command)
+    }
+}
+
+fn parse_esc(text: &str) -> Option<[u8; 3]> {
+    let mut parts = text.split('.').map(|p| p.parse::<u8>().ok());
+    match (parts.next()??, parts.next()??, parts.next()??, parts.next()) {
+        (class @ (2 | 4 | 5), subject, detail, None) => Some([class, subject, detail]),
+        _ => None,
+    }
+}
+
 impl Default for Response {
     fn default() -> Self {
         Response {
@@ -376,6 +402,24 @@ mod tests {
         assert!(v.get("tls_cipher").is_none());
         assert_eq!(v["bounce_classification"], "Uncategorized");
         assert!(v["feedback_report"].is_null());
+    }
+
+    #[test]
+    fn a_spooled_reply_line_is_split_again() {
+        let r = Response::from_line("451 4.4.2 lost the destination session", Some("."));
+        assert_eq!(
+            (r.code, r.content.as_str()),
+            (451, "lost the destination session")
+        );
+        assert_eq!(
+            r.enhanced_code.map(|e| (e.class, e.subject, e.detail)),
+            Some((4, 4, 2))
+        );
+        let plain = Response::from_line("550 no such user", None);
+        assert_eq!(
+            (plain.enhanced_code, plain.content.as_str()),
+            (None, "no such user")
+        );
     }
 
     #[test]

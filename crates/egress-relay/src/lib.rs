@@ -54,6 +54,7 @@ mod dns;
 mod inbound;
 mod outbound;
 mod probe;
+mod records;
 mod report;
 mod resolve;
 mod shutdown;
@@ -66,6 +67,7 @@ pub use delivery::{Delivery, DRAIN};
 pub use egress_policy::{
     Boxed, Declarations, EsmtpListener, InvalidLineEndings, Policy, PolicyError,
 };
+pub use egress_record::{LogRecord, Message as RecordMessage, RecordSink, RecordType};
 pub use egress_throttle::{Block, BlockKind, InForce, Override};
 pub use inbound::Listener;
 pub use probe::{ProbeReport, ProbeTls};
@@ -103,6 +105,7 @@ pub struct RelayBuilder {
     product: Option<String>,
     report: Arc<dyn Report>,
     throttles: Option<Arc<Throttles>>,
+    records: Option<Arc<dyn RecordSink>>,
 }
 
 impl RelayBuilder {
@@ -124,6 +127,15 @@ impl RelayBuilder {
     /// Where the relay reports what happens; default [`NoReport`].
     pub fn report(mut self, report: Arc<dyn Report>) -> Self {
         self.report = report;
+        self
+    }
+
+    /// Where the relay hands its log records (KumoMTA's: `Reception`,
+    /// `Delivery`, `TransientFailure`, `Bounce`, `Rejection`, `Expiration`,
+    /// `AdminBounce`); default none, and then none are made. egress-log's
+    /// `Loggers` is one.
+    pub fn records(mut self, sink: Arc<dyn RecordSink>) -> Self {
+        self.records = Some(sink);
         self
     }
 
@@ -204,14 +216,10 @@ impl RelayBuilder {
         };
         let hostname = self.hostname.unwrap_or_else(host_name);
         let product = self.product.as_deref().unwrap_or(outbound::PRODUCT);
-        Ok(Arc::new(Context::with_throttles(
-            self.policy,
-            dns,
-            hostname,
-            product,
-            throttles,
-            self.report,
-        )))
+        let mut ctx =
+            Context::with_throttles(self.policy, dns, hostname, product, throttles, self.report);
+        ctx.records = self.records;
+        Ok(Arc::new(ctx))
     }
 
     /// [`Relay::probe`] without a running relay (no spool opened, no background
@@ -239,6 +247,7 @@ impl Relay {
             product: None,
             report: Arc::new(NoReport),
             throttles: None,
+            records: None,
         }
     }
 
@@ -359,6 +368,24 @@ impl Relay {
     /// the throttle store's health, the TLS report.
     pub fn admin(&self) -> Admin<'_> {
         Admin { ctx: &self.ctx }
+    }
+
+    /// KumoMTA's admin bounce: fails every spooled recipient for `domain` (all
+    /// when `None`) of `tenant`'s messages (anyone's when `None`) with `reason` —
+    /// an `AdminBounce` record each and a DSN to the sender. What was bounced,
+    /// by domain (empty without a spool).
+    pub fn bounce<'a>(
+        &'a self,
+        domain: Option<&'a str>,
+        tenant: Option<&'a str>,
+        reason: &'a str,
+    ) -> Boxed<'a, std::collections::BTreeMap<String, usize>> {
+        Box::pin(async move {
+            match &self.delivery {
+                Some(d) => d.bounce(&self.ctx, domain, tenant, reason).await,
+                None => Default::default(),
+            }
+        })
     }
 
     /// The spool's delivery, when the policy defines a spool.

@@ -1,5 +1,6 @@
 //! One log line per transaction, with everything an operator asks afterwards.
 
+use crate::records::{self, Recording};
 use crate::report::{Origin, PathHandle, Report, Unrouted};
 use egress_connect::EgressAddress;
 use egress_smtp::{Reply, TlsInfo};
@@ -46,6 +47,8 @@ pub struct TxLog {
     pub decided: Option<(u16, Origin)>,
     /// The path's report handle, once a source was picked.
     pub path: Option<Arc<PathHandle>>,
+    /// What its log records need, when the embedder takes records.
+    pub recording: Option<Box<Recording>>,
     report: Arc<dyn Report>,
     started: Instant,
 }
@@ -72,6 +75,7 @@ impl TxLog {
             size: 0,
             decided: None,
             path: None,
+            recording: None,
             report,
             started: Instant::now(),
         }
@@ -90,10 +94,33 @@ impl TxLog {
         }
         self.recipients
             .push((address.to_owned(), reply.to_string()));
+        if let Some(rec) = self.recording.as_mut() {
+            rec.rcpts.push((address.to_owned(), reply.clone(), origin));
+        }
     }
 
-    /// Emits the line, and reports the transaction.
+    /// The reply that decides the transaction (to `command`: `"DATA"`, `"."`),
+    /// and who gave it.
+    pub fn decide(&mut self, reply: &Reply, origin: Origin, command: &'static str) {
+        self.decided = Some((reply.code, origin));
+        if let Some(rec) = self.recording.as_mut() {
+            rec.last = Some((reply.clone(), origin, command));
+        }
+    }
+
+    /// The destination host (MX name) and address tried.
+    pub fn peer(&mut self, host: &str, addr: SocketAddr) {
+        self.destination = Some(format!("{host} [{addr}]"));
+        if let Some(rec) = self.recording.as_mut() {
+            rec.peer = Some((host.to_owned(), addr));
+        }
+    }
+
+    /// Emits the line and the transaction's log records, and reports it.
     pub fn emit(self, outcome: &str) {
+        if let Some(rec) = &self.recording {
+            records::transaction(&self, rec);
+        }
         let took = self.started.elapsed();
         let (code, origin) = match self.decided {
             Some((code, origin)) => (Some(code), origin),
@@ -164,7 +191,7 @@ impl TxLog {
 
 /// A short id, unique within this process and unlikely to repeat across restarts:
 /// seconds since the epoch and a counter, in hex.
-fn transaction_id() -> String {
+pub fn transaction_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let secs = std::time::SystemTime::now()

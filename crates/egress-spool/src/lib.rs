@@ -131,6 +131,9 @@ pub struct Envelope {
     /// The tenant its route was resolved for, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// The message's meta values (`received_from`, …), for log records.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub meta: serde_json::Map<String, serde_json::Value>,
     /// Seconds since the epoch when it was spooled.
     pub created: u64,
     /// Recipients by destination domain.
@@ -164,6 +167,7 @@ impl Envelope {
             sender: sender.to_owned(),
             body_8bit,
             tenant: None,
+            meta: serde_json::Map::new(),
             created: now,
             domains: domains
                 .into_iter()

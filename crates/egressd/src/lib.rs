@@ -7,6 +7,8 @@
 //!   registry the relay reports into (it implements `egress_relay::Report`);
 //!   [`ctl`] is the CLI's client for the API.
 //! - [`probe`]: `egressd probe`, one connection through a source.
+//! - [`records`]: the policy's local logs and log hooks (egress-log), the
+//!   relay's record sink, kept in step with reloads.
 //!
 //! The relay itself — sessions, routing, shaping, spool delivery — is
 //! `egress_relay`.
@@ -17,4 +19,5 @@ pub mod ctl;
 pub mod listen;
 pub mod metrics;
 pub mod probe;
+pub mod records;
 pub mod server;

@@ -44,6 +44,10 @@ struct Cli {
     /// transaction answered 451 4.3.0), e.g. `5s`, `500ms`.
     #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     policy_time_limit: std::time::Duration,
+    /// Where the node id (KumoMTA's `nodeid` in log records; `KUMO_NODE_ID` or
+    /// `KUMO_NODE_ID_PATH` take precedence) and each log hook's backlog are kept.
+    #[arg(long, global = true, env = "EGRESSD_STATE_DIR", default_value = egressd::records::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -185,6 +189,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli, log_filter: LogFilter) -> Result<(), String> {
+    let state_dir = cli.state_dir.clone();
     let command = cli.command.unwrap_or(Command::Serve);
     if let Some(result) = api_command(&command).await {
         return result;
@@ -206,6 +211,7 @@ async fn run(cli: Cli, log_filter: LogFilter) -> Result<(), String> {
                 host_name: egress_relay::host_name(),
                 metrics,
                 log_filter: Some(log_filter),
+                state_dir,
             };
             server::serve(policy, options).await
         }

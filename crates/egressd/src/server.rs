@@ -22,6 +22,8 @@ pub struct ServeOptions {
     /// Changes the log filter at run time (the admin API's
     /// `set-diagnostic-log-filter`).
     pub log_filter: Option<LogFilter>,
+    /// Where the node id and each log hook's backlog are kept.
+    pub state_dir: std::path::PathBuf,
 }
 
 /// Serves until SIGTERM or SIGINT. (Boxed, so the binary does not compile the
@@ -35,6 +37,7 @@ async fn serve_until_signalled(policy: Arc<Policy>, options: ServeOptions) -> Re
         host_name,
         metrics,
         log_filter,
+        state_dir,
     } = options;
     let init = policy.init();
     if !init.http_listeners.is_empty() {
@@ -46,10 +49,12 @@ async fn serve_until_signalled(policy: Arc<Policy>, options: ServeOptions) -> Re
     } else {
         init.esmtp_listeners.clone()
     };
+    let records = crate::records::Records::start(policy.clone(), state_dir)?;
     let relay = Relay::builder(policy.clone())
         .product("egressd")
         .hostname(host_name.clone())
         .report(metrics.clone())
+        .records(records.clone())
         .build()?;
 
     // Every listener is bound before any serves: a port in use fails the start.
@@ -89,6 +94,7 @@ async fn serve_until_signalled(policy: Arc<Policy>, options: ServeOptions) -> Re
         metrics,
         log_filter,
         started: std::time::SystemTime::now(),
+        records: Some(records.clone()),
     });
     for server in http {
         tokio::spawn(server.serve(admin.clone()));
@@ -104,12 +110,12 @@ async fn serve_until_signalled(policy: Arc<Policy>, options: ServeOptions) -> Re
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&policy, "SIGHUP").await,
+            _ = hup.recv() => reload(&policy, &records, "SIGHUP").await,
             Some(()) = config_changed.recv() => {
                 // Editors write in several steps: let them finish, then reload once.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while config_changed.try_recv().is_ok() {}
-                reload(&policy, "a monitored configuration file changed").await;
+                reload(&policy, &records, "a monitored configuration file changed").await;
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -118,14 +124,22 @@ async fn serve_until_signalled(policy: Arc<Policy>, options: ServeOptions) -> Re
 
     tracing::info!("shutting down: no new connections; waiting up to {DRAIN_DEADLINE:?} for transactions in flight");
     relay.shutdown(DRAIN_DEADLINE).await;
+    // Every record of what was drained is written; segments finished.
+    let _ = tokio::task::spawn_blocking(move || records.finish()).await;
     Ok(())
 }
 
-/// Rebuilds the policy (new Lua states, caches cleared); on error the previous
-/// policy keeps serving.
-async fn reload(policy: &Arc<Policy>, why: &str) {
-    let policy = policy.clone();
-    match tokio::task::spawn_blocking(move || policy.reload()).await {
+/// Rebuilds the policy (new Lua states, caches cleared) and finishes the log
+/// segments (new loggers when their declarations changed); on error the
+/// previous policy keeps serving.
+async fn reload(policy: &Arc<Policy>, records: &Arc<crate::records::Records>, why: &str) {
+    let (policy, records) = (policy.clone(), records.clone());
+    let reloaded = tokio::task::spawn_blocking(move || {
+        let result = policy.reload();
+        records.reload();
+        result
+    });
+    match reloaded.await {
         Ok(Ok(())) => tracing::info!("policy reloaded ({why}); caches cleared"),
         Ok(Err(e)) => {
             tracing::error!("policy reload ({why}) failed, the previous policy keeps serving: {e}")

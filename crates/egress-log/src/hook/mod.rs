@@ -35,7 +35,7 @@ pub(crate) struct LogHook {
     queue: Option<SyncSender<Command>>,
     thread: Option<JoinHandle<()>>,
     stop: Arc<Stop>,
-    sender_done: Option<std::sync::mpsc::Receiver<()>>,
+    sender_done: Option<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
     post_timeout: Duration,
 }
 
@@ -130,7 +130,7 @@ impl LogHook {
             queue: Some(queue),
             thread: Some(thread),
             stop,
-            sender_done: Some(done_rx),
+            sender_done: Some(std::sync::Mutex::new(done_rx)),
             post_timeout: webhook.timeout,
         })
     }
@@ -166,6 +166,7 @@ impl LogHook {
         self.stop.wake.notify_waiters();
         self.stop.wake.notify_one();
         if let Some(done) = self.sender_done.take() {
+            let done = done.into_inner().unwrap_or_else(|e| e.into_inner());
             let _ = done.recv_timeout(self.post_timeout + Duration::from_secs(1));
         }
     }

@@ -3,6 +3,7 @@
 
 use super::OpenSession;
 use crate::outbound::{Context, OpenError, Outbound};
+use crate::records::{self, Recording};
 use crate::report::Origin;
 use crate::txlog::TxLog;
 use egress_smtp::Reply;
@@ -27,6 +28,13 @@ pub enum Answer {
 }
 
 impl Answer {
+    /// The reply line the spool keeps.
+    pub fn line(&self) -> &str {
+        match self {
+            Answer::Delivered(l) | Answer::Failed(l) | Answer::Deferred(l) => l,
+        }
+    }
+
     fn of(reply: &Reply) -> Answer {
         let text = reply.to_string();
         match reply.code / 100 {
@@ -122,17 +130,51 @@ pub async fn run(
     data: &Path,
     session: Option<OpenSession>,
 ) -> Outcome {
-    let mut outcome = Outcome::default();
     let Some(queue) = env.domains.iter().find(|d| d.domain == domain) else {
-        return outcome;
+        return Outcome::default();
     };
-    let pending: Vec<String> = queue.pending().map(|r| r.address.clone()).collect();
     let mut log = TxLog::new(FROM_SPOOL, &env.sender, ctx.report.clone());
     log.id = format!("{}/{domain}#{}", env.id, queue.attempts + 1);
     log.tenant = env.tenant.clone();
+    if let Some(sink) = ctx.records.as_ref().filter(|r| r.enabled()) {
+        let head = match sink.wants_head() {
+            true => read_head(data).await,
+            false => None,
+        };
+        let message = egress_record::Message {
+            head,
+            meta: std::sync::Arc::new(env.meta.clone()),
+        };
+        log.recording = Some(Box::new(Recording::new(sink.clone(), None, message)));
+    }
+    let pending: Vec<String> = queue.pending().map(|r| r.address.clone()).collect();
+    let (outcome, what) = attempt(ctx, env, domain, data, session, &pending, &mut log).await;
+    if let Some(rec) = &log.recording {
+        let attempts = u16::try_from(queue.attempts + 1).unwrap_or(u16::MAX);
+        let answers = outcome
+            .answers
+            .iter()
+            .map(|(a, answer)| (a.as_str(), answer.line()));
+        records::attempt(&log, rec, env, attempts, answers);
+    }
+    log.emit(what);
+    outcome
+}
+
+/// [`run`]'s attempt: the outcome, and what the log line says of it.
+async fn attempt(
+    ctx: &Context,
+    env: &Envelope,
+    domain: &str,
+    data: &Path,
+    session: Option<OpenSession>,
+    pending: &[String],
+    log: &mut TxLog,
+) -> (Outcome, &'static str) {
+    let mut outcome = Outcome::default();
     let (mut out, mut confirmed) = match session {
         Some(s) => {
-            s.outbound.describe(&mut log);
+            s.outbound.describe(log);
             let confirmed: Vec<String> = s
                 .confirmed
                 .into_iter()
@@ -140,12 +182,9 @@ pub async fn run(
                 .collect();
             (s.outbound, confirmed)
         }
-        None => match open(ctx, env, domain, &pending, &mut log, &mut outcome).await {
+        None => match open(ctx, env, domain, pending, log, &mut outcome).await {
             Some(opened) => opened,
-            None => {
-                log.emit("not delivered");
-                return outcome;
-            }
+            None => return (outcome, "not delivered"),
         },
     };
     // What neither the session's RCPTs nor the first batch answered.
@@ -155,37 +194,56 @@ pub async fn run(
         .cloned()
         .collect();
     loop {
-        if !confirmed.is_empty()
-            && !deliver(&mut out, data, &confirmed, &mut log, &mut outcome).await
-        {
+        if !confirmed.is_empty() && !deliver(&mut out, data, &confirmed, log, &mut outcome).await {
             let left = "451 4.4.2 left for the next attempt: the destination session ended";
             outcome.all(&rest, &Answer::Deferred(left.into()));
             tokio::spawn(out.quit());
-            log.emit("not delivered");
-            return outcome;
+            return (outcome, "not delivered");
         }
         if rest.is_empty() {
             break;
         }
         let batch: Vec<String> = rest.drain(..rest.len().min(out.max_batch())).collect();
-        confirmed = match again(&mut out, env, &batch, &mut log, &mut outcome).await {
+        confirmed = match again(&mut out, env, &batch, log, &mut outcome).await {
             Some(accepted) => accepted,
             None => {
                 let left = "451 4.4.2 left for the next attempt: the destination session ended";
                 outcome.all(&rest, &Answer::Deferred(left.into()));
                 tokio::spawn(out.quit());
-                log.emit("not delivered");
-                return outcome;
+                return (outcome, "not delivered");
             }
         };
     }
     ctx.idle.release(out).await;
-    log.emit(if outcome.delivered() {
+    let what = if outcome.delivered() {
         "delivered from the spool"
     } else {
         "no recipient accepted"
-    });
-    outcome
+    };
+    (outcome, what)
+}
+
+/// The header section of a spooled message (its first 64 KiB at most), for
+/// loggers that copy headers.
+async fn read_head(data: &Path) -> Option<std::sync::Arc<[u8]>> {
+    let mut file = tokio::fs::File::open(data).await.ok()?;
+    let mut buf = vec![0; 64 * 1024];
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => filled += n,
+        }
+        if memchr::memmem::find(&buf[..filled], b"\r\n\r\n").is_some() {
+            break;
+        }
+    }
+    buf.truncate(filled);
+    let end = memchr::memmem::find(&buf, b"\r\n\r\n")
+        .map(|e| e + 2)
+        .unwrap_or(filled);
+    buf.truncate(end);
+    Some(std::sync::Arc::from(buf))
 }
 
 /// Sends the message to the `confirmed` recipients of the open transaction and

@@ -22,6 +22,7 @@ mod attempt;
 mod dsn;
 
 use crate::outbound::{Context, Outbound};
+use crate::records;
 use crate::shutdown::{Shutdown, State};
 use egress_spool::{now_secs, Envelope, Spool, SpoolError};
 use std::collections::{HashMap, HashSet};
@@ -93,6 +94,75 @@ impl Delivery {
         let mut list: Vec<Envelope> = lock(&self.messages).values().cloned().collect();
         list.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         list
+    }
+
+    /// Fails every pending recipient for `domain` (every domain when `None`) of
+    /// messages from `tenant` (any when `None`), as KumoMTA's admin bounce does:
+    /// an `AdminBounce` record each, a DSN to the sender, the message gone when
+    /// nothing is left. The recipients bounced, by domain.
+    pub(crate) async fn bounce(
+        &self,
+        ctx: &Context,
+        domain: Option<&str>,
+        tenant: Option<&str>,
+        reason: &str,
+    ) -> std::collections::BTreeMap<String, usize> {
+        let line = format!("551 5.7.1 Administrator bounced with reason: {reason}");
+        let mut bounced = std::collections::BTreeMap::new();
+        let mut touched = Vec::new();
+        {
+            let mut messages = lock(&self.messages);
+            for env in messages.values_mut() {
+                if tenant.is_some_and(|t| env.tenant.as_deref() != Some(t)) {
+                    continue;
+                }
+                let mut failed = Vec::new();
+                for d in env.domains.iter_mut() {
+                    if domain.is_some_and(|want| !d.domain.eq_ignore_ascii_case(want)) {
+                        continue;
+                    }
+                    for r in d.recipients.iter_mut() {
+                        if r.state == egress_spool::RecipientState::Pending {
+                            r.state = egress_spool::RecipientState::Failed {
+                                reply: line.clone(),
+                            };
+                            failed.push((r.address.clone(), line.clone(), d.attempts));
+                            *bounced.entry(d.domain.clone()).or_insert(0) += 1;
+                        }
+                    }
+                }
+                if !failed.is_empty() {
+                    touched.push((env.clone(), failed));
+                }
+            }
+        }
+        for (env, failed) in touched {
+            if let Some(sink) = &ctx.records {
+                let message = egress_record::Message {
+                    head: None,
+                    meta: Arc::new(env.meta.clone()),
+                };
+                for (address, line, attempts) in failed {
+                    let attempts = u16::try_from(attempts).unwrap_or(u16::MAX);
+                    records::admin_bounced(&**sink, &message, &env, &[(address, line)], attempts);
+                }
+            }
+            let write = lock(&self.writes)
+                .entry(env.id.clone())
+                .or_default()
+                .clone();
+            let _writing = write.lock().await;
+            let Some(current) = lock(&self.messages).get(&env.id).cloned() else {
+                continue;
+            };
+            if current.is_done() {
+                self.finish(ctx, current).await;
+                lock(&self.writes).remove(&env.id);
+            } else if let Err(e) = self.persist(&current).await {
+                tracing::error!(id = %env.id, "spool: cannot record the bounce: {e}");
+            }
+        }
+        bounced
     }
 
     /// Runs the schedule until SIGTERM, then waits up to [`DRAIN`] for attempts in
@@ -217,6 +287,7 @@ impl Delivery {
             .queue_config(domain, tenant.as_deref(), None, None)
             .await
             .ok();
+        let mut expired = None;
         {
             let mut messages = lock(&self.messages);
             let Some(env) = messages.get_mut(id) else {
@@ -236,12 +307,28 @@ impl Delivery {
                     };
                     let now = now_secs();
                     if now >= created + max_age.as_secs() {
+                        let pending: Vec<String> = d.pending().map(|r| r.address.clone()).collect();
                         attempt::expire(d, max_age);
+                        let given_up = failed_lines(d, &pending);
+                        expired = Some((given_up, d.attempts));
                     } else {
                         d.next_attempt = now + delay.as_secs().max(1);
                     }
                 }
             }
+        }
+        let expired_env = expired
+            .as_ref()
+            .and_then(|_| lock(&self.messages).get(id).cloned());
+        if let (Some((recipients, attempts)), Some(env), Some(sink)) =
+            (expired, expired_env, &ctx.records)
+        {
+            let message = egress_record::Message {
+                head: None,
+                meta: Arc::new(env.meta.clone()),
+            };
+            let attempts = u16::try_from(attempts).unwrap_or(u16::MAX);
+            records::expired(&**sink, &message, &env, &recipients, attempts);
         }
         let write = lock(&self.writes).entry(id.to_owned()).or_default().clone();
         let _writing = write.lock().await;
@@ -316,6 +403,20 @@ impl Delivery {
         self.wake.notify_one();
         Ok(id)
     }
+}
+
+/// The failure line of each of `recipients` in `d`.
+fn failed_lines(d: &egress_spool::DomainQueue, recipients: &[String]) -> Vec<(String, String)> {
+    d.recipients
+        .iter()
+        .filter(|r| recipients.contains(&r.address))
+        .filter_map(|r| match &r.state {
+            egress_spool::RecipientState::Failed { reply } => {
+                Some((r.address.clone(), reply.clone()))
+            }
+            _ => None,
+        })
+        .collect()
 }
 
 /// Runs a spool operation (file writes and fsyncs) on a blocking thread, so it

@@ -170,13 +170,10 @@ async fn cut_through<S: AsyncRead + AsyncWrite + Unpin>(
     trace: Trace<'_>,
 ) -> Result<Reply, Ended> {
     let Some(mut out) = t.legs.first_mut().and_then(|l| l.outbound.take()) else {
-        t.log.decided = Some((451, Origin::Local));
+        let reply = Reply::new(451, [4, 3, 0], "internal error: no destination session");
+        t.log.decide(&reply, Origin::Local, "DATA");
         t.log.emit("no destination session");
-        return Ok(Reply::new(
-            451,
-            [4, 3, 0],
-            "internal error: no destination session",
-        ));
+        return Ok(reply);
     };
     // BDAT to a destination that offers CHUNKING: nothing to send before the text
     // (no DATA, no 354 to wait for); else DATA, its reply read with the first text.
@@ -188,14 +185,11 @@ async fn cut_through<S: AsyncRead + AsyncWrite + Unpin>(
     };
     if let Err(e) = started {
         t.log.note(&e.to_string());
-        t.log.decided = Some((451, Origin::Local));
+        let reply = Reply::new(451, [4, 4, 2], format!("lost the destination session: {e}"));
+        t.log.decide(&reply, Origin::Local, "DATA");
         tokio::spawn(out.quit());
         t.end("lost the destination at DATA");
-        return Ok(Reply::new(
-            451,
-            [4, 4, 2],
-            format!("lost the destination session: {e}"),
-        ));
+        return Ok(reply);
     }
     conn.reply(&go_ahead());
     if bdat {
@@ -213,39 +207,41 @@ async fn cut_through<S: AsyncRead + AsyncWrite + Unpin>(
         Err(answered) => return answered,
     };
     if let Some(refused) = sink.refused {
-        t.log.decided = Some((refused.code, Origin::Destination));
+        t.log.decide(&refused, Origin::Destination, "DATA");
         t.end(&format!("DATA refused: {refused}"));
         return Ok(refused);
     }
     let (Some(mut out), None) = (sink.out, &sink.broken) else {
         let e = sink.broken.unwrap_or_default();
         t.log.note(&e);
-        t.log.decided = Some((451, Origin::Local));
-        t.log.emit("lost the destination during DATA");
-        return Ok(Reply::new(
+        let reply = Reply::new(
             451,
             [4, 4, 2],
             format!("lost the destination session during DATA: {e}"),
-        ));
+        );
+        t.log.decide(&reply, Origin::Local, ".");
+        t.log.emit("lost the destination during DATA");
+        return Ok(reply);
     };
     let reply = match out.final_reply().await {
         Ok(reply) => {
             // The transaction is over: keep the session for the next one through the
             // same source to the same host, if it is clean.
             ctx.idle.release(out).await;
-            t.log.decided = Some((reply.code, Origin::Destination));
+            t.log.decide(&reply, Origin::Destination, ".");
             reply
         }
         Err(e) => {
             t.log.note(&e.to_string());
             // The destination may have the message; saying 4xx risks a duplicate,
             // saying 2xx risks a loss. We never risk a loss.
-            t.log.decided = Some((451, Origin::Local));
-            Reply::new(
+            let reply = Reply::new(
                 451,
                 [4, 4, 2],
                 format!("no reply from the destination to the message: {e}"),
-            )
+            );
+            t.log.decide(&reply, Origin::Local, ".");
+            reply
         }
     };
     t.log.outcome = Some(reply.to_string());
@@ -261,9 +257,10 @@ async fn spooled<S: AsyncRead + AsyncWrite + Unpin>(
     trace: Trace<'_>,
 ) -> Result<Reply, Ended> {
     let Some(delivery) = inbound.spool.clone() else {
-        t.log.decided = Some((451, Origin::Local));
+        let reply = Reply::new(451, [4, 3, 0], "internal error: no spool");
+        t.log.decide(&reply, Origin::Local, "DATA");
         t.end("no spool");
-        return Ok(Reply::new(451, [4, 3, 0], "internal error: no spool"));
+        return Ok(reply);
     };
     let writer = match delivery.spool().writer() {
         Ok(w) => w,
@@ -302,6 +299,9 @@ async fn spooled<S: AsyncRead + AsyncWrite + Unpin>(
         }),
     );
     envelope.tenant = t.log.tenant.clone();
+    if let Some(rec) = &t.log.recording {
+        envelope.meta = (*rec.message.meta).clone();
+    }
     let committed = {
         let envelope = envelope.clone();
         crate::delivery::blocking(move || writer.commit(&envelope)).await
@@ -330,7 +330,10 @@ async fn spooled<S: AsyncRead + AsyncWrite + Unpin>(
         [2, 0, 0],
         format!("queued as {id}; delivering to {domains} domains"),
     );
-    t.log.decided = Some((250, Origin::Local));
+    t.log.decide(&reply, Origin::Local, ".");
+    if let Some(rec) = t.log.recording.as_mut() {
+        rec.spool_id = Some(id.clone());
+    }
     t.log.note(&format!("spooled as {id}"));
     t.log.outcome = Some(reply.to_string());
     t.end("spooled");
@@ -355,7 +358,7 @@ fn spool_failed(mut t: Transaction, e: &SpoolError) -> Reply {
         }
     };
     tracing::warn!("spool: {e}");
-    t.log.decided = Some((reply.code, Origin::Local));
+    t.log.decide(&reply, Origin::Local, ".");
     t.end(&format!("not spooled: {e}"));
     reply
 }
@@ -425,6 +428,9 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin, K: BodySink>(
         if discarded {
             pending.clear();
         } else if pending.len() >= FLUSH_AT || done {
+            if let Some(rec) = t.log.recording.as_mut() {
+                rec.capture_head(&pending);
+            }
             sink.put(&pending, done).await;
             pending.clear();
         }
@@ -436,27 +442,23 @@ async fn receive<S: AsyncRead + AsyncWrite + Unpin, K: BodySink>(
     t.log.size = reader.received();
     if let Some(invalid) = reader.invalid().filter(|_| reader.refused()) {
         inbound.refused(Refusal::InvalidLineEndings);
-        t.log.decided = Some((550, Origin::Local));
-        return Ok(Read::Refused(
-            Reply::new(
-                550,
-                [5, 6, 0],
-                format!("message refused: it contains {invalid}"),
-            ),
-            format!("refused: {invalid}"),
-        ));
+        let reply = Reply::new(
+            550,
+            [5, 6, 0],
+            format!("message refused: it contains {invalid}"),
+        );
+        t.log.decide(&reply, Origin::Local, ".");
+        return Ok(Read::Refused(reply, format!("refused: {invalid}")));
     }
     if reader.received() > max + END_MARKER {
         inbound.refused(Refusal::MessageTooLarge);
-        t.log.decided = Some((552, Origin::Local));
-        return Ok(Read::Refused(
-            Reply::new(
-                552,
-                [5, 3, 4],
-                format!("message exceeds the limit of {max} bytes"),
-            ),
-            "message too large".into(),
-        ));
+        let reply = Reply::new(
+            552,
+            [5, 3, 4],
+            format!("message exceeds the limit of {max} bytes"),
+        );
+        t.log.decide(&reply, Origin::Local, ".");
+        return Ok(Read::Refused(reply, "message too large".into()));
     }
     if let Some(invalid) = reader.invalid() {
         t.log.note(&format!("line endings made CR LF: {invalid}"));

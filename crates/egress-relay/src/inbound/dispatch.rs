@@ -9,6 +9,7 @@ use super::transaction::Transaction;
 use super::transport::{Conn, Ended, Limits};
 use super::Listener;
 use crate::outbound::Context;
+use crate::records;
 use crate::report::Refusal;
 use crate::shutdown::Shutdown;
 use egress_smtp::{words, Reply, TlsInfo};
@@ -30,6 +31,8 @@ pub struct Session<S> {
     tls: Option<TlsInfo>,
     authenticated: Option<String>,
     auth_failures: u32,
+    /// The session's UUID in log records (made at its first record).
+    session_id: Option<Arc<str>>,
 }
 
 /// What the loop does after a command.
@@ -73,6 +76,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             tls: None,
             authenticated: None,
             auth_failures: 0,
+            session_id: None,
         }
     }
 
@@ -127,7 +131,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 mechanism,
                 initial_response,
             } => return self.auth(mechanism, &initial_response).await,
-            Request::Mail { from } => self.mail(from),
+            Request::Mail { from } => {
+                let sender = from.address.clone();
+                let reply = self.mail(from);
+                if !reply.is_positive() {
+                    self.rejected(&sender, &reply, "MAIL FROM");
+                }
+                reply
+            }
             Request::Rcpt { to } => self.rcpt(&to.address).await,
             Request::Data => match self.data().await {
                 Ok(reply) => reply,
@@ -287,6 +298,62 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         meta
     }
 
+    /// The inbound side of log records: the session and the message's meta.
+    fn inbound_facts(&mut self) -> Option<(Arc<dyn egress_record::RecordSink>, records::Inbound)> {
+        let sink = self.ctx.records.clone().filter(|r| r.enabled())?;
+        let session_id = self
+            .session_id
+            .get_or_insert_with(records::session_id)
+            .clone();
+        Some((
+            sink,
+            records::Inbound {
+                session_id,
+                ehlo: self.helo.clone().unwrap_or_default(),
+                client: self.peer,
+            },
+        ))
+    }
+
+    /// What a new transaction's records need, when records are taken.
+    fn recording(&mut self) -> Option<Box<records::Recording>> {
+        let (sink, inbound) = self.inbound_facts()?;
+        let meta = records::reception_meta(
+            self.peer,
+            self.listener.config.listen,
+            &self.listener.hostname,
+            &inbound.ehlo,
+            self.authenticated.as_deref(),
+        );
+        let message = egress_record::Message {
+            head: None,
+            meta: Arc::new(meta),
+        };
+        Some(Box::new(records::Recording::new(
+            sink,
+            Some(inbound),
+            message,
+        )))
+    }
+
+    /// A refusal of ours outside a transaction's end (MAIL FROM): its record.
+    fn rejected(&mut self, sender: &str, reply: &Reply, command: &str) {
+        if let Some((sink, inbound)) = self.inbound_facts() {
+            let id = crate::txlog::transaction_id();
+            let message = egress_record::Message::default();
+            records::rejection(
+                &*sink,
+                &message,
+                &inbound,
+                &id,
+                sender,
+                Vec::new(),
+                reply,
+                Some(command),
+            );
+        }
+    }
+
     /// Relaying is allowed by address or by authentication.
     fn may_relay(&self) -> bool {
         self.relay_host || self.authenticated.is_some()
@@ -311,6 +378,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 [5, 3, 4],
                 format!("message size exceeds the limit of {max} bytes"),
             )
+        } else if let Some(why) = self.ctx.records.as_ref().and_then(|r| r.refusal()) {
+            Reply::new(451, [4, 3, 0], format!("cannot take mail now: {why}"))
         } else {
             let body_8bit = from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0;
             let mut t = Transaction::new(
@@ -322,6 +391,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             );
             // What egressd knows of the tenant at routing time: who authenticated.
             t.log.tenant = self.authenticated.clone();
+            t.log.recording = self.recording();
             self.tx = Some(t);
             Reply::new(250, [2, 1, 0], "sender OK")
         }

@@ -148,6 +148,25 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(admission) => admission,
         Err(reply) => {
             tracing::debug!(client = %peer, "refused: {reply}");
+            if let Some(sink) = ctx.records.as_ref().filter(|r| r.enabled()) {
+                let inbound = crate::records::Inbound {
+                    session_id: crate::records::session_id(),
+                    ehlo: String::new(),
+                    client: peer,
+                };
+                let id = crate::txlog::transaction_id();
+                let message = egress_record::Message::default();
+                crate::records::rejection(
+                    &**sink,
+                    &message,
+                    &inbound,
+                    &id,
+                    "",
+                    Vec::new(),
+                    &reply,
+                    None,
+                );
+            }
             let _ = tokio::time::timeout(
                 Duration::from_secs(5),
                 stream.write_all(reply.to_wire().as_bytes()),

@@ -69,6 +69,8 @@ pub struct Context {
     pub mta_sts: mta_sts::MtaSts,
     /// What TLS reporting (RFC 8460) would say of the sessions made.
     pub tls_reports: tls_report::TlsReports,
+    /// Where log records go (none: the relay makes none).
+    pub records: Option<Arc<dyn egress_record::RecordSink>>,
 }
 
 /// The product name when the server gives none.
@@ -117,6 +119,7 @@ impl Context {
             sites: memory::SiteMemory::default(),
             mta_sts: mta_sts::MtaSts::new(product),
             tls_reports: tls_report::TlsReports::default(),
+            records: None,
         }
     }
 
@@ -194,6 +197,12 @@ pub struct Outbound {
     rset: Option<std::time::Duration>,
     /// BDAT may carry a relayed message (`enable_chunking`).
     chunking: bool,
+    /// The destination host's name (the MX name), for log records.
+    host: Arc<str>,
+    /// Our end of a direct connection.
+    local: Option<std::net::SocketAddr>,
+    /// The session's UUID in log records.
+    session_id: Arc<str>,
 }
 
 impl Outbound {
@@ -391,12 +400,23 @@ impl Outbound {
     pub fn describe(&self, log: &mut TxLog) {
         log.source = Some(self.key.source.name.clone());
         log.egress = Some(self.egress);
-        log.destination = Some(self.key.addr.to_string());
         log.tls = self.smtp.tls().cloned();
+        self.stamp(log);
         log.path = self.report.clone();
         if let Some(path) = &self.report {
             log.pool = Some(path.pool.clone());
             log.site = Some(path.site.clone());
+        }
+    }
+
+    /// Puts the session's own facts into `log` (its host and address; for log
+    /// records its id, our address and protocol).
+    pub fn stamp(&self, log: &mut TxLog) {
+        log.peer(&self.host, self.key.addr);
+        if let Some(rec) = log.recording.as_mut() {
+            rec.out_session = Some(self.session_id.clone());
+            rec.local = self.local;
+            rec.lmtp = self.lmtp;
         }
     }
 

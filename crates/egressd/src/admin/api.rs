@@ -1,7 +1,7 @@
 //! The routes: `/metrics`, `/metrics.json`, liveness, status, and the admin
 //! endpoints.
 
-use super::{parse_body, resolve, suspend, Admin, Answer};
+use super::{bounce, parse_body, resolve, suspend, Admin, Answer};
 use crate::metrics::Snapshot;
 use egress_relay::State;
 use hyper::{Method, StatusCode};
@@ -40,6 +40,7 @@ pub(crate) async fn route(admin: &Admin, call: Call<'_>) -> Answer {
         "/api/admin/set-diagnostic-log-filter/v1" if m == Method::POST => {
             log_filter(admin, call.body)
         }
+        "/api/admin/bounce/v1" if m == Method::POST => bounce::bounce(admin, call.body).await,
         "/metrics"
         | "/metrics.json"
         | "/api/check-liveness/v1"
@@ -48,7 +49,8 @@ pub(crate) async fn route(admin: &Admin, call: Call<'_>) -> Answer {
         | "/api/admin/suspend-ready-q/v1"
         | "/api/admin/spool/v1"
         | "/api/admin/tls-report/v1"
-        | "/api/admin/set-diagnostic-log-filter/v1" => Answer::error(
+        | "/api/admin/set-diagnostic-log-filter/v1"
+        | "/api/admin/bounce/v1" => Answer::error(
             StatusCode::METHOD_NOT_ALLOWED,
             None,
             format!("{} does not take {m}", call.path),
@@ -83,6 +85,11 @@ async fn snapshot(admin: &Admin) -> Snapshot {
             let found = relay.automation_in_force().await;
             (found.overrides.len(), found.blocks.len())
         },
+        loggers: admin
+            .records
+            .as_ref()
+            .map(|r| r.loggers())
+            .unwrap_or_default(),
     }
 }
 

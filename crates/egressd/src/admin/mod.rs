@@ -14,6 +14,7 @@
 //! - `suspend.rs`: `suspend-ready-q`, operator suspensions.
 
 mod api;
+mod bounce;
 mod resolve;
 mod suspend;
 
@@ -50,6 +51,8 @@ pub struct Admin {
     pub log_filter: Option<LogFilter>,
     /// When this process started serving.
     pub started: SystemTime,
+    /// The delivery-record loggers (none when the policy declares none).
+    pub records: Option<Arc<crate::records::Records>>,
 }
 
 /// One HTTP listener, bound and ready to serve.

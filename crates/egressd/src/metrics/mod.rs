@@ -92,6 +92,13 @@ struct SourceLimit {
     limit: String,
 }
 
+/// A delivery-record logger: `local` (its directory) or `hook` (its name).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoggerLabels {
+    kind: &'static str,
+    name: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     event: &'static str,
@@ -154,6 +161,8 @@ pub struct Snapshot {
     pub spool: Option<(usize, u64, u64)>,
     /// Automation's path overrides and domain blocks in force.
     pub automation_in_force: (usize, usize),
+    /// Delivery-record loggers and their counts.
+    pub loggers: Vec<egress_log::LoggerInfo>,
 }
 
 /// Every metric egressd keeps (or none, until enabled).
@@ -199,6 +208,10 @@ struct Inner {
     spool_messages: Gauge,
     spool_bytes: Gauge,
     spool_fsyncs: Counter,
+    log_records: Family<LoggerLabels, Counter>,
+    log_skipped: Family<LoggerLabels, Counter>,
+    log_failures: Family<LoggerLabels, Counter>,
+    log_pending: Family<LoggerLabels, Gauge>,
 }
 
 impl Metrics {
@@ -384,6 +397,7 @@ mod tests {
             health_suspended: Vec::new(),
             spool: None,
             automation_in_force: (1, 0),
+            loggers: Vec::new(),
         }
     }
 

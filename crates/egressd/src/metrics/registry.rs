@@ -48,6 +48,10 @@ impl Inner {
             spool_messages: Gauge::default(),
             spool_bytes: Gauge::default(),
             spool_fsyncs: Counter::default(),
+            log_records: Family::default(),
+            log_skipped: Family::default(),
+            log_failures: Family::default(),
+            log_pending: Family::default(),
             registry: Registry::default(),
         };
         // KumoMTA's names first (the dashboards operators have), then ours.
@@ -190,6 +194,26 @@ impl Inner {
             inner.spool_fsyncs.clone(),
         );
         r.register(
+            "egressd_log_records",
+            "Delivery records written to a local log's segments, or taken by a log hook's endpoint",
+            inner.log_records.clone(),
+        );
+        r.register(
+            "egressd_log_records_skipped",
+            "Delivery records a logger left out (per_record enable = false, or its filter said no)",
+            inner.log_skipped.clone(),
+        );
+        r.register(
+            "egressd_log_failures",
+            "Log segment writes, or webhook POSTs, that failed (a hook keeps the records and retries)",
+            inner.log_failures.clone(),
+        );
+        r.register(
+            "egressd_log_backlog",
+            "Delivery records taken and not yet written (local log) or not yet taken by the endpoint (log hook)",
+            inner.log_pending.clone(),
+        );
+        r.register(
             "egressd_inbound_sessions",
             "SMTP sessions accepted",
             inner.sessions.clone(),
@@ -232,6 +256,29 @@ impl Inner {
             catch_up(&self.spool_fsyncs, fsyncs);
         }
         catch_up(&self.throttle_fallbacks, s.throttle_fallbacks);
+        for logger in &s.loggers {
+            use std::sync::atomic::Ordering::Relaxed;
+            let labels = super::LoggerLabels {
+                kind: logger.kind,
+                name: logger.name.clone(),
+            };
+            let stats = &logger.stats;
+            catch_up(
+                &self.log_records.get_or_create(&labels),
+                stats.done.load(Relaxed),
+            );
+            catch_up(
+                &self.log_skipped.get_or_create(&labels),
+                stats.skipped.load(Relaxed),
+            );
+            catch_up(
+                &self.log_failures.get_or_create(&labels),
+                stats.failures.load(Relaxed),
+            );
+            self.log_pending
+                .get_or_create(&labels)
+                .set(stats.pending.load(Relaxed) as i64);
+        }
         let kinds = [
             ("sources", s.cache.sources),
             ("pools", s.cache.pools),

@@ -296,7 +296,7 @@ impl Route<'_> {
         let mut last = (String::from("no host"), [4, 4, 1]);
         let mut refused_connections = 0;
         for (dest, addr) in hosts.iter().copied() {
-            log.destination = Some(format!("{} [{addr}]", dest.host));
+            log.peer(&dest.host, addr);
             let mut mode = self.path.enable_tls;
             if sts.is_some() {
                 // MTA-STS enforce: TLS with a certificate valid for the MX name.

@@ -64,6 +64,7 @@ impl Route<'_> {
                     log.reused = true;
                     log.egress = Some(out.egress);
                     log.tls = out.smtp.tls().cloned();
+                    out.stamp(log);
                     out.deliveries += 1;
                     // A session serves every pool its source is in: the handles
                     // follow the pool of this transaction.
@@ -139,6 +140,10 @@ impl Route<'_> {
         }
         log.path = report.clone();
         let egress = conn.egress;
+        let local = match egress.via {
+            egress_connect::Via::Direct => conn.stream.local_addr().ok(),
+            _ => None,
+        };
         let mut out = Outbound {
             smtp: ClientSession::new(conn.stream, timeouts(self.path)),
             key,
@@ -156,7 +161,11 @@ impl Route<'_> {
             rcpts: self.first_rcpts.len(),
             rset: self.path.enable_rset.then_some(self.path.rset_timeout),
             chunking: self.path.enable_chunking,
+            host: Arc::from(dest.host.as_str()),
+            local,
+            session_id: crate::records::session_id(),
         };
+        out.stamp(log);
         out.smtp.set_lmtp(self.path.use_lmtp);
         out.smtp.set_pipelining(self.path.enable_pipelining);
         // Failures before MAIL FROM are the connection plan's: the next host is
