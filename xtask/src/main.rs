@@ -62,6 +62,8 @@ const PEERS: &[(&str, &str)] = &[
     ("danted", "dante-server"),
     ("microsocks", "microsocks"),
     ("swaks", "swaks"),
+    ("zstdcat", "zstd"),
+    ("python3", "python3"),
     // swaks --tls
     ("perl:Net::SSLeay", "libnet-ssleay-perl"),
     ("postfix", "postfix"),

@@ -151,9 +151,13 @@ fn source_address(egress: &EgressAddress, local: Option<SocketAddr>) -> Option<S
         Via::HaProxy(a) => (Some("haproxy"), Some(a)),
         Via::Socks5(a) => (Some("socks5"), Some(a)),
     };
+    // Through a proxy the port is never known, and the address only when the
+    // proxy said it (0.0.0.0 otherwise): the proxy is still worth recording.
+    let unspecified = std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
     let address = match (local, egress.ip) {
         (Some(local), _) if protocol.is_none() => local,
         (_, Some(ip)) => SocketAddr::new(ip, 0),
+        (_, None) if protocol.is_some() => SocketAddr::new(unspecified, 0),
         (_, None) => return None,
     };
     Some(SourceAddress {

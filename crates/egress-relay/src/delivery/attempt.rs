@@ -147,6 +147,13 @@ pub async fn run(
         };
         log.recording = Some(Box::new(Recording::new(sink.clone(), None, message)));
     }
+    if let Some(rec) = log.recording.as_mut() {
+        rec.created = std::time::UNIX_EPOCH + Duration::from_secs(env.created);
+        log.size = tokio::fs::metadata(data)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+    }
     let pending: Vec<String> = queue.pending().map(|r| r.address.clone()).collect();
     let (outcome, what) = attempt(ctx, env, domain, data, session, &pending, &mut log).await;
     if let Some(rec) = &log.recording {
