@@ -48,8 +48,11 @@ fn lines(dir: &Path) -> Vec<String> {
     out
 }
 
-/// The segment files under `dir`, sorted by name (time).
+/// The segment files under `dir` (or `dir` itself, a file), sorted by name (time).
 fn segments(dir: &Path) -> Vec<std::path::PathBuf> {
+    if dir.is_file() {
+        return vec![dir.to_owned()];
+    }
     let mut files: Vec<_> = walk(dir);
     files.sort();
     files
@@ -247,6 +250,13 @@ fn every_outcome_is_a_record_in_the_local_log() {
         "{}",
         d.log()
     );
+    let metrics = egress_e2e::http_get(d.http.unwrap(), "/metrics").body;
+    let written = metrics
+        .lines()
+        .find(|l| l.starts_with("egressd_log_records_total{") && l.contains("kind=\"local\""))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(!written.ends_with(" 0"), "{written}");
+    assert!(metrics.contains("egressd_log_backlog{"), "{metrics}");
     sigterm(&mut d);
 
     let all = records(logs.path());
@@ -356,4 +366,108 @@ fn every_outcome_is_a_record_in_the_local_log() {
     // The node id is the one kept on disk.
     let nodeid = std::fs::read_to_string(state.path().join("nodeid")).unwrap();
     assert!(all.iter().all(|r| r["nodeid"] == nodeid.trim()));
+}
+
+fn hup(d: &Egressd) {
+    assert!(Command::new("kill")
+        .args(["-HUP", &d.pid().to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+fn read_only(path: &Path) -> bool {
+    std::fs::metadata(path)
+        .map(|m| m.permissions().readonly())
+        .unwrap_or(false)
+}
+
+#[test]
+fn per_record_templates_and_suffixes_and_segments_complete_at_roll_reload_and_stop() {
+    let ok = SmtpSink::start();
+    let logs = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "kumo.on('init', function()
+           kumo.start_esmtp_listener {{ listen = '{{listen}}' }}
+           kumo.configure_local_logs {{
+             log_dir = '{logs}',
+             max_segment_duration = '2s',
+             per_record = {{
+               Reception = {{ suffix = '_recv' }},
+               Delivery = {{
+                 suffix = '.txt',
+                 segment_header = 'type id recipient code source\\n',
+                 template = [[{{{{ type }}}} {{{{ id }}}} {{{{ recipient }}}} {{{{ response.code }}}} {{{{ log_record.egress_source }}}}]],
+               }},
+               Any = {{ enable = false }},
+             }},
+           }}
+         end)
+         kumo.on('get_queue_config', function(domain)
+           return kumo.make_queue_config {{ egress_pool = 'main', protocol = {{ smtp = {{ mx_list = {{ '{mx}' }} }} }} }}
+         end)
+         {pool}",
+        logs = logs.path().display(),
+        mx = mx_entry(ok.addr),
+        pool = egress_e2e::IP2_POOL,
+    );
+    let state_dir = state.path().display().to_string();
+    let mut d = Egressd::start_with_args(&policy, &["--state-dir", &state_dir]);
+    let send = |n: usize| {
+        let s = swaks(d.addr, &format!("r{n}@ok.test"), &[]);
+        assert!(s.ok, "{}", s.transcript);
+    };
+
+    send(1);
+    // max_segment_duration: the first segments are finished within 2 s.
+    assert!(
+        wait_until(Duration::from_secs(6), || {
+            let files = segments(logs.path());
+            files.len() == 2 && files.iter().all(|f| read_only(f))
+        }),
+        "{:?}",
+        segments(logs.path())
+    );
+    send(2);
+    // A reload finishes what is open at once (well before the 2 s roll).
+    std::thread::sleep(Duration::from_millis(200));
+    hup(&d);
+    assert!(
+        wait_until(Duration::from_millis(1500), || {
+            let files = segments(logs.path());
+            files.len() == 4 && files.iter().all(|f| read_only(f))
+        }),
+        "{:?}\n{}",
+        segments(logs.path()),
+        d.log()
+    );
+    send(3);
+    sigterm(&mut d);
+
+    let files = segments(logs.path());
+    assert_eq!(files.len(), 6, "{files:?}");
+    assert!(files.iter().all(|f| read_only(f)), "complete after SIGTERM");
+    let (recv, txt): (Vec<_>, Vec<_>) = files
+        .iter()
+        .partition(|f| f.to_string_lossy().ends_with("_recv"));
+    assert_eq!((recv.len(), txt.len()), (3, 3));
+    for f in &txt {
+        assert!(f.to_string_lossy().ends_with(".txt"), "{f:?}");
+        let name = f.file_name().unwrap().to_string_lossy().into_owned();
+        // KumoMTA's names: YYYYMMDD-HHMMSS.fraction, then the suffix.
+        assert_eq!(name.as_bytes()[8], b'-', "{name}");
+        let lines = lines(f);
+        assert_eq!(lines[0], "type id recipient code source", "{lines:?}");
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        let parts: Vec<&str> = lines[1].split(' ').collect();
+        assert_eq!(parts[0], "Delivery");
+        assert!(parts[2].starts_with('r') && parts[2].ends_with("@ok.test"));
+        assert_eq!((parts[3], parts[4]), ("250", "ip-2"));
+    }
+    for f in &recv {
+        let all = records(f);
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0]["type"], "Reception");
+    }
 }
