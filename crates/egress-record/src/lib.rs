@@ -21,6 +21,7 @@
 
 mod params;
 mod record;
+mod shape;
 mod sink;
 
 pub use params::{selected, LocalLogParams, LogHookParams, MinFree, PerRecord, Webhook};
@@ -28,4 +29,5 @@ pub use record::{
     EnhancedCode, LogRecord, PeerAddress, RecordType, Response, SourceAddress, NIL_UUID,
     UNCATEGORIZED,
 };
+pub use shape::{conforms, REFERENCE};
 pub use sink::{Message, RecordSink};

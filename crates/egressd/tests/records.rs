@@ -7,8 +7,8 @@ mod common;
 
 use common::Egressd;
 use egress_e2e::{
-    free_port, http_request, mx_entry, require, swaks, wait_until, HaProxy, MicroSocks,
-    ScriptedDestination, SmtpSink,
+    free_port, http_request, mx_entry, postfix_tls_main_cf, require, swaks, wait_until, HaProxy,
+    MicroSocks, Postfix, ScriptedDestination, SmtpSink, TestCa,
 };
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
@@ -107,6 +107,7 @@ fn sigterm(d: &mut Egressd) {
 
 /// The fields every record carries, with KumoMTA's shapes.
 fn check_common(r: &Value) {
+    egress_record::conforms(r).unwrap_or_else(|e| panic!("{e}: {r}"));
     for key in [
         "type",
         "id",
@@ -154,6 +155,9 @@ fn every_outcome_is_a_record_in_the_local_log() {
     let via_haproxy = SmtpSink::start();
     let socks = MicroSocks::start(Some("127.0.0.1".parse().unwrap()), None);
     let haproxy = HaProxy::start();
+    let ca = TestCa::new();
+    let issued = ca.issue("mx.tls.test", Some("127.0.0.1".parse().unwrap()));
+    let tls_mx = Postfix::start_with(ok.addr, &postfix_tls_main_cf(&issued));
     let down = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let closed = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let spool = tempfile::tempdir().unwrap();
@@ -169,7 +173,7 @@ fn every_outcome_is_a_record_in_the_local_log() {
          end)
          local MX = {{ ['ok.test'] = '{ok}', ['bounce.test'] = '{bounce}', ['defer.test'] = '{defer}',
            ['socks.test'] = '{vs}', ['haproxy.test'] = '{vh}', ['down.test'] = '{down}',
-           ['expire.test'] = '{closed}', ['held.test'] = '{closed}', ['client.test'] = '{ok}' }}
+           ['expire.test'] = '{closed}', ['held.test'] = '{closed}', ['client.test'] = '{ok}', ['tls.test'] = '{tls}' }}
          local POOL = {{ ['socks.test'] = 'socks', ['haproxy.test'] = 'haproxy' }}
          kumo.on('get_queue_config', function(domain)
            return kumo.make_queue_config {{ egress_pool = POOL[domain] or 'main',
@@ -188,6 +192,9 @@ fn every_outcome_is_a_record_in_the_local_log() {
              return kumo.make_egress_source {{ name = name, ha_proxy_server = '{haproxy}', ha_proxy_source_address = '127.0.0.5' }}
            end
            return kumo.make_egress_source {{ name = name, source_address = '127.0.0.2' }}
+         end)
+         kumo.on('get_egress_path_config', function(domain, source, site)
+           return kumo.make_egress_path {{ enable_tls = domain == 'tls.test' and 'OpportunisticInsecure' or 'Disabled' }}
          end)",
         spool = spool.path().display(),
         logs = logs.path().display(),
@@ -198,6 +205,7 @@ fn every_outcome_is_a_record_in_the_local_log() {
         vh = mx_entry(via_haproxy.addr),
         down = mx_entry(down),
         closed = mx_entry(closed),
+        tls = mx_entry(tls_mx.addr),
         socks = socks.addr,
         haproxy = haproxy.addr,
     );
@@ -216,6 +224,7 @@ fn every_outcome_is_a_record_in_the_local_log() {
     assert!(denied.has_reply("550 5.7.1"), "{}", denied.transcript);
     assert!(swaks(d.addr, "s@socks.test", &[]).ok);
     assert!(swaks(d.addr, "h@haproxy.test", &[]).ok);
+    assert!(swaks(d.addr, "t@tls.test", &[]).ok);
     // Spooled: two domains, one down; then up.
     assert!(swaks(d.addr, "u@ok.test,v@down.test", &[]).ok);
     // Spooled: one domain expires (max_age 3s), one held for the operator.
@@ -338,6 +347,30 @@ fn every_outcome_is_a_record_in_the_local_log() {
     assert_eq!(h["source_address"]["protocol"], "haproxy");
     assert_eq!(h["source_address"]["address"], "127.0.0.5:0");
     assert_eq!(h["source_address"]["server"], haproxy.addr.to_string());
+
+    // Over STARTTLS: the TLS fields.
+    let t = one(&all, "Delivery", "t@tls.test");
+    assert!(
+        t["tls_protocol_version"]
+            .as_str()
+            .unwrap()
+            .starts_with("TLSv1."),
+        "{t}"
+    );
+    assert!(
+        t["tls_cipher"].as_str().unwrap().contains("AES")
+            || t["tls_cipher"].as_str().unwrap().contains("CHACHA"),
+        "{t}"
+    );
+    assert!(
+        t["tls_peer_subject_name"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n == "CN=mx.tls.test"),
+        "{t}"
+    );
+    assert!(delivery.get("tls_cipher").is_none(), "in clear: {delivery}");
 
     // Spooled: one Reception under the spool id; the down domain's attempt a
     // TransientFailure, then its Delivery from the spool.
