@@ -115,7 +115,7 @@ pub struct EnhancedCode {
 }
 
 /// A reply from (or to) the peer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Response {
     /// The SMTP code.
     pub code: u16,
@@ -152,11 +152,10 @@ impl Response {
             Some((c, rest)) => (c.parse().unwrap_or(0), rest),
             None => (line.parse().unwrap_or(0), ""),
         };
-        let (esc, content) = match rest.split_once(' ').unwrap_or((rest, "")) {
-            (first, text) => match parse_esc(first) {
-                Some(esc) => (Some(esc), text),
-                None => (None, rest),
-            },
+        let (first, text) = rest.split_once(' ').unwrap_or((rest, ""));
+        let (esc, content) = match parse_esc(first) {
+            Some(esc) => (Some(esc), text),
+            None => (None, rest),
         };
         Response::new(code, esc, content, command)
     }
@@ -167,17 +166,6 @@ fn parse_esc(text: &str) -> Option<[u8; 3]> {
     match (parts.next()??, parts.next()??, parts.next()??, parts.next()) {
         (class @ (2 | 4 | 5), subject, detail, None) => Some([class, subject, detail]),
         _ => None,
-    }
-}
-
-impl Default for Response {
-    fn default() -> Self {
-        Response {
-            code: 0,
-            enhanced_code: None,
-            content: String::new(),
-            command: None,
-        }
     }
 }
 
