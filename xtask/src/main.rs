@@ -31,6 +31,8 @@ fn crates() -> Vec<String> {
         "egress-lua",
         "egress-throttle",
         "egress-spool",
+        "egress-record",
+        "egress-log",
         "egress-relay",
         "egressd",
         "egress-proxy",
