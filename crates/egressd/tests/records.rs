@@ -504,3 +504,56 @@ fn per_record_templates_and_suffixes_and_segments_complete_at_roll_reload_and_st
         assert_eq!(all[0]["type"], "Reception");
     }
 }
+
+#[test]
+fn filter_event_decides_per_message_and_a_log_short_of_space_refuses_mail() {
+    let ok = SmtpSink::start();
+    let (all_logs, r1_logs) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let state = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "kumo.on('init', function()
+           kumo.start_esmtp_listener {{ listen = '{{listen}}' }}
+           kumo.configure_local_logs {{ log_dir = '{all}' }}
+           kumo.configure_local_logs {{ log_dir = '{r1}', filter_event = 'only_r1' }}
+         end)
+         kumo.on('only_r1', function(msg)
+           return msg:recipient() == 'r1@ok.test' and msg:get_meta('reception_protocol') == 'ESMTP'
+         end)
+         kumo.on('get_queue_config', function(domain)
+           return kumo.make_queue_config {{ egress_pool = 'main', protocol = {{ smtp = {{ mx_list = {{ '{mx}' }} }} }} }}
+         end)
+         {pool}",
+        all = all_logs.path().display(),
+        r1 = r1_logs.path().display(),
+        mx = mx_entry(ok.addr),
+        pool = egress_e2e::IP2_POOL,
+    );
+    let state_dir = state.path().display().to_string();
+    let mut d = Egressd::start_with_args(&policy, &["--state-dir", &state_dir]);
+    for n in 1..=3 {
+        assert!(swaks(d.addr, &format!("r{n}@ok.test"), &[]).ok);
+    }
+    sigterm(&mut d);
+    assert_eq!(records(all_logs.path()).len(), 6);
+    let only = records(r1_logs.path());
+    assert_eq!(only.len(), 2, "{only:?}");
+    assert!(only.iter().all(|r| r["recipient"] == "r1@ok.test"));
+
+    // A log whose file system is "short" (min_free_space 100%): MAIL waits.
+    let full = tempfile::tempdir().unwrap();
+    let policy = format!(
+        "kumo.on('init', function()
+           kumo.start_esmtp_listener {{ listen = '{{listen}}' }}
+           kumo.configure_local_logs {{ log_dir = '{full}', min_free_space = '100%' }}
+         end)",
+        full = full.path().display(),
+    );
+    let d = Egressd::start_with_args(&policy, &["--state-dir", &state_dir]);
+    let s = swaks(d.addr, "r1@ok.test", &[]);
+    let refused = s.first_reply("451");
+    assert!(
+        refused.starts_with("451 4.3.0") && refused.contains("min_free_space"),
+        "{}",
+        s.transcript
+    );
+}
