@@ -42,6 +42,7 @@ mod prepare;
 mod render;
 mod segment;
 mod space;
+mod worker;
 
 pub use egress_record::{
     LocalLogParams, LogHookParams, LogRecord, Message, RecordSink, RecordType,

@@ -3,27 +3,20 @@
 
 use crate::prepare::{Filter, Preparer};
 use crate::segment::{self, Segment};
+use crate::worker::{Command, Worker};
 use crate::{Event, LogError, LoggerStats};
 use egress_record::LocalLogParams;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
-
-pub(crate) enum Command {
-    Record(Arc<Event>),
-    /// Finish every open segment, then say so.
-    Flush(SyncSender<()>),
-}
 
 /// A running local log.
 pub(crate) struct LocalLog {
     pub params: LocalLogParams,
     pub stats: Arc<LoggerStats>,
-    queue: Option<SyncSender<Command>>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker,
 }
 
 impl LocalLog {
@@ -48,7 +41,6 @@ impl LocalLog {
             })?;
             segment::mark_existing_done(dir);
         }
-        let (queue, rx) = sync_channel(params.back_pressure.max(1));
         let stats = Arc::new(LoggerStats::default());
         let mut writer = Writer {
             params: params.clone(),
@@ -56,9 +48,7 @@ impl LocalLog {
             open: HashMap::new(),
             stats: stats.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("local-log".into())
-            .spawn(move || writer.run(rx))
+        let worker = Worker::spawn("local-log", params.back_pressure, move |rx| writer.run(rx))
             .map_err(|e| LogError::Directory {
                 logger: what,
                 path: params.log_dir.clone(),
@@ -67,43 +57,24 @@ impl LocalLog {
         Ok(LocalLog {
             params,
             stats,
-            queue: Some(queue),
-            thread: Some(thread),
+            worker,
         })
     }
 
     /// Queues a record; waits while the queue is full (back-pressure).
     pub fn take(&self, event: Arc<Event>) {
-        if let Some(queue) = &self.queue {
-            LoggerStats::add(&self.stats.pending, 1);
-            let _ = queue.send(Command::Record(event));
-        }
+        LoggerStats::add(&self.stats.pending, 1);
+        self.worker.take(event);
     }
 
+    /// Every queued record written and every open segment finished.
     pub fn flush(&self) {
-        if let Some(queue) = &self.queue {
-            let (done, wait) = sync_channel(1);
-            if queue.send(Command::Flush(done)).is_ok() {
-                let _ = wait.recv();
-            }
-        }
+        self.worker.flush();
     }
 
+    /// Writes what is queued, finishes the segments, stops.
     pub fn finish(mut self) {
-        self.stop();
-    }
-
-    fn stop(&mut self) {
-        drop(self.queue.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for LocalLog {
-    fn drop(&mut self) {
-        self.stop();
+        self.worker.stop();
     }
 }
 

@@ -60,7 +60,7 @@ fn check(need: &Need) -> Option<String> {
     );
     if !need.space.satisfied(free, total) {
         return Some(format!(
-            "log directory {} is short of space ({free} bytes free, min_free_space {:?})",
+            "log directory {} is short of space ({free} bytes free, min_free_space {})",
             need.dir.display(),
             need.space
         ));
@@ -68,7 +68,7 @@ fn check(need: &Need) -> Option<String> {
     let (ifree, itotal) = (stat.files_available() as u64, stat.files() as u64);
     if !need.inodes.satisfied(ifree, itotal) {
         return Some(format!(
-            "log directory {} is short of inodes ({ifree} free, min_free_inodes {:?})",
+            "log directory {} is short of inodes ({ifree} free, min_free_inodes {})",
             need.dir.display(),
             need.inodes
         ));

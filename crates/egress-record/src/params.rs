@@ -142,7 +142,7 @@ pub struct Webhook {
 }
 
 /// `min_free_space` / `min_free_inodes`: `"10%"` or an absolute number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MinFree {
     /// Percent of the file system.
     Percent(u8),
@@ -158,6 +158,25 @@ impl MinFree {
                 total == 0 || (available as u128) * 100 >= (total as u128) * u128::from(p)
             }
             MinFree::Absolute(n) => available >= n,
+        }
+    }
+}
+
+impl std::fmt::Display for MinFree {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MinFree::Percent(p) => write!(f, "{p}%"),
+            MinFree::Absolute(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Serialize for MinFree {
+    /// As written in a policy: `"10%"`, or the number.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            MinFree::Percent(_) => s.serialize_str(&self.to_string()),
+            MinFree::Absolute(n) => s.serialize_u64(*n),
         }
     }
 }

@@ -7,7 +7,7 @@
 //!   recipient's `Delivery`, `TransientFailure` or `Bounce` from the
 //!   destination's reply (RCPT's or the final dot's);
 //! - [`attempt`]: each recipient's outcome of a delivery attempt from the spool;
-//! - [`expired`] and [`admin_bounced`]: a spooled message given up on.
+//! - [`given_up`]: a spooled message's recipients expired or bounced by an operator.
 //!
 //! A cut-through message has no spool id: its `id` is the transaction id (the
 //! one in our `Received:` header and the log line), and its `queue` is its
@@ -349,9 +349,10 @@ pub fn attempt<'a>(
     }
 }
 
-/// A spooled message's recipients given up on, as `kind` (`Expiration` or
-/// `AdminBounce`) with the reply line the spool keeps.
-fn given_up(
+/// A spooled message's recipients given up on, as `kind` — `Expiration`
+/// (`max_age` passed) or `AdminBounce` (an operator) — with the reply line the
+/// spool keeps.
+pub fn given_up(
     sink: &dyn RecordSink,
     message: &Message,
     env: &Envelope,
@@ -369,40 +370,4 @@ fn given_up(
         r.reception_protocol = Some("ESMTP".into());
         sink.record(r, message);
     }
-}
-
-/// `max_age` passed: an `Expiration` record per recipient given up on.
-pub fn expired(
-    sink: &dyn RecordSink,
-    message: &Message,
-    env: &Envelope,
-    recipients: &[(String, String)],
-    attempts: u16,
-) {
-    given_up(
-        sink,
-        message,
-        env,
-        RecordType::Expiration,
-        recipients,
-        attempts,
-    );
-}
-
-/// An operator failed the message: an `AdminBounce` record per recipient.
-pub fn admin_bounced(
-    sink: &dyn RecordSink,
-    message: &Message,
-    env: &Envelope,
-    recipients: &[(String, String)],
-    attempts: u16,
-) {
-    given_up(
-        sink,
-        message,
-        env,
-        RecordType::AdminBounce,
-        recipients,
-        attempts,
-    );
 }

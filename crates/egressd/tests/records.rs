@@ -530,6 +530,20 @@ fn filter_event_decides_per_message_and_a_log_short_of_space_refuses_mail() {
     );
     let state_dir = state.path().display().to_string();
     let mut d = Egressd::start_with_args(&policy, &["--state-dir", &state_dir]);
+    // `egressd check` prints the logging declarations.
+    let check = Command::new(env!("CARGO_BIN_EXE_egressd"))
+        .args(["check", "--policy"])
+        .arg(d.policy_path())
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&check.stdout).unwrap();
+    let declared = &shown["init"]["local_logs"];
+    assert_eq!(declared[1]["filter_event"], "only_r1", "{shown}");
+    assert_eq!(
+        declared[0]["log_dir"],
+        all_logs.path().display().to_string()
+    );
+    assert_eq!(declared[0]["min_free_space"], "10%", "{shown}");
     for n in 1..=3 {
         assert!(swaks(d.addr, &format!("r{n}@ok.test"), &[]).ok);
     }

@@ -10,20 +10,15 @@ mod backlog;
 mod post;
 
 use crate::prepare::{Filter, Preparer};
+use crate::worker::{Command, Worker};
 use crate::{Event, LogError, LoggerStats};
 use egress_record::{LogHookParams, Webhook};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-
-enum Command {
-    Record(Arc<Event>),
-    Flush(SyncSender<()>),
-}
 
 /// Most records appended in one write.
 const INTAKE_BATCH: usize = 1024;
@@ -32,8 +27,7 @@ const INTAKE_BATCH: usize = 1024;
 pub(crate) struct LogHook {
     pub params: LogHookParams,
     pub stats: Arc<LoggerStats>,
-    queue: Option<SyncSender<Command>>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker,
     stop: Arc<Stop>,
     sender_done: Option<std::sync::Mutex<std::sync::mpsc::Receiver<()>>>,
     post_timeout: Duration,
@@ -99,7 +93,6 @@ impl LogHook {
         let stats = Arc::new(LoggerStats::default());
         LoggerStats::add(&stats.pending, pending);
         let stop = Arc::new(Stop::default());
-        let (queue, rx) = sync_channel(params.back_pressure.max(1));
         let mut intake = Intake {
             preparer,
             writer,
@@ -107,9 +100,7 @@ impl LogHook {
             stop: stop.clone(),
             name: params.name.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name("log-hook".into())
-            .spawn(move || intake.run(rx))
+        let worker = Worker::spawn("log-hook", params.back_pressure, move |rx| intake.run(rx))
             .map_err(|e| fail(format!("cannot start its thread: {e}")))?;
         let (done_tx, done_rx) = sync_channel(1);
         let sender = Sender {
@@ -127,8 +118,7 @@ impl LogHook {
         Ok(LogHook {
             params,
             stats,
-            queue: Some(queue),
-            thread: Some(thread),
+            worker,
             stop,
             sender_done: Some(std::sync::Mutex::new(done_rx)),
             post_timeout: webhook.timeout,
@@ -137,19 +127,12 @@ impl LogHook {
 
     /// Queues a record; waits while the queue is full (back-pressure).
     pub fn take(&self, event: Arc<Event>) {
-        if let Some(queue) = &self.queue {
-            let _ = queue.send(Command::Record(event));
-        }
+        self.worker.take(event);
     }
 
     /// Every queued record is in the backlog, synced.
     pub fn flush(&self) {
-        if let Some(queue) = &self.queue {
-            let (done, wait) = sync_channel(1);
-            if queue.send(Command::Flush(done)).is_ok() {
-                let _ = wait.recv();
-            }
-        }
+        self.worker.flush();
     }
 
     /// Backlogs what is queued, lets a POST in flight end, and stops.
@@ -158,10 +141,7 @@ impl LogHook {
     }
 
     fn stop_all(&mut self) {
-        drop(self.queue.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.worker.stop();
         self.stop.now.store(true, Ordering::SeqCst);
         self.stop.wake.notify_waiters();
         self.stop.wake.notify_one();

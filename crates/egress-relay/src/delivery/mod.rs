@@ -24,6 +24,7 @@ mod dsn;
 use crate::outbound::{Context, Outbound};
 use crate::records;
 use crate::shutdown::{Shutdown, State};
+use egress_record::RecordType;
 use egress_spool::{now_secs, Envelope, Spool, SpoolError};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -144,7 +145,14 @@ impl Delivery {
                 };
                 for (address, line, attempts) in failed {
                     let attempts = u16::try_from(attempts).unwrap_or(u16::MAX);
-                    records::admin_bounced(&**sink, &message, &env, &[(address, line)], attempts);
+                    records::given_up(
+                        &**sink,
+                        &message,
+                        &env,
+                        RecordType::AdminBounce,
+                        &[(address, line)],
+                        attempts,
+                    );
                 }
             }
             let write = lock(&self.writes)
@@ -328,7 +336,14 @@ impl Delivery {
                 meta: Arc::new(env.meta.clone()),
             };
             let attempts = u16::try_from(attempts).unwrap_or(u16::MAX);
-            records::expired(&**sink, &message, &env, &recipients, attempts);
+            records::given_up(
+                &**sink,
+                &message,
+                &env,
+                RecordType::Expiration,
+                &recipients,
+                attempts,
+            );
         }
         let write = lock(&self.writes).entry(id.to_owned()).or_default().clone();
         let _writing = write.lock().await;
