@@ -91,15 +91,16 @@ pub struct RedisCluster {
     _dir: tempfile::TempDir,
 }
 
-/// A port whose cluster bus (port + 10000) is free too: below 55536, which an
-/// ephemeral port from bind(0) often is not.
+/// A port whose cluster bus (port + 10000) is free too, both below 32768 where
+/// Linux hands out ephemeral ports: another test's bind(0) or outgoing
+/// connection never takes one between our check and redis-server's bind.
 fn cluster_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     // Spread over the range by process, so parallel test binaries rarely meet.
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let base = 20000 + (std::process::id() % 2000) as u16 * 10;
+    let offset = (std::process::id() % 1200) as u16 * 10;
     loop {
-        let port = base + NEXT.fetch_add(1, Ordering::Relaxed) % 20000;
+        let port = 10000 + (offset + NEXT.fetch_add(1, Ordering::Relaxed)) % 12000;
         let free = |p: u16| TcpListener::bind(("127.0.0.1", p)).is_ok();
         if free(port) && free(port + 10000) {
             return port;
@@ -114,10 +115,10 @@ impl RedisCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut nodes = Vec::new();
         let mut peers = Vec::new();
-        for _ in 0..3 {
+        while nodes.len() < 3 {
             let port = cluster_port();
             let conf = dir.path().join(format!("nodes-{port}.conf"));
-            peers.push(Some(redis_server(
+            let mut peer = redis_server(
                 port,
                 &[
                     "--cluster-enabled",
@@ -129,7 +130,13 @@ impl RedisCluster {
                     "--dir",
                     &dir.path().display().to_string(),
                 ],
-            )));
+            );
+            // Lost the port to another process after all (what answered was not
+            // ours): take the next one.
+            if peer.wait_exit(Duration::from_millis(100)) {
+                continue;
+            }
+            peers.push(Some(peer));
             nodes.push(SocketAddr::from(([127, 0, 0, 1], port)));
         }
         let out = Command::new(&cli)
