@@ -160,7 +160,7 @@ pub struct LoggerInfo {
 
 /// Every logger the policy declared.
 pub struct Loggers {
-    nodeid: String,
+    nodeid: Arc<str>,
     local: Vec<local::LocalLog>,
     hooks: Vec<hook::LogHook>,
     space: space::FreeSpace,
@@ -178,10 +178,10 @@ impl Loggers {
         filter: Option<Arc<dyn RecordFilter>>,
         runtime: &tokio::runtime::Handle,
     ) -> Result<Loggers, LogError> {
-        let nodeid = if local.is_empty() && hooks.is_empty() {
-            egress_record::NIL_UUID.to_owned()
+        let nodeid: Arc<str> = if local.is_empty() && hooks.is_empty() {
+            Arc::from(egress_record::NIL_UUID)
         } else {
-            node_id(state_dir)?
+            Arc::from(node_id(state_dir)?)
         };
         let filter = filter.map(|f| (f, runtime.clone()));
         let local: Vec<local::LocalLog> = local
@@ -218,7 +218,7 @@ impl Loggers {
         if self.is_empty() {
             return;
         }
-        record.nodeid.clone_from(&self.nodeid);
+        record.nodeid = self.nodeid.clone();
         let event = Arc::new(Event {
             record,
             message: message.clone(),

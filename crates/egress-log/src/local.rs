@@ -3,12 +3,11 @@
 
 use crate::prepare::{Filter, Preparer};
 use crate::segment::{self, Segment};
-use crate::worker::{Command, Worker};
+use crate::worker::{Command, Queue, Worker, TICK};
 use crate::{Event, LogError, LoggerStats};
 use egress_record::LocalLogParams;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,12 +42,13 @@ impl LocalLog {
         }
         let stats = Arc::new(LoggerStats::default());
         let mut writer = Writer {
+            text: Vec::with_capacity(2048),
             params: params.clone(),
             preparer,
             open: HashMap::new(),
             stats: stats.clone(),
         };
-        let worker = Worker::spawn("local-log", params.back_pressure, move |rx| writer.run(rx))
+        let worker = Worker::spawn("local-log", params.back_pressure, move |queue| writer.run(queue))
             .map_err(|e| LogError::Directory {
                 logger: what,
                 path: params.log_dir.clone(),
@@ -79,6 +79,8 @@ impl LocalLog {
 }
 
 struct Writer {
+    /// The text of the record being written (reused).
+    text: Vec<u8>,
     params: LocalLogParams,
     preparer: Preparer,
     open: HashMap<(PathBuf, Option<String>), Segment>,
@@ -86,24 +88,27 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(&mut self, rx: Receiver<Command>) {
+    fn run(&mut self, queue: Arc<Queue>) {
         loop {
             let next = self.open.values().filter_map(|s| s.expires).min();
-            let command = match next {
-                Some(at) => rx.recv_timeout(at.saturating_duration_since(Instant::now())),
-                None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            let wait = match next {
+                Some(at) => at.saturating_duration_since(Instant::now()).min(TICK),
+                None => TICK,
             };
-            match command {
-                Ok(Command::Record(event)) => {
-                    LoggerStats::sub(&self.stats.pending, 1);
-                    self.write(&event);
+            let Some(commands) = queue.take_all(wait) else {
+                break;
+            };
+            for command in commands {
+                match command {
+                    Command::Record(event) => {
+                        LoggerStats::sub(&self.stats.pending, 1);
+                        self.write(&event);
+                    }
+                    Command::Flush(done) => {
+                        self.finish_where(|_| true);
+                        let _ = done.send(());
+                    }
                 }
-                Ok(Command::Flush(done)) => {
-                    self.finish_where(|_| true);
-                    let _ = done.send(());
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
             }
             let now = Instant::now();
             self.finish_where(|s| s.expires.is_some_and(|e| e <= now));
@@ -124,9 +129,17 @@ impl Writer {
     }
 
     fn write(&mut self, event: &Event) {
-        let text = match self.preparer.prepare(event) {
+        let mut text = std::mem::take(&mut self.text);
+        text.clear();
+        let prepared = self.preparer.prepare_into(event, &mut text);
+        self.write_text(event, &text, prepared);
+        self.text = text;
+    }
+
+    fn write_text(&mut self, event: &Event, text: &[u8], prepared: Option<Result<(), String>>) {
+        match prepared {
             None => return LoggerStats::add(&self.stats.skipped, 1),
-            Some(Ok(text)) => text,
+            Some(Ok(())) => {}
             Some(Err(e)) => {
                 LoggerStats::add(&self.stats.failures, 1);
                 return tracing::error!(log_dir = %self.params.log_dir.display(), "record not logged: {e}");
@@ -160,7 +173,7 @@ impl Writer {
         let Some(segment) = self.open.get_mut(&key) else {
             return;
         };
-        match segment.write(&text) {
+        match segment.write(text) {
             Ok(()) => LoggerStats::add(&self.stats.done, 1),
             Err(e) => {
                 LoggerStats::add(&self.stats.failures, 1);

@@ -55,6 +55,14 @@ impl Preparer {
 
     /// The record's text for this logger, or `None` when it is left out.
     pub fn prepare(&self, event: &Event) -> Option<Result<Vec<u8>, String>> {
+        let mut text = Vec::new();
+        self.prepare_into(event, &mut text)
+            .map(|done| done.map(|()| text))
+    }
+
+    /// [`prepare`](Self::prepare), the text appended to `text` (a buffer the
+    /// caller reuses); `None` when the record is left out.
+    pub fn prepare_into(&self, event: &Event, text: &mut Vec<u8>) -> Option<Result<(), String>> {
         if !self.per_record(event.record.kind).is_none_or(|p| p.enable) {
             return None;
         }
@@ -77,6 +85,6 @@ impl Preparer {
                 r.meta = capture::meta(&event.message.meta, &self.meta);
                 std::borrow::Cow::Owned(r)
             };
-        Some(self.renderer.render(&record))
+        Some(self.renderer.render_into(&record, text))
     }
 }

@@ -52,9 +52,17 @@ impl Renderer {
     }
 
     /// The record's text, ending in a newline.
+    #[cfg(test)]
     pub fn render(&self, record: &LogRecord) -> Result<Vec<u8>, String> {
-        let mut text = match self.template_for(record.kind) {
-            None => record.to_json().into_bytes(),
+        let mut text = Vec::new();
+        self.render_into(record, &mut text)?;
+        Ok(text)
+    }
+
+    /// [`render`](Self::render), appended to `text` (a buffer the caller reuses).
+    pub fn render_into(&self, record: &LogRecord, text: &mut Vec<u8>) -> Result<(), String> {
+        match self.template_for(record.kind) {
+            None => record.write_json(text),
             Some(kind) => {
                 let template = self
                     .env
@@ -66,16 +74,16 @@ impl Renderer {
                     _ => serde_json::Map::new(),
                 };
                 scope.insert("log_record".into(), fields);
-                template
+                let rendered = template
                     .render(minijinja::Value::from_serialize(&scope))
-                    .map_err(|e| format!("template for {}: {e}", kind.name()))?
-                    .into_bytes()
+                    .map_err(|e| format!("template for {}: {e}", kind.name()))?;
+                text.extend_from_slice(rendered.as_bytes());
             }
-        };
+        }
         if text.last() != Some(&b'\n') {
             text.push(b'\n');
         }
-        Ok(text)
+        Ok(())
     }
 }
 

@@ -243,8 +243,9 @@ pub struct LogRecord {
     pub delivery_protocol: Option<String>,
     /// `"ESMTP"` for what came in over SMTP.
     pub reception_protocol: Option<String>,
-    /// The node's UUID (stamped by the logger).
-    pub nodeid: String,
+    /// The node's UUID (stamped by the logger; shared, as every record of a node
+    /// carries the same one).
+    pub nodeid: std::sync::Arc<str>,
     /// The TLS cipher suite, when TLS was used.
     pub tls_cipher: Option<String>,
     /// `"TLSv1.3"`, `"TLSv1.2"`.
@@ -284,7 +285,7 @@ impl LogRecord {
             headers: Map::new(),
             delivery_protocol: None,
             reception_protocol: None,
-            nodeid: NIL_UUID.to_owned(),
+            nodeid: nil_uuid(),
             tls_cipher: None,
             tls_protocol_version: None,
             tls_peer_subject_name: None,
@@ -298,12 +299,23 @@ impl LogRecord {
         // Serializing plain strings and numbers into a String cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+
+    /// [`to_json`](Self::to_json), appended to `out` (a buffer a writer reuses).
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        // Writing plain strings and numbers into a Vec cannot fail.
+        let _ = serde_json::to_writer(out, self);
+    }
 }
 
 /// The classification a record has until a classifier says otherwise.
 pub const UNCATEGORIZED: &str = "Uncategorized";
 /// The node id of a record no logger has stamped yet.
 pub const NIL_UUID: &str = "00000000-0000-0000-0000-000000000000";
+
+fn nil_uuid() -> std::sync::Arc<str> {
+    static NIL: std::sync::OnceLock<std::sync::Arc<str>> = std::sync::OnceLock::new();
+    NIL.get_or_init(|| std::sync::Arc::from(NIL_UUID)).clone()
+}
 
 fn unix_seconds(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
@@ -346,7 +358,7 @@ impl Serialize for LogRecord {
         m.serialize_entry("headers", &self.headers)?;
         m.serialize_entry("delivery_protocol", &self.delivery_protocol)?;
         m.serialize_entry("reception_protocol", &self.reception_protocol)?;
-        m.serialize_entry("nodeid", &self.nodeid)?;
+        m.serialize_entry("nodeid", &*self.nodeid)?;
         let optional = [
             ("tls_cipher", self.tls_cipher.as_ref()),
             ("tls_protocol_version", self.tls_protocol_version.as_ref()),

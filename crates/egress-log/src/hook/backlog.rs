@@ -40,6 +40,15 @@ pub struct Writer {
 pub struct Reader {
     dir: PathBuf,
     cursor: Cursor,
+    /// The segment being read, kept open between reads that follow on.
+    open: Option<Open>,
+}
+
+struct Open {
+    seq: u64,
+    /// Where the next frame starts (the reader is exactly there).
+    at: u64,
+    reader: BufReader<File>,
 }
 
 /// Opens the backlog in `dir`: the writer (a new segment), the reader at the
@@ -54,6 +63,7 @@ pub fn open(dir: &Path) -> io::Result<(Writer, Reader, u64)> {
     let mut reader = Reader {
         dir: dir.to_owned(),
         cursor,
+        open: None,
     };
     reader.remove_before(cursor.seq)?;
     let pending = reader.count()?;
@@ -147,31 +157,66 @@ impl Writer {
 
 impl Reader {
     /// Up to `max` records from the cursor, and the cursor after them.
-    pub fn peek(&self, max: usize) -> io::Result<(Vec<Vec<u8>>, Cursor)> {
+    pub fn peek(&mut self, max: usize) -> io::Result<(Vec<Vec<u8>>, Cursor)> {
         let mut out = Vec::new();
         let mut cursor = self.cursor;
-        let seqs = segments(&self.dir)?;
+        let mut listed: Option<Vec<u64>> = None;
         while out.len() < max {
-            let path = segment_path(&self.dir, cursor.seq);
-            let read = match File::open(&path) {
-                Ok(file) => read_frames(file, cursor.offset, max - out.len(), &mut out)?,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => cursor.offset,
-                Err(e) => return Err(e),
-            };
-            let exhausted = out.len() < max;
-            cursor.offset = read;
+            cursor.offset = self.read_from(cursor, max - out.len(), &mut out)?;
+            if out.len() >= max {
+                break;
+            }
             // A segment with a later one after it is complete: go on to the next.
+            let seqs = match &listed {
+                Some(s) => s,
+                None => listed.insert(segments(&self.dir)?),
+            };
             match seqs.iter().find(|s| **s > cursor.seq) {
-                Some(next) if exhausted => {
+                Some(next) => {
                     cursor = Cursor {
                         seq: *next,
                         offset: 0,
                     }
                 }
-                _ => break,
+                None => break,
             }
         }
         Ok((out, cursor))
+    }
+
+    /// Reads frames of `cursor`'s segment from its offset (reusing the open file
+    /// when it is already there); the offset after them.
+    fn read_from(&mut self, cursor: Cursor, max: usize, out: &mut Vec<Vec<u8>>) -> io::Result<u64> {
+        let reusable = self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.seq == cursor.seq && o.at == cursor.offset);
+        if !reusable {
+            self.open = None;
+            let file = match File::open(segment_path(&self.dir, cursor.seq)) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(cursor.offset),
+                Err(e) => return Err(e),
+            };
+            let mut reader = BufReader::new(file);
+            reader.seek(SeekFrom::Start(cursor.offset))?;
+            self.open = Some(Open {
+                seq: cursor.seq,
+                at: cursor.offset,
+                reader,
+            });
+        }
+        let Some(open) = self.open.as_mut() else {
+            return Ok(cursor.offset);
+        };
+        let (at, clean) = read_frames(&mut open.reader, cursor.offset, max, out)?;
+        open.at = at;
+        if !clean {
+            // A frame still being written was half read: read it again from its
+            // start next time.
+            self.open = None;
+        }
+        Ok(at)
     }
 
     /// The endpoint took everything before `cursor`.
@@ -201,6 +246,7 @@ impl Reader {
         let mut probe = Reader {
             dir: self.dir.clone(),
             cursor: self.cursor,
+            open: None,
         };
         loop {
             let (batch, next) = probe.peek(4096)?;
@@ -213,18 +259,26 @@ impl Reader {
     }
 }
 
-/// Reads up to `max` whole frames from `offset` into `out`; the offset after them.
-fn read_frames(file: File, offset: u64, max: usize, out: &mut Vec<Vec<u8>>) -> io::Result<u64> {
-    let mut reader = BufReader::new(file);
-    reader.seek(SeekFrom::Start(offset))?;
+/// Reads up to `max` whole frames from `reader` (at `offset`) into `out`: the
+/// offset after them, and whether the reader is exactly there (false when a
+/// frame cut short was read into).
+fn read_frames(
+    reader: &mut BufReader<File>,
+    offset: u64,
+    max: usize,
+    out: &mut Vec<Vec<u8>>,
+) -> io::Result<(u64, bool)> {
     let mut at = offset;
     let mut taken = 0;
     let mut line = String::new();
     while taken < max {
         line.clear();
         let n = reader.read_line(&mut line)?;
-        if n == 0 || !line.ends_with('\n') {
+        if n == 0 {
             break;
+        }
+        if !line.ends_with('\n') {
+            return Ok((at, false));
         }
         let Ok(len) = line.trim_end().parse::<usize>() else {
             return Err(io::Error::new(
@@ -235,15 +289,15 @@ fn read_frames(file: File, offset: u64, max: usize, out: &mut Vec<Vec<u8>>) -> i
         let mut record = vec![0; len];
         match reader.read_exact(&mut record) {
             Ok(()) => {}
-            // Cut short by a crash while it was written: not a record.
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            // Cut short (a crash, or still being written): not a record yet.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok((at, false)),
             Err(e) => return Err(e),
         }
         at += (n + len) as u64;
         out.push(record);
         taken += 1;
     }
-    Ok(at)
+    Ok((at, true))
 }
 
 #[cfg(test)]
@@ -261,7 +315,7 @@ mod tests {
         assert_eq!(batch, vec![b"one\n".to_vec(), b"two\n".to_vec()]);
         r.ack(next).unwrap();
         drop((w, r));
-        let (mut w, r, pending) = open(dir.path()).unwrap();
+        let (mut w, mut r, pending) = open(dir.path()).unwrap();
         assert_eq!(pending, 1);
         w.append(&[b"four\n".to_vec()]).unwrap();
         let (batch, _) = r.peek(10).unwrap();
@@ -271,13 +325,13 @@ mod tests {
     #[test]
     fn a_frame_cut_short_is_not_a_record() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut w, r, _) = open(dir.path()).unwrap();
+        let (mut w, mut r, _) = open(dir.path()).unwrap();
         w.append(&[b"whole\n".to_vec()]).unwrap();
         w.file.write_all(b"40\npartial").unwrap();
         let (batch, _) = r.peek(10).unwrap();
         assert_eq!(batch, vec![b"whole\n".to_vec()]);
         drop((w, r));
-        let (mut w, r, pending) = open(dir.path()).unwrap();
+        let (mut w, mut r, pending) = open(dir.path()).unwrap();
         assert_eq!(pending, 1);
         w.append(&[b"next\n".to_vec()]).unwrap();
         let (batch, _) = r.peek(10).unwrap();

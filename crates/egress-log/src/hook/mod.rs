@@ -10,12 +10,12 @@ mod backlog;
 mod post;
 
 use crate::prepare::{Filter, Preparer};
-use crate::worker::{Command, Worker};
+use crate::worker::{Command, Queue, Worker, TICK};
 use crate::{Event, LogError, LoggerStats};
 use egress_record::{LogHookParams, Webhook};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::sync_channel;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -100,7 +100,7 @@ impl LogHook {
             stop: stop.clone(),
             name: params.name.clone(),
         };
-        let worker = Worker::spawn("log-hook", params.back_pressure, move |rx| intake.run(rx))
+        let worker = Worker::spawn("log-hook", params.back_pressure, move |queue| intake.run(queue))
             .map_err(|e| fail(format!("cannot start its thread: {e}")))?;
         let (done_tx, done_rx) = sync_channel(1);
         let sender = Sender {
@@ -167,23 +167,11 @@ struct Intake {
 }
 
 impl Intake {
-    fn run(&mut self, rx: Receiver<Command>) {
+    fn run(&mut self, queue: Arc<Queue>) {
         let mut batch: Vec<Vec<u8>> = Vec::new();
-        loop {
-            let first = match rx.recv_timeout(backlog::SYNC_EVERY) {
-                Ok(c) => Some(c),
-                // Idle: what was appended is synced now.
-                Err(RecvTimeoutError::Timeout) => {
-                    self.sync();
-                    None
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
+        // Appended records are synced within SYNC_EVERY (and at a flush).
+        while let Some(commands) = queue.take_all(backlog::SYNC_EVERY.min(TICK)) {
             let mut flushes = Vec::new();
-            let commands = first
-                .into_iter()
-                .chain(std::iter::from_fn(|| rx.try_recv().ok()))
-                .take(INTAKE_BATCH);
             for command in commands {
                 match command {
                     Command::Record(event) => match self.preparer.prepare(&event) {
@@ -195,6 +183,9 @@ impl Intake {
                         }
                     },
                     Command::Flush(done) => flushes.push(done),
+                }
+                if batch.len() >= INTAKE_BATCH {
+                    self.append(&mut batch);
                 }
             }
             self.append(&mut batch);

@@ -33,6 +33,9 @@ pub struct Session<S> {
     auth_failures: u32,
     /// The session's UUID in log records (made at its first record).
     session_id: Option<Arc<str>>,
+    /// The meta its messages carry in log records (made at its first message,
+    /// made again after a greeting or AUTH changes it).
+    record_meta: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
 }
 
 /// What the loop does after a command.
@@ -77,6 +80,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             authenticated: None,
             auth_failures: 0,
             session_id: None,
+            record_meta: None,
         }
     }
 
@@ -173,6 +177,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             t.end("reset by a new greeting");
         }
         self.helo = Some(host);
+        self.record_meta = None;
         let mut lines = vec![self.listener.hostname.clone()];
         if extended {
             lines.extend([
@@ -255,6 +260,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             Ok(Authenticated::Yes(identity)) => {
                 tracing::info!(client = %self.peer, identity = %identity, "authenticated");
                 self.authenticated = Some(identity);
+                self.record_meta = None;
                 Next::Reply(Reply::new(235, [2, 7, 0], "authentication succeeded"))
             }
             Ok(Authenticated::No { reply, failed }) => {
@@ -318,17 +324,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// What a new transaction's records need, when records are taken.
     fn recording(&mut self) -> Option<Box<records::Recording>> {
         let (sink, inbound) = self.inbound_facts()?;
-        let meta = records::reception_meta(
-            self.peer,
-            self.listener.config.listen,
-            &self.listener.hostname,
-            &inbound.ehlo,
-            self.authenticated.as_deref(),
-        );
-        let message = egress_record::Message {
-            head: None,
-            meta: Arc::new(meta),
+        let meta = match &self.record_meta {
+            Some(meta) => meta.clone(),
+            None => {
+                let meta = Arc::new(records::reception_meta(
+                    self.peer,
+                    self.listener.config.listen,
+                    &self.listener.hostname,
+                    &inbound.ehlo,
+                    self.authenticated.as_deref(),
+                ));
+                self.record_meta = Some(meta.clone());
+                meta
+            }
         };
+        let message = egress_record::Message { head: None, meta };
         Some(Box::new(records::Recording::new(
             sink,
             Some(inbound),
