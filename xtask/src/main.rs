@@ -33,6 +33,7 @@ fn crates() -> Vec<String> {
         "egress-spool",
         "egress-record",
         "egress-log",
+        "egress-dkim",
         "egress-relay",
         "egressd",
         "egress-proxy",
@@ -65,6 +66,15 @@ const PEERS: &[(&str, &str)] = &[
     ("microsocks", "microsocks"),
     ("swaks", "swaks"),
     ("zstdcat", "zstd"),
+    // DKIM's independent verifier (dkimpy), and Ed25519 for it.
+    (
+        "/usr/lib/python3/dist-packages/dkim/__init__.py",
+        "python3-dkim",
+    ),
+    (
+        "/usr/lib/python3/dist-packages/nacl/__init__.py",
+        "python3-nacl",
+    ),
     ("python3", "python3"),
     // swaks --tls
     ("perl:Net::SSLeay", "libnet-ssleay-perl"),

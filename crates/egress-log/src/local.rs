@@ -48,12 +48,14 @@ impl LocalLog {
             open: HashMap::new(),
             stats: stats.clone(),
         };
-        let worker = Worker::spawn("local-log", params.back_pressure, move |queue| writer.run(queue))
-            .map_err(|e| LogError::Directory {
-                logger: what,
-                path: params.log_dir.clone(),
-                problem: format!("cannot start its thread: {e}"),
-            })?;
+        let worker = Worker::spawn("local-log", params.back_pressure, move |queue| {
+            writer.run(queue)
+        })
+        .map_err(|e| LogError::Directory {
+            logger: what,
+            path: params.log_dir.clone(),
+            problem: format!("cannot start its thread: {e}"),
+        })?;
         Ok(LocalLog {
             params,
             stats,

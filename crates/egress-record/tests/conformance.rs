@@ -71,7 +71,10 @@ fn every_field_of_the_reference_is_written() {
         LogRecord::new(RecordType::Bounce, "", "").bounce_classification,
         UNCATEGORIZED
     );
-    assert_eq!(&*LogRecord::new(RecordType::Bounce, "", "").nodeid, NIL_UUID);
+    assert_eq!(
+        &*LogRecord::new(RecordType::Bounce, "", "").nodeid,
+        NIL_UUID
+    );
 }
 
 #[test]

@@ -50,6 +50,22 @@ impl KeySource {
     }
 }
 
+impl KeySource {
+    /// The secret as bytes, exactly as stored (a file is read whole: a DER key is
+    /// binary). Errors as [`load`](Self::load)'s.
+    pub fn load_bytes(&self) -> Result<Vec<u8>, String> {
+        match self {
+            KeySource::Data(data) => Ok(data.as_bytes().to_vec()),
+            KeySource::File(path) => std::fs::read(path).map_err(|e| {
+                format!(
+                    "reading {path:?}: {e} (a plain string is a file to read the secret from, \
+                     as in KumoMTA; to give the secret itself write {{ key_data = '…' }})"
+                )
+            }),
+        }
+    }
+}
+
 impl fmt::Debug for KeySource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -100,8 +100,10 @@ impl LogHook {
             stop: stop.clone(),
             name: params.name.clone(),
         };
-        let worker = Worker::spawn("log-hook", params.back_pressure, move |queue| intake.run(queue))
-            .map_err(|e| fail(format!("cannot start its thread: {e}")))?;
+        let worker = Worker::spawn("log-hook", params.back_pressure, move |queue| {
+            intake.run(queue)
+        })
+        .map_err(|e| fail(format!("cannot start its thread: {e}")))?;
         let (done_tx, done_rx) = sync_channel(1);
         let sender = Sender {
             reader: Arc::new(Mutex::new(reader)),
