@@ -33,13 +33,23 @@ fn pipelined(addr: SocketAddr, commands: &str) -> (TcpStream, String) {
     let mut greeting = String::new();
     c.write_all(b"EHLO client.test\r\n").unwrap();
     while !greeting.contains("\r\n250 ") {
-        let n = c.read(&mut buf).unwrap();
+        let n = read(&mut c, &mut buf);
         assert!(n > 0, "egressd closed: {greeting}");
         greeting.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     c.write_all(commands.as_bytes()).unwrap();
-    let n = c.read(&mut buf).unwrap();
+    let n = read(&mut c, &mut buf);
     (c, String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// One read, again when a signal interrupted it (another test's child exiting).
+fn read(c: &mut TcpStream, buf: &mut [u8]) -> usize {
+    loop {
+        match c.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other.unwrap(),
+        }
+    }
 }
 
 fn codes(replies: &str) -> Vec<&str> {
