@@ -8,8 +8,10 @@
 pub enum Canon {
     /// Whitespace and case folded (the default).
     #[default]
+    #[serde(alias = "relaxed")]
     Relaxed,
     /// Byte for byte.
+    #[serde(alias = "simple")]
     Simple,
 }
 

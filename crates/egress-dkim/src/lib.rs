@@ -30,6 +30,11 @@
 mod canon;
 mod key;
 
+/// A header field's name.
+pub use canon::name_of as field_name;
+/// A message's header fields (each whole: name, value, folding, CR LF) and its
+/// body, as DKIM reads them.
+pub use canon::split as message_fields;
 pub use canon::Canon;
 pub use key::{KeyKind, PrivateKey};
 

@@ -27,6 +27,10 @@ pub struct InitConfig {
     pub config_monitor_globs: Vec<String>,
     /// `proxy.start_proxy_listener{}` calls in `proxy_init` (egress-proxy's).
     pub proxy_listeners: Vec<ProxyListenerParams>,
+    /// `kumo.dkim.set_signing_threads(n)`: recorded (signing runs on the policy's
+    /// own threads).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signing_threads: Option<usize>,
     /// `kumo.configure_local_logs{}` calls, in order.
     pub local_logs: Vec<egress_record::LocalLogParams>,
     /// `kumo.configure_log_hook{}` calls, in order (one per name).

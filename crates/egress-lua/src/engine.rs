@@ -2,8 +2,9 @@
 //! the cached, typed call of the same name, its error kept whole (its text is
 //! what the client's `4xx` and the log say).
 
-use crate::events::{GET_LISTENER_DOMAIN, SMTP_SERVER_AUTH_PLAIN};
+use crate::events::{GET_LISTENER_DOMAIN, SMTP_SERVER_AUTH_PLAIN, SMTP_SERVER_MESSAGE_RECEIVED};
 use crate::Policy;
+use egress_policy::MessageInFlight;
 use egress_policy::{Boxed, Declarations, PolicyError};
 use egress_source::{EgressPathConfig, EgressPool, EgressSource, ListenerDomain, QueueConfig};
 use std::sync::Arc;
@@ -73,6 +74,18 @@ impl egress_policy::Policy for Policy {
         conn_meta: &'a [(&'a str, String)],
     ) -> Boxed<'a, Result<Option<bool>, PolicyError>> {
         answer(Policy::auth_plain(self, authz, authc, password, conn_meta))
+    }
+
+    fn handles_message_received(&self) -> bool {
+        self.has_handler(SMTP_SERVER_MESSAGE_RECEIVED)
+    }
+
+    fn message_received<'a>(
+        &'a self,
+        message: MessageInFlight,
+        conn_meta: &'a [(&'a str, String)],
+    ) -> Boxed<'a, Result<MessageInFlight, PolicyError>> {
+        answer(Policy::message_received(self, message, conn_meta))
     }
 
     fn names_listener_domains(&self) -> bool {

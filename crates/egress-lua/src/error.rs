@@ -25,6 +25,16 @@ pub enum PolicyError {
         /// Lua's message, with `file:line`.
         message: String,
     },
+    /// A handler refused the message (`kumo.reject(code, text)`): the client's
+    /// reply.
+    #[error("{event} rejected the message: {rejection}")]
+    Rejected {
+        /// The event.
+        event: &'static str,
+        /// The reply.
+        #[source]
+        rejection: egress_policy::Rejection,
+    },
     /// A handler raised an error.
     #[error("{event}({args}) raised an error: {message}")]
     Runtime {
@@ -96,6 +106,17 @@ pub enum PolicyError {
 
 /// Lua's error text: the message (with `file:line`) and the traceback, without
 /// mlua's wrapper words.
+/// The `kumo.reject` inside a handler's error, if that is what it is.
+pub(crate) fn rejection_in(err: &mlua::Error) -> Option<egress_policy::Rejection> {
+    match err {
+        mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } => {
+            rejection_in(cause)
+        }
+        mlua::Error::ExternalError(e) => e.downcast_ref::<egress_policy::Rejection>().cloned(),
+        _ => None,
+    }
+}
+
 pub(crate) fn lua_message(err: &mlua::Error) -> String {
     match err {
         mlua::Error::CallbackError { traceback, cause } => {

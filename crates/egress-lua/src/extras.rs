@@ -1,5 +1,5 @@
 //! egressd's built-in `policy-extras` helpers — `sources`, `queue`, `shaping`,
-//! `listener_domains`, `log_hooks` —
+//! `listener_domains`, `log_hooks`, `dkim_sign` —
 //! written here in Lua from KumoMTA's documented file formats (`extras/*.lua`),
 //! so `require 'policy-extras.sources'` resolves without any file on disk.
 
@@ -17,6 +17,10 @@ const MODULES: &[(&str, &str)] = &[
     (
         "policy-extras.log_hooks",
         include_str!("extras/log_hooks.lua"),
+    ),
+    (
+        "policy-extras.dkim_sign",
+        include_str!("extras/dkim_sign.lua"),
     ),
 ];
 
@@ -75,7 +79,7 @@ pub(crate) fn install(lua: &Lua, package: &Table) -> mlua::Result<()> {
     searchers.push(lua.create_function(|_, name: String| {
         Ok(match name.strip_prefix("policy-extras.") {
             Some(_) => format!(
-                "\n\tegressd does not provide '{name}'; its built-in helpers are policy-extras.sources, policy-extras.queue, policy-extras.shaping, policy-extras.listener_domains and policy-extras.log_hooks"
+                "\n\tegressd does not provide '{name}'; its built-in helpers are policy-extras.sources, policy-extras.queue, policy-extras.shaping, policy-extras.listener_domains, policy-extras.log_hooks and policy-extras.dkim_sign"
             ),
             None => String::new(),
         })

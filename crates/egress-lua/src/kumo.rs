@@ -197,6 +197,18 @@ pub(crate) fn install(lua: &Lua, memo: std::sync::Arc<crate::utility::Memo>) -> 
         })?,
     )?;
 
+    crate::dkim::install(lua, &kumo)?;
+    // KumoMTA's refusal from a message handler: the client hears exactly this.
+    kumo.set(
+        "reject",
+        lua.create_function(|_, (code, text): (u16, String)| -> mlua::Result<()> {
+            Err(mlua::Error::external(egress_policy::Rejection {
+                code,
+                text,
+            }))
+        })?,
+    )?;
+
     crate::utility::install(lua, &kumo, memo)?;
     kumo.set("log_debug", logger(lua, tracing::Level::DEBUG)?)?;
     kumo.set("log_info", logger(lua, tracing::Level::INFO)?)?;

@@ -31,11 +31,13 @@
 
 mod declarations;
 mod definition;
+mod dkim;
 mod engine;
 mod error;
 mod extras;
 mod kumo;
 mod lookup;
+mod message;
 mod proxy;
 mod states;
 mod utility;
@@ -88,8 +90,12 @@ pub mod events {
     /// `should_enqueue_log_record(msg, hook_name)` → boolean: whether a log hook
     /// takes a record (may be registered many times)
     pub const SHOULD_ENQUEUE_LOG_RECORD: &str = "should_enqueue_log_record";
+    /// `smtp_server_message_received(msg, conn_meta)`: the message, whole, before
+    /// it leaves
+    pub const SMTP_SERVER_MESSAGE_RECEIVED: &str = "smtp_server_message_received";
     /// Every event egress raises.
     pub const ALL: &[&str] = &[
+        SMTP_SERVER_MESSAGE_RECEIVED,
         SHOULD_ENQUEUE_LOG_RECORD,
         PRE_INIT,
         VALIDATE_CONFIG,
@@ -411,6 +417,26 @@ impl Policy {
                 }
             })
             .await
+    }
+
+    /// `smtp_server_message_received(msg, conn_meta)`: the message as the handler
+    /// leaves it. A `kumo.reject(code, text)` comes back as an error carrying an
+    /// [`egress_policy::Rejection`]. Never cached.
+    pub fn message_received<'a>(
+        &'a self,
+        message: egress_policy::MessageInFlight,
+        conn_meta: &'a [(&'a str, String)],
+    ) -> Boxed<'a, Result<egress_policy::MessageInFlight, PolicyError>> {
+        Box::pin(async move {
+            use states::Arg;
+            let shared = message::Shared(Arc::new(std::sync::Mutex::new(message)));
+            let args = vec![Arg::InFlight(shared.clone()), Arg::conn_meta(conn_meta)];
+            self.states()
+                .invoke(SMTP_SERVER_MESSAGE_RECEIVED, args, |_, _, _, _| Ok(()))
+                .await?;
+            let message = std::mem::take(&mut *shared.0.lock().unwrap_or_else(|e| e.into_inner()));
+            Ok(message)
+        })
     }
 
     /// A logger's filter: `should_enqueue_log_record(msg, hook_name)` for a log

@@ -303,6 +303,9 @@ pub(crate) enum Arg {
     /// A message, as KumoMTA's `Message` object (`get_meta`, `set_meta`,
     /// `sender`, `recipient`, `id`, `get_data`).
     Message(Box<MessageArg>),
+    /// A message in flight that the handler may change (read back after the
+    /// call).
+    InFlight(crate::message::Shared),
 }
 
 /// What a message argument holds.
@@ -333,12 +336,14 @@ impl Arg {
             Arg::Secret(_) => Some("(hidden)".into()),
             Arg::Table(_) => Some("{...}".into()),
             Arg::Message(m) => Some(format!("message {}", m.id)),
+            Arg::InFlight(_) => Some("msg".into()),
         }
     }
 
     fn to_lua(&self, lua: &Lua) -> mlua::Result<Value> {
         Ok(match self {
             Arg::Message(m) => message_to_lua(lua, m)?,
+            Arg::InFlight(shared) => Value::UserData(lua.create_userdata(shared.clone())?),
             Arg::Str(Some(s)) | Arg::Secret(s) => Value::String(lua.create_string(s)?),
             Arg::Str(None) => Value::Nil,
             Arg::Table(fields) => {
@@ -437,6 +442,9 @@ fn call_on<R>(
         lua_args.push_back(arg.to_lua(lua).map_err(internal)?);
     }
     let value: Value = function.call(lua_args).map_err(|e| {
+        if let Some(rejection) = crate::error::rejection_in(&e) {
+            return PolicyError::Rejected { event, rejection };
+        }
         let borrowed: Vec<Option<&str>> = shown.iter().map(|a| a.as_deref()).collect();
         PolicyError::Runtime {
             event,

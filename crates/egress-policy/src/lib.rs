@@ -61,8 +61,10 @@
 #![warn(missing_docs)]
 
 mod declarations;
+mod message;
 
 pub use declarations::{loopback_networks, EsmtpListener, InvalidLineEndings, SpoolDefinition};
+pub use message::{MessageInFlight, Rejection};
 
 use egress_dns::ResolverConfig;
 use egress_source::{
@@ -91,6 +93,19 @@ impl PolicyError {
     /// ```
     pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> PolicyError {
         PolicyError(Arc::from(error.into()))
+    }
+
+    /// The policy's refusal of a message, when that is what this error is (or
+    /// what caused it).
+    pub fn rejection(&self) -> Option<&Rejection> {
+        let mut at: Option<&(dyn std::error::Error + 'static)> = Some(self.inner());
+        while let Some(e) = at {
+            if let Some(r) = e.downcast_ref::<Rejection>() {
+                return Some(r);
+            }
+            at = e.source();
+        }
+        None
     }
 
     /// The error the policy gave, to downcast to its own type.
@@ -191,6 +206,24 @@ pub trait Policy: Send + Sync {
     /// outside `relay_hosts` asked about. Default: no.
     fn names_listener_domains(&self) -> bool {
         false
+    }
+
+    /// Whether the policy acts on each message once it is whole
+    /// ([`message_received`](Self::message_received)): only then does the relay
+    /// hold a message whole before it leaves. Default: no.
+    fn handles_message_received(&self) -> bool {
+        false
+    }
+
+    /// `smtp_server_message_received(msg, conn_meta)`: the message as the policy
+    /// leaves it (headers added or removed, DKIM-signed, meta set). A
+    /// [`Rejection`] inside the error is the client's reply. Default: unchanged.
+    fn message_received<'a>(
+        &'a self,
+        message: MessageInFlight,
+        _conn_meta: &'a [(&'a str, String)],
+    ) -> Boxed<'a, Result<MessageInFlight, PolicyError>> {
+        Box::pin(async move { Ok(message) })
     }
 
     /// `get_listener_domain(domain, listener, conn_meta)`: what the policy says

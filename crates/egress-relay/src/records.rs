@@ -87,6 +87,21 @@ impl Recording {
         }
     }
 
+    /// The policy changed the message (`smtp_server_message_received`): its
+    /// header section and meta are what records show.
+    pub fn message_changed(
+        &mut self,
+        data: &[u8],
+        meta: serde_json::Map<String, serde_json::Value>,
+    ) {
+        if self.sink.wants_head() {
+            let end = memchr::memmem::find(data, b"\r\n\r\n").map_or(data.len(), |e| e + 2);
+            self.message.head = Some(Arc::from(&data[..end.min(MAX_HEAD)]));
+            self.head_open = false;
+        }
+        self.message.meta = Arc::new(meta);
+    }
+
     /// Keeps message text until the end of the header section.
     pub fn capture_head(&mut self, text: &[u8]) {
         if !self.head_open {

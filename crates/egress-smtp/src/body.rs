@@ -270,6 +270,29 @@ fn plain_prefix(text: &[u8]) -> usize {
     }
 }
 
+/// DATA's framing for a message held as text (CR LF lines, not stuffed): a `.`
+/// doubled at the start of each line, a last line ended, the `.` CR LF end marker.
+///
+/// ```
+/// assert_eq!(egress_smtp::stuff(b"Subject: x\r\n\r\n.dot\r\nlast"), b"Subject: x\r\n\r\n..dot\r\nlast\r\n.\r\n");
+/// ```
+pub fn stuff(text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + text.len() / 64 + 5);
+    let mut line_start = true;
+    for &b in text {
+        if line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        line_start = b == b'\n';
+    }
+    if !out.is_empty() && !out.ends_with(b"\r\n") {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@ mod tls;
 pub mod words;
 
 pub use address::smtp_path;
-pub use body::{BodyReader, InvalidEnding, LineEndings};
+pub use body::{stuff, BodyReader, InvalidEnding, LineEndings};
 pub use client::{ClientSession, Extensions, Phase, RefusedGreeting, StartTlsError, Timeouts};
 pub use reply::{parse_one, Reply, ReplyBuffer};
 pub use smtp_proto::response::parser::ResponseReceiver;

@@ -29,7 +29,8 @@ const FLUSH_AT: usize = 64 * 1024;
 /// The `.` CR LF that ends DATA, counted in what we receive but not in the message.
 const END_MARKER: u64 = 3;
 
-/// Where the session is, for the `Received:` header.
+/// Where the session is, for the `Received:` header (and the policy's
+/// `conn_meta`).
 pub struct Trace<'a> {
     pub helo: &'a str,
     pub peer: SocketAddr,
@@ -37,10 +38,11 @@ pub struct Trace<'a> {
     pub product: &'a str,
     pub tls: Option<&'a TlsInfo>,
     pub authenticated: bool,
+    pub conn_meta: &'a [(&'static str, String)],
 }
 
 /// Where framed body octets go.
-trait BodySink {
+pub(super) trait BodySink {
     /// Whether it takes the message text itself (BDAT) rather than DATA's framing.
     fn unstuffed(&self) -> bool {
         false
@@ -53,7 +55,7 @@ trait BodySink {
 }
 
 /// To the destination, while it is still taking the message.
-struct Forward {
+pub(super) struct Forward {
     out: Option<Outbound>,
     /// The text goes as BDAT chunks (the destination offers CHUNKING).
     bdat: bool,
@@ -112,7 +114,7 @@ impl Forward {
 }
 
 /// Into the spool.
-struct ToSpool {
+pub(super) struct ToSpool {
     writer: Option<SpoolWriter>,
     failed: Option<SpoolError>,
 }
@@ -155,7 +157,9 @@ pub async fn data<S: AsyncRead + AsyncWrite + Unpin>(
     t: Transaction,
     trace: Trace<'_>,
 ) -> Result<Reply, Ended> {
-    if t.is_spooled() {
+    if ctx.policy.handles_message_received() {
+        super::whole::data(ctx, inbound, conn, t, trace).await
+    } else if t.is_spooled() {
         spooled(ctx, inbound, conn, t, trace).await
     } else {
         cut_through(ctx, inbound, conn, t, trace).await
@@ -166,17 +170,35 @@ async fn cut_through<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Context,
     inbound: &Listener,
     conn: &mut Conn<S>,
-    mut t: Transaction,
+    t: Transaction,
     trace: Trace<'_>,
 ) -> Result<Reply, Ended> {
+    let (mut t, mut sink) = match open_forward(t).await {
+        Ok(opened) => opened,
+        Err(reply) => return Ok(reply),
+    };
+    conn.reply(&go_ahead());
+    if sink.bdat {
+        t.log.note("message sent with BDAT (CHUNKING)");
+    }
+    let t = match receive_whole(inbound, conn, t, &trace, &mut sink).await {
+        Ok(t) => t,
+        Err(answered) => return answered,
+    };
+    Ok(finish_forward(ctx, t, sink).await)
+}
+
+/// Starts the message on the destination session the RCPTs opened: BDAT to a
+/// destination that offers CHUNKING (nothing to send before the text), else DATA,
+/// its reply read with the first text. `Err`: the reply the client gets (the
+/// transaction has ended).
+pub(super) async fn open_forward(mut t: Transaction) -> Result<(Transaction, Forward), Reply> {
     let Some(mut out) = t.legs.first_mut().and_then(|l| l.outbound.take()) else {
         let reply = Reply::new(451, [4, 3, 0], "internal error: no destination session");
         t.log.decide(&reply, Origin::Local, "DATA");
         t.log.emit("no destination session");
-        return Ok(reply);
+        return Err(reply);
     };
-    // BDAT to a destination that offers CHUNKING: nothing to send before the text
-    // (no DATA, no 354 to wait for); else DATA, its reply read with the first text.
     let bdat = out.takes_bdat();
     let started = if bdat {
         out.start_bdat()
@@ -189,27 +211,25 @@ async fn cut_through<S: AsyncRead + AsyncWrite + Unpin>(
         t.log.decide(&reply, Origin::Local, "DATA");
         tokio::spawn(out.quit());
         t.end("lost the destination at DATA");
-        return Ok(reply);
+        return Err(reply);
     }
-    conn.reply(&go_ahead());
-    if bdat {
-        t.log.note("message sent with BDAT (CHUNKING)");
-    }
-    let mut sink = Forward {
+    let sink = Forward {
         out: Some(out),
         bdat,
         go_ahead_pending: !bdat,
         refused: None,
         broken: None,
     };
-    let mut t = match receive_whole(inbound, conn, t, &trace, &mut sink).await {
-        Ok(t) => t,
-        Err(answered) => return answered,
-    };
+    Ok((t, sink))
+}
+
+/// The message has gone to the destination (or not): its reply to the final dot
+/// (or why there is none) is the client's, and the transaction ends.
+pub(super) async fn finish_forward(ctx: &Context, mut t: Transaction, sink: Forward) -> Reply {
     if let Some(refused) = sink.refused {
         t.log.decide(&refused, Origin::Destination, "DATA");
         t.end(&format!("DATA refused: {refused}"));
-        return Ok(refused);
+        return refused;
     }
     let (Some(mut out), None) = (sink.out, &sink.broken) else {
         let e = sink.broken.unwrap_or_default();
@@ -221,7 +241,7 @@ async fn cut_through<S: AsyncRead + AsyncWrite + Unpin>(
         );
         t.log.decide(&reply, Origin::Local, ".");
         t.log.emit("lost the destination during DATA");
-        return Ok(reply);
+        return reply;
     };
     let reply = match out.final_reply().await {
         Ok(reply) => {
@@ -246,47 +266,72 @@ async fn cut_through<S: AsyncRead + AsyncWrite + Unpin>(
     };
     t.log.outcome = Some(reply.to_string());
     t.end("delivered");
-    Ok(reply)
+    reply
 }
 
 async fn spooled<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: &Arc<Context>,
     inbound: &Listener,
     conn: &mut Conn<S>,
-    mut t: Transaction,
+    t: Transaction,
     trace: Trace<'_>,
 ) -> Result<Reply, Ended> {
+    let (t, delivery, mut sink, id) = match open_spool(inbound, t) {
+        Ok(opened) => opened,
+        Err(reply) => return Ok(reply),
+    };
+    conn.reply(&go_ahead());
+    let t = match receive_whole(inbound, conn, t, &trace, &mut sink).await {
+        Ok(t) => t,
+        Err(answered) => return answered,
+    };
+    Ok(commit_spool(ctx, t, delivery, sink, id).await)
+}
+
+/// A spool writer for the message, and its id. `Err`: the reply the client gets
+/// (the transaction has ended).
+pub(super) fn open_spool(
+    inbound: &Listener,
+    mut t: Transaction,
+) -> Result<(Transaction, Arc<crate::Delivery>, ToSpool, String), Reply> {
     let Some(delivery) = inbound.spool.clone() else {
         let reply = Reply::new(451, [4, 3, 0], "internal error: no spool");
         t.log.decide(&reply, Origin::Local, "DATA");
         t.end("no spool");
-        return Ok(reply);
+        return Err(reply);
     };
     let writer = match delivery.spool().writer() {
         Ok(w) => w,
-        Err(e) => return Ok(spool_failed(t, &e)),
+        Err(e) => return Err(spool_failed(t, &e)),
     };
     let id = writer.id().to_owned();
-    conn.reply(&go_ahead());
-    let mut sink = ToSpool {
+    let sink = ToSpool {
         writer: Some(writer),
         failed: None,
     };
-    let mut t = match receive_whole(inbound, conn, t, &trace, &mut sink).await {
-        Ok(t) => t,
-        Err(answered) => return answered,
-    };
+    Ok((t, delivery, sink, id))
+}
+
+/// The message is in the spool's writer: made durable with its envelope, then
+/// `250` (and delivery begins), or the reason it could not be.
+pub(super) async fn commit_spool(
+    ctx: &Arc<Context>,
+    mut t: Transaction,
+    delivery: Arc<crate::Delivery>,
+    sink: ToSpool,
+    id: String,
+) -> Reply {
     let writer = match (sink.writer, sink.failed) {
         (Some(w), None) => w,
-        (_, Some(e)) => return Ok(spool_failed(t, &e)),
+        (_, Some(e)) => return spool_failed(t, &e),
         (None, None) => {
-            return Ok(spool_failed(
+            return spool_failed(
                 t,
                 &SpoolError::Io {
                     path: id,
                     error: std::io::Error::other("writer gone"),
                 },
-            ))
+            )
         }
     };
     let mut envelope = Envelope::new(
@@ -307,7 +352,7 @@ async fn spooled<S: AsyncRead + AsyncWrite + Unpin>(
         crate::delivery::blocking(move || writer.commit(&envelope)).await
     };
     if let Err(e) = committed {
-        return Ok(spool_failed(t, &e));
+        return spool_failed(t, &e);
     }
     // Durable: now the client may hear 250, and the sessions its RCPTs opened
     // deliver at once.
@@ -337,10 +382,10 @@ async fn spooled<S: AsyncRead + AsyncWrite + Unpin>(
     t.log.note(&format!("spooled as {id}"));
     t.log.outcome = Some(reply.to_string());
     t.end("spooled");
-    Ok(reply)
+    reply
 }
 
-fn go_ahead() -> Reply {
+pub(super) fn go_ahead() -> Reply {
     Reply::new(354, [2, 0, 0], "send the message, end with <CRLF>.<CRLF>")
 }
 
@@ -366,7 +411,7 @@ fn spool_failed(mut t: Transaction, e: &SpoolError) -> Reply {
 /// [`receive`], ending the transaction when the body is refused or the client
 /// goes: `Ok` with the transaction when the whole body was taken, else what DATA
 /// returns.
-async fn receive_whole<S: AsyncRead + AsyncWrite + Unpin, K: BodySink>(
+pub(super) async fn receive_whole<S: AsyncRead + AsyncWrite + Unpin, K: BodySink>(
     inbound: &Listener,
     conn: &mut Conn<S>,
     mut t: Transaction,

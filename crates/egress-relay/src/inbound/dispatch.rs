@@ -467,6 +467,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 Ok(reply)
             }
             Some(t) => {
+                let conn_meta = match self.ctx.policy.handles_message_received() {
+                    true => self.conn_meta(),
+                    false => Vec::new(),
+                };
                 let trace = Trace {
                     helo: self.helo.as_deref().unwrap_or(""),
                     peer: self.peer,
@@ -474,6 +478,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     product: &self.ctx.product,
                     tls: self.tls.as_ref(),
                     authenticated: self.authenticated.is_some(),
+                    conn_meta: &conn_meta,
                 };
                 body::data(&self.ctx, &self.listener, &mut self.conn, t, trace).await
             }

@@ -12,6 +12,7 @@ mod dispatch;
 mod listener_domains;
 mod transaction;
 mod transport;
+mod whole;
 
 use crate::client_limits::{ClientLimits, ClientSlot};
 use crate::delivery::Delivery;

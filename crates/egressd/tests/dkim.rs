@@ -1,0 +1,284 @@
+//! DKIM signing at the relay, as KumoMTA policies do it: `smtp_server_message_received`
+//! with `policy-extras.dkim_sign` and a `dkim_data.toml` (a domain block and an
+//! additional signature for another signing domain), the message's headers changed
+//! first (`import_x_headers`, `remove_x_headers`, `prepend_header`). What smtp-sink
+//! received is checked by dkimpy against the public keys made here with openssl.
+
+mod common;
+
+use base64::Engine;
+use common::Egressd;
+use egress_e2e::{mx_entry, swaks, SmtpSink};
+use std::path::Path;
+use std::process::Command;
+
+const VERIFY: &str = r#"
+import dkim, sys
+message = open(sys.argv[1], 'rb').read()
+records = dict(arg.split('=', 1) for arg in sys.argv[2:])
+def dns(name, timeout=5):
+    return records[name.decode().rstrip('.')].encode()
+d = dkim.DKIM(message)
+count = sum(1 for l in message.split(b'\r\n\r\n')[0].split(b'\r\n') if l.lower().startswith(b'dkim-signature:'))
+results = []
+for i in range(count):
+    try:
+        ok = d.verify(idx=i, dnsfunc=dns)
+    except dkim.ValidationError as e:
+        ok = False
+    results.append('pass' if ok else 'fail')
+print(' '.join(results))
+"#;
+
+fn openssl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(out.status.success(), "openssl {args:?}");
+    out.stdout
+}
+
+/// A key: written to `path`; its DKIM TXT record.
+fn key(path: &Path, ed25519: bool) -> String {
+    let p = path.to_str().unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if ed25519 {
+        openssl(&["genpkey", "-algorithm", "ed25519", "-out", p]);
+        let spki = openssl(&["pkey", "-in", p, "-pubout", "-outform", "DER"]);
+        format!(
+            "v=DKIM1; k=ed25519; p={}",
+            b64.encode(&spki[spki.len() - 32..])
+        )
+    } else {
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            p,
+        ]);
+        let spki = openssl(&["pkey", "-in", p, "-pubout", "-outform", "DER"]);
+        format!("v=DKIM1; k=rsa; p={}", b64.encode(&spki))
+    }
+}
+
+#[test]
+fn kumomta_dkim_data_signs_twice_and_dkimpy_says_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let rsa = dir.path().join("example.com.s1.key");
+    let ed = dir.path().join("esp.e1.key");
+    let rsa_record = key(&rsa, false);
+    let ed_record = key(&ed, true);
+    let data = dir.path().join("dkim_data.toml");
+    std::fs::write(
+        &data,
+        format!(
+            "[base]
+selector = \"s1\"
+headers = [\"From\", \"To\", \"Subject\", \"Date\", \"X-Signed-By\"]
+additional_signatures = [\"esp\"]
+over_sign = true
+expiration = 86400
+
+[domain.\"example.com\"]
+filename = \"{rsa}\"
+header_canonicalization = \"relaxed\"
+body_canonicalization = \"simple\"
+
+[signature.\"esp\"]
+domain = \"esp.example.org\"
+selector = \"e1\"
+algo = \"ed25519\"
+filename = \"{ed}\"
+policy = \"Always\"
+",
+            rsa = rsa.display(),
+            ed = ed.display()
+        ),
+    )
+    .unwrap();
+    let sink = SmtpSink::start();
+    let policy = format!(
+        "local dkim_sign = require 'policy-extras.dkim_sign'
+         local signer = dkim_sign:setup {{ '{data}' }}
+         kumo.on('init', function()
+           kumo.start_esmtp_listener {{ listen = '{{listen}}' }}
+         end)
+         kumo.on('smtp_server_message_received', function(msg)
+           msg:import_x_headers {{ 'x-campaign' }}
+           msg:remove_x_headers {{ 'x-secret' }}
+           msg:prepend_header('X-Signed-By', 'egressd for ' .. msg:from_header().domain)
+           msg:prepend_header('X-Campaign-Seen', msg:get_meta('x_campaign'))
+           signer(msg)
+         end)
+         kumo.on('get_queue_config', function(domain)
+           return kumo.make_queue_config {{ egress_pool = 'main', protocol = {{ smtp = {{ mx_list = {{ '{mx}' }} }} }} }}
+         end)
+         {pool}",
+        data = data.display(),
+        mx = mx_entry(sink.addr),
+        pool = egress_e2e::IP2_POOL,
+    );
+    let d = Egressd::start(&policy);
+    let sent = swaks(
+        d.addr,
+        "someone@example.net",
+        &[
+            "--from",
+            "news@example.com",
+            "--header",
+            "From: News <news@example.com>",
+            "--header",
+            "X-Campaign: dec",
+            "--header",
+            "X-Secret: internal",
+            "--body",
+            "Hello there,\n\nthe news.\n",
+        ],
+    );
+    assert!(sent.ok, "{}\n{}", sent.transcript, d.log());
+    let got = sink.wait_for(1);
+    // smtp-sink stores lines with LF; the wire had CR LF.
+    let message = got[0].replace("\r\n", "\n").replace('\n', "\r\n");
+    assert!(message.contains("X-Campaign-Seen: dec\r\n"), "{message}");
+    assert!(
+        message.contains("X-Signed-By: egressd for example.com\r\n"),
+        "{message}"
+    );
+    assert!(!message.contains("X-Secret"), "{message}");
+    assert!(
+        message.contains("X-Campaign: dec"),
+        "import keeps the header: {message}"
+    );
+    let file = dir.path().join("received.eml");
+    std::fs::write(&file, &message).unwrap();
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", VERIFY])
+        .arg(&file)
+        .arg(format!("s1._domainkey.example.com={rsa_record}"))
+        .arg(format!("e1._domainkey.esp.example.org={ed_record}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dkimpy: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verdict = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(verdict.trim(), "pass pass", "{message}");
+    let unfolded = message.replace("\r\n\t", "").replace("\r\n ", "");
+    assert!(unfolded.contains("d=example.com; s=s1;"), "{unfolded}");
+    assert!(
+        unfolded.contains("a=ed25519-sha256; c=relaxed/relaxed; d=esp.example.org; s=e1;"),
+        "{unfolded}"
+    );
+    assert!(unfolded.contains("c=relaxed/simple"), "{unfolded}");
+    assert!(unfolded.contains("x="), "expiration: {unfolded}");
+}
+
+#[test]
+fn a_rejecting_handler_refuses_the_message_and_nothing_leaves() {
+    let sink = SmtpSink::start();
+    let policy = format!(
+        "kumo.on('init', function()
+           kumo.start_esmtp_listener {{ listen = '{{listen}}' }}
+         end)
+         kumo.on('smtp_server_message_received', function(msg)
+           if msg:get_first_named_header_value('Subject') == 'spam' then
+             kumo.reject(550, '5.7.1 not this one')
+           end
+         end)
+         kumo.on('get_queue_config', function(domain)
+           return kumo.make_queue_config {{ egress_pool = 'main', protocol = {{ smtp = {{ mx_list = {{ '{mx}' }} }} }} }}
+         end)
+         {pool}",
+        mx = mx_entry(sink.addr),
+        pool = egress_e2e::IP2_POOL,
+    );
+    let d = Egressd::start(&policy);
+    let refused = swaks(d.addr, "a@example.net", &["--header", "Subject: spam"]);
+    assert!(
+        refused.has_reply("550 5.7.1 not this one"),
+        "{}",
+        refused.transcript
+    );
+    let fine = swaks(d.addr, "a@example.net", &["--header", "Subject: ham"]);
+    assert!(fine.ok, "{}", fine.transcript);
+    let got = sink.wait_for(1);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(sink.messages().len(), 1);
+    assert!(got[0].contains("Subject: ham"));
+}
+
+#[test]
+fn a_spooled_message_is_signed_once_for_every_domain_with_the_signer_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("k.pem");
+    let record = key(&pem, false);
+    let spool = tempfile::tempdir().unwrap();
+    let (a, b) = (SmtpSink::start(), SmtpSink::start());
+    let policy = format!(
+        "kumo.on('init', function()
+           kumo.start_esmtp_listener {{ listen = '{{listen}}' }}
+           kumo.define_spool {{ name = 'data', path = '{spool}', max_spool_bytes = 1048576 }}
+         end)
+         kumo.on('smtp_server_message_received', function(msg)
+           local signer = kumo.dkim.rsa_sha256_signer {{
+             domain = msg:from_header().domain, selector = 's1',
+             headers = {{ 'From', 'To', 'Subject' }}, key = '{pem}',
+             header_canonicalization = 'Simple', body_canonicalization = 'Simple',
+           }}
+           msg:dkim_sign(signer)
+         end)
+         local MX = {{ ['a.test'] = '{a}', ['b.test'] = '{b}' }}
+         kumo.on('get_queue_config', function(domain)
+           return kumo.make_queue_config {{ egress_pool = 'main', protocol = {{ smtp = {{ mx_list = {{ MX[domain] }} }} }} }}
+         end)
+         {pool}",
+        spool = spool.path().display(),
+        pem = pem.display(),
+        a = mx_entry(a.addr),
+        b = mx_entry(b.addr),
+        pool = egress_e2e::IP2_POOL,
+    );
+    let d = Egressd::start(&policy);
+    let sent = swaks(
+        d.addr,
+        "x@a.test,y@b.test",
+        &[
+            "--from",
+            "news@example.com",
+            "--header",
+            "From: news@example.com",
+            "--body",
+            ".dot first\n",
+        ],
+    );
+    assert!(sent.ok, "{}\n{}", sent.transcript, d.log());
+    for sink in [&a, &b] {
+        let got = sink.wait_for(1);
+        let message = got[0].replace("\r\n", "\n").replace('\n', "\r\n");
+        assert_eq!(message.matches("DKIM-Signature:").count(), 1, "{message}");
+        assert!(
+            message.contains("\r\n.dot first\r\n"),
+            "unstuffed again: {message}"
+        );
+        let file = dir.path().join("m.eml");
+        std::fs::write(&file, &message).unwrap();
+        let out = Command::new("/usr/bin/python3")
+            .args(["-c", VERIFY])
+            .arg(&file)
+            .arg(format!("s1._domainkey.example.com={record}"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "pass",
+            "{message}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
