@@ -282,3 +282,95 @@ fn a_spooled_message_is_signed_once_for_every_domain_with_the_signer_api() {
         );
     }
 }
+
+/// 50 clients at once, each a 10 MB message, through `smtp_server_message_received`.
+const FIFTY_BIG: &str = r#"
+import smtplib, sys, threading
+host, port, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+body = 'From: news@example.com\r\nTo: x@example.net\r\nSubject: big\r\n\r\n' + ('x' * 998 + '\r\n') * (size // 1000)
+errors = []
+def send(i):
+    try:
+        s = smtplib.SMTP(host, port, timeout=300)
+        s.sendmail('news@example.com', ['r%d@example.net' % i], body)
+        s.quit()
+    except Exception as e:
+        errors.append(repr(e))
+threads = [threading.Thread(target=send, args=(i,)) for i in range(n)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(len(errors), errors[:3])
+"#;
+
+/// Peak resident memory of `pid`, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+#[test]
+fn fifty_ten_megabyte_messages_at_once_stay_within_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = dir.path().join("k.pem");
+    key(&pem, false);
+    let sink = SmtpSink::start_discarding();
+    let policy = format!(
+        "kumo.on('init', function()
+           kumo.start_esmtp_listener {{ listen = '{{listen}}', max_message_size = 20000000 }}
+         end)
+         kumo.on('smtp_server_message_received', function(msg)
+           msg:dkim_sign(kumo.dkim.rsa_sha256_signer {{
+             domain = 'example.com', selector = 's1', headers = {{ 'From', 'Subject' }}, key = '{pem}',
+           }})
+         end)
+         kumo.on('get_queue_config', function(domain)
+           return kumo.make_queue_config {{ egress_pool = 'main', protocol = {{ smtp = {{ mx_list = {{ '{mx}' }} }} }} }}
+         end)
+         {pool}",
+        pem = pem.display(),
+        mx = mx_entry(sink.addr),
+        pool = egress_e2e::IP2_POOL,
+    );
+    let d = Egressd::start(&policy);
+    let (clients, size) = (50u64, 10_000_000u64);
+    let out = Command::new(egress_e2e::require("python3"))
+        .args(["-c", FIFTY_BIG])
+        .arg(d.addr.ip().to_string())
+        .arg(d.addr.port().to_string())
+        .arg(clients.to_string())
+        .arg(size.to_string())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with("0 "),
+        "{said}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    // Held past 1 MiB in files; whole in memory only as many at once as cores,
+    // each a few copies (text, signed text, DATA's stuffing) while it is worked on.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let threshold = 1024 * 1024;
+    let margin = 96 * 1024 * 1024 + cores * 6 * size;
+    let peak = peak_rss(d.pid());
+    let bound = clients * threshold + margin;
+    eprintln!(
+        "egressd peak RSS {} MiB for {clients} x {} MB at once (bound {} MiB)",
+        peak >> 20,
+        size / 1_000_000,
+        bound >> 20
+    );
+    assert!(
+        peak < bound,
+        "peak RSS {} MiB > {} MiB",
+        peak >> 20,
+        bound >> 20
+    );
+    // All in memory would have been at least this.
+    assert!(bound < clients * size);
+}

@@ -1,6 +1,8 @@
 //! DATA when the policy acts on each message (`smtp_server_message_received`:
 //! DKIM signing, headers added or removed, meta set): our 354 at once, the whole
-//! message read (unstuffed, our `Received:` first) and handed to the policy, and
+//! message read (unstuffed, our `Received:` first; past 1 MiB into a file, and
+//! only as many messages whole in memory at once as there are cores) and handed
+//! to the policy, and
 //! only then sent on — to the destination session the RCPTs opened (DATA with
 //! the text dot-stuffed again, or BDAT), or into the spool. A policy's
 //! `kumo.reject(code, text)` is the client's reply and nothing leaves.
@@ -21,9 +23,76 @@ use egress_smtp::Reply;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// The message held whole, as text.
+/// A message is held in memory up to this size while it is read; past it, in a
+/// file, so many large messages arriving at once cost disk, not memory.
+const IN_MEMORY: usize = 1024 * 1024;
+
+/// Messages in memory whole at once (read back from their files, in the policy's
+/// hands, on their way out): as many as the cores, which is as many as the
+/// policy could work on at once anyway.
+fn whole_at_once() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores)
+    })
+}
+
+/// The message held whole, as text: in memory, or in a file once large.
 struct Hold {
     text: Vec<u8>,
+    spill: Option<Spill>,
+    failed: Option<std::io::Error>,
+}
+
+/// A file a large message waits in; removed when dropped.
+struct Spill {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+impl Spill {
+    fn create() -> std::io::Result<Spill> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "egress-held-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = std::env::temp_dir().join(name);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(Spill { path, file })
+    }
+}
+
+impl Drop for Spill {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Hold {
+    /// The whole text, read back from its file when it was spilled.
+    async fn take(&mut self) -> std::io::Result<Vec<u8>> {
+        let Some(spill) = self.spill.take() else {
+            return Ok(std::mem::take(&mut self.text));
+        };
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Seek};
+            let mut spill = spill;
+            let mut text = Vec::new();
+            spill.file.rewind()?;
+            spill.file.read_to_end(&mut text)?;
+            Ok(text)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
 }
 
 impl BodySink for Hold {
@@ -32,11 +101,36 @@ impl BodySink for Hold {
     }
 
     async fn put(&mut self, bytes: &[u8], _last: bool) {
-        self.text.extend_from_slice(bytes);
+        use std::io::Write;
+        if self.failed.is_some() {
+            return;
+        }
+        if self.spill.is_none() && self.text.len() + bytes.len() > IN_MEMORY {
+            match Spill::create() {
+                Ok(mut spill) => match spill.file.write_all(&self.text) {
+                    Ok(()) => {
+                        self.text = Vec::new();
+                        self.spill = Some(spill);
+                    }
+                    Err(e) => self.failed = Some(e),
+                },
+                Err(e) => self.failed = Some(e),
+            }
+        }
+        // Page-cache writes, as the spool's are.
+        match self.spill.as_mut() {
+            Some(spill) => {
+                if let Err(e) = spill.file.write_all(bytes) {
+                    self.failed = Some(e);
+                }
+            }
+            None => self.text.extend_from_slice(bytes),
+        }
     }
 
     fn discard(&mut self) {
         self.text = Vec::new();
+        self.spill = None;
     }
 }
 
@@ -49,10 +143,29 @@ pub async fn data<S: AsyncRead + AsyncWrite + Unpin>(
     trace: Trace<'_>,
 ) -> Result<Reply, Ended> {
     conn.reply(&body::go_ahead());
-    let mut hold = Hold { text: Vec::new() };
+    let mut hold = Hold {
+        text: Vec::new(),
+        spill: None,
+        failed: None,
+    };
     let mut t = match body::receive_whole(inbound, conn, t, &trace, &mut hold).await {
         Ok(t) => t,
         Err(answered) => return answered,
+    };
+    // Whole in memory from here until it has left: a bounded number at once.
+    let _whole = whole_at_once().acquire().await;
+    let text = match hold.failed.take() {
+        Some(e) => Err(e),
+        None => hold.take().await,
+    };
+    let text = match text {
+        Ok(text) => text,
+        Err(e) => {
+            let reply = Reply::new(451, [4, 3, 0], format!("cannot hold the message: {e}"));
+            t.log.decide(&reply, Origin::Local, ".");
+            t.end("could not hold the message");
+            return Ok(reply);
+        }
     };
     let recipients: Vec<String> = t
         .legs
@@ -70,7 +183,7 @@ pub async fn data<S: AsyncRead + AsyncWrite + Unpin>(
         sender: t.from.clone(),
         recipients,
         meta,
-        data: std::mem::take(&mut hold.text),
+        data: text,
     };
     let message = match ctx.policy.message_received(message, trace.conn_meta).await {
         Ok(message) => message,
