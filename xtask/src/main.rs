@@ -4,7 +4,7 @@
 //! cargo xtask peers          install the real test peers (apt), idempotent
 //! cargo xtask ci             peers, fmt, clippy, doc, package, rust-version, each crate's tests alone, end-to-end tests
 //! cargo xtask test -p NAME   one crate's tests
-//! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, throttle, relay, load, metrics, spooled, proxy, mta-sts)
+//! cargo xtask bench [NAME]   benchmarks (all, or: source, cache, connect, lua, throttle, relay, load, metrics, spooled, proxy, mta-sts, dkim)
 //! cargo xtask fuzz [TARGET] [--time SECONDS]   libFuzzer targets (cargo-fuzz, nightly)
 //! ```
 //!
@@ -157,7 +157,7 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <peers | ci | test -p NAME | bench [source|cache|connect|lua|throttle|relay|load|metrics|spooled|proxy|mta-sts] | fuzz [TARGET] [--time SECONDS]>";
+const USAGE: &str = "usage: cargo xtask <peers | ci | test -p NAME | bench [source|cache|connect|lua|throttle|relay|load|metrics|spooled|proxy|mta-sts|dkim] | fuzz [TARGET] [--time SECONDS]>";
 
 pub(crate) type Result<T = (), E = String> = std::result::Result<T, E>;
 
@@ -455,7 +455,7 @@ fn is_root() -> bool {
 fn bench(which: Option<&str>) -> Result {
     let all = [
         "source", "cache", "connect", "lua", "throttle", "relay", "load", "metrics", "spooled",
-        "proxy", "mta-sts",
+        "proxy", "mta-sts", "dkim",
     ];
     let chosen: Vec<&str> = match which {
         None | Some("all") => all.to_vec(),
@@ -487,6 +487,10 @@ fn bench(which: Option<&str>) -> Result {
                 cargo(&[
                     "bench", "-p", "egressd", "--bench", "relay", "--", "shaping",
                 ])?
+            }
+            "dkim" => {
+                peers()?;
+                cargo(&["bench", "-p", "egressd", "--bench", "dkim"])?
             }
             "relay" => {
                 peers()?;
