@@ -158,8 +158,14 @@ impl Writer {
 impl Reader {
     /// Up to `max` records from the cursor, and the cursor after them.
     pub fn peek(&mut self, max: usize) -> io::Result<(Vec<Vec<u8>>, Cursor)> {
+        self.peek_from(self.cursor, max)
+    }
+
+    /// Up to `max` records from `from` (at or after the cursor: records read
+    /// already and not yet acknowledged are skipped), and the cursor after them.
+    pub fn peek_from(&mut self, from: Cursor, max: usize) -> io::Result<(Vec<Vec<u8>>, Cursor)> {
         let mut out = Vec::new();
-        let mut cursor = self.cursor;
+        let mut cursor = from;
         let mut listed: Option<Vec<u64>> = None;
         while out.len() < max {
             cursor.offset = self.read_from(cursor, max - out.len(), &mut out)?;

@@ -20,6 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
+/// How long a batch short of `batch_size` waits for more when the hook sets no
+/// `max_batch_latency`.
+const BATCH_LATENCY: Duration = Duration::from_millis(100);
+
 /// Most records appended in one write.
 const INTAKE_BATCH: usize = 1024;
 
@@ -242,40 +246,61 @@ impl Sender {
     async fn run(mut self) {
         let mut delay = self.webhook.retry_interval;
         let mut waiting_since: Option<Instant> = None;
+        // Records read and not yet taken by the endpoint, and where reading goes on.
+        let mut held: Vec<Vec<u8>> = Vec::new();
+        let mut next = None;
+        // A batch short of batch_size (or of min_batch_size, when given) waits up
+        // to max_batch_latency — by default BATCH_LATENCY — for more: under load
+        // every POST then carries a full batch instead of the few records that
+        // came in during the last one.
+        let latency = self
+            .webhook
+            .max_batch_latency
+            .unwrap_or(match self.webhook.min_batch_size {
+                Some(_) => Duration::from_secs(1),
+                None => BATCH_LATENCY,
+            });
+        let wanted = self
+            .webhook
+            .min_batch_size
+            .unwrap_or(self.webhook.batch_size)
+            .min(self.webhook.batch_size);
         while !self.stop.now.load(Ordering::SeqCst) {
-            let (batch, next) = match self.peek().await {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::error!(hook = %self.name, "cannot read the backlog: {e}");
-                    self.pause(Duration::from_secs(1)).await;
-                    continue;
+            let room = self.webhook.batch_size - held.len();
+            if room > 0 {
+                match self.peek(next, room).await {
+                    Ok((more, after)) => {
+                        held.extend(more);
+                        next = Some(after);
+                    }
+                    Err(e) => {
+                        tracing::error!(hook = %self.name, "cannot read the backlog: {e}");
+                        self.pause(Duration::from_secs(1)).await;
+                        continue;
+                    }
                 }
-            };
-            if batch.is_empty() {
+            }
+            if held.is_empty() {
                 self.stop.wake.notified().await;
                 continue;
             }
-            if let Some(min) = self.webhook.min_batch_size {
-                let latency = self
-                    .webhook
-                    .max_batch_latency
-                    .unwrap_or(Duration::from_secs(1));
-                let since = *waiting_since.get_or_insert_with(Instant::now);
-                if batch.len() < min.min(self.webhook.batch_size) && since.elapsed() < latency {
-                    let _ =
-                        tokio::time::timeout(latency - since.elapsed(), self.stop.wake.notified())
-                            .await;
-                    continue;
-                }
+            let since = *waiting_since.get_or_insert_with(Instant::now);
+            if held.len() < wanted && since.elapsed() < latency {
+                let _ = tokio::time::timeout(latency - since.elapsed(), self.stop.wake.notified())
+                    .await;
+                continue;
             }
-            waiting_since = None;
-            let n = batch.len() as u64;
-            let body = self.body(batch);
+            let n = held.len() as u64;
+            let body = self.body(&held);
             match self.endpoint.post(body).await {
                 Ok(status) if (200..300).contains(&status) => {
-                    if let Err(e) = self.ack(next).await {
-                        tracing::error!(hook = %self.name, "cannot record what the endpoint took: {e}");
+                    if let Some(after) = next {
+                        if let Err(e) = self.ack(after).await {
+                            tracing::error!(hook = %self.name, "cannot record what the endpoint took: {e}");
+                        }
                     }
+                    held.clear();
+                    waiting_since = None;
                     LoggerStats::add(&self.stats.done, n);
                     LoggerStats::sub(&self.stats.pending, n);
                     delay = self.webhook.retry_interval;
@@ -294,22 +319,22 @@ impl Sender {
         }
     }
 
-    fn body(&self, batch: Vec<Vec<u8>>) -> Vec<u8> {
-        let trim = |mut r: Vec<u8>| {
-            while r.last().is_some_and(|b| *b == b'\n') {
-                r.pop();
-            }
-            r
-        };
+    fn body(&self, batch: &[Vec<u8>]) -> Vec<u8> {
+        let trim =
+            |r: &[u8]| -> usize { r.len() - r.iter().rev().take_while(|b| **b == b'\n').count() };
         if self.webhook.batch_size == 1 {
-            return batch.into_iter().next().map(trim).unwrap_or_default();
+            return batch
+                .first()
+                .map(|r| r[..trim(r)].to_vec())
+                .unwrap_or_default();
         }
-        let mut body = vec![b'['];
-        for (i, r) in batch.into_iter().enumerate() {
+        let mut body = Vec::with_capacity(batch.iter().map(Vec::len).sum::<usize>() + 2);
+        body.push(b'[');
+        for (i, r) in batch.iter().enumerate() {
             if i > 0 {
                 body.push(b',');
             }
-            body.extend(trim(r));
+            body.extend_from_slice(&r[..trim(r)]);
         }
         body.push(b']');
         body
@@ -325,11 +350,19 @@ impl Sender {
         .await;
     }
 
-    async fn peek(&self) -> std::io::Result<(Vec<Vec<u8>>, backlog::Cursor)> {
+    /// Up to `max` records from `from` (none: the acknowledged cursor).
+    async fn peek(
+        &self,
+        from: Option<backlog::Cursor>,
+        max: usize,
+    ) -> std::io::Result<(Vec<Vec<u8>>, backlog::Cursor)> {
         let reader = self.reader.clone();
-        let max = self.webhook.batch_size;
         tokio::task::spawn_blocking(move || {
-            reader.lock().unwrap_or_else(|e| e.into_inner()).peek(max)
+            let mut reader = reader.lock().unwrap_or_else(|e| e.into_inner());
+            match from {
+                Some(from) => reader.peek_from(from, max),
+                None => reader.peek(max),
+            }
         })
         .await
         .map_err(std::io::Error::other)?
