@@ -2,7 +2,7 @@
 //! signing threads.
 
 use crate::declarations::declare;
-use crate::kumo::from_lua;
+use crate::error::from_lua;
 use egress_dkim::{KeyKind, Signer, SignerParams, Signers};
 use mlua::{Lua, Table, UserData, Value};
 use std::sync::{Arc, OnceLock};

@@ -1,5 +1,6 @@
 //! Errors a policy author meets, written to teach.
 
+use mlua::{Lua, LuaSerdeExt, Value};
 use std::fmt;
 
 /// A policy failed to load or to answer an event.
@@ -184,4 +185,23 @@ pub(crate) fn located(lua: &mlua::Lua, message: String) -> mlua::Error {
         (line > 0).then(|| format!("{src}:{line}: "))
     });
     mlua::Error::runtime(format!("{}{message}", place.unwrap_or_default()))
+}
+
+/// Converts a Lua value with serde; errors name the function and the caller's line.
+pub(crate) fn from_lua<T: serde::de::DeserializeOwned>(
+    lua: &Lua,
+    value: Value,
+    function: &str,
+) -> mlua::Result<T> {
+    if !value.is_table() {
+        return Err(located(
+            lua,
+            format!(
+                "{function} expects a table of fields, got {}",
+                Describe(&value)
+            ),
+        ));
+    }
+    lua.from_value(value)
+        .map_err(|e| located(lua, format!("{function}: {}", serde_message(&e))))
 }

@@ -5,11 +5,10 @@ use crate::declarations::{
     declare, EsmtpListener, HttpListener, InitConfig, RedisThrottles, SpoolDefinition,
 };
 use crate::definition::{Definition, Made};
-use crate::error::located;
+use crate::error::{from_lua, located};
 use egress_dns::ResolverConfig;
 use egress_source::{EgressPathConfig, EgressPool, EgressSource, QueueConfig};
-use mlua::{Function, Lua, LuaSerdeExt, Table, Value, Variadic};
-use serde::de::DeserializeOwned;
+use mlua::{Function, Lua, Table, Value, Variadic};
 
 /// Registry key of the table of event handlers registered with `kumo.on`.
 pub(crate) const HANDLERS: &str = "egress.handlers";
@@ -246,29 +245,6 @@ fn maker<T: Definition>(lua: &Lua) -> mlua::Result<Function> {
         made.check(lua)
             .map_err(|e| located(lua, format!("{}: {e}", T::MAKER)))?;
         lua.create_userdata(Made(made))
-    })
-}
-
-/// Converts a Lua value with serde; errors name the function and the caller's line.
-pub(crate) fn from_lua<T: DeserializeOwned>(
-    lua: &Lua,
-    value: Value,
-    function: &str,
-) -> mlua::Result<T> {
-    if !value.is_table() {
-        return Err(located(
-            lua,
-            format!(
-                "{function} expects a table of fields, got {}",
-                crate::error::Describe(&value)
-            ),
-        ));
-    }
-    lua.from_value(value).map_err(|e| {
-        located(
-            lua,
-            format!("{function}: {}", crate::error::serde_message(&e)),
-        )
     })
 }
 

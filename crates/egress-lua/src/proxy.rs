@@ -4,7 +4,7 @@
 
 use crate::declarations::declare;
 use crate::declarations::{HttpListener, InitConfig, ProxyListenerParams};
-use crate::kumo::from_lua;
+use crate::error::from_lua;
 use mlua::{Lua, Table, Value};
 
 /// Installs `proxy` as a global and as `require 'proxy'`.

@@ -15,7 +15,6 @@
 //! KumoMTA names a queue.
 
 use crate::report::Origin;
-use crate::txlog::TxLog;
 use egress_connect::{EgressAddress, Via};
 use egress_record::{
     LogRecord, Message, PeerAddress, RecordSink, RecordType, Response, SourceAddress,
@@ -25,6 +24,20 @@ use egress_spool::Envelope;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What a transaction's log line knows that its records use (a view of the
+/// `TxLog`, so that this module needs nothing of it).
+pub struct Facts<'a> {
+    pub id: &'a str,
+    pub sender: &'a str,
+    pub size: u64,
+    pub tenant: Option<&'a str>,
+    pub pool: Option<&'a str>,
+    pub source: Option<&'a str>,
+    pub site: Option<&'a str>,
+    pub egress: Option<&'a EgressAddress>,
+    pub tls: Option<&'a TlsInfo>,
+}
 
 /// The inbound session a transaction came in on.
 #[derive(Debug, Clone)]
@@ -194,17 +207,14 @@ fn tls_fields(record: &mut LogRecord, tls: Option<&TlsInfo>) {
 }
 
 /// A record of the outbound side of `log` (route, source, destination, TLS).
-fn outbound(log: &TxLog, rec: &Recording, kind: RecordType, id: &str) -> LogRecord {
-    let mut r = LogRecord::new(kind, id, &log.sender);
-    r.site = log.site.clone().unwrap_or_default();
+fn outbound(log: &Facts<'_>, rec: &Recording, kind: RecordType, id: &str) -> LogRecord {
+    let mut r = LogRecord::new(kind, id, log.sender);
+    r.site = log.site.unwrap_or_default().to_owned();
     r.size = log.size;
     r.created = rec.created;
-    r.egress_pool = log.pool.clone();
-    r.egress_source = log.source.clone();
-    r.source_address = log
-        .egress
-        .as_ref()
-        .and_then(|e| source_address(e, rec.local));
+    r.egress_pool = log.pool.map(str::to_owned);
+    r.egress_source = log.source.map(str::to_owned);
+    r.source_address = log.egress.and_then(|e| source_address(e, rec.local));
     r.peer_address = rec.peer.as_ref().map(|(name, addr)| PeerAddress {
         name: name.clone(),
         addr: addr.ip().to_string(),
@@ -212,13 +222,19 @@ fn outbound(log: &TxLog, rec: &Recording, kind: RecordType, id: &str) -> LogReco
     r.delivery_protocol = Some(if rec.lmtp { "LMTP" } else { "ESMTP" }.into());
     r.reception_protocol = Some("ESMTP".into());
     r.session_id = rec.out_session.as_deref().map(str::to_owned);
-    tls_fields(&mut r, log.tls.as_ref());
+    tls_fields(&mut r, log.tls);
     r
 }
 
 /// A record of the inbound side (the client, its session).
-fn inbound(log: &TxLog, rec: &Recording, inb: &Inbound, kind: RecordType, id: &str) -> LogRecord {
-    let mut r = LogRecord::new(kind, id, &log.sender);
+fn inbound(
+    log: &Facts<'_>,
+    rec: &Recording,
+    inb: &Inbound,
+    kind: RecordType,
+    id: &str,
+) -> LogRecord {
+    let mut r = LogRecord::new(kind, id, log.sender);
     r.size = log.size;
     r.created = rec.created;
     r.peer_address = Some(PeerAddress {
@@ -259,12 +275,12 @@ pub fn rejection(
 }
 
 /// The records of a client's transaction, when it ends (see the module docs).
-pub fn transaction(log: &TxLog, rec: &Recording) {
+pub fn transaction(log: &Facts<'_>, rec: &Recording) {
     let Some(inb) = &rec.inbound else {
         return;
     };
-    let tenant = log.tenant.as_deref();
-    let id = rec.spool_id.as_deref().unwrap_or(&log.id);
+    let tenant = log.tenant;
+    let id = rec.spool_id.as_deref().unwrap_or(log.id);
     let emit = |mut r: LogRecord, recipients: Vec<String>| {
         r.queue = recipients
             .first()
@@ -280,7 +296,7 @@ pub fn transaction(log: &TxLog, rec: &Recording) {
             &rec.message,
             inb,
             id,
-            &log.sender,
+            log.sender,
             recipients,
             reply,
             Some(command),
@@ -343,7 +359,7 @@ fn created_of(env: &Envelope) -> SystemTime {
 /// line the spool keeps for it, and whether it goes again (a 4xx, or our side
 /// failed: `TransientFailure`).
 pub fn attempt<'a>(
-    log: &TxLog,
+    log: &Facts<'_>,
     rec: &Recording,
     env: &Envelope,
     attempts: u16,

@@ -116,10 +116,25 @@ impl TxLog {
         }
     }
 
+    /// What its log records take from it.
+    pub fn facts(&self) -> records::Facts<'_> {
+        records::Facts {
+            id: &self.id,
+            sender: &self.sender,
+            size: self.size,
+            tenant: self.tenant.as_deref(),
+            pool: self.pool.as_deref(),
+            source: self.source.as_deref(),
+            site: self.site.as_deref(),
+            egress: self.egress.as_ref(),
+            tls: self.tls.as_ref(),
+        }
+    }
+
     /// Emits the line and the transaction's log records, and reports it.
     pub fn emit(self, outcome: &str) {
         if let Some(rec) = &self.recording {
-            records::transaction(&self, rec);
+            records::transaction(&self.facts(), rec);
         }
         let took = self.started.elapsed();
         let (code, origin) = match self.decided {

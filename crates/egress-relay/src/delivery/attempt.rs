@@ -162,7 +162,7 @@ pub async fn run(
             .answers
             .iter()
             .map(|(a, answer)| (a.as_str(), answer.line()));
-        records::attempt(&log, rec, env, attempts, answers);
+        records::attempt(&log.facts(), rec, env, attempts, answers);
     }
     log.emit(what);
     outcome

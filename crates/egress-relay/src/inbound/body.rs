@@ -157,9 +157,7 @@ pub async fn data<S: AsyncRead + AsyncWrite + Unpin>(
     t: Transaction,
     trace: Trace<'_>,
 ) -> Result<Reply, Ended> {
-    if ctx.policy.handles_message_received() {
-        super::whole::data(ctx, inbound, conn, t, trace).await
-    } else if t.is_spooled() {
+    if t.is_spooled() {
         spooled(ctx, inbound, conn, t, trace).await
     } else {
         cut_through(ctx, inbound, conn, t, trace).await

@@ -7,6 +7,7 @@ use super::body::{self, Trace};
 use super::listener_domains;
 use super::transaction::Transaction;
 use super::transport::{Conn, Ended, Limits};
+use super::whole;
 use super::Listener;
 use crate::outbound::Context;
 use crate::records;
@@ -480,7 +481,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     authenticated: self.authenticated.is_some(),
                     conn_meta: &conn_meta,
                 };
-                body::data(&self.ctx, &self.listener, &mut self.conn, t, trace).await
+                // A policy that acts on each message gets it whole first.
+                if self.ctx.policy.handles_message_received() {
+                    whole::data(&self.ctx, &self.listener, &mut self.conn, t, trace).await
+                } else {
+                    body::data(&self.ctx, &self.listener, &mut self.conn, t, trace).await
+                }
             }
         }
     }
