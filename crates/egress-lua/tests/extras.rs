@@ -350,11 +350,37 @@ max_deliveries_per_connection = 7
 #[test]
 fn a_helper_egressd_does_not_have_says_so() {
     let dir = tempfile::tempdir().unwrap();
-    let err = load_error(dir.path(), "require 'policy-extras.dkim_sign'");
+    let err = load_error(dir.path(), "require 'policy-extras.typing'");
     assert!(
-        err.contains("egressd does not provide 'policy-extras.dkim_sign'"),
+        err.contains("egressd does not provide 'policy-extras.typing'"),
         "{err}"
     );
+}
+
+#[test]
+fn dkim_data_mistakes_fail_the_load_with_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let setup = |toml: &str| {
+        let file = write(dir.path(), "dkim_data.toml", toml);
+        load_error(
+            dir.path(),
+            &format!("require('policy-extras.dkim_sign'):setup {{ '{file}' }}"),
+        )
+    };
+    let vault = setup("[base]\nvault_mount = 'secret'\nselector = 's'\n");
+    assert!(vault.contains("Vault keys are not available"), "{vault}");
+    let typo = setup("[domain.'example.com']\nselectr = 's'\n");
+    assert!(
+        typo.contains("unknown key \"selectr\"") && typo.contains("selector"),
+        "{typo}"
+    );
+    let missing = setup("[base]\nadditional_signatures = ['esp']\n");
+    assert!(
+        missing.contains("'esp' but that signature is not defined"),
+        "{missing}"
+    );
+    let no_selector = setup("[domain.'example.com']\nalgo = 'sha256'\n");
+    assert!(no_selector.contains("missing a selector"), "{no_selector}");
 }
 
 #[tokio::test]
@@ -442,10 +468,9 @@ fn anything_else_a_policy_calls_is_named_in_the_error() {
         ("kumo.dns.rbl_lookup('x')", "kumo.dns.rbl_lookup"),
         ("kumo.serde.xml_parse('x')", "kumo.serde.xml_parse"),
         // A whole namespace egressd lacks names the function called under it.
-        (
-            "kumo.dkim.rsa_sha256_signer { domain = 'x' }",
-            "kumo.dkim.rsa_sha256_signer",
-        ),
+        ("kumo.http.build_client {}", "kumo.http.build_client"),
+        // And a function missing from a namespace it has.
+        ("kumo.dkim.arc_seal {}", "kumo.dkim.arc_seal"),
     ] {
         let err = load_error(dir.path(), code);
         assert!(
