@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod clients;
+mod dkim;
 mod dnssec;
 mod pki;
 mod policies;
@@ -18,6 +19,7 @@ mod source_socks;
 mod stores;
 mod sts;
 pub use clients::{by_client_addr, smtplib_send, spool_files, swaks, wait_until, Raw, Swaks};
+pub use dkim::{dkim_key, dkimpy_verify};
 pub use dnssec::{tlsa_2_0_1, tlsa_3_1_1, SignedZones, Zone};
 pub use pki::{Issued, SelfSigned, TestCa};
 pub use policies::{
@@ -801,4 +803,22 @@ pub fn postfix_tls_main_cf(issued: &pki::Issued) -> String {
         issued.cert.display(),
         issued.key.display()
     )
+}
+
+/// CPU seconds `pid` has used so far, (user, kernel), from `/proc/PID/stat`
+/// (clock ticks of 1/100 s, as on Linux): what the benchmarks count per message.
+pub fn cpu_seconds(pid: u32) -> (f64, f64) {
+    const TICKS: f64 = 100.0;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name is in parentheses and may hold spaces: fields count after it.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
+    (ticks(11) / TICKS, ticks(12) / TICKS)
 }

@@ -19,24 +19,11 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Clock ticks per second for `/proc/PID/stat` (`getconf CLK_TCK`; 100 on Linux).
-const TICKS: f64 = 100.0;
 const ROUNDS: usize = 5;
 
 /// CPU seconds a process has used: (user, kernel).
 fn cpu_of(pid: u32) -> (f64, f64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name is in parentheses and may hold spaces: fields count after it.
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
-    (ticks(11) / TICKS, ticks(12) / TICKS)
+    egress_e2e::cpu_seconds(pid)
 }
 
 /// CPU seconds of every waited-for child so far (smtp-source runs).

@@ -11,20 +11,11 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const TICKS: f64 = 100.0;
 const ROUNDS: usize = 3;
 
 fn cpu_of(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / TICKS
+    let (user, kernel) = egress_e2e::cpu_seconds(pid);
+    user + kernel
 }
 
 /// smtp-source: `messages` of 2 KB over 20 reused sessions; its wall time.
