@@ -26,7 +26,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 /// How long to wait for each reply (RFC 5321 §4.5.3.2 has the classic values;
 /// KumoMTA's path config names them `*_timeout`).
@@ -415,6 +415,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClientSession<S> {
             let _ = self.command("QUIT", Duration::from_secs(2), "QUIT").await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.stream.shutdown()).await;
+        // The destination counts the connection until it has closed its end too:
+        // wait (briefly) for that, so that whoever frees this connection's slot in
+        // a shared limit afterwards never has the destination see one more.
+        let mut rest = [0u8; 512];
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(n) = self.stream.read(&mut rest).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
     }
 
     /// The stream in clear (under TLS, when there is TLS), for a caller that needs
